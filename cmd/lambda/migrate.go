@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/chconn"
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+func init() {
+	register("migrate", "create or upgrade the ClickHouse schema (idempotent; --allow-drop to drop removed columns)", runMigrate)
+}
+
+func runMigrate(ctx context.Context, args []string) error {
+	fs, path := flags("migrate")
+	allowDrop := fs.Bool("allow-drop", false, "drop columns of dimensions and metrics removed from the config")
+	printSQL := fs.Bool("print", false, "print the CREATE statements and exit without connecting")
+	cfg, err := loadConfig(fs, path, args)
+	if err != nil {
+		return err
+	}
+	if *printSQL {
+		for _, s := range schema.Statements(cfg) {
+			fmt.Printf("%s;\n\n", s)
+		}
+		return nil
+	}
+	return migrate(ctx, cfg, *allowDrop)
+}
+
+// migrate connects and applies the schema; every long-running command calls it at start.
+func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
+	start := time.Now()
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
+	if err != nil {
+		return fmt.Errorf("cannot migrate %s: %w", cfg.ClickHouse.Database, err)
+	}
+	slog.Info("schema ready", "database", cfg.ClickHouse.Database, "datasets", len(cfg.Datasets), "statements", len(ran), "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}

@@ -1,0 +1,225 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+
+	"github.com/lambda-platform/lambda/shared/metric"
+)
+
+var identRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
+
+// reserved are column names the platform uses in its tables; dimensions and metrics cannot
+// take them.
+var reserved = []string{"id", "time", "day", "minute", "grouping", "source", "exact",
+	"dataset", "run_id", "payload", "reason", "topic", "partition", "offset"}
+
+// CronParser parses batch schedules: five fields or a descriptor such as @daily, in UTC.
+var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
+
+// SchedulePeriod returns the longest gap between two activations of a schedule over four weeks.
+func SchedulePeriod(s cron.Schedule) time.Duration {
+	t := s.Next(time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC))
+	var longest time.Duration
+	for end := t.Add(28 * 24 * time.Hour); t.Before(end); {
+		n := s.Next(t)
+		if n.IsZero() {
+			break
+		}
+		longest = max(longest, n.Sub(t))
+		t = n
+	}
+	return longest
+}
+
+// Validate checks the configuration and returns every problem, each naming file and field.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s: %s", c.File, field, fmt.Sprintf(format, args...)))
+	}
+	if len(c.ClickHouse.Addr) == 0 {
+		add("clickhouse.addr", "at least one address is required")
+	}
+	if !identRE.MatchString(c.ClickHouse.Database) {
+		add("clickhouse.database", "%q is not a valid name: use [a-z][a-z0-9_]*", c.ClickHouse.Database)
+	}
+	if c.ClickHouse.Cluster != "" && !regexp.MustCompile(`^[A-Za-z0-9_]+$`).MatchString(c.ClickHouse.Cluster) {
+		add("clickhouse.cluster", "%q is not a valid cluster name", c.ClickHouse.Cluster)
+	}
+	if len(c.Kafka.Brokers) == 0 {
+		add("kafka.brokers", "at least one broker is required")
+	}
+	if c.Serving.Listen == "" {
+		add("serving.listen", "an address is required")
+	}
+	for name, v := range map[string]int64{
+		"speed.flush_rows": int64(c.Speed.FlushRows), "speed.flush_bytes": int64(c.Speed.FlushBytes),
+		"speed.dedup_max_ids": int64(c.Speed.DedupMaxIDs), "speed.max_event_bytes": int64(c.Speed.MaxEventBytes),
+		"serving.max_rows": int64(c.Serving.MaxRows), "serving.max_buckets": int64(c.Serving.MaxBuckets),
+		"serving.max_body_bytes": c.Serving.MaxBodyBytes, "clickhouse.max_open_conns": int64(c.ClickHouse.MaxOpenConns),
+	} {
+		if v <= 0 {
+			add(name, "must be positive, got %d", v)
+		}
+	}
+	for name, v := range map[string]Duration{
+		"speed.flush_interval": c.Speed.FlushInterval, "speed.dedup_window": c.Speed.DedupWindow,
+		"speed.future_skew": c.Speed.FutureSkew, "speed.retry_max": c.Speed.RetryMax,
+		"serving.query_timeout": c.Serving.QueryTimeout, "clickhouse.query_timeout": c.ClickHouse.QueryTimeout,
+		"clickhouse.insert_timeout": c.ClickHouse.InsertTimeout, "clickhouse.dial_timeout": c.ClickHouse.DialTimeout,
+	} {
+		if v <= 0 {
+			add(name, "must be a positive duration, got %s", v.D())
+		}
+	}
+	if len(c.Datasets) == 0 {
+		add("datasets", "at least one dataset is required")
+	}
+	names := map[string]int{}
+	for i := range c.Datasets {
+		d := &c.Datasets[i]
+		p := fmt.Sprintf("datasets[%d]", i)
+		if !identRE.MatchString(d.Name) {
+			add(p+".name", "%q is not a valid name: use [a-z][a-z0-9_]*", d.Name)
+		} else if j, dup := names[d.Name]; dup {
+			add(p+".name", "dataset %q is already declared by datasets[%d]", d.Name, j)
+		} else {
+			names[d.Name] = i
+		}
+		if d.Name != "" {
+			p = fmt.Sprintf("datasets[%d] (%s)", i, d.Name)
+		}
+		for _, e := range d.validate() {
+			add(p+"."+e.field, "%s", e.msg)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+type fieldError struct{ field, msg string }
+
+func (d *Dataset) validate() []fieldError {
+	var errs []fieldError
+	add := func(field, format string, args ...any) {
+		errs = append(errs, fieldError{field, fmt.Sprintf(format, args...)})
+	}
+	if d.Topic == "" {
+		add("topic", "a topic is required")
+	}
+	if d.IDField == "" {
+		add("id_field", "an id field is required (events without it get an id from topic/partition/offset)")
+	}
+	if d.TimeField == "" {
+		add("time_field", "a time field is required")
+	}
+	used := map[string]string{} // column name -> what uses it
+	claim := func(field, name, what string) {
+		switch {
+		case !identRE.MatchString(name):
+			add(field, "%q is not a valid name: use [a-z][a-z0-9_]*", name)
+		case slices.Contains(reserved, name) || strings.HasPrefix(name, "_") || strings.HasSuffix(name, "_state"):
+			add(field, "%q is reserved (reserved: %s, names starting with _ or ending in _state)", name, strings.Join(reserved, ", "))
+		case used[name] != "":
+			add(field, "%q is already used by %s", name, used[name])
+		default:
+			used[name] = what
+		}
+	}
+	if len(d.Dimensions) == 0 {
+		add("dimensions", "at least one dimension is required")
+	}
+	for j := range d.Dimensions {
+		dim := &d.Dimensions[j]
+		if dim.Field == "" {
+			dim.Field = dim.Name
+		}
+		claim(fmt.Sprintf("dimensions[%d].name", j), dim.Name, fmt.Sprintf("dimensions[%d]", j))
+	}
+	if len(d.Metrics) == 0 {
+		add("metrics", "at least one metric is required")
+	}
+	fieldKind := map[string]string{}
+	for j, m := range d.Metrics {
+		p := fmt.Sprintf("metrics[%d]", j)
+		claim(p+".name", m.Name, p)
+		if !metric.Known(m.Type) {
+			add(p+".type", "unknown metric type %q (known: count, sum, min, max, avg, uniq, quantile)", m.Type)
+			continue
+		}
+		if m.Type == string(metric.Quantile) {
+			if m.Level <= 0 || m.Level >= 1 {
+				add(p+".level", "a quantile needs 0 < level < 1, got %g", m.Level)
+			}
+		} else if m.Level != 0 {
+			add(p+".level", "only a quantile takes a level")
+		}
+		if m.Type == string(metric.Count) {
+			if m.Field != "" {
+				add(p+".field", "a count takes no field")
+			}
+			continue
+		}
+		if m.Field == "" {
+			add(p+".field", "a %s metric needs a field", m.Type)
+			continue
+		}
+		kind := "number"
+		if m.Type == string(metric.Uniq) {
+			kind = "key"
+		}
+		col := ColumnName(m.Field)
+		if k, ok := fieldKind[col]; ok && k != kind {
+			add(p+".field", "field %q is used both as a distinct-count key and as a number; declare two fields", m.Field)
+		}
+		fieldKind[col] = kind
+	}
+	for col := range fieldKind {
+		if u := used[col]; strings.HasPrefix(u, "dimensions[") {
+			add("metrics", "the raw column %q of a metric field collides with %s", col, u)
+		}
+		if slices.Contains(reserved, col) {
+			add("metrics", "the raw column %q of a metric field is reserved", col)
+		}
+	}
+	for j, n := range d.SpeedConf.Dimensions {
+		if !d.HasDimension(n) {
+			add(fmt.Sprintf("speed.dimensions[%d]", j), "unknown dimension %q", n)
+		}
+	}
+	for j, set := range d.BatchConf.GroupingSets {
+		for k, n := range set {
+			if !d.HasDimension(n) {
+				add(fmt.Sprintf("batch.grouping_sets[%d][%d]", j, k), "unknown dimension %q", n)
+			}
+		}
+	}
+	sched, err := CronParser.Parse(d.BatchConf.Schedule)
+	if err != nil {
+		add("batch.schedule", "invalid cron spec %q: %v", d.BatchConf.Schedule, err)
+	}
+	for name, v := range map[string]Duration{"speed.retention": d.SpeedConf.Retention, "batch.grace": d.BatchConf.Grace,
+		"batch.lookback": d.BatchConf.Lookback, "raw_retention": d.RawRetention} {
+		if v < 0 {
+			add(name, "must not be negative, got %s", v.D())
+		}
+	}
+	if d.BatchConf.Lookback >= d.RawRetention {
+		add("batch.lookback", "%s must be shorter than raw_retention (%s): days outside raw cannot be recomputed",
+			d.BatchConf.Lookback.D(), d.RawRetention.D())
+	}
+	if err == nil {
+		need := 24*time.Hour + d.BatchConf.Grace.D() + SchedulePeriod(sched)
+		if d.SpeedConf.Retention.D() < need {
+			add("speed.retention", "%s is shorter than 24h + batch.grace + one schedule period (%s): a missed batch run would leave a hole",
+				d.SpeedConf.Retention.D(), need)
+		}
+	}
+	return errs
+}

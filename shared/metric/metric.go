@@ -1,0 +1,202 @@
+// Package metric is the metric catalogue: one definition per metric type, compiled three ways.
+//
+// For every type it gives the speed layer's -State expression and column type, the batch
+// layer's exact expression and column type, and the serving layer's merge and roll-up
+// expressions, and says what can be added up. Every layer takes its SQL fragments from here, so
+// a metric means the same thing in the speed view, the batch view and the API.
+package metric
+
+import (
+	"fmt"
+	"strconv"
+)
+
+// Type is a metric type.
+type Type string
+
+// The metric types.
+const (
+	Count    Type = "count"
+	Sum      Type = "sum"
+	Min      Type = "min"
+	Max      Type = "max"
+	Avg      Type = "avg"
+	Uniq     Type = "uniq"
+	Quantile Type = "quantile"
+)
+
+// Types lists every metric type in documentation order.
+var Types = []Type{Count, Sum, Min, Max, Avg, Uniq, Quantile}
+
+// Known reports whether t is a metric type.
+func Known(t string) bool {
+	for _, k := range Types {
+		if string(k) == t {
+			return true
+		}
+	}
+	return false
+}
+
+// Spec is one configured metric with the raw column it reads.
+type Spec struct {
+	Name   string  // the metric's name: its column in <ds>_speed and <ds>_daily
+	Type   Type    //
+	Column string  // the <ds>_raw column it reads; empty for count
+	Level  float64 // quantile level
+}
+
+// NumberType is the raw column type of a numeric field: missing values are NULL, so that
+// avg, min and max skip them instead of counting zeros.
+const NumberType = "Nullable(Float64)"
+
+// KeyType is the raw column type of a distinct-count field (numbers are rendered as strings).
+const KeyType = "String"
+
+// RawType is the type of the raw column the metric reads ("" for count).
+func (s Spec) RawType() string {
+	switch s.Type {
+	case Count:
+		return ""
+	case Uniq:
+		return KeyType
+	default:
+		return NumberType
+	}
+}
+
+// fn is the ClickHouse aggregate function name with parameters, e.g. "quantile(0.95)".
+func (s Spec) fn() string {
+	if s.Type == Quantile {
+		return "quantile(" + s.levelString() + ")"
+	}
+	return string(s.Type)
+}
+
+func (s Spec) levelString() string { return strconv.FormatFloat(s.Level, 'g', -1, 64) }
+
+func (s Spec) args() string {
+	if s.Type == Count {
+		return ""
+	}
+	return quoteIdent(s.Column)
+}
+
+// StateType is the AggregateFunction column type of the speed view and of the daily sketch.
+func (s Spec) StateType() string {
+	if s.Type == Count {
+		return "AggregateFunction(count)"
+	}
+	return fmt.Sprintf("AggregateFunction(%s, %s)", s.fn(), s.RawType())
+}
+
+// StateExpr is the -State expression over raw columns, e.g. "sumState(value)".
+func (s Spec) StateExpr() string {
+	if s.Type == Quantile {
+		return fmt.Sprintf("quantileState(%s)(%s)", s.levelString(), s.args())
+	}
+	return fmt.Sprintf("%sState(%s)", s.Type, s.args())
+}
+
+// MergeExpr turns a state column into the metric's value, e.g. "uniqMerge(users)".
+func (s Spec) MergeExpr(stateCol string) string {
+	if s.Type == Quantile {
+		return fmt.Sprintf("quantileMerge(%s)(%s)", s.levelString(), stateCol)
+	}
+	return fmt.Sprintf("%sMerge(%s)", s.Type, stateCol)
+}
+
+// MergeStateExpr merges state columns into one state, for combining sources before the final
+// merge, e.g. "uniqMergeState(users)".
+func (s Spec) MergeStateExpr(stateCol string) string {
+	if s.Type == Quantile {
+		return fmt.Sprintf("quantileMergeState(%s)(%s)", s.levelString(), stateCol)
+	}
+	return fmt.Sprintf("%sMergeState(%s)", s.Type, stateCol)
+}
+
+// ExactExpr is the exact aggregate over raw columns used by the batch layer and by exact raw
+// queries, e.g. "uniqExact(user_id)".
+func (s Spec) ExactExpr() string {
+	switch s.Type {
+	case Count:
+		return "count()"
+	case Uniq:
+		return fmt.Sprintf("uniqExact(%s)", s.args())
+	case Quantile:
+		return fmt.Sprintf("quantileExact(%s)(%s)", s.levelString(), s.args())
+	default:
+		return fmt.Sprintf("%s(%s)", s.Type, s.args())
+	}
+}
+
+// ValueType is the column type of the metric's value in <ds>_daily, and the type every query
+// casts the metric to, so that UNION ALL of sources never mixes types.
+func (s Spec) ValueType() string {
+	switch s.Type {
+	case Count, Uniq:
+		return "UInt64"
+	default:
+		return NumberType
+	}
+}
+
+// Cast wraps expr so that it has ValueType.
+func (s Spec) Cast(expr string) string {
+	switch s.ValueType() {
+	case "UInt64":
+		return "toUInt64(" + expr + ")"
+	default:
+		return "toNullable(toFloat64(" + expr + "))"
+	}
+}
+
+// Additive reports whether values of disjoint parts add up to the value of the whole.
+func (s Spec) Additive() bool { return s.Type == Count || s.Type == Sum }
+
+// ExactRollup reports whether the metric re-aggregates exactly across rows (days, dimension
+// values): count and sum add, min and max take the extreme, avg merges its (sum, count) state.
+// Distinct counts and quantiles do not.
+func (s Spec) ExactRollup() bool { return s.Type != Uniq && s.Type != Quantile }
+
+// HasDailyState reports whether <ds>_daily keeps a mergeable state for the metric (column
+// StateColumn), needed to roll it up beyond the stored grouping sets.
+func (s Spec) HasDailyState() bool {
+	return s.Type == Avg || s.Type == Uniq || s.Type == Quantile
+}
+
+// StateColumn is the name of the metric's state column in <ds>_daily.
+func (s Spec) StateColumn() string { return s.Name + "_state" }
+
+// Rollup re-aggregates the metric over rows of <ds>_daily into its value: sum(events),
+// max(top), avgMerge(avg_state), uniqMerge(users_state).
+func (s Spec) Rollup() string {
+	switch s.Type {
+	case Count, Sum:
+		return fmt.Sprintf("sum(%s)", quoteIdent(s.Name))
+	case Min, Max:
+		return fmt.Sprintf("%s(%s)", s.Type, quoteIdent(s.Name))
+	default:
+		return s.MergeExpr(quoteIdent(s.StateColumn()))
+	}
+}
+
+// Combine is the aggregate that combines partial values of the metric computed from disjoint
+// sources (ValueType each): sum for count and sum, min, max. Metrics for which it returns ""
+// combine through states (see StateExpr, MergeStateExpr).
+func (s Spec) Combine(col string) string {
+	switch s.Type {
+	case Count, Sum:
+		return fmt.Sprintf("sum(%s)", col)
+	case Min, Max:
+		return fmt.Sprintf("%s(%s)", s.Type, col)
+	}
+	return ""
+}
+
+// quoteIdent quotes a ClickHouse identifier. Names are validated to [a-z][a-z0-9_]* by the
+// config, so this only guards against keywords.
+func quoteIdent(s string) string { return "`" + s + "`" }
+
+// QuoteIdent quotes a ClickHouse identifier that the configuration validated.
+func QuoteIdent(s string) string { return quoteIdent(s) }

@@ -1,0 +1,242 @@
+package schema
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/lambda-platform/lambda/shared/config"
+)
+
+// MigrateOptions change what Migrate may do.
+type MigrateOptions struct {
+	// AllowDrop lets Migrate drop columns of dimensions and metrics removed from the config.
+	AllowDrop bool
+	Logger    *slog.Logger
+}
+
+// Migrate creates every object of the configuration and upgrades existing ones additively: new
+// dimensions and metrics add columns, views are recreated when their statement changed. A
+// removed dimension or metric is refused unless opts.AllowDrop. It is idempotent and safe to run
+// at every start. It returns the statements it ran.
+func Migrate(ctx context.Context, conn driver.Conn, cfg *config.Config, opts MigrateOptions) ([]string, error) {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	g := NewGenerator(cfg)
+	m := &migrator{conn: conn, g: g, log: log}
+	objs := g.Objects(cfg)
+
+	// Plan every table first, so a refused change leaves everything as it was.
+	plans := map[string]tablePlan{}
+	for _, o := range objs {
+		if o.Kind != Table {
+			continue
+		}
+		p, err := m.planTable(ctx, o, opts.AllowDrop)
+		if err != nil {
+			return nil, err
+		}
+		plans[o.Name] = p
+	}
+	for _, o := range objs {
+		switch o.Kind {
+		case Database:
+			if err := m.exec(ctx, o.Create); err != nil {
+				return m.ran, err
+			}
+		case Table:
+			if err := m.applyTable(ctx, o, plans[o.Name]); err != nil {
+				return m.ran, err
+			}
+		case View:
+			if err := m.applyView(ctx, o); err != nil {
+				return m.ran, err
+			}
+		}
+	}
+	return m.ran, nil
+}
+
+type migrator struct {
+	conn driver.Conn
+	g    *Generator
+	log  *slog.Logger
+	ran  []string
+	// rebuilt names tables recreated in this run; their views must be recreated too.
+	rebuilt []string
+}
+
+func (m *migrator) exec(ctx context.Context, sql string) error {
+	if err := m.conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("cannot run %q: %w", firstLine(sql), err)
+	}
+	m.ran = append(m.ran, sql)
+	return nil
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i] + " …"
+	}
+	return s
+}
+
+type tablePlan struct {
+	exists  bool
+	add     []Column
+	drop    []string
+	rebuild bool // the sorting key of an aggregating table changed
+}
+
+// Columns returns the existing columns of a table in order, nil when it does not exist.
+func Columns(ctx context.Context, conn driver.Conn, db, table string) ([]Column, error) {
+	rows, err := conn.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = ?", db, table)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read columns of %s.%s: %w", db, table, err)
+	}
+	defer rows.Close()
+	var out []Column
+	for rows.Next() {
+		var c Column
+		if err := rows.Scan(&c.Name, &c.Type); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+func (m *migrator) planTable(ctx context.Context, o Object, allowDrop bool) (tablePlan, error) {
+	have, err := Columns(ctx, m.conn, m.g.DB, o.Name)
+	if err != nil {
+		return tablePlan{}, err
+	}
+	if len(have) == 0 {
+		return tablePlan{}, nil
+	}
+	p := tablePlan{exists: true}
+	for _, want := range o.Columns {
+		i := slices.IndexFunc(have, func(c Column) bool { return c.Name == want.Name })
+		switch {
+		case i < 0:
+			p.add = append(p.add, want)
+			if o.Rebuild != "" && slices.Contains(o.Key, want.Name) {
+				p.rebuild = true
+			}
+		case normType(have[i].Type) != normType(want.Type):
+			return p, fmt.Errorf("%s.%s has type %s but the config needs %s: migrate does not change types; rename the dimension or metric",
+				o.Name, want.Name, have[i].Type, want.Type)
+		}
+	}
+	for _, c := range have {
+		if slices.ContainsFunc(o.Columns, func(w Column) bool { return w.Name == c.Name }) {
+			continue
+		}
+		if !allowDrop {
+			return p, fmt.Errorf("%s has column %q that the config no longer declares (a dimension or metric was removed): rerun migrate with --allow-drop to drop it",
+				o.Name, c.Name)
+		}
+		p.drop = append(p.drop, c.Name)
+		if o.Rebuild != "" {
+			p.rebuild = true
+		}
+	}
+	return p, nil
+}
+
+// normType makes type names from system.columns comparable with generated ones: servers
+// differ in spaces and in quoting of parameters.
+func normType(t string) string {
+	return strings.NewReplacer(" ", "", `"`, "'").Replace(t)
+}
+
+func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error {
+	t := m.g.T(o.Name)
+	if p.rebuild {
+		// The key of an aggregating table changed: rows would merge across the new dimension.
+		// Recreate it and refill it from the master dataset; the materialized view feeding it
+		// is recreated after.
+		m.log.Warn("rebuilding table from raw: its dimensions changed", "table", o.Name)
+		if o.Dataset != "" {
+			if err := m.exec(ctx, "DROP TABLE IF EXISTS "+m.g.T(SpeedMV(o.Dataset))); err != nil {
+				return err
+			}
+		}
+		if err := m.exec(ctx, "DROP TABLE IF EXISTS "+t); err != nil {
+			return err
+		}
+		if err := m.exec(ctx, o.Create); err != nil {
+			return err
+		}
+		m.rebuilt = append(m.rebuilt, o.Dataset)
+		return m.exec(ctx, o.Rebuild)
+	}
+	if !p.exists {
+		return m.exec(ctx, o.Create)
+	}
+	for _, c := range p.add {
+		sql := fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", t, Q(c.Name), c.Type)
+		if c.Default != "" {
+			sql += " DEFAULT " + c.Default
+		}
+		if err := m.exec(ctx, sql); err != nil {
+			return err
+		}
+	}
+	for _, name := range p.drop {
+		if slices.Contains(o.Key, name) {
+			// ClickHouse cannot drop a column of the sorting key; it stays, unused.
+			m.log.Warn("column removed from the config stays: it is part of the sorting key", "table", o.Name, "column", name)
+			continue
+		}
+		if err := m.exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP COLUMN %s", t, Q(name))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *migrator) applyView(ctx context.Context, o Object) error {
+	sum := sha256.Sum256([]byte(o.Create))
+	hash := hex.EncodeToString(sum[:])
+	var exists uint64
+	if err := m.conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = ?", m.g.DB, o.Name).Scan(&exists); err != nil {
+		return fmt.Errorf("cannot look up %s: %w", o.Name, err)
+	}
+	if exists > 0 && !slices.Contains(m.rebuilt, o.Dataset) {
+		var have string
+		q := fmt.Sprintf("SELECT argMax(statement_hash, at) FROM %s WHERE object = ?", m.g.T(SchemaObjects))
+		if err := m.conn.QueryRow(ctx, q, o.Name).Scan(&have); err != nil {
+			return fmt.Errorf("cannot read the recorded statement of %s: %w", o.Name, err)
+		}
+		if have == hash {
+			return nil
+		}
+	}
+	if err := m.exec(ctx, "DROP TABLE IF EXISTS "+m.g.T(o.Name)); err != nil {
+		return err
+	}
+	if err := m.exec(ctx, o.Create); err != nil {
+		return err
+	}
+	return m.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (object, statement_hash) VALUES (?, ?)", m.g.T(SchemaObjects)), o.Name, hash)
+}
+
+// Statements returns every CREATE statement of the configuration, for golden files and for
+// checking them on other servers.
+func Statements(cfg *config.Config) []string {
+	var out []string
+	g := NewGenerator(cfg)
+	for _, o := range g.Objects(cfg) {
+		out = append(out, o.Create)
+	}
+	return out
+}

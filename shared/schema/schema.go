@@ -1,0 +1,375 @@
+// Package schema generates and applies the ClickHouse objects of the platform.
+//
+// Every statement runs on ClickHouse 18.16 (Debian's package) and on current ClickHouse: no
+// LowCardinality, DateTime64, TTL, query parameters or GROUPING SETS; every UNION ALL branch casts
+// to one type. Names are predictable: <ds>_raw, <ds>_speed (+ <ds>_speed_mv feeding it),
+// <ds>_daily, <ds>_rejects, <ds>_drift, <ds>_lambda, and the shared speed_flushes, batch_runs
+// and batch_watermarks.
+package schema
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/metric"
+)
+
+// Kind says what an object is.
+type Kind string
+
+// Object kinds.
+const (
+	Database Kind = "database"
+	Table    Kind = "table"
+	View     Kind = "view"
+)
+
+// Column is a table column.
+type Column struct {
+	Name    string
+	Type    string
+	Default string // DEFAULT expression, if any
+}
+
+// Object is one ClickHouse object with the statement that creates it.
+type Object struct {
+	Name    string // unqualified name
+	Kind    Kind
+	Columns []Column // tables only
+	// Key lists the columns of the sorting key: they cannot be dropped, and a change to them
+	// in an aggregating table needs a rebuild.
+	Key []string
+	// Create is the CREATE statement. Tables use IF NOT EXISTS; views are recreated when their
+	// statement changes.
+	Create string
+	// Rebuild, for a table whose key changed, is a statement that refills it from the master
+	// dataset after it was recreated (the speed view), "" for none.
+	Rebuild string
+	// Dataset is the dataset the object belongs to, "" for shared objects.
+	Dataset string
+}
+
+// Q quotes an identifier the configuration validated.
+func Q(s string) string { return metric.QuoteIdent(s) }
+
+// Names of the per-dataset objects.
+func Raw(ds string) string     { return ds + "_raw" }
+func Speed(ds string) string   { return ds + "_speed" }
+func SpeedMV(ds string) string { return ds + "_speed_mv" }
+func Daily(ds string) string   { return ds + "_daily" }
+func Rejects(ds string) string { return ds + "_rejects" }
+func Drift(ds string) string   { return ds + "_drift" }
+func Lambda(ds string) string  { return ds + "_lambda" }
+
+// Names of the shared objects.
+const (
+	SpeedFlushes    = "speed_flushes"
+	BatchRuns       = "batch_runs"
+	BatchWatermarks = "batch_watermarks"
+	SchemaObjects   = "schema_objects"
+)
+
+// Generator produces the objects of a configuration.
+type Generator struct {
+	DB string
+}
+
+// NewGenerator returns a generator for the configuration's database.
+func NewGenerator(cfg *config.Config) *Generator { return &Generator{DB: cfg.ClickHouse.Database} }
+
+// T qualifies a table name with the database.
+func (g *Generator) T(name string) string { return Q(g.DB) + "." + Q(name) }
+
+// Objects returns every object of the configuration in creation order: the database, the
+// shared tables, then per dataset its tables and views.
+func (g *Generator) Objects(cfg *config.Config) []Object {
+	out := []Object{{Name: g.DB, Kind: Database, Create: "CREATE DATABASE IF NOT EXISTS " + Q(g.DB)}}
+	out = append(out, g.shared()...)
+	for i := range cfg.Datasets {
+		out = append(out, g.Dataset(&cfg.Datasets[i])...)
+	}
+	return out
+}
+
+func (g *Generator) table(name, ds string, cols []Column, engine string, key []string) Object {
+	var b strings.Builder
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s\n(\n", g.T(name))
+	for i, c := range cols {
+		fmt.Fprintf(&b, "    %s %s", Q(c.Name), c.Type)
+		if c.Default != "" {
+			fmt.Fprintf(&b, " DEFAULT %s", c.Default)
+		}
+		if i < len(cols)-1 {
+			b.WriteString(",")
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, ")\nENGINE = %s", engine)
+	return Object{Name: name, Kind: Table, Columns: cols, Key: key, Create: b.String(), Dataset: ds}
+}
+
+func orderBy(key []string) string {
+	q := make([]string, len(key))
+	for i, k := range key {
+		q[i] = Q(k)
+	}
+	return "ORDER BY (" + strings.Join(q, ", ") + ")"
+}
+
+const utc = "DateTime('UTC')"
+
+func (g *Generator) shared() []Object {
+	flushes := []Column{
+		{Name: "dataset", Type: "String"}, {Name: "topic", Type: "String"},
+		{Name: "partition", Type: "Int32"}, {Name: "first_offset", Type: "Int64"},
+		{Name: "last_offset", Type: "Int64"}, {Name: "high_watermark", Type: "Int64"},
+		{Name: "raw_rows", Type: "UInt64"}, {Name: "rejected_rows", Type: "UInt64"},
+		{Name: "duplicate_rows", Type: "UInt64"}, {Name: "late_rows", Type: "UInt64"},
+		{Name: "max_event_time", Type: utc}, {Name: "consumer", Type: "String"},
+		{Name: "flushed_at", Type: utc, Default: "now()"},
+	}
+	fkey := []string{"dataset", "partition", "flushed_at"}
+	runs := []Column{
+		{Name: "dataset", Type: "String"}, {Name: "day", Type: "Date"},
+		{Name: "run_id", Type: "String"}, {Name: "status", Type: "String"},
+		{Name: "at", Type: utc}, {Name: "at_us", Type: "UInt64"},
+		{Name: "started_at", Type: utc}, {Name: "finished_at", Type: utc},
+		{Name: "rows_raw", Type: "UInt64"}, {Name: "rows_dedup", Type: "UInt64"},
+		{Name: "rows_out", Type: "UInt64"}, {Name: "error", Type: "String"},
+		{Name: "host", Type: "String"},
+	}
+	rkey := []string{"dataset", "day", "run_id", "at_us"}
+	marks := []Column{
+		{Name: "dataset", Type: "String"}, {Name: "watermark", Type: "Date"},
+		{Name: "run_id", Type: "String"}, {Name: "at", Type: utc}, {Name: "at_us", Type: "UInt64"},
+	}
+	mkey := []string{"dataset", "at_us"}
+	objs := []Column{
+		{Name: "object", Type: "String"}, {Name: "statement_hash", Type: "String"},
+		{Name: "at", Type: utc, Default: "now()"},
+	}
+	return []Object{
+		g.table(SpeedFlushes, "", flushes, "MergeTree PARTITION BY toYYYYMM(flushed_at) "+orderBy(fkey), fkey),
+		g.table(BatchRuns, "", runs, "MergeTree PARTITION BY toYYYYMM(day) "+orderBy(rkey), rkey),
+		g.table(BatchWatermarks, "", marks, "MergeTree PARTITION BY toYYYYMM(at) "+orderBy(mkey), mkey),
+		g.table(SchemaObjects, "", objs, "MergeTree ORDER BY (object, at)", []string{"object", "at"}),
+	}
+}
+
+// RawColumns returns the columns of <ds>_raw.
+func RawColumns(d *config.Dataset) []Column {
+	cols := []Column{{Name: "id", Type: "String"}, {Name: "time", Type: utc}}
+	for _, n := range d.DimensionNames() {
+		cols = append(cols, Column{Name: n, Type: "String"})
+	}
+	for _, c := range d.ValueColumns() {
+		cols = append(cols, Column{Name: c.Name, Type: c.Type})
+	}
+	return append(cols,
+		Column{Name: "_topic", Type: "String"},
+		Column{Name: "_partition", Type: "Int32"},
+		Column{Name: "_offset", Type: "Int64"},
+		// _late marks corrections: events for days the batch had sealed. They go to raw only.
+		Column{Name: "_late", Type: "UInt8"},
+		Column{Name: "_ingested_at", Type: utc, Default: "now()"},
+	)
+}
+
+// Dataset returns the objects of one dataset in creation order.
+func (g *Generator) Dataset(d *config.Dataset) []Object {
+	ds := d.Name
+	specs := d.Specs()
+	dims := d.DimensionNames()
+	sdims := d.SpeedDimensions()
+
+	rawKey := []string{"time", "id"}
+	raw := g.table(Raw(ds), ds, RawColumns(d), "MergeTree PARTITION BY toYYYYMMDD(time) "+orderBy(rawKey), rawKey)
+
+	speedCols := []Column{{Name: "minute", Type: utc}}
+	for _, n := range sdims {
+		speedCols = append(speedCols, Column{Name: n, Type: "String"})
+	}
+	for _, s := range specs {
+		speedCols = append(speedCols, Column{Name: s.Name, Type: s.StateType()})
+	}
+	speedKey := append([]string{"minute"}, sdims...)
+	speed := g.table(Speed(ds), ds, speedCols, "AggregatingMergeTree PARTITION BY toYYYYMMDD(minute) "+orderBy(speedKey), speedKey)
+	speed.Rebuild = g.speedSelect(d, fmt.Sprintf("INSERT INTO %s ", g.T(Speed(ds))),
+		fmt.Sprintf("_late = 0 AND time >= now() - %d", int64(d.SpeedConf.Retention.D().Seconds())))
+
+	mv := Object{Name: SpeedMV(ds), Kind: View, Dataset: ds,
+		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s TO %s AS\n", g.T(SpeedMV(ds)), g.T(Speed(ds))) +
+			g.speedSelect(d, "", "_late = 0")}
+
+	dailyCols := []Column{{Name: "day", Type: "Date"}, {Name: "grouping", Type: "String"}}
+	for _, n := range dims {
+		dailyCols = append(dailyCols, Column{Name: n, Type: "String"})
+	}
+	for _, s := range specs {
+		dailyCols = append(dailyCols, Column{Name: s.Name, Type: s.ValueType()})
+	}
+	for _, s := range specs {
+		if s.HasDailyState() {
+			dailyCols = append(dailyCols, Column{Name: s.StateColumn(), Type: s.StateType()})
+		}
+	}
+	dailyCols = append(dailyCols, Column{Name: "run_id", Type: "String"})
+	dailyKey := append([]string{"day", "grouping"}, dims...)
+	daily := g.table(Daily(ds), ds, dailyCols, "MergeTree PARTITION BY toYYYYMMDD(day) "+orderBy(dailyKey), dailyKey)
+
+	rejCols := []Column{
+		{Name: "payload", Type: "String"}, {Name: "reason", Type: "String"}, {Name: "detail", Type: "String"},
+		{Name: "_topic", Type: "String"}, {Name: "_partition", Type: "Int32"}, {Name: "_offset", Type: "Int64"},
+		{Name: "_ingested_at", Type: utc, Default: "now()"},
+	}
+	rejKey := []string{"_ingested_at", "_partition", "_offset"}
+	rejects := g.table(Rejects(ds), ds, rejCols, "MergeTree PARTITION BY toYYYYMM(_ingested_at) "+orderBy(rejKey), rejKey)
+
+	driftCols := []Column{
+		{Name: "day", Type: "Date"}, {Name: "metric", Type: "String"},
+		{Name: "speed_value", Type: "Nullable(Float64)"}, {Name: "exact_value", Type: "Nullable(Float64)"},
+		{Name: "abs_error", Type: "Nullable(Float64)"}, {Name: "rel_error", Type: "Nullable(Float64)"},
+		{Name: "run_id", Type: "String"}, {Name: "at", Type: utc, Default: "now()"},
+	}
+	driftKey := []string{"day", "metric", "at"}
+	drift := g.table(Drift(ds), ds, driftCols, "MergeTree PARTITION BY toYYYYMM(day) "+orderBy(driftKey), driftKey)
+
+	view := Object{Name: Lambda(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d)}
+	return []Object{raw, speed, mv, daily, rejects, drift, view}
+}
+
+// speedSelect is the per-minute aggregation of raw into speed states, shared by the
+// materialized view and the rebuild after a key change.
+func (g *Generator) speedSelect(d *config.Dataset, prefix, where string) string {
+	sel := []string{"toStartOfMinute(time) AS minute"}
+	group := []string{"minute"}
+	for _, n := range d.SpeedDimensions() {
+		sel = append(sel, Q(n))
+		group = append(group, Q(n))
+	}
+	for _, s := range d.Specs() {
+		sel = append(sel, s.StateExpr()+" AS "+Q(s.Name))
+	}
+	return fmt.Sprintf("%sSELECT\n    %s\nFROM %s\nWHERE %s\nGROUP BY %s", prefix,
+		strings.Join(sel, ",\n    "), g.T(Raw(d.Name)), where, strings.Join(group, ", "))
+}
+
+// WatermarkExpr is a scalar subquery giving a dataset's persisted batch watermark (the last
+// exact day; 1970-01-01 when none).
+func (g *Generator) WatermarkExpr(ds string) string {
+	return fmt.Sprintf("(SELECT argMax(watermark, at_us) FROM %s WHERE dataset = '%s')", g.T(BatchWatermarks), ds)
+}
+
+// GroupingArray is the ARRAY JOIN literal of grouping sets over the given dimensions, each set
+// padded with '' so that the array type is Array(Array(String)) on every version:
+// [[''], ['country'], ['country','device']].
+func GroupingArray(sets [][]string) string {
+	parts := make([]string, len(sets))
+	for i, s := range sets {
+		if len(s) == 0 {
+			parts[i] = "['']"
+			continue
+		}
+		q := make([]string, len(s))
+		for j, n := range s {
+			q[j] = "'" + n + "'"
+		}
+		parts[i] = "[" + strings.Join(q, ", ") + "]"
+	}
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+// GroupingExpr is the grouping column computed from an ARRAY JOIN of GroupingArray as gd.
+const GroupingExpr = "arrayStringConcat(arrayFilter(x -> x != '', gd), ',')"
+
+// SpeedSets returns the dataset's grouping sets that the speed view can compute (those within
+// the speed dimensions).
+func SpeedSets(d *config.Dataset) [][]string {
+	sdims := d.SpeedDimensions()
+	var out [][]string
+	for _, s := range d.GroupingSets() {
+		ok := true
+		for _, n := range s {
+			if !contains(sdims, n) {
+				ok = false
+			}
+		}
+		if ok {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// lambdaView is <ds>_lambda: per day, dimensions and grouping, the batch rows up to the
+// watermark and the speed rows after it, re-aggregated per grouping set.
+func (g *Generator) lambdaView(d *config.Dataset) string {
+	ds := d.Name
+	dims := d.DimensionNames()
+	sdims := d.SpeedDimensions()
+	specs := d.Specs()
+	wm := g.WatermarkExpr(ds)
+
+	batch := []string{"day", "grouping"}
+	for _, n := range dims {
+		batch = append(batch, Q(n))
+	}
+	for _, s := range specs {
+		batch = append(batch, s.Cast(Q(s.Name))+" AS "+Q(s.Name))
+	}
+	batch = append(batch, "'batch' AS source", "toUInt8(1) AS exact")
+
+	inner := []string{"minute"}
+	for _, n := range sdims {
+		inner = append(inner, Q(n)+" AS "+Q("d_"+n))
+	}
+	for _, s := range specs {
+		inner = append(inner, Q(s.Name)+" AS "+Q("s_"+s.Name))
+	}
+	outer := []string{"toDate(minute) AS day", GroupingExpr + " AS grouping"}
+	group := []string{"day", "grouping"}
+	for _, n := range dims {
+		if contains(sdims, n) {
+			outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
+			group = append(group, Q(n))
+		} else {
+			outer = append(outer, "'' AS "+Q(n))
+		}
+	}
+	for _, s := range specs {
+		outer = append(outer, s.Cast(s.MergeExpr(Q("s_"+s.Name)))+" AS "+Q(s.Name))
+	}
+	outer = append(outer, "'speed' AS source", "toUInt8(0) AS exact")
+
+	return fmt.Sprintf(`CREATE VIEW %s AS
+SELECT
+    %s
+FROM %s
+WHERE day <= %s
+UNION ALL
+SELECT
+    %s
+FROM
+(
+    SELECT
+        %s
+    FROM %s
+    WHERE toDate(minute) > %s
+)
+ARRAY JOIN %s AS gd
+GROUP BY %s`, g.T(Lambda(ds)),
+		strings.Join(batch, ",\n    "), g.T(Daily(ds)), wm,
+		strings.Join(outer, ",\n    "),
+		strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm,
+		GroupingArray(SpeedSets(d)), strings.Join(group, ", "))
+}
