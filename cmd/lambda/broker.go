@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/broker"
+)
+
+func init() {
+	register("broker", "run the embedded Kafka-compatible broker (kfake) with the configured topics", runBroker)
+}
+
+func runBroker(ctx context.Context, args []string) error {
+	fs, path := flags("broker")
+	listen := fs.String("listen", "", "host:port to listen on (default: the first of kafka.brokers)")
+	partitions := fs.Int("partitions", 4, "partitions per topic")
+	dataDir := fs.String("data-dir", "", "persist the log here so a restart keeps it (default: in memory)")
+	cfg, err := loadConfig(fs, path, args)
+	if err != nil {
+		return err
+	}
+	if *listen == "" {
+		*listen = cfg.Kafka.Brokers[0]
+	}
+	var topics []string
+	for _, d := range cfg.Datasets {
+		topics = append(topics, d.Topic)
+	}
+	b, err := broker.Start(broker.Options{Listen: *listen, Partitions: int32(*partitions), Topics: topics, DataDir: *dataDir, Logger: slog.Default()})
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	start := time.Now()
+	b.Close()
+	slog.Info("broker stopped", "took", time.Since(start).Round(time.Millisecond))
+	return nil
+}
