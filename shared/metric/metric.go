@@ -83,19 +83,40 @@ func (s Spec) args() string {
 }
 
 // StateType is the AggregateFunction column type of the speed view and of the daily sketch.
+// Numeric states are over Float64, not Nullable(Float64): ClickHouse 18.16 strips Nullable from
+// state types and current versions keep it, so NULLs are skipped with -If instead (StateExpr).
 func (s Spec) StateType() string {
-	if s.Type == Count {
+	switch s.RawType() {
+	case "":
 		return "AggregateFunction(count)"
+	case KeyType:
+		return fmt.Sprintf("AggregateFunction(%s, String)", s.fn())
+	default:
+		return fmt.Sprintf("AggregateFunction(%s, Float64)", s.fn())
 	}
-	return fmt.Sprintf("AggregateFunction(%s, %s)", s.fn(), s.RawType())
 }
 
-// StateExpr is the -State expression over raw columns, e.g. "sumState(value)".
+// StateExpr is the -State expression over raw columns, e.g.
+// "sumStateIf(toFloat64(assumeNotNull(value)), isNotNull(value))". The argument is cast to the
+// state's type: ClickHouse 18.16 pushes an INSERT … SELECT block to materialized views before
+// converting it to the table's types, and the state type must not depend on how rows came in.
 func (s Spec) StateExpr() string {
+	name := string(s.Type)
 	if s.Type == Quantile {
-		return fmt.Sprintf("quantileState(%s)(%s)", s.levelString(), s.args())
+		name = "quantile"
 	}
-	return fmt.Sprintf("%sState(%s)", s.Type, s.args())
+	params := ""
+	if s.Type == Quantile {
+		params = "(" + s.levelString() + ")"
+	}
+	switch s.RawType() {
+	case "":
+		return "countState()"
+	case KeyType:
+		return fmt.Sprintf("%sState%s(toString(%s))", name, params, s.args())
+	default:
+		return fmt.Sprintf("%sStateIf%s(toFloat64(assumeNotNull(%s)), isNotNull(%s))", name, params, s.args(), s.args())
+	}
 }
 
 // MergeExpr turns a state column into the metric's value, e.g. "uniqMerge(users)".

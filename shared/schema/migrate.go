@@ -227,7 +227,7 @@ func (m *migrator) applyView(ctx context.Context, o Object) error {
 	if err := m.exec(ctx, o.Create); err != nil {
 		return err
 	}
-	return m.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (object, statement_hash) VALUES (?, ?)", m.g.T(SchemaObjects)), o.Name, hash)
+	return m.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (object, statement_hash) SELECT ?, ?", m.g.T(SchemaObjects)), o.Name, hash)
 }
 
 // Statements returns every CREATE statement of the configuration, for golden files and for

@@ -84,7 +84,7 @@ func TestMigrateUpgrade(t *testing.T) {
 	}
 	db := cfg.ClickHouse.Database
 	// Rows in raw feed speed; they must survive the rebuild a new speed dimension causes.
-	if err := conn.Exec(ctx, "INSERT INTO `"+db+"`.events_raw (id, time, event, country, device, user_id, value) VALUES ('a', now(), 'view', 'de', 'ios', 'u1', 1.5), ('b', now(), 'buy', 'fr', 'web', 'u2', 2)"); err != nil {
+	if err := conn.Exec(ctx, "INSERT INTO `"+db+"`.events_raw (id, time, event, country, device, user_id, value) SELECT 'a', now(), 'view', 'de', 'ios', 'u1', 1.5 UNION ALL SELECT 'b', now(), 'buy', 'fr', 'web', 'u2', 2"); err != nil {
 		t.Fatal(err)
 	}
 	up := *cfg

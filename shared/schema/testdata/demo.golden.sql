@@ -79,8 +79,8 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed`
     `device` String,
     `events` AggregateFunction(count),
     `users` AggregateFunction(uniq, String),
-    `revenue` AggregateFunction(sum, Nullable(Float64)),
-    `value_p95` AggregateFunction(quantile(0.95), Nullable(Float64))
+    `revenue` AggregateFunction(sum, Float64),
+    `value_p95` AggregateFunction(quantile(0.95), Float64)
 )
 ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`);
 
@@ -91,9 +91,9 @@ SELECT
     `country`,
     `device`,
     countState() AS `events`,
-    uniqState(`user_id`) AS `users`,
-    sumState(`value`) AS `revenue`,
-    quantileState(0.95)(`value`) AS `value_p95`
+    uniqState(toString(`user_id`)) AS `users`,
+    sumStateIf(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `revenue`,
+    quantileStateIf(0.95)(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `value_p95`
 FROM `lambda`.`events_raw`
 WHERE _late = 0
 GROUP BY minute, `event`, `country`, `device`;
@@ -110,7 +110,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_daily`
     `revenue` Nullable(Float64),
     `value_p95` Nullable(Float64),
     `users_state` AggregateFunction(uniq, String),
-    `value_p95_state` AggregateFunction(quantile(0.95), Nullable(Float64)),
+    `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
 ENGINE = MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (`day`, `grouping`, `event`, `country`, `device`);
