@@ -262,8 +262,8 @@ func (g *Generator) WatermarkExpr(ds string) string {
 }
 
 // GroupingArray is the ARRAY JOIN literal of grouping sets over the given dimensions, each set
-// padded with '' so that the array type is Array(Array(String)) on every version:
-// [[''], ['country'], ['country','device']].
+// padded with ” so that the array type is Array(Array(String)) on every version:
+// [[”], ['country'], ['country','device']].
 func GroupingArray(sets [][]string) string {
 	parts := make([]string, len(sets))
 	for i, s := range sets {
