@@ -261,9 +261,9 @@ func (g *Generator) WatermarkExpr(ds string) string {
 	return fmt.Sprintf("(SELECT argMax(watermark, at_us) FROM %s WHERE dataset = '%s')", g.T(BatchWatermarks), ds)
 }
 
-// GroupingArray is the ARRAY JOIN literal of grouping sets over the given dimensions, each set
-// padded with ” so that the array type is Array(Array(String)) on every version:
-// [[”], ['country'], ['country','device']].
+// GroupingArray is the ARRAY JOIN literal of grouping sets over the given dimensions. The empty
+// set is written as an array holding one empty string, so that the literal's type is
+// Array(Array(String)) on every version; GroupingExpr filters the empty string out.
 func GroupingArray(sets [][]string) string {
 	parts := make([]string, len(sets))
 	for i, s := range sets {
