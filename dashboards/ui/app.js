@@ -1,0 +1,901 @@
+// The built-in dashboards of the Lambda platform: plain JavaScript over the HTTP API and uPlot.
+//
+// Every URL is relative (api/v1/…, dashboards.json) so the page works behind a path prefix.
+// Each panel element carries data attributes for the browser test and for anyone scripting
+// the page: data-panel, data-panel-type, data-state (loading|ok|empty|error), data-points,
+// data-exact-points, data-approx-points, data-sources and, on time charts, data-boundary
+// ("1" when the batch/speed boundary lies inside the chart and was drawn) with
+// data-boundary-time. The body carries data-state="ready" and data-refreshes after each
+// complete refresh.
+(function () {
+  'use strict';
+
+  const KEY_STORE = 'lambda.apiKey';
+  const REFRESH_STORE = 'lambda.refresh';
+  const RANGES = { '6h': 6 * 3600e3, '24h': 24 * 3600e3, '7d': 7 * 86400e3, '30d': 30 * 86400e3 };
+  const AUTO_GRANULARITY = { '6h': 'minute', '24h': 'hour', '7d': 'hour', '30d': 'day' };
+  const PALETTE = ['#2f6fdf', '#d9480f', '#2b8a3e', '#862e9c', '#c2255c', '#0b7285', '#5c940d', '#e67700', '#364fc7', '#495057'];
+  const DAY = 86400e3;
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    datasets: [],
+    dashboards: [],
+    dataset: '',
+    dashboard: '',
+    range: '',
+    granularity: 'auto',
+    refresh: 15,
+    timer: 0,
+    generation: 0,
+    refreshes: 0,
+    charts: new Map(), // panel id -> uPlot
+    resize: null,
+  };
+
+  // ---- API ----------------------------------------------------------------------------------
+
+  class APIError extends Error {
+    constructor(status, message, path) {
+      super(message);
+      this.status = status;
+      this.path = path;
+    }
+    toString() {
+      return (this.status ? `HTTP ${this.status}: ` : '') + this.message;
+    }
+  }
+
+  function apiKey() {
+    try { return localStorage.getItem(KEY_STORE) || ''; } catch (e) { return ''; }
+  }
+
+  async function api(path, body) {
+    const headers = { Accept: 'application/json' };
+    const key = apiKey();
+    if (key) headers.Authorization = 'Bearer ' + key;
+    const opts = { headers, cache: 'no-store' };
+    if (body !== undefined) {
+      opts.method = 'POST';
+      headers['Content-Type'] = 'application/json';
+      opts.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(path, opts);
+    } catch (e) {
+      throw new APIError(0, `cannot reach the server (${path}): ${e.message}`, path);
+    }
+    const text = await res.text();
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
+    if (!res.ok) {
+      let msg = data && (data.error !== undefined ? data.error : data.message);
+      if (msg && typeof msg === 'object') msg = msg.message || JSON.stringify(msg);
+      if (!msg) msg = text.trim().slice(0, 400) || res.statusText || 'request refused';
+      if (data && data.field) msg += ` (field ${data.field})`;
+      if (res.status === 401) msg += ' (set the API key at the top right)';
+      throw new APIError(res.status, `${msg}`, path);
+    }
+    if (data === null) throw new APIError(res.status, `${path} did not answer JSON`, path);
+    return data;
+  }
+
+  // ---- time and numbers ---------------------------------------------------------------------
+
+  function parseTime(v) {
+    if (v === null || v === undefined || v === '') return NaN;
+    if (typeof v === 'number') return v > 1e11 ? v : v * 1000;
+    const s = String(v);
+    if (/^\d{4}-\d{2}-\d{2}$/.test(s)) return Date.parse(s + 'T00:00:00Z');
+    if (/^\d{4}-\d{2}-\d{2} \d{2}:\d{2}(:\d{2})?$/.test(s)) return Date.parse(s.replace(' ', 'T') + 'Z');
+    return Date.parse(s);
+  }
+
+  function floorTo(ms, granularity) {
+    const d = new Date(ms);
+    switch (granularity) {
+      case 'minute': d.setUTCSeconds(0, 0); break;
+      case 'hour': d.setUTCMinutes(0, 0, 0); break;
+      case 'day': d.setUTCHours(0, 0, 0, 0); break;
+      case 'week': d.setUTCHours(0, 0, 0, 0); d.setUTCDate(d.getUTCDate() - ((d.getUTCDay() + 6) % 7)); break;
+      case 'month': d.setUTCHours(0, 0, 0, 0); d.setUTCDate(1); break;
+    }
+    return d.getTime();
+  }
+
+  const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
+
+  function fmtTime(ms, withSeconds) {
+    if (!isFinite(ms)) return '—';
+    const s = new Date(ms).toISOString();
+    return s.slice(0, 10) + ' ' + s.slice(11, withSeconds ? 19 : 16) + 'Z';
+  }
+
+  function fmtDay(ms) {
+    return isFinite(ms) ? new Date(ms).toISOString().slice(0, 10) : '—';
+  }
+
+  function fmtAgo(ms) {
+    if (!isFinite(ms)) return '';
+    const s = Math.round((Date.now() - ms) / 1000);
+    if (s < 0) return 'in the future';
+    return fmtDuration(s) + ' ago';
+  }
+
+  function fmtDuration(s) {
+    s = Math.round(Number(s));
+    if (!isFinite(s)) return '—';
+    if (s < 120) return s + ' s';
+    if (s < 7200) return Math.round(s / 60) + ' min';
+    if (s < 172800) return (s / 3600).toFixed(1) + ' h';
+    return (s / 86400).toFixed(1) + ' d';
+  }
+
+  const numFull = new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 });
+  const numCompact = new Intl.NumberFormat('en-US', { notation: 'compact', maximumFractionDigits: 1 });
+
+  function fmtNum(v) {
+    if (v === null || v === undefined || v === '') return '—';
+    const n = Number(v);
+    if (!isFinite(n)) return String(v);
+    return Math.abs(n) >= 1e7 ? numCompact.format(n) : numFull.format(n);
+  }
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (v === undefined || v === null || v === false) continue;
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = v;
+      else if (k === 'style') e.style.cssText = v;
+      else e.setAttribute(k, v === true ? '' : String(v));
+    }
+    for (const c of children.flat()) {
+      if (c === null || c === undefined || c === false) continue;
+      e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    }
+    return e;
+  }
+
+  // ---- datasets and definitions -------------------------------------------------------------
+
+  const nameOf = (x) => (typeof x === 'string' ? x : (x && (x.name || x.dataset)) || '');
+
+  function normDatasets(data) {
+    let list = Array.isArray(data) ? data : data.datasets || data.data || [];
+    if (!Array.isArray(list)) list = Object.entries(list).map(([name, v]) => Object.assign({ name }, v));
+    return list.map((d) => ({
+      name: nameOf(d),
+      dimensions: (d.dimensions || []).map(nameOf),
+      metrics: (d.metrics || []).map((m) => (typeof m === 'string' ? { name: m } : m)),
+    })).filter((d) => d.name);
+  }
+
+  // defaultDashboard shows any dataset without a definition: totals, each metric over time,
+  // the first metric by each dimension.
+  function defaultDashboard(ds) {
+    const metrics = ds.metrics.map((m) => m.name);
+    const panels = [{ id: 'totals', title: 'Totals over the range', type: 'stat', metrics, width: 12 }];
+    metrics.slice(0, 6).forEach((m) => panels.push({ id: 'ts-' + m, title: m, type: 'timeseries', metrics: [m], width: 6 }));
+    ds.dimensions.slice(0, 4).forEach((d) => panels.push({ id: 'by-' + d, title: `${metrics[0]} by ${d}`, type: 'bar', metrics: [metrics[0]], dimension: d, limit: 10, width: 6 }));
+    return { id: 'default-' + ds.name, title: ds.name, dataset: ds.name, panels, generated: true };
+  }
+
+  function dashboardsFor(dataset) {
+    const defs = state.dashboards.filter((d) => d.dataset === dataset);
+    if (defs.length) return defs;
+    const ds = state.datasets.find((d) => d.name === dataset);
+    return ds && ds.metrics.length ? [defaultDashboard(ds)] : [];
+  }
+
+  function currentDashboard() {
+    const list = dashboardsFor(state.dataset);
+    return list.find((d) => d.id === state.dashboard) || list[0] || null;
+  }
+
+  // ---- URL state ----------------------------------------------------------------------------
+
+  function readHash() {
+    const p = new URLSearchParams(location.hash.replace(/^#/, ''));
+    return {
+      dataset: p.get('dataset') || '',
+      dashboard: p.get('dashboard') || '',
+      range: RANGES[p.get('range')] ? p.get('range') : '',
+      granularity: p.get('granularity') || '',
+    };
+  }
+
+  function writeHash() {
+    const p = new URLSearchParams();
+    if (state.dataset) p.set('dataset', state.dataset);
+    if (state.dashboard) p.set('dashboard', state.dashboard);
+    p.set('range', state.range);
+    p.set('granularity', state.granularity);
+    history.replaceState(null, '', '#' + p.toString());
+  }
+
+  // ---- controls -----------------------------------------------------------------------------
+
+  function fillSelect(sel, values, labels) {
+    sel.replaceChildren(...values.map((v, i) => el('option', { value: v, text: labels ? labels[i] : v })));
+  }
+
+  function syncControls() {
+    const ds = $('dataset');
+    fillSelect(ds, state.datasets.map((d) => d.name));
+    ds.value = state.dataset;
+    const list = dashboardsFor(state.dataset);
+    fillSelect($('dashboard'), list.map((d) => d.id), list.map((d) => d.title));
+    $('dashboard').value = (currentDashboard() || {}).id || '';
+    $('dashboard-label').hidden = list.length < 2;
+    $('range').value = state.range;
+    $('granularity').value = state.granularity;
+    $('refresh').value = String(state.refresh);
+    $('apikey').value = apiKey();
+    const d = currentDashboard();
+    $('title').textContent = d ? d.title : 'Dashboards';
+    document.title = (d ? d.title + ' · ' : '') + 'Lambda dashboards';
+  }
+
+  // selectDashboard resets the selectors to the dashboard's defaults unless the URL set them.
+  function selectDataset(name, fromHash) {
+    state.dataset = name;
+    const d = currentDashboard();
+    state.dashboard = d ? d.id : '';
+    if (!fromHash || !state.range) state.range = (d && d.range) || '24h';
+    if (!fromHash || !state.granularity) state.granularity = (d && d.granularity) || 'auto';
+  }
+
+  function bindControls() {
+    $('dataset').addEventListener('change', (e) => {
+      state.dashboard = '';
+      selectDataset(e.target.value, false);
+      rebuild();
+    });
+    $('dashboard').addEventListener('change', (e) => {
+      state.dashboard = e.target.value;
+      const d = currentDashboard();
+      state.range = (d && d.range) || state.range;
+      state.granularity = (d && d.granularity) || state.granularity;
+      rebuild();
+    });
+    $('range').addEventListener('change', (e) => { state.range = e.target.value; writeHash(); refresh(); });
+    $('granularity').addEventListener('change', (e) => { state.granularity = e.target.value; writeHash(); refresh(); });
+    $('refresh').addEventListener('change', (e) => {
+      state.refresh = Number(e.target.value);
+      try { localStorage.setItem(REFRESH_STORE, String(state.refresh)); } catch (err) { /* private mode */ }
+      schedule();
+    });
+    $('reload').addEventListener('click', () => refresh());
+    $('apikey').addEventListener('change', (e) => {
+      try {
+        if (e.target.value) localStorage.setItem(KEY_STORE, e.target.value);
+        else localStorage.removeItem(KEY_STORE);
+      } catch (err) { /* private mode: the key lives for this page only */ }
+      start();
+    });
+    $('controls').addEventListener('submit', (e) => e.preventDefault());
+    document.addEventListener('visibilitychange', () => { if (!document.hidden && state.refresh) refresh(); });
+    window.addEventListener('hashchange', () => {
+      const h = readHash();
+      if (h.dataset && h.dataset !== state.dataset && state.datasets.some((d) => d.name === h.dataset)) {
+        state.dataset = h.dataset;
+        state.dashboard = h.dashboard;
+        state.range = h.range || state.range;
+        state.granularity = h.granularity || state.granularity;
+        rebuild();
+      }
+    });
+  }
+
+  function banner(msg) {
+    const b = $('banner');
+    b.hidden = !msg;
+    b.textContent = msg || '';
+  }
+
+  // ---- start, rebuild, refresh --------------------------------------------------------------
+
+  async function start() {
+    const gen = ++state.generation;
+    document.body.dataset.state = 'loading';
+    banner('');
+    let datasets, defs;
+    try {
+      [datasets, defs] = await Promise.all([
+        api('api/v1/datasets'),
+        api('dashboards.json').catch((e) => { banner(`Dashboard definitions: ${e}`); return { dashboards: [] }; }),
+      ]);
+    } catch (e) {
+      if (gen !== state.generation) return;
+      banner(`Cannot load datasets: ${e}`);
+      document.body.dataset.state = 'error';
+      schedule(start);
+      return;
+    }
+    if (gen !== state.generation) return;
+    state.datasets = normDatasets(datasets);
+    state.dashboards = (defs && defs.dashboards) || [];
+    if (!state.datasets.length) {
+      banner('The server declares no datasets.');
+      document.body.dataset.state = 'error';
+      return;
+    }
+    const h = readHash();
+    const want = state.dataset || h.dataset;
+    let name = want;
+    if (!state.datasets.some((d) => d.name === name)) {
+      const def = state.dashboards.find((d) => state.datasets.some((s) => s.name === d.dataset));
+      name = def ? def.dataset : state.datasets[0].name;
+    }
+    state.dashboard = state.dashboard || h.dashboard;
+    state.range = state.range || h.range;
+    state.granularity = h.granularity || state.granularity;
+    selectDataset(name, true);
+    if (!dashboardsFor(name).some((d) => d.id === state.dashboard)) state.dashboard = (currentDashboard() || {}).id || '';
+    rebuild();
+  }
+
+  function rebuild() {
+    for (const u of state.charts.values()) u.destroy();
+    state.charts.clear();
+    syncControls();
+    writeHash();
+    const d = currentDashboard();
+    const grid = $('panels');
+    grid.replaceChildren();
+    if (!d) {
+      grid.append(el('p', { class: 'empty', text: `No panels for dataset ${state.dataset}.` }));
+      return;
+    }
+    for (const p of d.panels) {
+      const width = p.width || (p.type === 'stat' ? 12 : 6);
+      grid.append(el('section', {
+        class: 'panel', 'data-panel': p.id, 'data-panel-type': p.type, 'data-state': 'loading',
+        style: `grid-column: span ${width}`,
+      },
+      el('div', { class: 'panel-head' }, el('h2', { text: p.title || p.id }), el('span', { class: 'info' }), el('span', { class: 'badges' })),
+      el('div', { class: 'panel-body' }),
+      el('div', { class: 'panel-foot' })));
+    }
+    refresh();
+  }
+
+  function schedule(fn) {
+    clearTimeout(state.timer);
+    if (state.refresh > 0) state.timer = setTimeout(fn || refresh, state.refresh * 1000);
+  }
+
+  async function refresh() {
+    clearTimeout(state.timer);
+    const gen = state.generation;
+    const d = currentDashboard();
+    if (!d) return;
+    document.body.dataset.state = document.body.dataset.state === 'ready' ? 'refreshing' : 'loading';
+    const now = Date.now();
+    const jobs = d.panels.map((p) => loadPanel(p, now, gen));
+    jobs.push(loadFreshness(gen));
+    await Promise.allSettled(jobs);
+    if (gen !== state.generation) return;
+    state.refreshes++;
+    document.body.dataset.refreshes = String(state.refreshes);
+    document.body.dataset.state = 'ready';
+    const errors = document.querySelectorAll('.panel[data-state="error"]').length;
+    $('status').textContent = `Updated ${fmtTime(now, true)}` +
+      (state.refresh ? ` · refreshing every ${state.refresh} s` : ' · auto refresh off') +
+      (errors ? ` · ${errors} panel${errors > 1 ? 's' : ''} failed` : '');
+    schedule();
+  }
+
+  // ---- panels -------------------------------------------------------------------------------
+
+  function panelWindow(p, now) {
+    const range = p.range || state.range || '24h';
+    let granularity = p.granularity || (state.granularity === 'auto' || !state.granularity ? AUTO_GRANULARITY[range] : state.granularity);
+    const to = floorTo(now, 'minute') + 60e3;
+    const from = floorTo(now - RANGES[range], granularity);
+    return { range, granularity, from, to };
+  }
+
+  function panelRequest(p, w) {
+    const timeChart = p.type === 'timeseries' || (p.type === 'table' && !p.dimension);
+    const req = {
+      dataset: state.dataset,
+      metrics: p.metrics,
+      dimensions: p.dimension ? [p.dimension] : [],
+      from: iso(w.from),
+      to: iso(w.to),
+      granularity: timeChart ? w.granularity : 'all',
+    };
+    if (p.filters && p.filters.length) req.filters = p.filters;
+    if (p.exact) req.exact = true;
+    return req;
+  }
+
+  async function loadPanel(p, now, gen) {
+    const node = document.querySelector(`.panel[data-panel="${CSS.escape(p.id)}"]`);
+    if (!node) return;
+    const w = panelWindow(p, now);
+    const req = panelRequest(p, w);
+    const info = node.querySelector('.info');
+    info.textContent = `${w.range} · ${req.granularity === 'all' ? 'whole range' : 'by ' + req.granularity}` +
+      (p.filters && p.filters.length ? ' · ' + p.filters.map((f) => `${f.dimension} ${f.op} ${f.values.join(',')}`).join(' · ') : '');
+    let res;
+    try {
+      res = await api('api/v1/query', req);
+    } catch (e) {
+      if (gen !== state.generation) return;
+      showPanelError(node, p, e);
+      return;
+    }
+    if (gen !== state.generation) return;
+    try {
+      renderPanel(node, p, w, req, res);
+    } catch (e) {
+      showPanelError(node, p, new APIError(0, 'cannot draw the answer: ' + e.message, 'api/v1/query'));
+      console.error(e);
+    }
+  }
+
+  function showPanelError(node, p, e) {
+    const u = state.charts.get(p.id);
+    if (u) { u.destroy(); state.charts.delete(p.id); }
+    node.dataset.state = 'error';
+    node.dataset.points = '0';
+    node.dataset.error = String(e);
+    node.querySelector('.panel-body').replaceChildren(el('div', { class: 'panel-error', text: String(e) }));
+    node.querySelector('.badges').replaceChildren();
+    node.querySelector('.panel-foot').textContent = '';
+  }
+
+  function renderPanel(node, p, w, req, res) {
+    const rows = Array.isArray(res.rows) ? res.rows : [];
+    const meta = res.meta || {};
+    delete node.dataset.error;
+    const body = node.querySelector('.panel-body');
+    let points;
+    if (p.type === 'timeseries') points = renderTimeseries(node, body, p, w, rows, meta);
+    else {
+      const u = state.charts.get(p.id);
+      if (u) { u.destroy(); state.charts.delete(p.id); }
+      if (p.type === 'bar') points = renderBars(body, p, rows);
+      else if (p.type === 'table') points = renderTable(body, p, rows);
+      else points = renderStat(body, p, rows);
+    }
+    const exact = rows.filter((r) => r.exact !== false).length;
+    node.dataset.points = String(points);
+    node.dataset.exactPoints = String(exact);
+    node.dataset.approxPoints = String(rows.length - exact);
+    const sources = [...new Set(rows.map((r) => r.source).filter(Boolean))].sort();
+    node.dataset.sources = sources.join(',');
+    node.dataset.state = points > 0 ? 'ok' : 'empty';
+    if (!points) body.replaceChildren(el('p', { class: 'empty', text: 'No data in this range.' }));
+
+    const badges = sources.map((s) => el('span', { class: 'badge ' + (s === 'batch' || s === 'raw' ? 'exact' : 'approx'), text: s, title: `rows from ${s}` }));
+    if (rows.length && exact === rows.length) badges.push(el('span', { class: 'badge exact', text: 'exact' }));
+    else if (rows.length) badges.push(el('span', { class: 'badge approx', text: exact ? `${rows.length - exact} of ${rows.length} approximate` : 'approximate' }));
+    if (meta.complete === false) badges.push(el('span', { class: 'badge warn', text: 'incomplete', title: 'part of the range has no data source' }));
+    node.querySelector('.badges').replaceChildren(...badges);
+
+    const foot = [];
+    const bw = boundaryOf(meta);
+    if (bw !== null) foot.push(`exact through ${fmtDay(bw - DAY)}`);
+    if (meta.speed_watermark) foot.push(`speed up to ${fmtTime(parseTime(meta.speed_watermark), true)}`);
+    if (meta.lag_seconds !== undefined && meta.lag_seconds !== null) foot.push(`lag ${fmtDuration(meta.lag_seconds)}`);
+    if (meta.took_ms !== undefined) foot.push(`${meta.took_ms} ms`);
+    const footNode = node.querySelector('.panel-foot');
+    footNode.textContent = foot.join(' · ');
+    footNode.title = Array.isArray(meta.sources) && meta.sources.length ? 'sources: ' + meta.sources.map(describeSource).join('; ') : '';
+  }
+
+  function describeSource(s) {
+    if (typeof s !== 'object' || s === null) return String(s);
+    const name = s.source || s.name || s.table || '';
+    const from = s.from ? fmtTime(parseTime(s.from)) : '';
+    const to = s.to ? fmtTime(parseTime(s.to)) : '';
+    return name + (from || to ? ` ${from} → ${to}` : '');
+  }
+
+  // boundaryOf returns the end of the batch watermark day (ms), where exact data ends, or null
+  // when no day is exact yet. The watermark is the last exact day, as a date or a timestamp of
+  // that day; meta.batch_boundary, when the server sends it, is the boundary itself.
+  function boundaryOf(meta) {
+    if (meta.batch_boundary) {
+      const b = parseTime(meta.batch_boundary);
+      return isFinite(b) ? b : null;
+    }
+    const wm = meta.batch_watermark;
+    if (wm === null || wm === undefined || wm === '') return null;
+    const t = parseTime(wm);
+    if (!isFinite(t) || t <= 0) return null;
+    return floorTo(t, 'day') + DAY;
+  }
+
+  function metricValue(row, m) {
+    const v = row[m];
+    if (v === null || v === undefined || v === '') return null;
+    const n = Number(v);
+    return isFinite(n) ? n : null;
+  }
+
+  // seriesOf returns one series per metric, or with a dimension one per dimension value (the
+  // largest few) of the first metric.
+  function seriesOf(p, rows) {
+    if (!p.dimension) return p.metrics.map((m) => ({ label: m, metric: m, match: () => true }));
+    const m = p.metrics[0];
+    const totals = new Map();
+    for (const r of rows) {
+      const k = String(r[p.dimension] ?? '');
+      totals.set(k, (totals.get(k) || 0) + (metricValue(r, m) || 0));
+    }
+    return [...totals.entries()].sort((a, b) => b[1] - a[1]).slice(0, p.limit || 5)
+      .map(([k]) => ({ label: `${k || '(empty)'}`, metric: m, match: (r) => String(r[p.dimension] ?? '') === k }));
+  }
+
+  function renderTimeseries(node, body, p, w, rows, meta) {
+    const times = [...new Set(rows.map((r) => parseTime(r.time)).filter(isFinite))].sort((a, b) => a - b);
+    const at = new Map(times.map((t, i) => [t, i]));
+    const series = seriesOf(p, rows);
+    const data = [times.map((t) => t / 1000)];
+    const uSeries = [{}];
+    const metricsShown = [...new Set(series.map((s) => s.metric))];
+    let points = 0;
+    series.forEach((s, si) => {
+      const exact = new Array(times.length).fill(null);
+      const approx = new Array(times.length).fill(null);
+      for (const r of rows) {
+        if (!s.match(r)) continue;
+        const i = at.get(parseTime(r.time));
+        const v = metricValue(r, s.metric);
+        if (i === undefined || v === null) continue;
+        points++;
+        if (r.exact === false) approx[i] = v; else exact[i] = v;
+      }
+      // Join the two styles so the line does not break where exact turns approximate.
+      for (let i = 1; i < times.length; i++) {
+        if (approx[i] !== null && approx[i - 1] === null && exact[i - 1] !== null) approx[i - 1] = exact[i - 1];
+        if (exact[i] !== null && approx[i] === null && approx[i - 1] !== null && exact[i - 1] === null) approx[i] = exact[i];
+      }
+      const color = PALETTE[si % PALETTE.length];
+      const scale = p.dimension ? metricsShown[0] : s.metric;
+      const pts = { show: times.length <= 48, size: 4 };
+      data.push(exact, approx);
+      uSeries.push({ label: s.label, scale, stroke: color, width: 1.6, points: pts, spanGaps: false },
+        { label: s.label + ' (approximate)', scale, stroke: color, width: 1.6, dash: [6, 4], points: pts, spanGaps: false });
+      s.color = color;
+    });
+
+    const boundary = boundaryOf(meta);
+    const inside = boundary !== null && boundary > w.from && boundary <= w.to;
+    node.dataset.boundary = inside ? '1' : '0';
+    if (boundary !== null) node.dataset.boundaryTime = iso(boundary); else delete node.dataset.boundaryTime;
+
+    const old = state.charts.get(p.id);
+    if (old) { old.destroy(); state.charts.delete(p.id); }
+    if (!points) return 0;
+
+    const legend = el('div', { class: 'legend' }, series.map((s) => el('span', { class: 'item' },
+      el('span', { class: 'line', style: `border-color:${s.color}` }), s.label, el('span', { class: 'val' }))));
+    const readout = el('div', { class: 'readout' });
+    const chartBox = el('div', { class: 'chart' });
+    body.replaceChildren(chartBox, legend, readout);
+
+    const axes = [{ stroke: '#68707c', grid: { stroke: '#eef0f3' }, ticks: { stroke: '#dde1e6' }, values: timeLabels }];
+    metricsShown.slice(0, 2).forEach((m, i) => axes.push({
+      scale: m, side: i === 0 ? 3 : 1, stroke: '#68707c', size: 56,
+      grid: { show: i === 0, stroke: '#eef0f3' }, ticks: { stroke: '#dde1e6' },
+      values: (u, vals) => vals.map((v) => (v === null ? '' : numCompact.format(v))),
+      label: metricsShown.length > 1 ? m : undefined, labelSize: metricsShown.length > 1 ? 18 : undefined,
+    }));
+    // The x range is the requested window, widened to the end of the last bucket so a day
+    // bucket after the boundary gets its width.
+    const lastEnd = times.length ? times[times.length - 1] + bucketMs(w.granularity) : w.to;
+    const xRange = [w.from / 1000, Math.max(w.to, lastEnd) / 1000];
+    const scales = { x: { time: true, range: () => xRange } };
+    for (const m of metricsShown) scales[m] = { auto: true, range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.08 : 1] };
+
+    const width = Math.max(200, chartBox.clientWidth || body.clientWidth || 400);
+    const opts = {
+      width, height: 220,
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC'),
+      legend: { show: false },
+      cursor: { drag: { x: true, y: false } },
+      scales, axes, series: uSeries,
+      hooks: {
+        drawClear: [(u) => drawApproxRegion(u, boundary)],
+        draw: [(u) => drawBoundaryLine(u, boundary, inside)],
+        setCursor: [(u) => showReadout(u, series, legend, readout)],
+      },
+    };
+    const u = new uPlot(opts, data, chartBox);
+    state.charts.set(p.id, u);
+    showReadout(u, series, legend, readout);
+    return points;
+  }
+
+  // drawApproxRegion shades the part of the plot after the batch boundary (all of it when no
+  // day is exact yet) under the series.
+  function drawApproxRegion(u, boundary) {
+    const { left, top, width, height } = u.bbox;
+    let x0 = left;
+    if (boundary !== null) {
+      x0 = Math.round(u.valToPos(boundary / 1000, 'x', true));
+      if (!isFinite(x0) || x0 >= left + width) return;
+      x0 = Math.max(x0, left);
+    }
+    const ctx = u.ctx;
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(x0, top, left + width - x0, height);
+    ctx.clip();
+    ctx.fillStyle = 'rgba(224, 138, 0, 0.08)';
+    ctx.fillRect(x0, top, left + width - x0, height);
+    ctx.strokeStyle = 'rgba(224, 138, 0, 0.22)';
+    ctx.lineWidth = 1;
+    const step = 10 * devicePixelRatio;
+    ctx.beginPath();
+    for (let x = x0 - height; x < left + width; x += step) {
+      ctx.moveTo(x, top + height);
+      ctx.lineTo(x + height, top);
+    }
+    ctx.stroke();
+    ctx.restore();
+  }
+
+  function drawBoundaryLine(u, boundary, inside) {
+    if (!inside) return;
+    const { top, height } = u.bbox;
+    const x = Math.round(u.valToPos(boundary / 1000, 'x', true));
+    const ctx = u.ctx;
+    const dpr = devicePixelRatio;
+    ctx.save();
+    ctx.strokeStyle = '#e08a00';
+    ctx.lineWidth = 2 * dpr;
+    ctx.beginPath();
+    ctx.moveTo(x, top);
+    ctx.lineTo(x, top + height);
+    ctx.stroke();
+    ctx.font = `${11 * dpr}px system-ui, sans-serif`;
+    ctx.fillStyle = '#b86e00';
+    ctx.textBaseline = 'top';
+    ctx.textAlign = 'right';
+    ctx.fillText('exact ', x - 3 * dpr, top + 3 * dpr);
+    ctx.textAlign = 'left';
+    if (x + ctx.measureText(' approximate').width + 3 * dpr < u.bbox.left + u.bbox.width) ctx.fillText(' approximate', x + 3 * dpr, top + 3 * dpr);
+    ctx.restore();
+  }
+
+  function bucketMs(granularity) {
+    return { minute: 60e3, hour: 3600e3, day: DAY, week: 7 * DAY, month: 30 * DAY }[granularity] || 0;
+  }
+
+  // timeLabels formats x ticks in UTC, 24-hour, with the date under midnight and the first tick.
+  function timeLabels(u, splits, axisIdx, space, incr) {
+    return splits.map((v, i) => {
+      const s = new Date(v * 1000).toISOString();
+      if (incr >= 86400) return s.slice(5, 10);
+      const hm = s.slice(11, 16);
+      return hm === '00:00' || i === 0 ? hm + '\n' + s.slice(5, 10) : hm;
+    });
+  }
+
+  function showReadout(u, series, legend, readout) {
+    let i = u.cursor.idx;
+    const n = u.data[0].length;
+    if (i === null || i === undefined) i = n - 1;
+    if (i < 0) return;
+    const vals = legend.querySelectorAll('.val');
+    let approx = false;
+    series.forEach((s, si) => {
+      const e = u.data[1 + 2 * si][i];
+      const a = u.data[2 + 2 * si][i];
+      const v = e !== null && e !== undefined ? e : a;
+      if ((e === null || e === undefined) && a !== null && a !== undefined) approx = true;
+      vals[si].textContent = v === null || v === undefined ? '—' : ((e === null || e === undefined) ? '≈' : '') + fmtNum(v);
+    });
+    readout.textContent = `${fmtTime(u.data[0][i] * 1000)}${approx ? ' · approximate' : ''}` +
+      (u.cursor.idx === null || u.cursor.idx === undefined ? ' (latest; hover for others, drag to zoom, double-click to reset)' : '');
+  }
+
+  function renderBars(body, p, rows) {
+    const m = p.metrics[0];
+    const items = rows.map((r) => ({ label: String(r[p.dimension] ?? ''), v: metricValue(r, m), exact: r.exact !== false, source: r.source }))
+      .filter((x) => x.v !== null).sort((a, b) => b.v - a.v).slice(0, p.limit || 20);
+    const max = Math.max(0, ...items.map((x) => x.v)) || 1;
+    body.replaceChildren(el('div', { class: 'bars' }, items.map((x) => el('div', {
+      class: 'bar-row', 'data-exact': String(x.exact), title: `${x.label || '(empty)'}: ${fmtNum(x.v)} (${x.exact ? 'exact' : 'approximate'}, ${x.source || '?'})`,
+    },
+    el('span', { class: 'bar-label', text: x.label || '(empty)' }),
+    el('span', { class: 'bar-track' }, el('span', { class: 'bar-fill', style: `width:${Math.max(0.5, (100 * x.v) / max).toFixed(2)}%` })),
+    el('span', { class: 'bar-value' + (x.exact ? '' : ' approx'), text: (x.exact ? '' : '≈') + fmtNum(x.v) })))));
+    return items.length;
+  }
+
+  function renderTable(body, p, rows) {
+    let items = rows.slice();
+    const key = p.dimension || 'time';
+    if (p.dimension) items.sort((a, b) => (metricValue(b, p.metrics[0]) || 0) - (metricValue(a, p.metrics[0]) || 0));
+    else items.sort((a, b) => parseTime(b.time) - parseTime(a.time));
+    items = items.slice(0, p.limit || 50);
+    const head = el('tr', {}, el('th', { text: key }), p.metrics.map((m) => el('th', { text: m })), el('th', { text: 'source' }));
+    const trs = items.map((r) => el('tr', { 'data-exact': String(r.exact !== false) },
+      el('td', { text: p.dimension ? (String(r[p.dimension] ?? '') || '(empty)') : fmtTime(parseTime(r.time)) }),
+      p.metrics.map((m) => el('td', { class: r.exact === false ? 'approx' : '', text: (r.exact === false ? '≈' : '') + fmtNum(r[m]) })),
+      el('td', { text: (r.source || '') + (r.exact === false ? ' ≈' : '') })));
+    body.replaceChildren(el('div', { class: 'table-wrap' }, el('table', { class: 'data' }, el('thead', {}, head), el('tbody', {}, trs))));
+    return items.length;
+  }
+
+  function renderStat(body, p, rows) {
+    const r = rows[0];
+    if (!r) return 0;
+    body.replaceChildren(el('div', { class: 'stats' }, p.metrics.map((m) => el('div', { class: 'stat', 'data-metric': m, 'data-exact': String(r.exact !== false) },
+      el('div', { class: 'label', text: m }),
+      el('div', { class: 'value', text: (r.exact === false ? '≈' : '') + fmtNum(r[m]) }),
+      el('div', { class: 'sub', text: `${r.exact === false ? 'approximate' : 'exact'} · ${r.source || ''}` })))));
+    return p.metrics.filter((m) => r[m] !== undefined).length;
+  }
+
+  // ---- freshness ----------------------------------------------------------------------------
+
+  // freshnessOf finds the entry of one dataset in /api/v1/freshness, whether it lists
+  // datasets in an array, a map by name or answers for one dataset.
+  function freshnessOf(data, ds) {
+    let list = data && (data.datasets !== undefined ? data.datasets : data);
+    if (Array.isArray(list)) return list.find((x) => nameOf(x) === ds) || (list.length === 1 ? list[0] : null);
+    if (list && typeof list === 'object') {
+      if (list[ds] && typeof list[ds] === 'object') return list[ds];
+      return list;
+    }
+    return null;
+  }
+
+  // flatten turns nested objects into dotted keys; arrays stay whole.
+  function flatten(o, prefix, out) {
+    out = out || {};
+    for (const [k, v] of Object.entries(o || {})) {
+      const key = prefix ? prefix + '.' + k : k;
+      if (v && typeof v === 'object' && !Array.isArray(v)) flatten(v, key, out);
+      else out[key] = v;
+    }
+    return out;
+  }
+
+  function pick(flat, re, used) {
+    for (const k of Object.keys(flat)) {
+      if (!used.has(k) && re.test(k)) { used.add(k); return [k, flat[k]]; }
+    }
+    return [null, undefined];
+  }
+
+  function tile(label, value, sub, cls) {
+    return el('div', { class: 'fresh-tile ' + (cls || '') }, el('div', { class: 'label', text: label }), el('div', { class: 'value', text: value }), sub ? el('div', { class: 'sub', text: sub }) : null);
+  }
+
+  function cell(k, v) {
+    if (v === null || v === undefined) return '—';
+    if (typeof v === 'object') return JSON.stringify(v);
+    if (typeof v === 'number' && /rel/.test(k)) return (100 * v).toFixed(2) + ' %';
+    if (typeof v === 'number') return fmtNum(v);
+    if (typeof v === 'string' && /^\d{4}-\d{2}-\d{2}T/.test(v)) return fmtTime(parseTime(v), true);
+    return String(v);
+  }
+
+  function objTable(title, list, max) {
+    if (!Array.isArray(list) || !list.length) return null;
+    const rows = list.slice(0, max || 10).map((x) => (x && typeof x === 'object' ? flatten(x) : { value: x }));
+    const cols = [...new Set(rows.flatMap((r) => Object.keys(r)))];
+    return el('div', {}, el('h3', { text: title + (list.length > rows.length ? ` (latest ${rows.length} of ${list.length})` : '') }),
+      el('table', { class: 'data' }, el('thead', {}, el('tr', {}, cols.map((c) => el('th', { text: c })))),
+        el('tbody', {}, rows.map((r) => el('tr', {}, cols.map((c) => el('td', { text: cell(c, r[c]) })))))));
+  }
+
+  async function loadFreshness(gen) {
+    const box = $('freshness');
+    let data;
+    try {
+      data = await api('api/v1/freshness');
+    } catch (e) {
+      if (gen !== state.generation) return;
+      box.dataset.freshness = 'error';
+      box.replaceChildren(el('h2', { text: 'Freshness' }), el('div', { class: 'panel-error', text: String(e) }));
+      return;
+    }
+    if (gen !== state.generation) return;
+    const f = freshnessOf(data, state.dataset);
+    if (!f) {
+      box.dataset.freshness = 'empty';
+      box.replaceChildren(el('h2', { text: 'Freshness' }), el('p', { class: 'empty', text: `No freshness for ${state.dataset}.` }));
+      return;
+    }
+    const flat = flatten(f);
+    const used = new Set(['dataset', 'name']);
+    const tiles = [];
+    const tables = [];
+
+    const [, speed] = pick(flat, /speed.*watermark|^speed$/i, used);
+    const st = parseTime(speed);
+    tiles.push(tile('Speed watermark', isFinite(st) ? fmtTime(st, true) : 'nothing consumed yet', isFinite(st) ? fmtAgo(st) : '', isFinite(st) ? '' : 'warn'));
+
+    const [, lag] = pick(flat, /lag_seconds|^lag$|speed\.lag$/i, used);
+    const [, parts] = pick(flat, /partitions/i, used);
+    let lagMsgs = null;
+    if (Array.isArray(parts)) lagMsgs = parts.reduce((s, x) => s + (Number(x && x.lag) || 0), 0);
+    if (lag !== undefined || lagMsgs !== null) {
+      const secs = Number(lag);
+      tiles.push(tile('Lag', lag !== undefined && isFinite(secs) ? fmtDuration(secs) : '—',
+        lagMsgs !== null ? `${fmtNum(lagMsgs)} messages behind over ${parts.length} partition${parts.length === 1 ? '' : 's'}` : '',
+        secs > 300 ? 'bad' : secs > 60 ? 'warn' : ''));
+      box.dataset.lagSeconds = isFinite(secs) ? String(secs) : '';
+    }
+    if (Array.isArray(parts)) tables.push(objTable('Partitions', parts, 64));
+
+    const [, batch] = pick(flat, /batch.*watermark|^batch$/i, used);
+    const bt = parseTime(batch);
+    tiles.push(tile('Batch watermark', isFinite(bt) && bt > 0 ? fmtDay(bt) : 'no exact day yet',
+      isFinite(bt) && bt > 0 ? `exact through this day; approximate after ${fmtTime(floorTo(bt, 'day') + DAY)}` : '', isFinite(bt) && bt > 0 ? '' : 'warn'));
+
+    const [, pending] = pick(flat, /pending|dirty|correction/i, used);
+    if (pending !== undefined) {
+      const list = Array.isArray(pending) ? pending : [];
+      const n = Array.isArray(pending) ? pending.length : Number(pending) || 0;
+      const days = list.map((x) => (typeof x === 'object' && x ? x.day || x.date || JSON.stringify(x) : String(x)).slice(0, 10));
+      tiles.push(tile('Pending corrections', String(n), n ? days.slice(0, 6).join(', ') + (days.length > 6 ? ' …' : '') : 'none: every sealed day is exact', n ? 'warn' : ''));
+      box.dataset.pending = String(n);
+    }
+
+    const [, runs] = pick(flat, /runs/i, used);
+    if (Array.isArray(runs)) {
+      const last = runs[0] || {};
+      const lf = flatten(last);
+      const status = lf.status || lf.state || '';
+      const when = lf.finished || lf.finished_at || lf.at || lf.started || lf.started_at || '';
+      tiles.push(tile('Last batch run', runs.length ? `${status || '?'}${lf.day ? ' · ' + String(lf.day).slice(0, 10) : ''}` : 'none yet',
+        when ? fmtTime(parseTime(when), true) + ' · ' + fmtAgo(parseTime(when)) : '', /fail/i.test(status) ? 'bad' : ''));
+      tables.push(objTable('Batch runs', runs, 10));
+    }
+
+    const [, drift] = pick(flat, /drift/i, used);
+    if (Array.isArray(drift)) {
+      const rels = drift.map((x) => Math.abs(Number(x && (x.relative_error ?? x.rel_error ?? x.relative)))).filter(isFinite);
+      if (rels.length) tiles.push(tile('Drift (max relative)', (100 * Math.max(...rels)).toFixed(2) + ' %', `speed vs exact over ${drift.length} day·metric${drift.length === 1 ? '' : 's'}`));
+      tables.push(objTable('Drift: speed view vs exact batch', drift, 20));
+    } else if (drift && typeof drift === 'object') {
+      tables.push(objTable('Drift', [drift]));
+    }
+
+    const rest = Object.entries(flat).filter(([k, v]) => !used.has(k) && (v === null || typeof v !== 'object'));
+    const restArrays = Object.entries(flat).filter(([k, v]) => !used.has(k) && Array.isArray(v));
+    for (const [k, v] of restArrays) tables.push(objTable(k, v, 10));
+    if (rest.length) tables.push(objTable('Other', [Object.fromEntries(rest)]));
+
+    const more = tables.filter(Boolean);
+    box.dataset.freshness = 'ok';
+    box.replaceChildren(el('h2', { text: `Freshness · ${state.dataset}` }), el('div', { class: 'fresh-tiles' }, tiles),
+      more.length ? el('details', { class: 'fresh-more', open: box.querySelector('details[open]') ? true : undefined },
+        el('summary', { text: 'Runs, partitions and drift' }), el('div', { class: 'fresh-tables' }, more)) : null);
+  }
+
+  // ---- boot ---------------------------------------------------------------------------------
+
+  function boot() {
+    try {
+      const r = Number(localStorage.getItem(REFRESH_STORE));
+      if (localStorage.getItem(REFRESH_STORE) !== null && [0, 5, 15, 60].includes(r)) state.refresh = r;
+    } catch (e) { /* private mode */ }
+    bindControls();
+    if (typeof ResizeObserver === 'function') {
+      state.resize = new ResizeObserver(() => {
+        for (const [id, u] of state.charts) {
+          const box = document.querySelector(`.panel[data-panel="${CSS.escape(id)}"] .chart`);
+          if (box && Math.abs(box.clientWidth - u.width) > 4) u.setSize({ width: box.clientWidth, height: u.height });
+        }
+      });
+      state.resize.observe($('panels'));
+    }
+    start();
+  }
+
+  boot();
+})();
