@@ -1,0 +1,295 @@
+package serving
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/lambda-platform/lambda/shared/chtest"
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// testNow is the clock of every test: 2024-03-10 12:00 UTC.
+var testNow = time.Date(2024, 3, 10, 12, 0, 0, 0, time.UTC)
+
+func mustDay(s string) time.Time {
+	t, err := time.Parse("2006-01-02", s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+// bindLiteral inlines args the way clickhouse-go binds them client-side, for chDB and for
+// golden files.
+func bindLiteral(sql string, args []any) string {
+	var b strings.Builder
+	i := 0
+	for _, r := range sql {
+		if r != '?' {
+			b.WriteRune(r)
+			continue
+		}
+		b.WriteString(literal(args[i]))
+		i++
+	}
+	return b.String()
+}
+
+func literal(v any) string {
+	switch v := v.(type) {
+	case string:
+		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	case []string:
+		q := make([]string, len(v))
+		for i, s := range v {
+			q[i] = literal(s)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	default:
+		return fmt.Sprint(v)
+	}
+}
+
+// event is one generated raw event.
+type event struct {
+	id, event, country, device, user string
+	value                            *float64
+	t                                time.Time
+}
+
+// genEvents makes n events per hour between from and to, with duplicates (same id twice).
+func genEvents(from, to time.Time, perHour int, seed int64) []event {
+	rng := rand.New(rand.NewSource(seed))
+	var out []event
+	n := 0
+	for h := from; h.Before(to); h = h.Add(time.Hour) {
+		for i := 0; i < perHour; i++ {
+			n++
+			e := event{
+				id:      fmt.Sprintf("e%d-%d", seed, n),
+				event:   []string{"view", "click", "buy"}[rng.Intn(3)],
+				country: []string{"DE", "FR", "US", "it's"}[rng.Intn(4)],
+				device:  []string{"ios", "android", "web"}[rng.Intn(3)],
+				user:    fmt.Sprintf("u%d", rng.Intn(40)),
+				t:       h.Add(time.Duration(rng.Intn(3600)) * time.Second),
+			}
+			if rng.Intn(5) != 0 {
+				v := float64(rng.Intn(10000)) / 100
+				e.value = &v
+			}
+			out = append(out, e)
+			if rng.Intn(20) == 0 {
+				out = append(out, e) // a duplicate delivery
+			}
+		}
+	}
+	return out
+}
+
+func insertRaw(t testing.TB, conn driver.Conn, cfg *config.Config, evs []event) {
+	t.Helper()
+	ctx := context.Background()
+	g := schema.NewGenerator(cfg)
+	// Split by day: current ClickHouse refuses more than 100 partitions per block.
+	byDay := map[time.Time][]event{}
+	for _, e := range evs {
+		byDay[dayOf(e.t)] = append(byDay[dayOf(e.t)], e)
+	}
+	off := int64(0)
+	for _, es := range byDay {
+		b, err := conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s (id, time, event, country, device, user_id, value, _topic, _partition, _offset, _late)", g.T(schema.Raw("events"))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			off++
+			if err := b.Append(e.id, e.t, e.event, e.country, e.device, e.user, e.value, "events", int32(0), off, uint8(0)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Send(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// seal computes <ds>_daily for [from, to) days the way the batch layer does (same catalogue
+// fragments, dedup and grouping sets), then records succeeded runs and the watermark.
+func seal(t testing.TB, conn driver.Conn, cfg *config.Config, from, to time.Time, runID string, wm time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	g := schema.NewGenerator(cfg)
+	ds, _ := cfg.Dataset("events")
+	dims := ds.DimensionNames()
+	cols := []string{"day", "grouping"}
+	sel := []string{"toDate(time) AS day", schema.GroupingExpr + " AS grouping"}
+	inner := []string{"time", "id"}
+	for _, d := range dims {
+		cols = append(cols, schema.Q(d))
+		sel = append(sel, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", d, schema.Q("d_"+d), schema.Q("o_"+d)))
+		inner = append(inner, schema.Q(d)+" AS "+schema.Q("d_"+d))
+	}
+	for _, c := range ds.ValueColumns() {
+		inner = append(inner, schema.Q(c.Name))
+	}
+	for _, s := range ds.Specs() {
+		cols = append(cols, schema.Q(s.Name))
+		sel = append(sel, s.Cast(s.ExactExpr()))
+	}
+	for _, s := range ds.Specs() {
+		if s.HasDailyState() {
+			cols = append(cols, schema.Q(s.StateColumn()))
+			sel = append(sel, s.StateExpr())
+		}
+	}
+	cols = append(cols, "run_id")
+	sel = append(sel, "?")
+	group := []string{"day", "grouping"}
+	for _, d := range dims {
+		group = append(group, schema.Q("o_"+d))
+	}
+	for d := from; d.Before(to); d = d.AddDate(0, 0, 1) {
+		q := fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT %s
+FROM (SELECT %s FROM %s WHERE time >= toDateTime(?) AND time < toDateTime(?) ORDER BY _ingested_at, _partition, _offset LIMIT 1 BY toDate(time), id)
+ARRAY JOIN %s AS gd
+GROUP BY %s`, g.T(schema.Daily("events")), strings.Join(cols, ", "), strings.Join(sel, ", "), strings.Join(inner, ", "),
+			g.T(schema.Raw("events")), schema.GroupingArray(ds.GroupingSets()), strings.Join(group, ", "))
+		if err := conn.Exec(ctx, q, runID, d.Unix(), d.AddDate(0, 0, 1).Unix()); err != nil {
+			t.Fatalf("cannot seal %s: %v\n%s", d, err, q)
+		}
+		rq := fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, status, at, at_us, started_at, finished_at) SELECT 'events', toDate(?), ?, 'succeeded', now(), toUInt64(?), toDateTime(?), toDateTime(?)", g.T(schema.BatchRuns))
+		us := time.Now().UnixMicro()
+		if err := conn.Exec(ctx, rq, d.Format("2006-01-02"), runID, us, time.Now().Unix()+3600, time.Now().Unix()+3600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wq := fmt.Sprintf("INSERT INTO %s (dataset, watermark, run_id, at, at_us) SELECT 'events', toDate(?), ?, now(), toUInt64(?)", g.T(schema.BatchWatermarks))
+	if err := conn.Exec(ctx, wq, wm.Format("2006-01-02"), runID, time.Now().UnixMicro()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+type testEnv struct {
+	cfg  *config.Config
+	conn driver.Conn
+	srv  *Server
+	http http.Handler
+	evs  []event
+}
+
+// newEnv migrates a fresh database, loads raw events from 2024-03-05 to 2024-03-10 11:00,
+// seals 03-05..03-08 (watermark 2024-03-08) and builds a server at testNow.
+func newEnv(t *testing.T, mod func(*config.Config)) *testEnv {
+	t.Helper()
+	cfg := chtest.Config(t, nil)
+	if mod != nil {
+		mod(cfg)
+	}
+	conn := chtest.New(t, cfg)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	evs := genEvents(mustDay("2024-03-05"), testNow.Add(-time.Hour), 20, 1)
+	insertRaw(t, conn, cfg, evs)
+	seal(t, conn, cfg, mustDay("2024-03-05"), mustDay("2024-03-09"), "run-1", mustDay("2024-03-08"))
+	srv, err := New(cfg, Options{Conn: conn, Now: func() time.Time { return testNow }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.state.ttl = 0
+	return &testEnv{cfg: cfg, conn: conn, srv: srv, http: srv.Handler(), evs: evs}
+}
+
+// do sends a request and decodes a JSON answer into out (when not nil).
+func (e *testEnv) do(t *testing.T, method, path, key string, body string, out any) int {
+	t.Helper()
+	var r *http.Request
+	if body != "" {
+		r = httptest.NewRequest(method, path, strings.NewReader(body))
+		r.Header.Set("Content-Type", "application/json")
+	} else {
+		r = httptest.NewRequest(method, path, nil)
+	}
+	if key != "" {
+		r.Header.Set("Authorization", "Bearer "+key)
+	}
+	w := httptest.NewRecorder()
+	e.http.ServeHTTP(w, r)
+	if out != nil {
+		if err := json.Unmarshal(w.Body.Bytes(), out); err != nil {
+			t.Fatalf("%s %s: cannot decode %q: %v", method, path, w.Body.String(), err)
+		}
+	}
+	return w.Code
+}
+
+// apiResp is a decoded /api/v1/query answer.
+type apiResp struct {
+	Rows []map[string]any `json:"rows"`
+	Meta struct {
+		BatchWatermark *string       `json:"batch_watermark"`
+		Complete       bool          `json:"complete"`
+		Sources        []SourceRange `json:"sources"`
+		Cached         bool          `json:"cached"`
+		Truncated      bool          `json:"truncated"`
+		LagSeconds     float64       `json:"lag_seconds"`
+	} `json:"meta"`
+	Error string `json:"error"`
+	Field string `json:"field"`
+}
+
+func (e *testEnv) query(t *testing.T, req string) apiResp {
+	t.Helper()
+	var r apiResp
+	if code := e.do(t, "POST", "/api/v1/query", "", req, &r); code != 200 {
+		t.Fatalf("query %s: status %d: %s (%s)", req, code, r.Error, r.Field)
+	}
+	return r
+}
+
+// truth computes exact values from the generated events (deduplicated by day and id).
+type truth struct {
+	events  int
+	users   map[string]bool
+	revenue float64
+}
+
+func (e *testEnv) truth(from, to time.Time, keep func(event) bool) truth {
+	seen := map[string]bool{}
+	tr := truth{users: map[string]bool{}}
+	for _, ev := range e.evs {
+		k := dayOf(ev.t).String() + ev.id
+		if ev.t.Before(from) || !ev.t.Before(to) || seen[k] || (keep != nil && !keep(ev)) {
+			continue
+		}
+		seen[k] = true
+		tr.events++
+		tr.users[ev.user] = true
+		if ev.value != nil {
+			tr.revenue += *ev.value
+		}
+	}
+	return tr
+}
+
+func num(v any) float64 {
+	f, _ := v.(float64)
+	return f
+}
+
+var _ = bytes.NewReader
+var _ = metric.Count

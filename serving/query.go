@@ -1,0 +1,363 @@
+package serving
+
+import (
+	"bytes"
+	"container/list"
+	"context"
+	"crypto/sha256"
+	"encoding/csv"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/gin-gonic/gin"
+
+)
+
+// Result is the rows of a query: one object per row with the columns in order.
+type Result struct {
+	Columns []string
+	Rows    [][]any
+}
+
+// MarshalJSON writes the rows as objects whose keys keep the column order.
+func (r *Result) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i, row := range r.Rows {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteByte('{')
+		for j, v := range row {
+			if j > 0 {
+				b.WriteByte(',')
+			}
+			k, _ := json.Marshal(r.Columns[j])
+			b.Write(k)
+			b.WriteByte(':')
+			enc, err := json.Marshal(v)
+			if err != nil {
+				return nil, err
+			}
+			b.Write(enc)
+		}
+		b.WriteByte('}')
+	}
+	b.WriteByte(']')
+	return b.Bytes(), nil
+}
+
+// Meta says where the numbers came from and how fresh they are.
+type Meta struct {
+	// BatchWatermark is the last exact day the query used: the persisted watermark lowered
+	// before days waiting for a recomputation. Null when no day is exact.
+	BatchWatermark *string `json:"batch_watermark"`
+	// PersistedBatchWatermark is the batch layer's own watermark.
+	PersistedBatchWatermark *string    `json:"persisted_batch_watermark"`
+	SpeedWatermark          *time.Time `json:"speed_watermark"`
+	LagSeconds              float64    `json:"lag_seconds"`
+	// Complete is false when part of the range has no source (see Sources).
+	Complete bool          `json:"complete"`
+	Sources  []SourceRange `json:"sources"`
+	// PendingCorrections are dirty days: late events arrived after their batch run.
+	PendingCorrections []string `json:"pending_corrections"`
+	Truncated          bool     `json:"truncated"`
+	Cached             bool     `json:"cached"`
+	TookMs             float64  `json:"took_ms"`
+}
+
+// Response is the answer of /api/v1/query.
+type Response struct {
+	Rows *Result `json:"rows"`
+	Meta Meta    `json:"meta"`
+}
+
+func day(t time.Time) *string {
+	if t.IsZero() {
+		return nil
+	}
+	s := t.Format("2006-01-02")
+	return &s
+}
+
+func (s *Server) query(c *gin.Context) {
+	start := time.Now()
+	var req *Request
+	var apiErr *APIError
+	if c.Request.Method == http.MethodPost {
+		body, e := s.readBody(c)
+		if e != nil {
+			s.fail(c, e)
+			return
+		}
+		req, apiErr = DecodeRequest(body)
+	} else {
+		req, apiErr = RequestFromValues(c.Request.URL.Query())
+	}
+	if apiErr != nil {
+		s.fail(c, apiErr)
+		return
+	}
+	format := c.Query("format")
+	if format != "" && format != "json" && format != "csv" {
+		s.fail(c, badRequest("format", "unknown format %q (want json or csv)", format))
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.Serving.QueryTimeout.D())
+	defer cancel()
+	resp, apiErr := s.Query(ctx, req)
+	if apiErr != nil {
+		s.fail(c, apiErr)
+		return
+	}
+	resp.Meta.TookMs = float64(time.Since(start).Microseconds()) / 1000
+	if format == "csv" {
+		writeCSV(c, resp)
+		return
+	}
+	c.JSON(http.StatusOK, resp)
+}
+
+// Query answers a request. Cancelling ctx cancels the ClickHouse query; its deadline becomes
+// ClickHouse's max_execution_time and a 504.
+func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError) {
+	now := s.now().UTC()
+	q, apiErr := Check(s.cfg, req, Limits{MaxRows: s.cfg.Serving.MaxRows, MaxBuckets: s.cfg.Serving.MaxBuckets}, now)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	st, err := s.state.get(ctx, q.DS, now)
+	if err != nil {
+		return nil, s.dbError(ctx, "cannot read the watermarks", err)
+	}
+	pl, apiErr := s.planner.Plan(q, &st.State, now)
+	if apiErr != nil {
+		return nil, apiErr
+	}
+	resp := &Response{Meta: Meta{
+		BatchWatermark: day(st.Effective), PersistedBatchWatermark: day(st.Watermark),
+		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: []string{},
+	}}
+	if !st.SpeedWatermark.IsZero() {
+		w := st.SpeedWatermark
+		resp.Meta.SpeedWatermark = &w
+		resp.Meta.LagSeconds = max(0, now.Sub(w).Seconds())
+	}
+	for _, d := range st.Dirty {
+		resp.Meta.PendingCorrections = append(resp.Meta.PendingCorrections, d.Format("2006-01-02"))
+	}
+	var key string
+	if pl.DailyOnly {
+		key = s.cacheKey(q, st, pl)
+		if r, ok := s.cache.get(key); ok {
+			s.m.cacheHits.Inc()
+			resp.Rows, resp.Meta.Cached = r, true
+			resp.Meta.Truncated = len(r.Rows) > q.Limit
+			if resp.Meta.Truncated {
+				resp.Rows = &Result{Columns: r.Columns, Rows: r.Rows[:q.Limit]}
+			}
+			return resp, nil
+		}
+		s.m.cacheMisses.Inc()
+	}
+	res, err := s.run(ctx, q, pl)
+	if err != nil {
+		return nil, s.dbError(ctx, "cannot run the query", err)
+	}
+	if key != "" {
+		s.cache.put(key, res)
+	}
+	resp.Rows = res
+	if len(res.Rows) > q.Limit {
+		resp.Meta.Truncated = true
+		resp.Rows = &Result{Columns: res.Columns, Rows: res.Rows[:q.Limit]}
+	}
+	return resp, nil
+}
+
+func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
+	var ex *clickhouse.Exception
+	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || (errors.As(err, &ex) && ex.Code == 159) {
+		return &APIError{Status: http.StatusGatewayTimeout, Message: fmt.Sprintf("query timed out after %s (serving.query_timeout)", s.cfg.Serving.QueryTimeout.D())}
+	}
+	s.log.Error(strings.TrimPrefix(msg, "cannot "), "err", err)
+	return &APIError{Status: http.StatusInternalServerError, Message: msg + ": " + err.Error()}
+}
+
+// cacheKey identifies a result read wholly from <ds>_daily: the checked request, the config
+// version and the newest successful run of every day read, so a new exact day or a recomputed
+// dirty day changes it.
+func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
+	h := sha256.New()
+	canon := struct {
+		DS, Gran, Order string
+		Metrics, Dims   []string
+		Filters         []Filter
+		From, To        int64
+		Desc, Exact     bool
+		Limit           int
+	}{q.DS.Name, q.Granularity, q.OrderBy, nil, q.Dimensions, q.Filters, q.From.Unix(), q.To.Unix(), q.Desc, q.Exact, q.Limit}
+	for _, sp := range q.Specs {
+		canon.Metrics = append(canon.Metrics, sp.Name)
+	}
+	b, _ := json.Marshal(canon)
+	h.Write(b)
+	fmt.Fprintf(h, "|%s|%d|", s.cfg.Version, st.Effective.Unix())
+	for d := pl.DailyFrom; d.Before(pl.DailyTo); d = d.AddDate(0, 0, 1) {
+		fmt.Fprintf(h, "%s,", st.Runs[d])
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// run executes a plan and reads its rows.
+func (s *Server) run(ctx context.Context, q *Query, pl *Plan) (*Result, error) {
+	res := &Result{Columns: []string{"time"}}
+	res.Columns = append(res.Columns, q.Dimensions...)
+	for _, sp := range q.Specs {
+		res.Columns = append(res.Columns, sp.Name)
+	}
+	res.Columns = append(res.Columns, "source", "exact")
+	res.Rows = [][]any{}
+	if pl.SQL == "" {
+		return res, nil
+	}
+	rows, err := s.conn.Query(ctx, pl.SQL, pl.Args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t time.Time
+		dims := make([]string, len(q.Dimensions))
+		vals := make([]any, len(q.Specs))
+		dest := []any{&t}
+		for i := range dims {
+			dest = append(dest, &dims[i])
+		}
+		for i, sp := range q.Specs {
+			if sp.ValueType() == "UInt64" {
+				vals[i] = new(uint64)
+			} else {
+				vals[i] = new(*float64)
+			}
+			dest = append(dest, vals[i])
+		}
+		var src string
+		var exact uint8
+		dest = append(dest, &src, &exact)
+		if err := rows.Scan(dest...); err != nil {
+			return nil, err
+		}
+		row := make([]any, 0, len(res.Columns))
+		row = append(row, t.UTC())
+		for _, d := range dims {
+			row = append(row, d)
+		}
+		for _, v := range vals {
+			switch v := v.(type) {
+			case *uint64:
+				row = append(row, *v)
+			case **float64:
+				if *v == nil {
+					row = append(row, nil)
+				} else {
+					row = append(row, jsonFloat(**v))
+				}
+			}
+		}
+		row = append(row, src, exact == 1)
+		res.Rows = append(res.Rows, row)
+		s.m.rows.WithLabelValues(src).Inc()
+	}
+	return res, rows.Err()
+}
+
+// jsonFloat is a float64 that encodes NaN and infinities as null, which JSON cannot hold.
+type jsonFloat float64
+
+func (f jsonFloat) MarshalJSON() ([]byte, error) {
+	v := float64(f)
+	if v != v || v > 1.7976931348623157e308 || v < -1.7976931348623157e308 {
+		return []byte("null"), nil
+	}
+	return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
+}
+
+func writeCSV(c *gin.Context, resp *Response) {
+	c.Header("Content-Type", "text/csv; charset=utf-8")
+	c.Status(http.StatusOK)
+	w := csv.NewWriter(c.Writer)
+	_ = w.Write(resp.Rows.Columns)
+	rec := make([]string, len(resp.Rows.Columns))
+	for _, row := range resp.Rows.Rows {
+		for i, v := range row {
+			switch v := v.(type) {
+			case time.Time:
+				rec[i] = v.Format(time.RFC3339)
+			case nil:
+				rec[i] = ""
+			case jsonFloat:
+				rec[i] = strconv.FormatFloat(float64(v), 'g', -1, 64)
+			default:
+				rec[i] = fmt.Sprint(v)
+			}
+		}
+		_ = w.Write(rec)
+	}
+	w.Flush()
+}
+
+// resultCache is an LRU of results read wholly from <ds>_daily.
+type resultCache struct {
+	mu  sync.Mutex
+	max int
+	ll  *list.List
+	m   map[string]*list.Element
+}
+
+type cacheEntry struct {
+	key string
+	res *Result
+}
+
+func newResultCache(n int) *resultCache {
+	return &resultCache{max: n, ll: list.New(), m: map[string]*list.Element{}}
+}
+
+func (c *resultCache) get(key string) (*Result, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok {
+		return nil, false
+	}
+	c.ll.MoveToFront(e)
+	return e.Value.(*cacheEntry).res, true
+}
+
+func (c *resultCache) put(key string, r *Result) {
+	if c.max <= 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.m[key]; ok {
+		e.Value.(*cacheEntry).res = r
+		c.ll.MoveToFront(e)
+		return
+	}
+	c.m[key] = c.ll.PushFront(&cacheEntry{key: key, res: r})
+	for c.ll.Len() > c.max {
+		e := c.ll.Back()
+		c.ll.Remove(e)
+		delete(c.m, e.Value.(*cacheEntry).key)
+	}
+}
