@@ -76,7 +76,7 @@ func (d *Dashboard) Validate() error {
 	seen := map[string]bool{}
 	for i, p := range d.Panels {
 		if err := p.validate(); err != nil {
-			return fmt.Errorf("panels[%d]: %w", i, err)
+			return fmt.Errorf("panels[%d].%w", i, err)
 		}
 		if seen[p.ID] {
 			return fmt.Errorf("panels[%d].id: %q used twice", i, p.ID)
