@@ -18,7 +18,6 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/gin-gonic/gin"
-
 )
 
 // Result is the rows of a query: one object per row with the columns in order.
