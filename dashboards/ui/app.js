@@ -311,6 +311,7 @@
       if (gen !== state.generation) return;
       banner(`Cannot load datasets: ${e}`);
       document.body.dataset.state = 'error';
+      if (e.status === 401) $('apikey').focus();
       schedule(start);
       return;
     }
@@ -885,6 +886,8 @@
       if (localStorage.getItem(REFRESH_STORE) !== null && [0, 5, 15, 60].includes(r)) state.refresh = r;
     } catch (e) { /* private mode */ }
     bindControls();
+    $('refresh').value = String(state.refresh);
+    $('apikey').value = apiKey();
     if (typeof ResizeObserver === 'function') {
       state.resize = new ResizeObserver(() => {
         for (const [id, u] of state.charts) {
