@@ -86,7 +86,7 @@ func (s *Server) datasetFreshness(ctx context.Context, ds *config.Dataset) (*Fre
 	}
 	g := s.planner.g
 	q := fmt.Sprintf(`SELECT run_id, any(day), argMax(status, at_us), max(at), argMax(rows_raw, at_us), argMax(rows_out, at_us),
-    argMax(error, at_us), max(at_us) - min(at_us)
+    argMax(error, at_us), toInt64(max(at_us)) - toInt64(min(at_us))
 FROM %s WHERE dataset = ? GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, g.T(schema.BatchRuns), freshnessRuns)
 	rows, err := s.conn.Query(ctx, q, ds.Name)
 	if err != nil {
@@ -95,7 +95,7 @@ FROM %s WHERE dataset = ? GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, g.
 	for rows.Next() {
 		var r RunInfo
 		var d time.Time
-		var us uint64
+		var us int64
 		if err := rows.Scan(&r.RunID, &d, &r.Status, &r.At, &r.RowsRaw, &r.RowsOut, &r.Error, &us); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)

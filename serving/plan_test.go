@@ -1,0 +1,154 @@
+package serving
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lambda-platform/lambda/shared/chtest"
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+var update = flag.Bool("update", false, "rewrite testdata/*.golden")
+
+func demoConfig(t testing.TB) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("<demo>", config.DemoYAML, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// planCases are the planner's shapes: every granularity, ranges before, across and after the
+// watermark, exact and approximate roll-ups, and a gap.
+var planCases = []struct{ name, req string }{
+	{"day_before", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["country"],"from":"2024-03-01","to":"2024-03-08"}`},
+	{"day_across", `{"dataset":"events","metrics":["events","users"],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-11"}`},
+	{"day_after", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"day"}`},
+	{"minute_after", `{"dataset":"events","metrics":["events","revenue"],"from":"now-6h","to":"now","granularity":"minute"}`},
+	{"minute_before", `{"dataset":"events","metrics":["events"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T11:00:00Z","granularity":"minute"}`},
+	{"hour_across", `{"dataset":"events","metrics":["events","value_p95"],"dimensions":["device"],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T04:00:00Z","granularity":"hour"}`},
+	{"week_across", `{"dataset":"events","metrics":["events","users"],"from":"2024-02-26","to":"2024-03-11","granularity":"week"}`},
+	{"month_before", `{"dataset":"events","metrics":["revenue","users"],"dimensions":["event"],"from":"2024-01-01","to":"2024-03-01","granularity":"month"}`},
+	{"all_exact", `{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-11","granularity":"all","exact":true}`},
+	{"day_filters_exact_set", `{"dataset":"events","metrics":["users"],"dimensions":["event"],"filters":[{"dimension":"country","op":"eq","values":["DE"]},{"dimension":"event","op":"in","values":["buy","view"]}],"from":"2024-03-01","to":"2024-03-08"}`},
+	{"day_filters_rollup", `{"dataset":"events","metrics":["users","events"],"dimensions":["event"],"filters":[{"dimension":"country","op":"not_in","values":["DE","x'); DROP TABLE t; --"]}],"from":"2024-03-01","to":"2024-03-08","order_by":"-users","limit":10}`},
+	{"day_partial_edges", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-06T06:00:00Z","to":"2024-03-08T18:00:00Z"}`},
+	{"day_gap", `{"dataset":"events","metrics":["events"],"from":"2024-02-20","to":"2024-03-11"}`},
+}
+
+// planState is the state the golden plans are made with: watermark 2024-03-08 (effective
+// 2024-03-07, as 2024-03-08 is dirty), speed from 2024-03-06.
+func planState() *State {
+	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: nil, SpeedOldest: mustDay("2024-03-06")}
+}
+
+func planFor(t *testing.T, cfg *config.Config, req string, st *State) *Plan {
+	t.Helper()
+	r, e := DecodeRequest([]byte(req))
+	if e != nil {
+		t.Fatal(e)
+	}
+	q, e := Check(cfg, r, Limits{MaxRows: 1000, MaxBuckets: 50000}, testNow)
+	if e != nil {
+		t.Fatal(e)
+	}
+	pl, e := NewPlanner(cfg).Plan(q, st, testNow)
+	if e != nil {
+		t.Fatal(e)
+	}
+	return pl
+}
+
+func TestPlanGolden(t *testing.T) {
+	cfg := demoConfig(t)
+	for _, c := range planCases {
+		t.Run(c.name, func(t *testing.T) {
+			pl := planFor(t, cfg, c.req, planState())
+			src, _ := json.MarshalIndent(pl.Sources, "", "  ")
+			args, _ := json.Marshal(pl.Args)
+			got := fmt.Sprintf("-- request: %s\n-- complete: %v, daily only: %v\n-- sources: %s\n-- args: %s\n%s\n", c.req, pl.Complete, pl.DailyOnly, src, args, pl.SQL)
+			path := filepath.Join("testdata", c.name+".golden")
+			if *update {
+				if err := os.MkdirAll("testdata", 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run with -update)", err)
+			}
+			if string(want) != got {
+				t.Errorf("plan differs from %s (run with -update and check the diff):\n%s", path, got)
+			}
+		})
+	}
+}
+
+// TestPlanSources checks the split itself, independent of the SQL text.
+func TestPlanSources(t *testing.T) {
+	cfg := demoConfig(t)
+	f := func(req string, want string, complete bool) {
+		t.Helper()
+		pl := planFor(t, cfg, req, planState())
+		var got []string
+		for _, s := range pl.Sources {
+			got = append(got, fmt.Sprintf("%s %s..%s", s.Source, s.From.Format("01-02T15"), s.To.Format("01-02T15")))
+		}
+		if strings.Join(got, ", ") != want || pl.Complete != complete {
+			t.Errorf("%s:\n got %s complete=%v\nwant %s complete=%v", req, strings.Join(got, ", "), pl.Complete, want, complete)
+		}
+	}
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-08"}`, "batch 03-01T00..03-08T00", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-05","to":"2024-03-11"}`, "batch 03-05T00..03-08T00, speed 03-08T00..03-11T00", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-06T06:00:00Z","to":"2024-03-08T18:00:00Z"}`, "raw 03-06T06..03-07T00, batch 03-07T00..03-08T00, speed 03-08T00..03-08T18", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07T06:00:00Z","to":"2024-03-09T00:00:00Z","granularity":"hour"}`, "raw 03-07T06..03-08T00, speed 03-08T00..03-09T00", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07","to":"2024-03-09","exact":true}`, "batch 03-07T00..03-08T00, raw 03-08T00..03-09T00", true)
+	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-08","granularity":"week","exact":true}`, "raw 03-01T00..03-08T00", true)
+	// No batch watermark: everything after the speed view's start is speed; before it, none.
+	st := &State{SpeedOldest: mustDay("2024-03-08")}
+	pl := planFor(t, cfg, `{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-10"}`, st)
+	if pl.Complete || len(pl.Sources) != 2 || pl.Sources[0].Source != SourceNone || !pl.Sources[0].To.Equal(mustDay("2024-03-07")) {
+		t.Errorf("no watermark: %+v", pl.Sources)
+	}
+	// Raw older than retention: a 400 naming the oldest day.
+	r, _ := DecodeRequest([]byte(`{"dataset":"events","metrics":["users"],"from":"2023-01-01","to":"2024-03-01","granularity":"month","exact":true}`))
+	q, _ := Check(cfg, r, Limits{}, testNow)
+	if _, e := NewPlanner(cfg).Plan(q, planState(), testNow); e == nil || e.Field != "from" || !strings.Contains(e.Message, "2023-12-11") {
+		t.Errorf("want 400 naming 2023-12-11, got %v", e)
+	}
+}
+
+// TestPlanShapes runs every golden shape on ClickHouse 18.16 (the test server) and on current
+// ClickHouse (chDB), over the generated schema.
+func TestPlanShapes(t *testing.T) {
+	cfg := chtest.Config(t, nil)
+	conn := chtest.New(t, cfg)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	chdb := schema.Statements(demoConfig(t))
+	for _, c := range planCases {
+		pl := planFor(t, cfg, c.req, planState())
+		rows, err := conn.Query(ctx, pl.SQL, pl.Args...)
+		if err != nil {
+			t.Errorf("%s on 18.16: %v\n%s", c.name, err, bindLiteral(pl.SQL, pl.Args))
+			continue
+		}
+		rows.Close()
+		demo := planFor(t, demoConfig(t), c.req, planState())
+		chdb = append(chdb, bindLiteral(demo.SQL, demo.Args))
+	}
+	chtest.RequireChDB(t, chdb)
+}
