@@ -41,7 +41,7 @@ func TestSecurityMatrix(t *testing.T) {
 	k := "k1-secret"
 	f("unknown dataset", "POST", "/api/v1/query", k, `{"dataset":"nope","metrics":["events"],"from":"2024-03-05","to":"2024-03-07"}`, 404, "dataset")
 	f("dataset injection", "POST", "/api/v1/query", k, `{"dataset":"events_raw; DROP TABLE x","metrics":["events"],"from":"2024-03-05","to":"2024-03-07"}`, 404, "dataset")
-	f("metric injection", "POST", "/api/v1/query", k, `{"dataset":"events","metrics":["events` + "`" + `, (SELECT 1)"],"from":"2024-03-05","to":"2024-03-07"}`, 400, "metrics")
+	f("metric injection", "POST", "/api/v1/query", k, `{"dataset":"events","metrics":["events`+"`"+`, (SELECT 1)"],"from":"2024-03-05","to":"2024-03-07"}`, 400, "metrics")
 	f("dimension injection", "POST", "/api/v1/query", k, `{"dataset":"events","metrics":["events"],"dimensions":["country) FROM system.tables --"],"from":"2024-03-05","to":"2024-03-07"}`, 400, "dimensions")
 	f("filter dimension injection", "POST", "/api/v1/query", k, `{"dataset":"events","metrics":["events"],"filters":[{"dimension":"1=1 OR country","op":"eq","values":["x"]}],"from":"2024-03-05","to":"2024-03-07"}`, 400, "filters[0].dimension")
 	f("unknown op", "POST", "/api/v1/query", k, `{"dataset":"events","metrics":["events"],"filters":[{"dimension":"country","op":"like","values":["x"]}],"from":"2024-03-05","to":"2024-03-07"}`, 400, "filters[0].op")
