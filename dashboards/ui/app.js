@@ -73,7 +73,7 @@
       let msg = data && (data.error !== undefined ? data.error : data.message);
       if (msg && typeof msg === 'object') msg = msg.message || JSON.stringify(msg);
       if (!msg) msg = text.trim().slice(0, 400) || res.statusText || 'request refused';
-      if (data && data.field) msg += ` (field ${data.field})`;
+      if (data && data.field && !String(msg).includes(data.field)) msg += ` (field ${data.field})`;
       if (res.status === 401) msg += ' (set the API key at the top right)';
       throw new APIError(res.status, `${msg}`, path);
     }
@@ -634,6 +634,7 @@
     ctx.fillRect(x0, top, left + width - x0, height);
     ctx.strokeStyle = 'rgba(224, 138, 0, 0.22)';
     ctx.lineWidth = 1;
+    ctx.setLineDash([]); // uPlot leaves the last dashed series' pattern on the context
     const step = 10 * devicePixelRatio;
     ctx.beginPath();
     for (let x = x0 - height; x < left + width; x += step) {
@@ -653,6 +654,7 @@
     ctx.save();
     ctx.strokeStyle = '#e08a00';
     ctx.lineWidth = 2 * dpr;
+    ctx.setLineDash([]);
     ctx.beginPath();
     ctx.moveTo(x, top);
     ctx.lineTo(x, top + height);
