@@ -106,6 +106,10 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	ds := q.DS
 	pl := &Plan{Complete: true, DailyOnly: true}
 	var branches []branch
+	// Only week, month and all buckets can span two sources (the batch boundary and the
+	// edges of partial days fall on midnight); other plans never combine rows of one bucket,
+	// so they skip reading sketch states, the costliest columns of <ds>_daily.
+	q.states = q.Granularity == "week" || q.Granularity == "month" || q.Granularity == "all"
 	var boundary time.Time // zero: nothing is exact
 	if !st.Effective.IsZero() {
 		boundary = st.Effective.AddDate(0, 0, 1)
@@ -183,10 +187,28 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 			}
 		}
 	}
+	if len(branches) < 2 {
+		q.states = false
+	}
 	if len(branches) == 0 {
 		pl.DailyOnly = false
 		pl.SQL = ""
 		return pl, nil
+	}
+	if !q.states {
+		// Built assuming states; rebuild the branches without them.
+		branches = nil
+		for _, src := range pl.Sources {
+			switch src.Source {
+			case SourceRaw:
+				branches = append(branches, p.rawBranch(q, src.From, src.To))
+			case SourceSpeed:
+				branches = append(branches, p.speedBranch(q, src.From, src.To))
+			case SourceBatch:
+				set, mode := p.chooseSet(q)
+				branches = append(branches, p.dailyBranch(q, src.From, src.To, set, mode))
+			}
+		}
 	}
 	pl.SQL, pl.Args = p.outer(q, branches)
 	return pl, nil
@@ -327,8 +349,8 @@ func stCol(m string) string  { return schema.Q("s_" + m) }
 // hasValue and hasState say which columns a branch carries for a metric: count, sum, min and
 // max combine values; avg combines states; distinct counts and quantiles carry both, the value
 // for a bucket answered by one exact row, the state for buckets several rows make up.
-func hasValue(s metric.Spec) bool { return s.Type != metric.Avg }
-func hasState(s metric.Spec) bool { return s.HasDailyState() }
+func (q *Query) hasValue(s metric.Spec) bool { return !q.states || s.Type != metric.Avg }
+func (q *Query) hasState(s metric.Spec) bool { return q.states && s.HasDailyState() }
 
 func (p *Planner) dailyBranch(q *Query, from, to time.Time, set []string, mode dailyMode) branch {
 	b, args := q.bucket("day", true)
@@ -340,18 +362,18 @@ func (p *Planner) dailyBranch(q *Query, from, to time.Time, set []string, mode d
 	}
 	for _, s := range q.Specs {
 		if mode.direct {
-			if hasValue(s) {
+			if q.hasValue(s) {
 				sel = append(sel, s.Cast(schema.Q(s.Name))+" AS "+valCol(s.Name))
 			}
-			if hasState(s) {
+			if q.hasState(s) {
 				sel = append(sel, schema.Q(s.StateColumn())+" AS "+stCol(s.Name))
 			}
 			continue
 		}
-		if hasValue(s) {
+		if q.hasValue(s) {
 			sel = append(sel, s.Cast(s.Rollup())+" AS "+valCol(s.Name))
 		}
-		if hasState(s) {
+		if q.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
 		}
 	}
@@ -376,10 +398,10 @@ func (p *Planner) speedBranch(q *Query, from, to time.Time) branch {
 		group = append(group, dimCol(d))
 	}
 	for _, s := range q.Specs {
-		if hasValue(s) {
+		if q.hasValue(s) {
 			sel = append(sel, s.Cast(s.MergeExpr(schema.Q(s.Name)))+" AS "+valCol(s.Name))
 		}
-		if hasState(s) {
+		if q.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))
 		}
 	}
@@ -411,10 +433,10 @@ func (p *Planner) rawBranch(q *Query, from, to time.Time) branch {
 		group = append(group, dimCol(d))
 	}
 	for _, s := range q.Specs {
-		if hasValue(s) {
+		if q.hasValue(s) {
 			sel = append(sel, s.Cast(s.ExactExpr())+" AS "+valCol(s.Name))
 		}
-		if hasState(s) {
+		if q.hasState(s) {
 			sel = append(sel, s.StateExpr()+" AS "+stCol(s.Name))
 		}
 	}
@@ -443,8 +465,10 @@ func (p *Planner) outer(q *Query, branches []branch) (string, []any) {
 		switch {
 		case s.Combine("x") != "":
 			e = s.Cast(s.Combine(valCol(s.Name)))
-		case !hasValue(s):
+		case !q.hasValue(s):
 			e = s.Cast(s.MergeExpr(stCol(s.Name)))
+		case !q.states:
+			e = fmt.Sprintf("any(%s)", valCol(s.Name))
 		default:
 			e = fmt.Sprintf("if(count() = 1, any(%s), %s)", valCol(s.Name), s.Cast(s.MergeExpr(stCol(s.Name))))
 		}

@@ -31,19 +31,32 @@ type stateCache struct {
 	g    *schema.Generator
 	mu   sync.Mutex
 	m    map[string]*snapshot
+	// refreshing marks datasets whose snapshot one caller is reading.
+	refreshing map[string]bool
 	// ttl is stateTTL, zero in tests that must see every write at once.
 	ttl time.Duration
 }
 
-// get returns the dataset's snapshot, reading it again when older than the TTL. Concurrent
-// callers wait for one read.
+// get returns the dataset's snapshot, reading it again when older than the TTL. One caller
+// reads; while it does, the others keep using the previous snapshot, so a refresh never stalls
+// every request.
 func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time) (*snapshot, error) {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if s, ok := c.m[ds.Name]; ok && c.ttl > 0 && now.Sub(s.ReadAt) >= 0 && now.Sub(s.ReadAt) < c.ttl {
+	s, ok := c.m[ds.Name]
+	fresh := ok && c.ttl > 0 && now.Sub(s.ReadAt) >= 0 && now.Sub(s.ReadAt) < c.ttl
+	if fresh || (ok && c.ttl > 0 && c.refreshing[ds.Name]) {
+		c.mu.Unlock()
 		return s, nil
 	}
+	if c.refreshing == nil {
+		c.refreshing = map[string]bool{}
+	}
+	c.refreshing[ds.Name] = true
+	c.mu.Unlock()
 	s, err := readState(ctx, c.conn, c.g, c.cfg.ClickHouse.InsertTimeout.D(), ds, now)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refreshing[ds.Name] = false
 	if err != nil {
 		return nil, err
 	}
