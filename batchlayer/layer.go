@@ -1,0 +1,337 @@
+// Package batchlayer is the batch layer: a cron scheduler that recomputes exact daily tables
+// (<ds>_daily) from the deduplicated master dataset (<ds>_raw) and swaps each day in atomically,
+// and keeps the persisted batch watermark, the last day that is exact.
+//
+// One run recomputes one (dataset, day): it records `started` in batch_runs, computes every
+// grouping set of the day in one INSERT … SELECT into a staging table of its own, swaps the
+// staging partition into <ds>_daily with ALTER TABLE … REPLACE PARTITION (readers see the old
+// day or the new one, never a partial one), drops the staging table, records `succeeded` (or
+// `failed` with the error) and writes the day's drift: how far the speed view was from the exact
+// values.
+//
+// robfig/cron never replays missed schedules, so every tick works out from ClickHouse what is
+// due: every sealed day after the watermark in day order (catch-up after downtime, retries of
+// failed runs), then every dirty day inside the lookback (late rows). A day is sealed when its
+// end plus grace has passed and the speed watermark has passed its end too.
+package batchlayer
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/robfig/cron/v3"
+
+	"github.com/lambda-platform/lambda/shared/chconn"
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/metric"
+)
+
+// Options are the dependencies of the batch layer. Every field is optional.
+type Options struct {
+	Logger *slog.Logger
+	// Registerer receives the lambda_batch_* metrics; nil registers nowhere.
+	Registerer prometheus.Registerer
+	// Now is the clock (time.Now when nil); tests inject it.
+	Now func() time.Time
+	// Schedule, when set, overrides every dataset's batch.schedule (lambda dev uses
+	// "@every 30s").
+	Schedule string
+	// Conn is the ClickHouse connection; nil opens one from the config (closed by Close).
+	Conn driver.Conn
+	// BeforeSwap, when set, is called after the staging table is filled and before the swap;
+	// an error fails the run. Tests use it to kill a run at the worst moment.
+	BeforeSwap func(ctx context.Context, dataset string, day time.Time) error
+}
+
+// Layer is the batch layer of every dataset of a configuration.
+type Layer struct {
+	cfg      *config.Config
+	conn     driver.Conn
+	ownsConn bool
+	log      *slog.Logger
+	now      func() time.Time
+	schedule string
+	hook     func(ctx context.Context, dataset string, day time.Time) error
+	host     string
+	m        *metrics
+	ds       map[string]*dataset
+
+	clock  sync.Mutex
+	lastUS int64
+}
+
+// dataset is the per-dataset state; mu makes runs of one dataset (and so of one day)
+// sequential within the process.
+type dataset struct {
+	d  *config.Dataset
+	q  *queries
+	mu sync.Mutex
+}
+
+// New builds the batch layer. It does not connect: the first query does.
+func New(cfg *config.Config, opts Options) (*Layer, error) {
+	l := &Layer{cfg: cfg, conn: opts.Conn, log: opts.Logger, now: opts.Now, schedule: opts.Schedule,
+		hook: opts.BeforeSwap, ds: map[string]*dataset{}}
+	if l.log == nil {
+		l.log = slog.Default()
+	}
+	l.log = l.log.With("layer", "batch")
+	if l.now == nil {
+		l.now = time.Now
+	}
+	l.host, _ = os.Hostname()
+	for i := range cfg.Datasets {
+		d := &cfg.Datasets[i]
+		spec := d.BatchConf.Schedule
+		if l.schedule != "" {
+			spec = l.schedule
+		}
+		if _, err := cron.ParseStandard(spec); err != nil {
+			return nil, fmt.Errorf("invalid batch schedule %q of dataset %s: %w", spec, d.Name, err)
+		}
+		l.ds[d.Name] = &dataset{d: d, q: newQueries(cfg, d)}
+	}
+	if l.conn == nil {
+		o := chconn.Options(cfg.ClickHouse)
+		// One recompute is one long INSERT … SELECT during which the server may send nothing.
+		o.ReadTimeout = max(o.ReadTimeout, 2*time.Hour)
+		conn, err := clickhouse.Open(o)
+		if err != nil {
+			return nil, fmt.Errorf("cannot open clickhouse %v: %w", cfg.ClickHouse.Addr, err)
+		}
+		l.conn, l.ownsConn = conn, true
+	}
+	l.m = newMetrics(opts.Registerer)
+	return l, nil
+}
+
+// Close closes the connection the layer opened.
+func (l *Layer) Close() error {
+	if l.ownsConn {
+		return l.conn.Close()
+	}
+	return nil
+}
+
+func (l *Layer) dataset(name string) (*dataset, error) {
+	d, ok := l.ds[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown dataset %q", name)
+	}
+	return d, nil
+}
+
+// stamp returns the time of an event in batch_runs or batch_watermarks and its microseconds,
+// strictly increasing within the process so that argMax(status, at_us) is never a tie, even
+// under a frozen test clock.
+func (l *Layer) stamp() (time.Time, uint64) {
+	t := l.now().UTC()
+	l.clock.Lock()
+	defer l.clock.Unlock()
+	us := max(t.UnixMicro(), l.lastUS+1)
+	l.lastUS = us
+	return t, uint64(us)
+}
+
+func newRunID(now time.Time, day time.Time) string {
+	var b [3]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("%016d-%s-%s", now.UnixMicro(), partitionID(day), hex.EncodeToString(b[:]))
+}
+
+// Run runs the scheduler until ctx is done: one cron job per dataset (UTC, skipping a tick
+// while the previous one still runs, recovering panics), and a tick per dataset at once to catch
+// up on what was missed while the layer was down. Cancelling ctx cancels running recomputes
+// (their staging tables are dropped, the runs recorded failed) and returns nil.
+func (l *Layer) Run(ctx context.Context) error {
+	for _, d := range l.ds {
+		l.dropLeftovers(ctx, d)
+	}
+	clog := cronLogger{l.log}
+	c := cron.New(cron.WithLocation(time.UTC), cron.WithLogger(clog))
+	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
+	var jobs []cron.Job
+	for _, name := range l.names() {
+		d := l.ds[name]
+		spec := d.d.BatchConf.Schedule
+		if l.schedule != "" {
+			spec = l.schedule
+		}
+		sched, err := cron.ParseStandard(spec)
+		if err != nil {
+			return fmt.Errorf("invalid batch schedule %q of dataset %s: %w", spec, name, err)
+		}
+		job := chain.Then(cron.FuncJob(func() {
+			if err := l.Tick(ctx, name); err != nil && ctx.Err() == nil {
+				l.log.Error("batch tick failed", "dataset", name, "err", err)
+			}
+		}))
+		c.Schedule(sched, job)
+		jobs = append(jobs, job)
+		l.log.Info("batch scheduled", "dataset", name, "schedule", spec)
+	}
+	c.Start()
+	for _, j := range jobs {
+		go j.Run()
+	}
+	<-ctx.Done()
+	<-c.Stop().Done()
+	// The catch-up ticks run outside cron; taking every dataset's lock waits for them.
+	for _, d := range l.ds {
+		d.mu.Lock()
+		d.mu.Unlock() //nolint:staticcheck // waiting, not guarding
+	}
+	return nil
+}
+
+func (l *Layer) names() []string {
+	out := make([]string, 0, len(l.ds))
+	for n := range l.ds {
+		out = append(out, n)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// dropLeftovers drops staging tables that a crashed process left behind.
+func (l *Layer) dropLeftovers(ctx context.Context, d *dataset) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	rows, err := l.conn.Query(ctx, d.q.stagingTables())
+	if err != nil {
+		l.log.Warn("cannot list staging tables", "dataset", d.d.Name, "err", err)
+		return
+	}
+	var names []string
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err == nil {
+			names = append(names, n)
+		}
+	}
+	rows.Close()
+	for _, n := range names {
+		if err := l.conn.Exec(ctx, d.q.dropTable(n)); err != nil {
+			l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", n, "err", err)
+			continue
+		}
+		l.log.Info("dropped leftover staging table", "dataset", d.d.Name, "table", n)
+	}
+}
+
+// Tick does one scheduler tick for a dataset: it recomputes every sealed day after the
+// watermark in day order, then every dirty day inside the lookback, then updates the watermark
+// and applies retention. A failed day does not stop the days after it (the watermark stays
+// before it and the next tick retries it); the errors are returned joined. Cancelling ctx stops
+// after the current day.
+func (l *Layer) Tick(ctx context.Context, name string) error {
+	d, err := l.dataset(name)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	now := l.now().UTC()
+	p, err := l.plan(ctx, d, now)
+	if err != nil {
+		return err
+	}
+	l.m.due.WithLabelValues(name).Set(float64(len(p.due)))
+	var errs []error
+	for _, day := range p.due {
+		if ctx.Err() != nil {
+			errs = append(errs, ctx.Err())
+			break
+		}
+		if _, err := l.runDay(ctx, d, day); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if _, err := l.updateWatermark(ctx, d); err != nil {
+		errs = append(errs, err)
+	} else if err := l.retention(ctx, d, now); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// Progress reports a backfill after each day.
+type Progress struct {
+	Dataset string
+	Day     time.Time
+	Done    int // days finished, this one included
+	Total   int
+	// Rows of the day just finished: in raw, after dedup, written to <ds>_daily.
+	RowsRaw, RowsDedup, RowsOut uint64
+	Elapsed                     time.Duration // since the backfill began
+	Err                         error         // the day's failure, if any
+}
+
+// RunDays recomputes every day from from to to (inclusive, UTC days) in order, whether sealed
+// or not (an explicit backfill is the operator's call), then updates the watermark. It stops at
+// the first failure and returns it. progress, when not nil, is called after each day.
+func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, progress func(Progress)) error {
+	d, err := l.dataset(name)
+	if err != nil {
+		return err
+	}
+	from, to = dayOf(from), dayOf(to)
+	if to.Before(from) {
+		return fmt.Errorf("invalid range: %s is after %s", from.Format(time.DateOnly), to.Format(time.DateOnly))
+	}
+	total := int(to.Sub(from)/(24*time.Hour)) + 1
+	start := time.Now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var runErr error
+	for i, day := 0, from; !day.After(to); i, day = i+1, day.AddDate(0, 0, 1) {
+		res, err := l.runDay(ctx, d, day)
+		if progress != nil {
+			progress(Progress{Dataset: name, Day: day, Done: i + 1, Total: total, RowsRaw: res.rowsRaw,
+				RowsDedup: res.rowsDedup, RowsOut: res.rowsOut, Elapsed: time.Since(start), Err: err})
+		}
+		if err != nil {
+			runErr = err
+			break
+		}
+	}
+	if _, err := l.updateWatermark(ctx, d); err != nil {
+		return errors.Join(runErr, err)
+	}
+	return runErr
+}
+
+func dayOf(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
+
+// cronLogger adapts slog to cron.Logger.
+type cronLogger struct{ log *slog.Logger }
+
+func (c cronLogger) Info(msg string, kv ...any) { c.log.Debug("cron "+msg, kv...) }
+func (c cronLogger) Error(err error, msg string, kv ...any) {
+	c.log.Error("cron "+msg, append(kv, "err", err)...)
+}
+
+// hasCount returns the index of a count metric, whose day total is the number of deduplicated
+// rows, or -1.
+func hasCount(specs []metric.Spec) int {
+	return slices.IndexFunc(specs, func(s metric.Spec) bool { return s.Type == metric.Count })
+}
+
+func sortDays(days []time.Time) []time.Time {
+	slices.SortFunc(days, func(a, b time.Time) int { return a.Compare(b) })
+	return slices.CompactFunc(days, func(a, b time.Time) bool { return a.Equal(b) })
+}

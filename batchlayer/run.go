@@ -1,0 +1,230 @@
+package batchlayer
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+type runResult struct {
+	runID                       string
+	rowsRaw, rowsDedup, rowsOut uint64
+}
+
+// Run statuses in batch_runs.
+const (
+	StatusStarted   = "started"
+	StatusSucceeded = "succeeded"
+	StatusFailed    = "failed"
+)
+
+// cleanupTimeout bounds the bookkeeping done after ctx was cancelled: recording the failure and
+// dropping the staging table.
+const cleanupTimeout = 30 * time.Second
+
+// runDay recomputes one day of a dataset; the caller holds d.mu.
+func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time) (runResult, error) {
+	name := d.d.Name
+	started, _ := l.stamp()
+	res := runResult{runID: newRunID(started, day)}
+	log := l.log.With("dataset", name, "day", day.Format(time.DateOnly), "run_id", res.runID)
+	t0 := time.Now()
+	if err := l.recordRun(ctx, d, day, res, StatusStarted, started, time.Time{}, ""); err != nil {
+		l.m.runs.WithLabelValues(name, StatusFailed).Inc()
+		return res, err
+	}
+	staging := stagingName(name, res.runID)
+	err := l.compute(ctx, d, day, staging, &res)
+	dropCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if derr := l.conn.Exec(dropCtx, d.q.dropTable(staging)); derr != nil {
+		log.Warn("cannot drop staging table", "table", staging, "err", derr)
+	}
+	took := time.Since(t0)
+	l.m.duration.WithLabelValues(name).Observe(took.Seconds())
+	if err != nil {
+		l.m.runs.WithLabelValues(name, StatusFailed).Inc()
+		err = fmt.Errorf("cannot recompute %s of %s (run %s): %w", day.Format(time.DateOnly), name, res.runID, err)
+		if rerr := l.recordRun(dropCtx, d, day, res, StatusFailed, started, l.now().UTC(), err.Error()); rerr != nil {
+			log.Error("cannot record failed run", "err", rerr)
+		}
+		log.Error("batch run failed", "err", err, "took", took.Round(time.Millisecond))
+		return res, err
+	}
+	if err := l.recordRun(ctx, d, day, res, StatusSucceeded, started, l.now().UTC(), ""); err != nil {
+		// The day is swapped in but not recorded: it stays out of the watermark and is
+		// recomputed at the next tick.
+		l.m.runs.WithLabelValues(name, StatusFailed).Inc()
+		return res, err
+	}
+	l.m.runs.WithLabelValues(name, StatusSucceeded).Inc()
+	l.m.rows.WithLabelValues(name).Add(float64(res.rowsOut))
+	log.Info("batch run succeeded", "rows_raw", res.rowsRaw, "rows_dedup", res.rowsDedup, "rows", res.rowsOut, "took", took.Round(time.Millisecond))
+	if err := l.drift(ctx, d, day, res.runID); err != nil {
+		log.Warn("cannot record drift", "err", err)
+	}
+	return res, nil
+}
+
+// compute fills the staging table and swaps it in.
+func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging string, res *runResult) error {
+	q := d.q
+	daily := schema.Daily(d.d.Name)
+	if err := l.conn.Exec(ctx, q.createStaging(staging)); err != nil {
+		return fmt.Errorf("cannot create staging table %s: %w", staging, err)
+	}
+	if err := l.conn.QueryRow(ctx, q.countRaw(day)).Scan(&res.rowsRaw); err != nil {
+		return fmt.Errorf("cannot count raw rows: %w", err)
+	}
+	qctx := ctx
+	if n := l.cfg.Batch.MaxThreads; n > 0 {
+		qctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_threads": n}))
+	}
+	if err := l.conn.Exec(qctx, q.recompute(staging, day, res.runID)); err != nil {
+		return fmt.Errorf("cannot insert recompute into %s: %w", staging, err)
+	}
+	if err := l.conn.QueryRow(ctx, q.countDay(staging, day)).Scan(&res.rowsOut); err != nil {
+		return fmt.Errorf("cannot count rows of %s: %w", staging, err)
+	}
+	if i := hasCount(d.d.Specs()); i >= 0 && res.rowsOut > 0 {
+		vals, err := l.totals(ctx, d, staging, day)
+		if err != nil {
+			return err
+		}
+		if vals[i] != nil {
+			res.rowsDedup = uint64(*vals[i])
+		}
+	} else if res.rowsRaw > 0 {
+		if err := l.conn.QueryRow(ctx, q.countDedup(day)).Scan(&res.rowsDedup); err != nil {
+			return fmt.Errorf("cannot count deduplicated rows: %w", err)
+		}
+	}
+	if res.rowsOut == 0 {
+		var old uint64
+		if err := l.conn.QueryRow(ctx, q.countDay(daily, day)).Scan(&old); err != nil {
+			return fmt.Errorf("cannot count rows of %s: %w", daily, err)
+		}
+		if old > 0 {
+			return fmt.Errorf("refusing to replace %d rows of %s with an empty recompute (raw holds %d rows for the day)", old, daily, res.rowsRaw)
+		}
+	}
+	if l.hook != nil {
+		if err := l.hook(ctx, d.d.Name, day); err != nil {
+			return err
+		}
+	}
+	if res.rowsOut == 0 {
+		return nil // nothing to swap, nothing to replace; current servers refuse an empty source
+	}
+	if err := l.conn.Exec(ctx, q.swap(staging, day)); err != nil {
+		return fmt.Errorf("cannot replace partition %s of %s: %w", partitionID(day), daily, err)
+	}
+	return nil
+}
+
+func (l *Layer) recordRun(ctx context.Context, d *dataset, day time.Time, res runResult, status string, started, finished time.Time, errText string) error {
+	at, atUS := l.stamp()
+	b, err := l.conn.PrepareBatch(ctx, d.q.insertRun())
+	if err != nil {
+		return fmt.Errorf("cannot insert run into %s: %w", schema.BatchRuns, err)
+	}
+	defer b.Close()
+	if finished.IsZero() {
+		finished = time.Unix(0, 0).UTC()
+	}
+	if err := b.Append(d.d.Name, day, res.runID, status, at, atUS, started, finished,
+		res.rowsRaw, res.rowsDedup, res.rowsOut, errText, l.host); err != nil {
+		return fmt.Errorf("cannot insert run into %s: %w", schema.BatchRuns, err)
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("cannot insert run into %s: %w", schema.BatchRuns, err)
+	}
+	return nil
+}
+
+// totals reads the day total of every metric from a daily-shaped table.
+func (l *Layer) totals(ctx context.Context, d *dataset, table string, day time.Time) ([]*float64, error) {
+	n := len(d.d.Specs())
+	vals := make([]*float64, n)
+	dest := make([]any, n)
+	for i := range vals {
+		dest[i] = &vals[i]
+	}
+	rows, err := l.conn.Query(ctx, d.q.totals(table, day))
+	if err != nil {
+		return nil, fmt.Errorf("cannot read day totals from %s: %w", table, err)
+	}
+	defer rows.Close()
+	if rows.Next() {
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("cannot read day totals from %s: %w", table, err)
+		}
+	}
+	return vals, rows.Err()
+}
+
+// drift writes, per metric, how far the speed view of the day was from the exact value. Days
+// the speed view holds nothing of (backfills of old days) have no drift.
+func (l *Layer) drift(ctx context.Context, d *dataset, day time.Time, runID string) error {
+	specs := d.d.Specs()
+	exact, err := l.totals(ctx, d, schema.Daily(d.d.Name), day)
+	if err != nil {
+		return err
+	}
+	var n uint64
+	speed := make([]*float64, len(specs))
+	dest := []any{&n}
+	for i := range speed {
+		dest = append(dest, &speed[i])
+	}
+	if err := l.conn.QueryRow(ctx, d.q.speedTotals(day)).Scan(dest...); err != nil {
+		return fmt.Errorf("cannot read speed totals of %s: %w", schema.Speed(d.d.Name), err)
+	}
+	if n == 0 {
+		return nil
+	}
+	b, err := l.conn.PrepareBatch(ctx, d.q.insertDrift())
+	if err != nil {
+		return fmt.Errorf("cannot insert drift into %s: %w", schema.Drift(d.d.Name), err)
+	}
+	defer b.Close()
+	at := l.now().UTC()
+	for i, s := range specs {
+		sv, ev := finite(speed[i]), finite(exact[i])
+		var abs, rel *float64
+		if sv != nil && ev != nil {
+			a := math.Abs(*sv - *ev)
+			abs = &a
+			switch {
+			case *ev != 0:
+				r := a / math.Abs(*ev)
+				rel = &r
+			case a == 0:
+				r := 0.0
+				rel = &r
+			}
+		}
+		if rel != nil {
+			l.m.drift.WithLabelValues(d.d.Name, s.Name).Set(*rel)
+		}
+		if err := b.Append(day, s.Name, sv, ev, abs, rel, runID, at); err != nil {
+			return fmt.Errorf("cannot insert drift into %s: %w", schema.Drift(d.d.Name), err)
+		}
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("cannot insert drift into %s: %w", schema.Drift(d.d.Name), err)
+	}
+	return nil
+}
+
+func finite(v *float64) *float64 {
+	if v == nil || math.IsNaN(*v) || math.IsInf(*v, 0) {
+		return nil
+	}
+	return v
+}

@@ -1,0 +1,231 @@
+package batchlayer
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// Every statement here embeds its values as literals: dataset names, column names and run ids
+// are validated or generated ([a-z0-9_-]), days are formatted from time.Time. So the same text
+// runs on ClickHouse 18.16, through chDB in the tests, and in clickhouse-client for the
+// benchmark floor; nothing comes from user input.
+
+// queries builds the SQL of one dataset.
+type queries struct {
+	g  *schema.Generator
+	d  *config.Dataset
+	db string
+}
+
+func newQueries(cfg *config.Config, d *config.Dataset) *queries {
+	return &queries{g: schema.NewGenerator(cfg), d: d, db: cfg.ClickHouse.Database}
+}
+
+func dateLit(day time.Time) string { return "toDate('" + day.UTC().Format(time.DateOnly) + "')" }
+
+func timeLit(t time.Time) string {
+	return "toDateTime('" + t.UTC().Format(time.DateTime) + "', 'UTC')"
+}
+
+// partitionID is the partition of a day in every table partitioned by toYYYYMMDD.
+func partitionID(day time.Time) string { return day.UTC().Format("20060102") }
+
+func strLit(s string) string { return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'" }
+
+// rawDayWhere selects one day of raw by the sorting key's first column, so that both the
+// partition and the primary key prune.
+func rawDayWhere(day time.Time) string {
+	return fmt.Sprintf("time >= %s AND time < %s", timeLit(day), timeLit(day.AddDate(0, 0, 1)))
+}
+
+// stagingName is the staging table of a run.
+func stagingName(ds, runID string) string {
+	return schema.Daily(ds) + "_stage_" + strings.ReplaceAll(runID, "-", "_")
+}
+
+// stagingPrefix starts every staging table name of a dataset (for cleaning up after a crash).
+func stagingPrefix(ds string) string { return schema.Daily(ds) + "_stage_" }
+
+func (q *queries) createStaging(table string) string {
+	return fmt.Sprintf("CREATE TABLE %s AS %s", q.g.T(table), q.g.T(schema.Daily(q.d.Name)))
+}
+
+func (q *queries) dropTable(table string) string {
+	return "DROP TABLE IF EXISTS " + q.g.T(table)
+}
+
+// dailyColumns lists the columns of <ds>_daily in the order recompute fills them.
+func (q *queries) dailyColumns() []string {
+	cols := []string{"day", "grouping"}
+	cols = append(cols, q.d.DimensionNames()...)
+	for _, s := range q.d.Specs() {
+		cols = append(cols, s.Name)
+	}
+	for _, s := range q.d.Specs() {
+		if s.HasDailyState() {
+			cols = append(cols, s.StateColumn())
+		}
+	}
+	return append(cols, "run_id")
+}
+
+func quoteAll(names []string) string {
+	q := make([]string, len(names))
+	for i, n := range names {
+		q[i] = schema.Q(n)
+	}
+	return strings.Join(q, ", ")
+}
+
+// recompute is the whole exact computation of one day into table: deduplicate the day's raw
+// rows (first ingested copy of each id), then one pass over every grouping set with ARRAY JOIN.
+//
+// Inner columns are renamed (d_<dimension>, v_<column>) so that no output alias equals a
+// column it is computed from: `sum(value) AS value` is a cyclic alias on some versions.
+func (q *queries) recompute(table string, day time.Time, runID string) string {
+	d := q.d
+	dims := d.DimensionNames()
+	inner := []string{"id"}
+	for _, n := range dims {
+		inner = append(inner, schema.Q(n)+" AS "+schema.Q("d_"+n))
+	}
+	for _, c := range d.ValueColumns() {
+		inner = append(inner, schema.Q(c.Name)+" AS "+schema.Q("v_"+c.Name))
+	}
+	outer := []string{dateLit(day) + " AS o_day", schema.GroupingExpr + " AS o_grouping"}
+	group := []string{"o_grouping"}
+	for _, n := range dims {
+		outer = append(outer, fmt.Sprintf("if(has(gd, %s), %s, '') AS %s", strLit(n), schema.Q("d_"+n), schema.Q("o_"+n)))
+		group = append(group, schema.Q("o_"+n))
+	}
+	specs := d.Specs()
+	for _, s := range specs {
+		outer = append(outer, s.Cast(inputSpec(s).ExactExpr()))
+	}
+	for _, s := range specs {
+		if s.HasDailyState() {
+			outer = append(outer, inputSpec(s).StateExpr())
+		}
+	}
+	outer = append(outer, strLit(runID))
+	return fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT
+    %s
+FROM
+(
+    SELECT
+        %s
+    FROM %s
+    WHERE %s
+    ORDER BY _ingested_at, _partition, _offset
+    LIMIT 1 BY id
+)
+ARRAY JOIN %s AS gd
+GROUP BY %s`, q.g.T(table), quoteAll(q.dailyColumns()),
+		strings.Join(outer, ",\n    "),
+		strings.Join(inner, ",\n        "), q.g.T(schema.Raw(d.Name)), rawDayWhere(day),
+		schema.GroupingArray(d.GroupingSets()), strings.Join(group, ", "))
+}
+
+// inputSpec is the spec reading the renamed inner column of recompute.
+func inputSpec(s metric.Spec) metric.Spec {
+	if s.Column != "" {
+		s.Column = "v_" + s.Column
+	}
+	return s
+}
+
+// countRaw counts the day's raw rows.
+func (q *queries) countRaw(day time.Time) string {
+	return fmt.Sprintf("SELECT count() FROM %s WHERE %s", q.g.T(schema.Raw(q.d.Name)), rawDayWhere(day))
+}
+
+// countDedup counts the day's distinct ids; used only when the dataset has no count metric
+// to read it from.
+func (q *queries) countDedup(day time.Time) string {
+	return fmt.Sprintf("SELECT uniqExact(id) FROM %s WHERE %s", q.g.T(schema.Raw(q.d.Name)), rawDayWhere(day))
+}
+
+// countDay counts the rows a daily-shaped table holds for a day.
+func (q *queries) countDay(table string, day time.Time) string {
+	return fmt.Sprintf("SELECT count() FROM %s WHERE day = %s", q.g.T(table), dateLit(day))
+}
+
+// totals reads the day total (the empty grouping) of every metric from a daily-shaped table, as
+// Nullable(Float64) in config order.
+func (q *queries) totals(table string, day time.Time) string {
+	sel := []string{}
+	for _, s := range q.d.Specs() {
+		sel = append(sel, "toNullable(toFloat64("+schema.Q(s.Name)+"))")
+	}
+	return fmt.Sprintf("SELECT %s FROM %s WHERE day = %s AND grouping = ''", strings.Join(sel, ", "), q.g.T(table), dateLit(day))
+}
+
+// speedTotals reads the speed view's value of every metric over the day, and how many speed
+// rows there were (no rows: no drift to report).
+func (q *queries) speedTotals(day time.Time) string {
+	sel := []string{"count()"}
+	for _, s := range q.d.Specs() {
+		sel = append(sel, "toNullable(toFloat64("+s.MergeExpr(schema.Q(s.Name))+"))")
+	}
+	return fmt.Sprintf("SELECT %s FROM %s WHERE minute >= %s AND minute < %s", strings.Join(sel, ", "),
+		q.g.T(schema.Speed(q.d.Name)), timeLit(day), timeLit(day.AddDate(0, 0, 1)))
+}
+
+// swap replaces the day's partition of <ds>_daily with the staging table's.
+func (q *queries) swap(staging string, day time.Time) string {
+	return fmt.Sprintf("ALTER TABLE %s REPLACE PARTITION %s FROM %s", q.g.T(schema.Daily(q.d.Name)), partitionID(day), q.g.T(staging))
+}
+
+// dropPartition drops one day of a table partitioned by toYYYYMMDD.
+func (q *queries) dropPartition(table string, day time.Time) string {
+	return fmt.Sprintf("ALTER TABLE %s DROP PARTITION %s", q.g.T(table), partitionID(day))
+}
+
+// partitions lists the non-empty day partitions of a table.
+func (q *queries) partitions(table string) string {
+	return fmt.Sprintf("SELECT partition FROM system.parts WHERE database = %s AND table = %s AND active GROUP BY partition HAVING sum(rows) > 0 ORDER BY partition",
+		strLit(q.db), strLit(table))
+}
+
+// stagingTables lists leftover staging tables of the dataset.
+func (q *queries) stagingTables() string {
+	return fmt.Sprintf("SELECT name FROM system.tables WHERE database = %s AND startsWith(name, %s)", strLit(q.db), strLit(stagingPrefix(q.d.Name)))
+}
+
+// succeededDays gives per day with a successful run the newest such run id.
+func (q *queries) succeededDays() string {
+	return fmt.Sprintf("SELECT day, argMax(run_id, at_us) FROM %s WHERE dataset = %s AND status = 'succeeded' GROUP BY day ORDER BY day",
+		q.g.T(schema.BatchRuns), strLit(q.d.Name))
+}
+
+// lastRuns gives the newest runs of the dataset with their current state.
+func (q *queries) lastRuns(limit int) string {
+	return fmt.Sprintf(`SELECT run_id, any(day), argMax(status, at_us), min(started_at), argMax(finished_at, at_us),
+    argMax(rows_raw, at_us), argMax(rows_dedup, at_us), argMax(rows_out, at_us), argMax(error, at_us), any(host)
+FROM %s WHERE dataset = %s GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, q.g.T(schema.BatchRuns), strLit(q.d.Name), limit)
+}
+
+// lastDrift gives the newest drift row of every metric for the newest day that has drift.
+func (q *queries) lastDrift() string {
+	t := q.g.T(schema.Drift(q.d.Name))
+	return fmt.Sprintf(`SELECT day, metric, speed_value, exact_value, abs_error, rel_error, run_id FROM %s
+WHERE day = (SELECT max(day) FROM %s) ORDER BY at DESC LIMIT 1 BY metric`, t, t)
+}
+
+func (q *queries) insertRun() string {
+	return fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, status, at, at_us, started_at, finished_at, rows_raw, rows_dedup, rows_out, error, host)", q.g.T(schema.BatchRuns))
+}
+
+func (q *queries) insertWatermark() string {
+	return fmt.Sprintf("INSERT INTO %s (dataset, watermark, run_id, at, at_us)", q.g.T(schema.BatchWatermarks))
+}
+
+func (q *queries) insertDrift() string {
+	return fmt.Sprintf("INSERT INTO %s (day, metric, speed_value, exact_value, abs_error, rel_error, run_id, at)", q.g.T(schema.Drift(q.d.Name)))
+}
