@@ -335,3 +335,13 @@ func sortDays(days []time.Time) []time.Time {
 	slices.SortFunc(days, func(a, b time.Time) int { return a.Compare(b) })
 	return slices.CompactFunc(days, func(a, b time.Time) bool { return a.Equal(b) })
 }
+
+// RecomputeSQL is the INSERT … SELECT a run executes for one day of a dataset into table (a
+// table created AS <ds>_daily). The benchmark runs it by hand as the floor a run is compared to.
+func (l *Layer) RecomputeSQL(name string, day time.Time, table, runID string) (string, error) {
+	d, err := l.dataset(name)
+	if err != nil {
+		return "", err
+	}
+	return d.q.recompute(table, dayOf(day), runID), nil
+}
