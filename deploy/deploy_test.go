@@ -747,3 +747,38 @@ func TestGrafanaSQLOnCurrentClickHouse(t *testing.T) {
 		t.Errorf("%s: chDB (current ClickHouse) refused the query: %s\n%s", names[j], r.Error, queries[j])
 	}
 }
+
+func TestDockerfile(t *testing.T) {
+	b, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(b)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^FROM golang:\S+ AS build$`),
+		regexp.MustCompile(`CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /lambda \./cmd/lambda`),
+		regexp.MustCompile(`(?m)^COPY --from=build /lambda /lambda$`),
+		regexp.MustCompile(`(?m)^USER [1-9][0-9]*(:[0-9]+)?$`), // numeric and not root
+		regexp.MustCompile(`(?m)^ENTRYPOINT \["/lambda"\]$`),
+	} {
+		if !want.MatchString(df) {
+			t.Errorf("Dockerfile: no line matching %s", want)
+		}
+	}
+	if strings.Contains(df, "--mount=") {
+		t.Errorf("Dockerfile: --mount needs BuildKit, which Debian's docker-compose does not use")
+	}
+	// The build needs the sources and what they embed.
+	ignore, err := os.ReadFile(filepath.Join(root, ".dockerignore"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(ignore), "\n") {
+		line = strings.TrimSpace(line)
+		for _, needed := range []string{"cmd", "shared", "dashboards", "speed", "batchlayer", "serving", "go.mod", "go.sum"} {
+			if line == needed || line == needed+"/" || line == "*" {
+				t.Errorf(".dockerignore: %q keeps %s out of the build context", line, needed)
+			}
+		}
+	}
+}
