@@ -6,7 +6,7 @@ CH := deploy/local/clickhouse.sh
 CONFIG ?=
 export LAMBDA_TEST_CLICKHOUSE_ADDR ?= 127.0.0.1:9000
 
-.PHONY: all build run test test-go bench bench-speed bench-batch bench-serving lint fmt ch-start ch-stop chdb clean
+.PHONY: all build run test e2e bench bench-speed bench-batch bench-serving lint fmt ch-start ch-stop chdb test-deps clean
 
 all: build
 
@@ -19,19 +19,23 @@ ch-start:
 ch-stop:
 	$(CH) stop
 
-# chDB (a current ClickHouse engine for Node) checks every statement on a modern server.
-chdb: tools/chdb/node_modules/.installed
+# chDB (a current ClickHouse engine for Node) checks every statement on a modern server;
+# chromium and playwright-core drive the browser test; docker-compose validates deploy/.
+test-deps:
+	deploy/local/test-deps.sh
 
-tools/chdb/node_modules/.installed: tools/chdb/package.json tools/chdb/package-lock.json
-	npm ci --prefix tools/chdb --no-audit --no-fund --loglevel=error
-	touch $@
+chdb: test-deps
 
 run: build ch-start
 	./bin/lambda dev $(if $(CONFIG),--config $(CONFIG))
 
-test: ch-start chdb
+test: ch-start test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+
+# The end-to-end test alone (also part of `make test`).
+e2e: ch-start test-deps
+	$(GO) test -count=1 -timeout 15m -v -run TestEndToEnd ./e2e
 
 bench: build ch-start chdb bench-speed bench-batch bench-serving
 
