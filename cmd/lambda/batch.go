@@ -87,12 +87,17 @@ func runBatchRun(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	layer, err := batchlayer.New(cfg, batchlayer.Options{Logger: slog.Default()})
+	tty := isTerminal(os.Stdout)
+	log := slog.Default()
+	if tty {
+		// The progress line says what the per-day log lines would; keep warnings and errors.
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: max(slog.LevelWarn, logLevel())}))
+	}
+	layer, err := batchlayer.New(cfg, batchlayer.Options{Logger: log})
 	if err != nil {
 		return err
 	}
 	defer layer.Close()
-	tty := isTerminal(os.Stdout)
 	var rows uint64
 	progress := func(p batchlayer.Progress) {
 		rows += p.RowsRaw
@@ -161,8 +166,12 @@ func runBatchStatus(ctx context.Context, args []string) error {
 	}
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	for _, s := range st {
+		swm := "none (nothing consumed yet)"
+		if !s.SpeedWatermark.IsZero() {
+			swm = s.SpeedWatermark.Format(time.RFC3339)
+		}
 		fmt.Fprintf(w, "dataset %s\n  watermark\t%s\n  speed watermark\t%s\n  due\t%s\n  dirty\t%s\n", s.Dataset, day(s.Watermark),
-			s.SpeedWatermark.Format(time.RFC3339), days(s.Due), days(s.Dirty))
+			swm, days(s.Due), days(s.Dirty))
 		fmt.Fprintf(w, "  runs:\tday\tstatus\tstarted\ttook\traw\tdedup\tout\trun id\terror\n")
 		for _, r := range s.Runs {
 			took := "-"
