@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
@@ -642,7 +643,8 @@ func TestFailingRunIsRetried(t *testing.T) {
 	e.insertRaw(evs)
 	e.flush(0, 10, 11, d4, d1)
 	fail := true
-	l := e.layer(Options{BeforeSwap: func(_ context.Context, _ string, day time.Time) error {
+	reg := prometheus.NewRegistry()
+	l := e.layer(Options{Registerer: reg, BeforeSwap: func(_ context.Context, _ string, day time.Time) error {
 		if fail && day.Equal(d2) {
 			return errors.New("clickhouse went away")
 		}
@@ -683,6 +685,31 @@ func TestFailingRunIsRetried(t *testing.T) {
 		t.Errorf("runs: %v", runs)
 	}
 	e.requireExact(evs, d2)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			key := mf.GetName()
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "status" {
+					key += "/" + lp.GetValue()
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				got[key] = m.Counter.GetValue()
+			case m.Gauge != nil:
+				got[key] = m.Gauge.GetValue()
+			}
+		}
+	}
+	if got["lambda_batch_runs_total/succeeded"] != 3 || got["lambda_batch_runs_total/failed"] != 1 ||
+		got["lambda_batch_watermark_seconds"] != float64(d4.Unix()) {
+		t.Errorf("metrics: %v", got)
+	}
 }
 
 func TestRetention(t *testing.T) {
