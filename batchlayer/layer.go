@@ -66,10 +66,13 @@ type Layer struct {
 	host     string
 	m        *metrics
 	ds       map[string]*dataset
+}
 
+// lastUS is the newest at_us handed out in this process (see stamp).
+var (
 	clock  sync.Mutex
 	lastUS int64
-}
+)
 
 // dataset is the per-dataset state; mu makes runs of one dataset (and so of one day)
 // sequential within the process.
@@ -133,14 +136,14 @@ func (l *Layer) dataset(name string) (*dataset, error) {
 }
 
 // stamp returns the time of an event in batch_runs or batch_watermarks and its microseconds,
-// strictly increasing within the process so that argMax(status, at_us) is never a tie, even
-// under a frozen test clock.
+// strictly increasing within the process (across layers) so that argMax(status, at_us) is
+// never a tie, even under a frozen test clock.
 func (l *Layer) stamp() (time.Time, uint64) {
 	t := l.now().UTC()
-	l.clock.Lock()
-	defer l.clock.Unlock()
-	us := max(t.UnixMicro(), l.lastUS+1)
-	l.lastUS = us
+	clock.Lock()
+	defer clock.Unlock()
+	us := max(t.UnixMicro(), lastUS+1)
+	lastUS = us
 	return t, uint64(us)
 }
 
