@@ -31,6 +31,7 @@ func TestBadConfigs(t *testing.T) {
 		"no_datasets":    "datasets: at least one dataset is required",
 		"negative":       "serving.max_rows: must be positive, got -1",
 		"not_yaml":       "did not find expected",
+		"metric_field":   `datasets[0] (events).metrics[2].name: "value" is also the raw column of a metric field`,
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")
 	if err != nil {

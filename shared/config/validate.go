@@ -180,6 +180,13 @@ func (d *Dataset) validate() []fieldError {
 		}
 		fieldKind[col] = kind
 	}
+	for j, m := range d.Metrics {
+		// "sum(amount) AS amount" makes ClickHouse read the alias inside the aggregate: a metric
+		// may not be named like the raw column of a metric field.
+		if _, ok := fieldKind[m.Name]; ok {
+			add(fmt.Sprintf("metrics[%d].name", j), "%q is also the raw column of a metric field; name the metric differently (e.g. %q)", m.Name, m.Name+"_"+m.Type)
+		}
+	}
 	for col := range fieldKind {
 		if u := used[col]; strings.HasPrefix(u, "dimensions[") {
 			add("metrics", "the raw column %q of a metric field collides with %s", col, u)
