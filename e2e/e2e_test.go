@@ -211,7 +211,7 @@ func TestEndToEnd(t *testing.T) {
 	eventually(t, 3*time.Minute, "batch watermark reaches yesterday", func() error {
 		var fr struct {
 			Datasets []struct {
-				Name           string `json:"name"`
+				Name           string `json:"dataset"`
 				BatchWatermark string `json:"batch_watermark"`
 			} `json:"datasets"`
 		}
