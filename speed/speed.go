@@ -2,21 +2,42 @@
 // consumer group, decodes and validates events, and writes columnar micro-batches to the
 // master dataset <ds>_raw (whose materialized view feeds the per-minute <ds>_speed
 // aggregates), rejected events to <ds>_rejects and a ledger row per partition to
-// speed_flushes. Offsets are committed only after the inserts that hold them succeeded.
+// speed_flushes.
+//
+// Delivery is at least once. A consumer goroutine per partition decodes into that
+// partition's buffer; one flusher per dataset takes every buffer, inserts raw, rejects and
+// the ledger, and only then marks and commits the offsets. While ClickHouse fails the
+// flusher retries with backoff and the consumers stop fetching once the buffers hold twice
+// the flush size. A revoked partition's rows are flushed and committed before the claim is
+// given up, or, if that cannot be done in time, dropped without committing.
 package speed
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/schema"
+	"github.com/lambda-platform/lambda/shared/watermark"
 )
 
-// Options configure a Speed layer.
+// Options configure a Speed layer. Every field is optional.
 type Options struct {
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
@@ -24,20 +45,446 @@ type Options struct {
 	Now func() time.Time
 	// ConsumerID names this process in speed_flushes (host:pid when empty).
 	ConsumerID string
+	// Conn is the ClickHouse connection; one is opened from the configuration when nil.
+	Conn driver.Conn
 }
 
 // Speed consumes every dataset of a configuration.
 type Speed struct {
-	cfg *config.Config
-	o   Options
+	cfg      *config.Config
+	log      *slog.Logger
+	now      func() time.Time
+	id       string
+	m        *metrics
+	conn     driver.Conn
+	ownsConn bool
+	sets     []*dataset
 }
 
-// New returns the speed layer of a configuration.
+const (
+	// heartbeatEvery is how often an idle partition writes a ledger row, so that readers see
+	// it caught up.
+	heartbeatEvery = 10 * time.Second
+	// watermarkEvery is how often the batch watermark is re-read to tell late events.
+	watermarkEvery = 10 * time.Second
+	// releaseTimeout bounds how long a revoked partition waits for its rows to be flushed
+	// before it drops them uncommitted (sarama's rebalance timeout is 60 s).
+	releaseTimeout = 20 * time.Second
+	// shutdownTimeout bounds the final flush after SIGTERM when ClickHouse fails.
+	shutdownTimeout = 30 * time.Second
+	// maxDaysPerInsert keeps every insert under current ClickHouse's limit of 100 partitions
+	// per insert block (raw and speed are partitioned by day).
+	maxDaysPerInsert = 90
+)
+
+// New returns the speed layer of a configuration. It does not connect: Run waits for
+// ClickHouse and Kafka to be reachable.
 func New(cfg *config.Config, o Options) (*Speed, error) {
-	return &Speed{cfg: cfg, o: o}, nil
+	s := &Speed{cfg: cfg, log: o.Logger, now: o.Now, id: o.ConsumerID, conn: o.Conn}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.id == "" {
+		host, _ := os.Hostname()
+		s.id = host + ":" + strconv.Itoa(os.Getpid())
+	}
+	if len(cfg.Datasets) == 0 {
+		return nil, errors.New("speed: the configuration declares no dataset")
+	}
+	if s.conn == nil {
+		conn, err := clickhouse.Open(chconn.Options(cfg.ClickHouse))
+		if err != nil {
+			return nil, fmt.Errorf("speed: cannot open clickhouse: %w", err)
+		}
+		s.conn, s.ownsConn = conn, true
+	}
+	s.m = newMetrics(o.Registerer)
+	for i := range cfg.Datasets {
+		s.sets = append(s.sets, newDataset(s, &cfg.Datasets[i]))
+	}
+	return s, nil
 }
 
-// Run consumes until ctx is done, then flushes, commits and returns nil.
+// Run consumes until ctx is done, then flushes and commits what it holds and returns nil. It
+// returns an error only when rows could not be flushed at shutdown (they stay uncommitted and
+// will be consumed again).
 func (s *Speed) Run(ctx context.Context) error {
-	return errors.New("speed layer: not implemented yet")
+	defer func() {
+		if s.ownsConn {
+			_ = s.conn.Close()
+		}
+	}()
+	var g errgroup.Group
+	for _, d := range s.sets {
+		g.Go(func() error { return d.run(ctx) })
+	}
+	return g.Wait()
+}
+
+// dataset is the consumer of one dataset.
+type dataset struct {
+	s       *Speed
+	d       *config.Dataset
+	log     *slog.Logger
+	group   string
+	lim     event.Limits
+	isKey   []bool
+	ndims   int
+	rawSQL  string
+	rejSQL  string
+	ledgSQL string
+	dedup   *dedup
+
+	mu    sync.Mutex
+	parts map[int32]*part
+
+	rows, bytes atomic.Int64 // buffered and not yet taken by a flush
+	kick        chan struct{}
+	reqs        chan chan struct{}
+	wm          atomic.Int64 // batch watermark as a day number, -1 when none
+	wmRead      time.Time
+	dropped     atomic.Int64
+	client      sarama.Client
+}
+
+// part is an owned partition.
+type part struct {
+	topic     string
+	partition int32
+	sess      sarama.ConsumerGroupSession
+	claim     sarama.ConsumerGroupClaim
+
+	mu        sync.Mutex
+	buf       *buffer
+	committed int64 // next offset to consume, as committed; -1 unknown
+	maxTime   time.Time
+	lastFlush time.Time
+	revoked   bool
+}
+
+func newDataset(s *Speed, d *config.Dataset) *dataset {
+	g := schema.NewGenerator(s.cfg)
+	ds := &dataset{s: s, d: d, log: s.log.With("dataset", d.Name),
+		group: s.cfg.Kafka.GroupPrefix + "-" + d.Name,
+		lim: event.Limits{MaxBytes: s.cfg.Speed.MaxEventBytes, FutureSkew: s.cfg.Speed.FutureSkew.D(),
+			MaxAge: d.RawRetention.D()},
+		ndims: len(d.Dimensions),
+		dedup: newDedup(s.cfg.Speed.DedupWindow.D(), s.cfg.Speed.DedupMaxIDs),
+		parts: map[int32]*part{},
+		kick:  make(chan struct{}, 1),
+		reqs:  make(chan chan struct{}, 64),
+	}
+	ds.wm.Store(-1)
+	for _, c := range d.ValueColumns() {
+		ds.isKey = append(ds.isKey, c.Type == metric.KeyType)
+	}
+	var cols []string
+	for _, c := range schema.RawColumns(d) {
+		if c.Name != "_ingested_at" {
+			cols = append(cols, schema.Q(c.Name))
+		}
+	}
+	ds.rawSQL = insertSQL(g.T(schema.Raw(d.Name)), cols)
+	ds.rejSQL = insertSQL(g.T(schema.Rejects(d.Name)), []string{"payload", "reason", "detail", "_topic", "_partition", "_offset"})
+	ds.ledgSQL = insertSQL(g.T(schema.SpeedFlushes), []string{"dataset", "topic", "partition", "first_offset", "last_offset",
+		"high_watermark", "raw_rows", "rejected_rows", "duplicate_rows", "late_rows", "max_event_time", "consumer"})
+	return ds
+}
+
+func insertSQL(table string, cols []string) string {
+	s := "INSERT INTO " + table + " ("
+	for i, c := range cols {
+		if i > 0 {
+			s += ", "
+		}
+		s += c
+	}
+	return s + ")"
+}
+
+func (d *dataset) saramaConfig() (*sarama.Config, error) {
+	k := d.s.cfg.Kafka
+	sc := sarama.NewConfig()
+	v, err := sarama.ParseKafkaVersion(k.Version)
+	if err != nil {
+		return nil, fmt.Errorf("kafka.version: %w", err)
+	}
+	sc.Version = v
+	sc.ClientID = k.ClientID
+	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
+	// Offsets are committed by the flusher after the inserts that hold them, never on a timer.
+	sc.Consumer.Offsets.AutoCommit.Enable = false
+	sc.Consumer.Return.Errors = true
+	sc.Consumer.Fetch.Default = 4 << 20
+	sc.Consumer.Fetch.Max = 64 << 20
+	sc.ChannelBufferSize = 4096
+	sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	sc.Metadata.Retry.Max = 10
+	return sc, nil
+}
+
+// run consumes one dataset until ctx is done.
+func (d *dataset) run(ctx context.Context) error {
+	sc, err := d.saramaConfig()
+	if err != nil {
+		return err
+	}
+	// The flusher outlives ctx: after SIGTERM it flushes and commits what the partitions hold.
+	fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer fcancel()
+	stop := make(chan struct{})
+	flushed := make(chan error, 1)
+	go func() { flushed <- d.flushLoop(fctx, stop) }()
+
+	backoff := newBackoff(d.s.cfg.Speed.RetryMax.D())
+	var group sarama.ConsumerGroup
+	for ctx.Err() == nil {
+		if group == nil {
+			group, err = d.connect(sc)
+			if err != nil {
+				d.log.Warn("cannot reach kafka, retrying", "brokers", d.s.cfg.Kafka.Brokers, "err", err)
+				backoff.wait(ctx)
+				continue
+			}
+			d.log.Info("consuming", "topic", d.d.Topic, "group", d.group)
+		}
+		err := group.Consume(ctx, []string{d.d.Topic}, handler{d})
+		switch {
+		case ctx.Err() != nil:
+		case errors.Is(err, sarama.ErrClosedConsumerGroup) || errors.Is(err, sarama.ErrClosedClient):
+			d.closeGroup(group)
+			group = nil
+			backoff.wait(ctx)
+		case err != nil:
+			d.log.Warn("consumer group session failed, rejoining", "err", err)
+			backoff.wait(ctx)
+		default:
+			backoff.reset()
+		}
+	}
+	if group != nil {
+		d.closeGroup(group)
+	}
+	close(stop)
+	timer := time.AfterFunc(shutdownTimeout, fcancel)
+	err = <-flushed
+	timer.Stop()
+	if n := d.dropped.Load(); err == nil && n > 0 {
+		err = fmt.Errorf("%d rows could not be flushed before stopping; their offsets were not committed and will be consumed again", n)
+	}
+	if err != nil {
+		return fmt.Errorf("speed %s: %w", d.d.Name, err)
+	}
+	d.log.Info("speed stopped, offsets committed")
+	return nil
+}
+
+func (d *dataset) connect(sc *sarama.Config) (sarama.ConsumerGroup, error) {
+	client, err := sarama.NewClient(d.s.cfg.Kafka.Brokers, sc)
+	if err != nil {
+		return nil, err
+	}
+	group, err := sarama.NewConsumerGroupFromClient(d.group, client)
+	if err != nil {
+		_ = client.Close()
+		return nil, err
+	}
+	d.client = client
+	go func() {
+		for err := range group.Errors() {
+			d.log.Warn("kafka consumer error", "err", err)
+		}
+	}()
+	return group, nil
+}
+
+func (d *dataset) closeGroup(g sarama.ConsumerGroup) {
+	if err := g.Close(); err != nil {
+		d.log.Warn("closing consumer group", "err", err)
+	}
+	if d.client != nil {
+		_ = d.client.Close()
+	}
+}
+
+// handler is the sarama consumer group handler of a dataset.
+type handler struct{ d *dataset }
+
+func (handler) Setup(sarama.ConsumerGroupSession) error   { return nil }
+func (handler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+
+func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
+	d := h.d
+	p := d.own(sess, claim)
+	defer d.release(p)
+	dec := event.NewDecoder(d.d, d.lim)
+	var row event.Row
+	maxRows := int64(2 * d.s.cfg.Speed.FlushRows)
+	maxBytes := int64(2 * d.s.cfg.Speed.FlushBytes)
+	for {
+		// Backpressure: while the flusher cannot keep up (ClickHouse slow or down), stop
+		// taking messages; sarama stops fetching once its channel is full.
+		for d.rows.Load() >= maxRows || d.bytes.Load() >= maxBytes {
+			select {
+			case <-sess.Context().Done():
+				return nil
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		select {
+		case msg, ok := <-claim.Messages():
+			if !ok {
+				return nil
+			}
+			d.consume(p, dec, &row, msg)
+		case <-sess.Context().Done():
+			return nil
+		}
+	}
+}
+
+// own registers a claimed partition.
+func (d *dataset) own(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) *part {
+	p := &part{topic: claim.Topic(), partition: claim.Partition(), sess: sess, claim: claim,
+		buf: newBuffer(d.ndims, len(d.isKey)), committed: claim.InitialOffset(), lastFlush: d.s.now()}
+	if p.committed < 0 && d.client != nil {
+		// Nothing committed yet: consumption starts at the oldest offset.
+		if off, err := d.client.GetOffset(p.topic, p.partition, sarama.OffsetOldest); err == nil {
+			p.committed = off
+		}
+	}
+	d.mu.Lock()
+	d.parts[p.partition] = p
+	d.mu.Unlock()
+	d.log.Info("partition assigned", "partition", p.partition, "offset", p.committed)
+	return p
+}
+
+// release gives up a partition: its rows are flushed and committed while the session is
+// still valid, or, if that does not happen within releaseTimeout, dropped uncommitted.
+func (d *dataset) release(p *part) {
+	// One more flush, requested now, also waits for a flush in flight that holds this
+	// partition's rows: its commit then happens while the session is still valid.
+	done := make(chan struct{})
+	timeout := time.NewTimer(releaseTimeout)
+	defer timeout.Stop()
+	select {
+	case d.reqs <- done:
+		select {
+		case <-done:
+		case <-timeout.C:
+		}
+	case <-timeout.C:
+	}
+	p.mu.Lock()
+	p.revoked = true
+	buf := p.buf
+	p.buf = newBuffer(d.ndims, len(d.isKey))
+	p.mu.Unlock()
+	if !buf.empty() {
+		d.rows.Add(-int64(buf.n))
+		d.bytes.Add(-int64(buf.bytes))
+		d.dedup.forget(buf.id)
+		d.dropped.Add(int64(buf.n))
+		d.log.Warn("partition revoked before its rows could be flushed: dropped uncommitted, they will be consumed again",
+			"partition", p.partition, "rows", buf.rows(), "first_offset", buf.first)
+	}
+	d.mu.Lock()
+	if d.parts[p.partition] == p {
+		delete(d.parts, p.partition)
+	}
+	d.mu.Unlock()
+	d.s.m.lag.DeleteLabelValues(d.d.Name, strconv.Itoa(int(p.partition)))
+	d.log.Info("partition released", "partition", p.partition)
+}
+
+// consume decodes one message into its partition's buffer.
+func (d *dataset) consume(p *part, dec *event.Decoder, row *event.Row, msg *sarama.ConsumerMessage) {
+	now := d.s.now()
+	m := d.s.m
+	m.consumed.WithLabelValues(d.d.Name).Inc()
+	reason, detail := dec.Decode(msg.Value, msg.Topic, msg.Partition, msg.Offset, now, row)
+	p.mu.Lock()
+	b := p.buf
+	b.cover(msg.Offset, len(msg.Value))
+	switch {
+	case reason != "":
+		payload := msg.Value
+		if len(payload) > maxRejectPayload {
+			payload = payload[:maxRejectPayload]
+			detail += fmt.Sprintf(" (payload cut to %d of %d bytes)", maxRejectPayload, len(msg.Value))
+		}
+		b.rejects = append(b.rejects, reject{payload: string(payload), reason: string(reason), detail: detail, offset: msg.Offset})
+		m.rejected.WithLabelValues(d.d.Name, string(reason)).Inc()
+	case d.dedup.seen(row.ID, now):
+		b.dups++
+		m.duplicates.WithLabelValues(d.d.Name).Inc()
+	default:
+		wm := d.wm.Load()
+		late := wm >= 0 && dayOf(row.Time) <= wm
+		if late {
+			m.corrections.WithLabelValues(d.d.Name).Inc()
+		}
+		b.add(row, msg.Offset, late, d.isKey)
+	}
+	p.mu.Unlock()
+	rows := d.rows.Add(1)
+	bytes := d.bytes.Add(int64(len(msg.Value)))
+	if rows >= int64(d.s.cfg.Speed.FlushRows) || bytes >= int64(d.s.cfg.Speed.FlushBytes) {
+		select {
+		case d.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// maxRejectPayload caps the payload kept in <ds>_rejects; the record stays in Kafka whole.
+const maxRejectPayload = 1 << 20
+
+// backoff is an exponential backoff from 100 ms to a cap.
+type backoff struct {
+	cur, max time.Duration
+}
+
+func newBackoff(max time.Duration) *backoff {
+	if max <= 0 {
+		max = 30 * time.Second
+	}
+	return &backoff{cur: 100 * time.Millisecond, max: max}
+}
+
+func (b *backoff) wait(ctx context.Context) {
+	t := time.NewTimer(b.cur)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	b.cur = min(2*b.cur, b.max)
+}
+
+func (b *backoff) reset() { b.cur = 100 * time.Millisecond }
+
+// refreshWatermark re-reads the batch watermark now and then; on failure the old one stays.
+func (d *dataset) refreshWatermark(ctx context.Context) {
+	now := d.s.now()
+	if now.Sub(d.wmRead) < watermarkEvery {
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	day, ok, err := watermark.Batch(rctx, d.s.conn, d.s.cfg.ClickHouse.Database, d.d.Name)
+	if err != nil {
+		d.log.Debug("cannot read the batch watermark", "err", err)
+		return
+	}
+	d.wmRead = now
+	if ok {
+		d.wm.Store(dayOf(day))
+	} else {
+		d.wm.Store(-1)
+	}
 }

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/lambda-platform/lambda/speed"
+)
+
+func init() {
+	register("speed", "run the speed layer: consume Kafka into raw, speed and rejects, at least once", runSpeed)
+}
+
+func runSpeed(ctx context.Context, args []string) error {
+	fs, path := flags("speed")
+	consumer := fs.String("consumer-id", "", "name of this process in speed_flushes (default host:pid)")
+	cfg, err := loadConfig(fs, path, args)
+	if err != nil {
+		return err
+	}
+	if err := migrate(ctx, cfg, false); err != nil {
+		return err
+	}
+	reg := newRegistry()
+	layer, err := speed.New(cfg, speed.Options{Logger: slog.Default(), Registerer: reg, ConsumerID: *consumer})
+	if err != nil {
+		return err
+	}
+	// The metrics server stops with ctx; the layer runs past it to flush and commit.
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serveMetrics(gctx, cfg.Speed.MetricsListen, reg) })
+	g.Go(func() error { return layer.Run(ctx) })
+	return g.Wait()
+}

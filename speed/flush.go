@@ -1,0 +1,358 @@
+package speed
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/IBM/sarama"
+)
+
+// piece is one partition's buffer taken by a flush.
+type piece struct {
+	p *part
+	b *buffer
+}
+
+// flushLoop flushes on the interval, when the buffers reach the flush size, and when a
+// released partition asks; after stop it flushes a last time and returns. A flush fails only
+// when ctx is done (it retries until then); its rows are then dropped uncommitted.
+func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
+	tick := time.NewTicker(d.s.cfg.Speed.FlushInterval.D())
+	defer tick.Stop()
+	var waiting []chan struct{}
+	for {
+		final := false
+		select {
+		case <-tick.C:
+		case <-d.kick:
+		case req := <-d.reqs:
+			waiting = append(waiting, req)
+		case <-stop:
+			final = true
+		}
+		for more := true; more; {
+			select {
+			case req := <-d.reqs:
+				waiting = append(waiting, req)
+			default:
+				more = false
+			}
+		}
+		err := d.flush(ctx)
+		for _, w := range waiting {
+			close(w)
+		}
+		waiting = waiting[:0]
+		if final {
+			return err
+		}
+	}
+}
+
+// flush takes every partition's buffer and writes raw, rejects and the ledger, then marks and
+// commits the offsets. Idle partitions get a heartbeat ledger row.
+func (d *dataset) flush(ctx context.Context) error {
+	now := d.s.now()
+	m := d.s.m
+	d.refreshWatermark(ctx)
+	d.mu.Lock()
+	parts := make([]*part, 0, len(d.parts))
+	for _, p := range d.parts {
+		parts = append(parts, p)
+	}
+	d.mu.Unlock()
+	slices.SortFunc(parts, func(a, b *part) int { return int(a.partition - b.partition) })
+
+	var pieces []piece
+	var beats []*part
+	var n, bytes, rows int
+	for _, p := range parts {
+		p.mu.Lock()
+		switch {
+		case p.revoked:
+		case !p.buf.empty():
+			pieces = append(pieces, piece{p, p.buf})
+			n += p.buf.n
+			bytes += p.buf.bytes
+			rows += p.buf.rows()
+			p.buf = newBuffer(d.ndims, len(d.isKey))
+		case p.committed >= 0 && now.Sub(p.lastFlush) >= heartbeatEvery:
+			beats = append(beats, p)
+		}
+		p.mu.Unlock()
+	}
+	d.rows.Add(-int64(n))
+	d.bytes.Add(-int64(bytes))
+	m.buffered.WithLabelValues(d.d.Name).Set(float64(d.rows.Load()))
+	if len(pieces) == 0 && len(beats) == 0 {
+		d.gauges(now)
+		return nil
+	}
+
+	if rows > 0 {
+		if err := d.insertRaw(ctx, pieces); err != nil {
+			return d.lose(pieces, err)
+		}
+		m.inserted.WithLabelValues(d.d.Name, "raw").Add(float64(rows))
+		m.batchRows.WithLabelValues(d.d.Name).Observe(float64(rows))
+	}
+	var rejects int
+	for _, pc := range pieces {
+		rejects += len(pc.b.rejects)
+	}
+	if rejects > 0 {
+		if err := d.retry(ctx, "rejects", func(ctx context.Context) error { return d.sendRejects(ctx, pieces) }); err != nil {
+			return d.lose(pieces, err)
+		}
+		m.inserted.WithLabelValues(d.d.Name, "rejects").Add(float64(rejects))
+	}
+	if err := d.retry(ctx, "speed_flushes", func(ctx context.Context) error { return d.sendLedger(ctx, pieces, beats) }); err != nil {
+		return d.lose(pieces, err)
+	}
+
+	// The rows are in ClickHouse: mark and commit their offsets, unless the partition was
+	// revoked meanwhile (its new owner consumes them again: duplicates in raw, harmless).
+	sessions := map[sarama.ConsumerGroupSession]bool{}
+	for _, pc := range pieces {
+		p := pc.p
+		p.mu.Lock()
+		if !p.revoked {
+			p.sess.MarkOffset(p.topic, p.partition, pc.b.last+1, "")
+			sessions[p.sess] = true
+			p.committed = pc.b.last + 1
+			if pc.b.maxTime.After(p.maxTime) {
+				p.maxTime = pc.b.maxTime
+			}
+			p.lastFlush = now
+		}
+		p.mu.Unlock()
+	}
+	for sess := range sessions {
+		sess.Commit()
+		m.commits.WithLabelValues(d.d.Name).Inc()
+	}
+	for _, p := range beats {
+		p.mu.Lock()
+		p.lastFlush = now
+		p.mu.Unlock()
+	}
+	d.gauges(now)
+	return nil
+}
+
+// lose drops the rows of a flush that could not be written: their offsets stay uncommitted
+// and their ids leave the dedup window, so that they are consumed again.
+func (d *dataset) lose(pieces []piece, err error) error {
+	n := 0
+	for _, pc := range pieces {
+		d.dedup.forget(pc.b.id)
+		n += pc.b.n
+	}
+	d.dropped.Add(int64(n))
+	return fmt.Errorf("flush of %d records abandoned: %w", n, err)
+}
+
+// gauges updates lag and the process's speed watermark.
+func (d *dataset) gauges(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var wm time.Time
+	for _, p := range d.parts {
+		p.mu.Lock()
+		lag := int64(0)
+		if p.committed >= 0 {
+			lag = max(0, p.claim.HighWaterMarkOffset()-p.committed)
+		}
+		t := p.maxTime
+		if lag == 0 || t.After(now) {
+			t = now
+		}
+		p.mu.Unlock()
+		d.s.m.lag.WithLabelValues(d.d.Name, strconv.Itoa(int(p.partition))).Set(float64(lag))
+		if wm.IsZero() || t.Before(wm) {
+			wm = t
+		}
+	}
+	if !wm.IsZero() {
+		d.s.m.watermark.WithLabelValues(d.d.Name).Set(float64(wm.Unix()))
+	}
+	d.s.m.dedupIDs.WithLabelValues(d.d.Name).Set(float64(d.dedup.len()))
+}
+
+// retry runs op until it succeeds or ctx is done, with exponential backoff; each attempt is
+// bounded by the insert timeout.
+func (d *dataset) retry(ctx context.Context, table string, op func(context.Context) error) error {
+	b := newBackoff(d.s.cfg.Speed.RetryMax.D())
+	for attempt := 1; ; attempt++ {
+		ictx, cancel := context.WithTimeout(ctx, d.s.cfg.ClickHouse.InsertTimeout.D())
+		start := time.Now()
+		err := op(ictx)
+		cancel()
+		if err == nil {
+			d.s.m.insertSecs.WithLabelValues(d.d.Name, table).Observe(time.Since(start).Seconds())
+			if attempt > 1 {
+				d.log.Info("insert succeeded after retries", "table", table, "attempts", attempt)
+			}
+			return nil
+		}
+		d.s.m.insertErrs.WithLabelValues(d.d.Name, table).Inc()
+		if ctx.Err() != nil {
+			return err
+		}
+		d.log.Warn("insert failed, retrying", "table", table, "attempt", attempt, "retry_in", b.cur, "err", err)
+		b.wait(ctx)
+	}
+}
+
+// insertRaw writes the pieces' rows to raw, in as many inserts as it takes to keep each
+// under maxDaysPerInsert days.
+func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
+	days := map[int64]bool{}
+	for _, pc := range pieces {
+		for _, t := range pc.b.time {
+			days[dayOf(t)] = true
+		}
+	}
+	if len(days) <= maxDaysPerInsert {
+		return d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, pieces) })
+	}
+	sorted := make([]int64, 0, len(days))
+	for day := range days {
+		sorted = append(sorted, day)
+	}
+	slices.Sort(sorted)
+	for i := 0; i < len(sorted); i += maxDaysPerInsert {
+		lo, hi := sorted[i], sorted[min(i+maxDaysPerInsert, len(sorted))-1]
+		sub := make([]piece, len(pieces))
+		for j, pc := range pieces {
+			sub[j] = piece{pc.p, pc.b.filter(func(day int64) bool { return day >= lo && day <= hi }, d.isKey)}
+		}
+		if err := d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, sub) }); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendRaw is one columnar insert into raw: id, time, dimensions, value columns, _topic,
+// _partition, _offset, _late.
+func (d *dataset) sendRaw(ctx context.Context, pieces []piece) (err error) {
+	batch, err := d.s.conn.PrepareBatch(ctx, d.rawSQL)
+	if err != nil {
+		return err
+	}
+	defer abortOnError(batch, &err)
+	col := 0
+	each := func(get func(pc piece) any) error {
+		for _, pc := range pieces {
+			if pc.b.rows() == 0 {
+				continue
+			}
+			if err := batch.Column(col).Append(get(pc)); err != nil {
+				return fmt.Errorf("column %d: %w", col, err)
+			}
+		}
+		col++
+		return nil
+	}
+	appends := []func(pc piece) any{
+		func(pc piece) any { return pc.b.id },
+		func(pc piece) any { return pc.b.time },
+	}
+	for i := range d.ndims {
+		appends = append(appends, func(pc piece) any { return pc.b.dims[i] })
+	}
+	for i, key := range d.isKey {
+		if key {
+			appends = append(appends, func(pc piece) any { return pc.b.keys[i] })
+		} else {
+			appends = append(appends, func(pc piece) any { return pc.b.nums[i] })
+		}
+	}
+	appends = append(appends,
+		func(pc piece) any { return repeat(pc.p.topic, pc.b.rows()) },
+		func(pc piece) any { return repeat(pc.p.partition, pc.b.rows()) },
+		func(pc piece) any { return pc.b.offset },
+		func(pc piece) any { return pc.b.late },
+	)
+	for _, get := range appends {
+		if err := each(get); err != nil {
+			return err
+		}
+	}
+	return batch.Send()
+}
+
+func repeat[T any](v T, n int) []T {
+	out := make([]T, n)
+	for i := range out {
+		out[i] = v
+	}
+	return out
+}
+
+func (d *dataset) sendRejects(ctx context.Context, pieces []piece) (err error) {
+	batch, err := d.s.conn.PrepareBatch(ctx, d.rejSQL)
+	if err != nil {
+		return err
+	}
+	defer abortOnError(batch, &err)
+	for _, pc := range pieces {
+		for _, r := range pc.b.rejects {
+			if err := batch.Append(r.payload, r.reason, r.detail, pc.p.topic, pc.p.partition, r.offset); err != nil {
+				return err
+			}
+		}
+	}
+	return batch.Send()
+}
+
+// sendLedger writes a speed_flushes row per flushed partition and per idle one (a heartbeat:
+// an empty offset range at the committed offset).
+func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part) (err error) {
+	batch, err := d.s.conn.PrepareBatch(ctx, d.ledgSQL)
+	if err != nil {
+		return err
+	}
+	defer abortOnError(batch, &err)
+	epoch := time.Unix(0, 0).UTC()
+	for _, pc := range pieces {
+		p, b := pc.p, pc.b
+		p.mu.Lock()
+		maxTime := p.maxTime
+		p.mu.Unlock()
+		if b.maxTime.After(maxTime) {
+			maxTime = b.maxTime
+		}
+		if maxTime.Before(epoch) {
+			maxTime = epoch
+		}
+		if err := batch.Append(d.d.Name, p.topic, p.partition, b.first, b.last, p.claim.HighWaterMarkOffset(),
+			uint64(b.rows()), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id); err != nil {
+			return err
+		}
+	}
+	for _, p := range beats {
+		p.mu.Lock()
+		committed, maxTime := p.committed, p.maxTime
+		p.mu.Unlock()
+		if maxTime.Before(epoch) {
+			maxTime = epoch
+		}
+		if err := batch.Append(d.d.Name, p.topic, p.partition, committed, committed-1, p.claim.HighWaterMarkOffset(),
+			uint64(0), uint64(0), uint64(0), uint64(0), maxTime, d.s.id); err != nil {
+			return err
+		}
+	}
+	return batch.Send()
+}
+
+func abortOnError(b driver.Batch, err *error) {
+	if *err != nil {
+		_ = b.Abort()
+	}
+}
