@@ -167,7 +167,7 @@ type part struct {
 
 func newDataset(s *Speed, d *config.Dataset) *dataset {
 	g := schema.NewGenerator(s.cfg)
-	ds := &dataset{s: s, d: d, log: s.log.With("dataset", d.Name),
+	ds := &dataset{s: s, d: d, log: s.log.With("dataset", d.Name, "consumer", s.id),
 		group: s.cfg.Kafka.GroupPrefix + "-" + d.Name,
 		lim: event.Limits{MaxBytes: s.cfg.Speed.MaxEventBytes, FutureSkew: s.cfg.Speed.FutureSkew.D(),
 			MaxAge: d.RawRetention.D()},
@@ -235,10 +235,11 @@ func (d *dataset) run(ctx context.Context) error {
 	// The flusher outlives ctx: after SIGTERM it flushes and commits what the partitions hold.
 	fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer fcancel()
+	// Know which days are sealed before the first event is decoded.
+	d.refreshWatermark(ctx)
 	stop := make(chan struct{})
 	flushed := make(chan error, 1)
 	go func() { flushed <- d.flushLoop(fctx, stop) }()
-
 	backoff := newBackoff(d.s.cfg.Speed.RetryMax.D())
 	var group sarama.ConsumerGroup
 	for ctx.Err() == nil {
