@@ -38,6 +38,23 @@ func newBuffer(dims, vals int) *buffer {
 	return &buffer{first: -1, last: -1, dims: make([][]string, dims), nums: make([][]sql.NullFloat64, vals), keys: make([][]string, vals)}
 }
 
+// reset empties the buffer, keeping its capacity.
+func (b *buffer) reset() {
+	b.first, b.last = -1, -1
+	b.id, b.time, b.offset, b.late = b.id[:0], b.time[:0], b.offset[:0], b.late[:0]
+	for i := range b.dims {
+		b.dims[i] = b.dims[i][:0]
+	}
+	for i := range b.nums {
+		b.nums[i] = b.nums[i][:0]
+		b.keys[i] = b.keys[i][:0]
+	}
+	clear(b.rejects)
+	b.rejects = b.rejects[:0]
+	b.dups, b.lateN, b.bytes, b.n = 0, 0, 0, 0
+	b.maxTime = time.Time{}
+}
+
 func (b *buffer) empty() bool { return b.first < 0 }
 
 func (b *buffer) rows() int { return len(b.id) }

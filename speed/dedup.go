@@ -23,17 +23,18 @@ const dedupShards = 32
 
 type dedupShard struct {
 	mu   sync.Mutex
-	m    map[uint64]uint64 // hash -> sequence of its ring entry
+	m    map[uint64]uint32 // hash -> sequence of its ring entry
 	ring []dedupEntry
 	head int // oldest entry
 	n    int
-	seq  uint64
+	seq  uint32 // wraps after 2³² ids, long after an entry left the ring
 }
 
+// dedupEntry is 16 bytes: a full window of 2M ids takes 32 MB of ring and about as much map.
 type dedupEntry struct {
 	h   uint64
-	seq uint64
-	at  int64
+	seq uint32
+	at  uint32 // Unix seconds
 }
 
 func newDedup(window time.Duration, maxIDs int) *dedup {
@@ -41,7 +42,7 @@ func newDedup(window time.Duration, maxIDs int) *dedup {
 	per := max(1, maxIDs/dedupShards)
 	for i := range d.shards {
 		d.shards[i].ring = make([]dedupEntry, per)
-		d.shards[i].m = make(map[uint64]uint64)
+		d.shards[i].m = make(map[uint64]uint32)
 	}
 	return d
 }
@@ -50,10 +51,10 @@ func newDedup(window time.Duration, maxIDs int) *dedup {
 func (d *dedup) seen(id string, now time.Time) bool {
 	h := maphash.String(d.seed, id)
 	s := &d.shards[h%dedupShards]
-	at := now.Unix()
+	at := uint32(now.Unix())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.n > 0 && s.ring[s.head].at < at-d.window {
+	for s.n > 0 && int64(s.ring[s.head].at) < int64(at)-d.window {
 		s.evict()
 	}
 	if _, ok := s.m[h]; ok {

@@ -17,15 +17,23 @@ type piece struct {
 	b *buffer
 }
 
+// inFlight is how many flushes may be written at once. A flush's inserts overlap with the
+// next one's (ClickHouse 18.16 runs one insert on one core); ledger rows and commits stay in
+// flush order.
+const inFlight = 2
+
 // flushLoop flushes on the interval, when the buffers reach the flush size, and when a
-// released partition asks; after stop it flushes a last time and returns. A flush fails only
-// when ctx is done (it retries until then); its rows are then dropped uncommitted.
+// released partition asks; after stop it flushes a last time, waits for the flushes in
+// flight and returns. A flush fails only when ctx is done (it retries until then); its rows
+// are then dropped uncommitted.
 func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 	tick := time.NewTicker(d.s.cfg.Speed.FlushInterval.D())
 	defer tick.Stop()
-	var waiting []chan struct{}
+	slots := make(chan struct{}, inFlight)
+	prev := closedFlush()
 	for {
 		final := false
+		var waiting []chan struct{}
 		select {
 		case <-tick.C:
 		case <-d.kick:
@@ -42,20 +50,41 @@ func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 				more = false
 			}
 		}
-		err := d.flush(ctx)
-		for _, w := range waiting {
-			close(w)
-		}
-		waiting = waiting[:0]
+		slots <- struct{}{}
+		f := d.flush(ctx, prev)
+		go func() {
+			<-f.done
+			<-slots
+			for _, w := range waiting {
+				close(w)
+			}
+		}()
+		prev = f
 		if final {
-			return err
+			<-f.done
+			return f.err
 		}
 	}
 }
 
-// flush takes every partition's buffer and writes raw, rejects and the ledger, then marks and
-// commits the offsets. Idle partitions get a heartbeat ledger row.
-func (d *dataset) flush(ctx context.Context) error {
+// flushed is the outcome of one flush: done is closed once its offsets are committed or its
+// rows dropped; err then says which.
+type flushed struct {
+	done chan struct{}
+	err  error
+}
+
+func closedFlush() *flushed {
+	f := &flushed{done: make(chan struct{})}
+	close(f.done)
+	return f
+}
+
+// flush takes every partition's buffer and starts writing raw and rejects; once prev is
+// committed it writes the ledger and marks and commits the offsets. Idle partitions get a
+// heartbeat ledger row.
+func (d *dataset) flush(ctx context.Context, prev *flushed) *flushed {
+	f := &flushed{done: make(chan struct{})}
 	now := d.s.now()
 	m := d.s.m
 	d.refreshWatermark(ctx)
@@ -79,7 +108,7 @@ func (d *dataset) flush(ctx context.Context) error {
 			n += p.buf.n
 			bytes += p.buf.bytes
 			rows += p.buf.rows()
-			p.buf = newBuffer(d.ndims, len(d.isKey))
+			p.buf = d.newBuffer()
 		case p.committed >= 0 && now.Sub(p.lastFlush) >= heartbeatEvery:
 			beats = append(beats, p)
 		}
@@ -88,13 +117,25 @@ func (d *dataset) flush(ctx context.Context) error {
 	d.rows.Add(-int64(n))
 	d.bytes.Add(-int64(bytes))
 	m.buffered.WithLabelValues(d.d.Name).Set(float64(d.rows.Load()))
+	go func() {
+		defer close(f.done)
+		defer d.recycle(pieces)
+		f.err = d.write(ctx, pieces, beats, rows, now, prev)
+	}()
+	return f
+}
+
+// write is the body of a flush.
+func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows int, now time.Time, prev *flushed) error {
+	m := d.s.m
 	if len(pieces) == 0 && len(beats) == 0 {
+		<-prev.done
 		d.gauges(now)
 		return nil
 	}
-
 	if rows > 0 {
 		if err := d.insertRaw(ctx, pieces); err != nil {
+			<-prev.done
 			return d.lose(pieces, err)
 		}
 		m.inserted.WithLabelValues(d.d.Name, "raw").Add(float64(rows))
@@ -106,9 +147,16 @@ func (d *dataset) flush(ctx context.Context) error {
 	}
 	if rejects > 0 {
 		if err := d.retry(ctx, "rejects", func(ctx context.Context) error { return d.sendRejects(ctx, pieces) }); err != nil {
+			<-prev.done
 			return d.lose(pieces, err)
 		}
 		m.inserted.WithLabelValues(d.d.Name, "rejects").Add(float64(rejects))
+	}
+	// Offsets are committed in flush order: a later flush never commits past rows of an
+	// earlier one that is still being written, or that was dropped.
+	<-prev.done
+	if prev.err != nil {
+		return d.lose(pieces, fmt.Errorf("an earlier flush was dropped: %w", prev.err))
 	}
 	if err := d.retry(ctx, "speed_flushes", func(ctx context.Context) error { return d.sendLedger(ctx, pieces, beats) }); err != nil {
 		return d.lose(pieces, err)
@@ -141,6 +189,7 @@ func (d *dataset) flush(ctx context.Context) error {
 		p.mu.Unlock()
 	}
 	d.gauges(now)
+	d.log.Debug("flushed", "rows", rows, "rejects", rejects, "partitions", len(pieces), "took", time.Since(now).Round(time.Millisecond))
 	return nil
 }
 

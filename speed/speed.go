@@ -148,6 +148,7 @@ type dataset struct {
 	wmRead      time.Time
 	dropped     atomic.Int64
 	client      sarama.Client
+	free        chan *buffer // buffers to reuse, keeping their capacity
 }
 
 // part is an owned partition.
@@ -176,6 +177,7 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 		parts: map[int32]*part{},
 		kick:  make(chan struct{}, 1),
 		reqs:  make(chan chan struct{}, 64),
+		free:  make(chan *buffer, 16),
 	}
 	ds.wm.Store(-1)
 	for _, c := range d.ValueColumns() {
@@ -323,8 +325,9 @@ func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Con
 	defer d.release(p)
 	dec := event.NewDecoder(d.d, d.lim)
 	var row event.Row
-	maxRows := int64(2 * d.s.cfg.Speed.FlushRows)
-	maxBytes := int64(2 * d.s.cfg.Speed.FlushBytes)
+	// Buffered beyond the flushes in flight: at most one more flush.
+	maxRows := int64(d.s.cfg.Speed.FlushRows)
+	maxBytes := int64(d.s.cfg.Speed.FlushBytes)
 	for {
 		// Backpressure: while the flusher cannot keep up (ClickHouse slow or down), stop
 		// taking messages; sarama stops fetching once its channel is full.
@@ -350,7 +353,7 @@ func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Con
 // own registers a claimed partition.
 func (d *dataset) own(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) *part {
 	p := &part{topic: claim.Topic(), partition: claim.Partition(), sess: sess, claim: claim,
-		buf: newBuffer(d.ndims, len(d.isKey)), committed: claim.InitialOffset(), lastFlush: d.s.now()}
+		buf: d.newBuffer(), committed: claim.InitialOffset(), lastFlush: d.s.now()}
 	if p.committed < 0 && d.client != nil {
 		// Nothing committed yet: consumption starts at the oldest offset.
 		if off, err := d.client.GetOffset(p.topic, p.partition, sarama.OffsetOldest); err == nil {
@@ -383,7 +386,7 @@ func (d *dataset) release(p *part) {
 	p.mu.Lock()
 	p.revoked = true
 	buf := p.buf
-	p.buf = newBuffer(d.ndims, len(d.isKey))
+	p.buf = d.newBuffer()
 	p.mu.Unlock()
 	if !buf.empty() {
 		d.rows.Add(-int64(buf.n))
@@ -400,6 +403,27 @@ func (d *dataset) release(p *part) {
 	d.mu.Unlock()
 	d.s.m.lag.DeleteLabelValues(d.d.Name, strconv.Itoa(int(p.partition)))
 	d.log.Info("partition released", "partition", p.partition)
+}
+
+// newBuffer returns an empty buffer, reusing one when it can.
+func (d *dataset) newBuffer() *buffer {
+	select {
+	case b := <-d.free:
+		return b
+	default:
+		return newBuffer(d.ndims, len(d.isKey))
+	}
+}
+
+// recycle keeps the buffers of a finished flush for reuse.
+func (d *dataset) recycle(pieces []piece) {
+	for _, pc := range pieces {
+		pc.b.reset()
+		select {
+		case d.free <- pc.b:
+		default:
+		}
+	}
 }
 
 // consume decodes one message into its partition's buffer.
