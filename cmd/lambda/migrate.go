@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/schema"
@@ -32,12 +34,23 @@ func runMigrate(ctx context.Context, args []string) error {
 	return migrate(ctx, cfg, *allowDrop)
 }
 
-// migrate connects and applies the schema; every long-running command calls it at start.
+// migrate connects and applies the schema; every long-running command calls it at start. It
+// waits for ClickHouse to answer (a server that starts after the process is not an error),
+// until ctx is done.
 func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 	start := time.Now()
-	conn, err := chconn.Open(ctx, cfg.ClickHouse)
-	if err != nil {
-		return err
+	var conn driver.Conn
+	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
+		var err error
+		if conn, err = chconn.Open(ctx, cfg.ClickHouse); err == nil {
+			break
+		}
+		slog.Warn("waiting for clickhouse", "addr", cfg.ClickHouse.Addr, "retry_in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
 	}
 	defer conn.Close()
 	ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
