@@ -3,10 +3,14 @@
 SHELL := /bin/bash
 GO ?= go
 CH := deploy/local/clickhouse.sh
+CLUSTER := deploy/local/cluster.sh
 CONFIG ?=
 export LAMBDA_TEST_CLICKHOUSE_ADDR ?= 127.0.0.1:9000
+# The local cluster (deploy/local/cluster.sh): cluster-mode tests skip when these are unset.
+export LAMBDA_TEST_CLUSTER_ADDR ?= 127.0.0.1:19001,127.0.0.1:19002,127.0.0.1:19003,127.0.0.1:19004
+export LAMBDA_TEST_ZOOKEEPER ?= 127.0.0.1:12181
 
-.PHONY: all build run test e2e bench bench-speed bench-batch bench-serving lint fmt ch-start ch-stop chdb test-deps clean
+.PHONY: all build run test e2e bench bench-speed bench-batch bench-serving lint fmt ch-start ch-stop cluster-start cluster-stop chdb test-deps clean
 
 all: build
 
@@ -19,6 +23,13 @@ ch-start:
 ch-stop:
 	$(CH) stop
 
+# ZooKeeper and a ClickHouse cluster of 2 shards x 2 replicas, data in .data/cluster/.
+cluster-start:
+	$(CLUSTER) start
+
+cluster-stop:
+	$(CLUSTER) stop
+
 # chDB (a current ClickHouse engine for Node) checks every statement on a modern server;
 # chromium and playwright-core drive the browser test; docker-compose validates deploy/.
 test-deps:
@@ -29,7 +40,7 @@ chdb: test-deps
 run: build ch-start
 	./bin/lambda dev $(if $(CONFIG),--config $(CONFIG))
 
-test: ch-start test-deps
+test: ch-start cluster-start test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
 
@@ -55,5 +66,5 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-clean: ch-stop
+clean: ch-stop cluster-stop
 	rm -rf bin .data
