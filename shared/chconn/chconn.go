@@ -5,6 +5,8 @@ package chconn
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -16,7 +18,21 @@ import (
 // Options returns the clickhouse-go options of a configuration. The database is not selected:
 // every statement qualifies its tables, so one connection also serves migrate before the
 // database exists.
+//
+// In cluster mode every query runs with insert_distributed_sync=1: an INSERT into a Distributed
+// table returns once every shard has its rows (on one replica), so the speed layer commits Kafka
+// offsets only for rows that are on their shards (at-least-once), and _ingested_at is close to
+// when rows become visible, which the batch layer's late-row detection relies on. Asynchronous
+// forwarding would queue rows on the receiving node's disk and lose that.
 func Options(c config.ClickHouse) *clickhouse.Options {
+	o := options(c)
+	if c.Cluster != "" {
+		o.Settings = clickhouse.Settings{"insert_distributed_sync": 1}
+	}
+	return o
+}
+
+func options(c config.ClickHouse) *clickhouse.Options {
 	return &clickhouse.Options{
 		Addr:             c.Addr,
 		Protocol:         clickhouse.Native,
@@ -51,4 +67,55 @@ func Version(ctx context.Context, conn driver.Conn) (string, error) {
 		return "", fmt.Errorf("cannot read clickhouse version: %w", err)
 	}
 	return v, nil
+}
+
+// Node is one server of a cluster as the servers' remote_servers declare it.
+type Node struct {
+	Shard   int    // 1-based
+	Replica int    // 1-based within the shard
+	Addr    string // host:port of the native protocol, as remote_servers names it
+}
+
+// Nodes returns the nodes of a cluster from system.clusters of the server conn reaches, in shard
+// and replica order.
+func Nodes(ctx context.Context, conn driver.Conn, cluster string) ([]Node, error) {
+	rows, err := conn.Query(ctx, "SELECT shard_num, replica_num, host_name, port FROM system.clusters WHERE cluster = ? ORDER BY shard_num, replica_num", cluster)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read cluster %s from system.clusters: %w", cluster, err)
+	}
+	defer rows.Close()
+	var out []Node
+	for rows.Next() {
+		var shard, replica uint32
+		var host string
+		var port uint16
+		if err := rows.Scan(&shard, &replica, &host, &port); err != nil {
+			return nil, fmt.Errorf("cannot read cluster %s from system.clusters: %w", cluster, err)
+		}
+		out = append(out, Node{Shard: int(shard), Replica: int(replica), Addr: net.JoinHostPort(host, strconv.Itoa(int(port)))})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("cannot read cluster %s from system.clusters: %w", cluster, err)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("cluster %s is not in system.clusters: declare it in every server's remote_servers", cluster)
+	}
+	return out, nil
+}
+
+// OpenNode connects to one node of the cluster with the configuration's credentials and
+// timeouts, at most conns connections, and pings it.
+func OpenNode(ctx context.Context, c config.ClickHouse, addr string, conns int) (driver.Conn, error) {
+	c.Addr = []string{addr}
+	o := Options(c)
+	o.MaxOpenConns, o.MaxIdleConns = conns, conns
+	conn, err := clickhouse.Open(o)
+	if err != nil {
+		return nil, fmt.Errorf("cannot open clickhouse node %s: %w", addr, err)
+	}
+	if err := conn.Ping(ctx); err != nil {
+		_ = conn.Close()
+		return nil, fmt.Errorf("cannot reach clickhouse node %s: %w", addr, err)
+	}
+	return conn, nil
 }

@@ -25,6 +25,14 @@ type MigrateOptions struct {
 // dimensions and metrics add columns, views are recreated when their statement changed. A
 // removed dimension or metric is refused unless opts.AllowDrop. It is idempotent and safe to run
 // at every start. It returns the statements it ran.
+//
+// In cluster mode (cfg.ClickHouse.Cluster set) every statement runs ON CLUSTER, and Migrate
+// creates what is missing and recreates changed views, but refuses to alter an existing table:
+// ALTER … ON CLUSTER runs once per shard, which is wrong for the tables replicated on every
+// node, and rebuilding the speed view cluster-wide is a job for an operator. The error names
+// the table and the change; docs/operations.md says how to apply it by hand. A node that is
+// down when a statement runs gets it from the distributed DDL queue when it is back (the
+// statement waits for it up to the server's distributed_ddl_task_timeout, then fails).
 func Migrate(ctx context.Context, conn driver.Conn, cfg *config.Config, opts MigrateOptions) ([]string, error) {
 	log := opts.Logger
 	if log == nil {
@@ -115,6 +123,22 @@ func Columns(ctx context.Context, conn driver.Conn, db, table string) ([]Column,
 }
 
 func (m *migrator) planTable(ctx context.Context, o Object, allowDrop bool) (tablePlan, error) {
+	p, err := m.planChanges(ctx, o, allowDrop)
+	if err != nil || m.g.Cluster == "" || (len(p.add) == 0 && len(p.drop) == 0 && !p.rebuild) {
+		return p, err
+	}
+	var change []string
+	for _, c := range p.add {
+		change = append(change, "ADD COLUMN "+Q(c.Name)+" "+c.Type)
+	}
+	for _, c := range p.drop {
+		change = append(change, "DROP COLUMN "+Q(c))
+	}
+	return p, fmt.Errorf("%s needs %s, but migrate does not alter tables in cluster mode (clickhouse.cluster %q): apply it by hand (docs/operations.md, \"Changing the schema of a cluster\")",
+		o.Name, strings.Join(change, ", "), m.g.Cluster)
+}
+
+func (m *migrator) planChanges(ctx context.Context, o Object, allowDrop bool) (tablePlan, error) {
 	have, err := Columns(ctx, m.conn, m.g.DB, o.Name)
 	if err != nil {
 		return tablePlan{}, err
@@ -221,7 +245,7 @@ func (m *migrator) applyView(ctx context.Context, o Object) error {
 			return nil
 		}
 	}
-	if err := m.exec(ctx, "DROP TABLE IF EXISTS "+m.g.T(o.Name)); err != nil {
+	if err := m.exec(ctx, "DROP TABLE IF EXISTS "+m.g.T(o.Name)+m.g.OnCluster()); err != nil {
 		return err
 	}
 	if err := m.exec(ctx, o.Create); err != nil {

@@ -5,6 +5,22 @@
 // to one type. Names are predictable: <ds>_raw, <ds>_speed (+ <ds>_speed_mv feeding it),
 // <ds>_daily, <ds>_rejects, <ds>_drift, <ds>_lambda, and the shared speed_flushes, batch_runs
 // and batch_watermarks.
+//
+// # Cluster mode
+//
+// With clickhouse.cluster set, every statement runs ON CLUSTER and the tables are replicated
+// (ZooKeeper paths under clickhouse.zookeeper_path), in two kinds:
+//
+//   - Sharded: <ds>_raw, <ds>_speed and <ds>_rejects are Replicated*MergeTree tables named
+//     <name>_local on every node, path <zookeeper_path>/{shard}/<db>/<name>_local, replica
+//     {replica}, with a Distributed table under the user-facing name. Raw is sharded by
+//     cityHash64(id), so every copy of an event lands on one shard and per-shard dedup is
+//     global dedup. <ds>_speed_mv feeds <ds>_speed_local from <ds>_raw_local on each node, so
+//     speed rows sit on their raw rows' shard; readers merge -State columns across shards.
+//   - Everywhere: <ds>_daily, <ds>_drift and the shared tables are one ReplicatedMergeTree with a
+//     replica on every node (path <zookeeper_path>/all/<db>/<name>, replica {shard}-{replica}, so
+//     the {replica} macro need only be unique within a shard). They are small, every node reads
+//     them locally, and one REPLACE PARTITION on one node swaps a day in on all of them.
 package schema
 
 import (
@@ -70,13 +86,47 @@ const (
 	SchemaObjects   = "schema_objects"
 )
 
+// Local is the name of the per-node table behind a Distributed table in cluster mode.
+func Local(name string) string { return name + "_local" }
+
 // Generator produces the objects of a configuration.
 type Generator struct {
 	DB string
+	// Cluster is the cluster of cluster mode, "" for a single server.
+	Cluster string
+	// ZooKeeperPath prefixes the replicated tables' paths in cluster mode.
+	ZooKeeperPath string
 }
 
-// NewGenerator returns a generator for the configuration's database.
-func NewGenerator(cfg *config.Config) *Generator { return &Generator{DB: cfg.ClickHouse.Database} }
+// NewGenerator returns a generator for the configuration's database (and cluster).
+func NewGenerator(cfg *config.Config) *Generator {
+	return &Generator{DB: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
+		ZooKeeperPath: strings.TrimRight(cfg.ClickHouse.ZooKeeperPath, "/")}
+}
+
+// OnCluster is " ON CLUSTER <cluster>" in cluster mode, "" otherwise: the clause every DDL
+// statement carries.
+func (g *Generator) OnCluster() string {
+	if g.Cluster == "" {
+		return ""
+	}
+	return " ON CLUSTER " + Q(g.Cluster)
+}
+
+// Sharded reports whether a table is sharded in cluster mode (a Distributed table over
+// <name>_local), as opposed to replicated on every node.
+func Sharded(name string) bool {
+	return strings.HasSuffix(name, "_raw") || strings.HasSuffix(name, "_speed") || strings.HasSuffix(name, "_rejects")
+}
+
+// LocalT is the table holding a sharded table's rows on one node: <name>_local in cluster mode,
+// the table itself otherwise. Partitions are listed and dropped on it.
+func (g *Generator) LocalT(name string) string {
+	if g.Cluster != "" && Sharded(name) {
+		return g.T(Local(name))
+	}
+	return g.T(name)
+}
 
 // T qualifies a table name with the database.
 func (g *Generator) T(name string) string { return Q(g.DB) + "." + Q(name) }
@@ -84,7 +134,7 @@ func (g *Generator) T(name string) string { return Q(g.DB) + "." + Q(name) }
 // Objects returns every object of the configuration in creation order: the database, the
 // shared tables, then per dataset its tables and views.
 func (g *Generator) Objects(cfg *config.Config) []Object {
-	out := []Object{{Name: g.DB, Kind: Database, Create: "CREATE DATABASE IF NOT EXISTS " + Q(g.DB)}}
+	out := []Object{{Name: g.DB, Kind: Database, Create: "CREATE DATABASE IF NOT EXISTS " + Q(g.DB) + g.OnCluster()}}
 	out = append(out, g.shared()...)
 	for i := range cfg.Datasets {
 		out = append(out, g.Dataset(&cfg.Datasets[i])...)
@@ -92,9 +142,30 @@ func (g *Generator) Objects(cfg *config.Config) []Object {
 	return out
 }
 
-func (g *Generator) table(name, ds string, cols []Column, engine string, key []string) Object {
+// table is a table's object. engine is a MergeTree-family engine name and rest the clauses after
+// it; in cluster mode the engine becomes its Replicated variant with a replica on every node.
+func (g *Generator) table(name, ds string, cols []Column, engine, rest string, key []string) Object {
+	if g.Cluster != "" {
+		engine = fmt.Sprintf("Replicated%s('%s/all/%s/%s', '{shard}-{replica}')", engine, g.ZooKeeperPath, g.DB, name)
+	}
+	return g.createTable(name, ds, cols, engine+" "+rest, key)
+}
+
+// shardedTables are, in cluster mode, <name>_local (replicated within its shard) and <name>, a
+// Distributed table over it with the sharding key; a single table otherwise.
+func (g *Generator) shardedTables(name, ds string, cols []Column, engine, rest string, key []string, shardKey string) []Object {
+	if g.Cluster == "" {
+		return []Object{g.createTable(name, ds, cols, engine+" "+rest, key)}
+	}
+	local := g.createTable(Local(name), ds, cols,
+		fmt.Sprintf("Replicated%s('%s/{shard}/%s/%s', '{replica}') %s", engine, g.ZooKeeperPath, g.DB, Local(name), rest), key)
+	dist := g.createTable(name, ds, cols, fmt.Sprintf("Distributed(%s, %s, %s, %s)", Q(g.Cluster), Q(g.DB), Q(Local(name)), shardKey), nil)
+	return []Object{local, dist}
+}
+
+func (g *Generator) createTable(name, ds string, cols []Column, engine string, key []string) Object {
 	var b strings.Builder
-	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s\n(\n", g.T(name))
+	fmt.Fprintf(&b, "CREATE TABLE IF NOT EXISTS %s%s\n(\n", g.T(name), g.OnCluster())
 	for i, c := range cols {
 		fmt.Fprintf(&b, "    %s %s", Q(c.Name), c.Type)
 		if c.Default != "" {
@@ -150,10 +221,10 @@ func (g *Generator) shared() []Object {
 		{Name: "at", Type: utc, Default: "now()"},
 	}
 	return []Object{
-		g.table(SpeedFlushes, "", flushes, "MergeTree PARTITION BY toYYYYMM(flushed_at) "+orderBy(fkey), fkey),
-		g.table(BatchRuns, "", runs, "MergeTree PARTITION BY toYYYYMM(day) "+orderBy(rkey), rkey),
-		g.table(BatchWatermarks, "", marks, "MergeTree PARTITION BY toYYYYMM(at) "+orderBy(mkey), mkey),
-		g.table(SchemaObjects, "", objs, "MergeTree ORDER BY (object, at)", []string{"object", "at"}),
+		g.table(SpeedFlushes, "", flushes, "MergeTree", "PARTITION BY toYYYYMM(flushed_at) "+orderBy(fkey), fkey),
+		g.table(BatchRuns, "", runs, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(rkey), rkey),
+		g.table(BatchWatermarks, "", marks, "MergeTree", "PARTITION BY toYYYYMM(at) "+orderBy(mkey), mkey),
+		g.table(SchemaObjects, "", objs, "MergeTree", "ORDER BY (object, at)", []string{"object", "at"}),
 	}
 }
 
@@ -184,7 +255,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	sdims := d.SpeedDimensions()
 
 	rawKey := []string{"time", "id"}
-	raw := g.table(Raw(ds), ds, RawColumns(d), "MergeTree PARTITION BY toYYYYMMDD(time) "+orderBy(rawKey), rawKey)
+	raw := g.shardedTables(Raw(ds), ds, RawColumns(d), "MergeTree", "PARTITION BY toYYYYMMDD(time) "+orderBy(rawKey), rawKey, "cityHash64(`id`)")
 
 	speedCols := []Column{{Name: "minute", Type: utc}}
 	for _, n := range sdims {
@@ -194,13 +265,17 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 		speedCols = append(speedCols, Column{Name: s.Name, Type: s.StateType()})
 	}
 	speedKey := append([]string{"minute"}, sdims...)
-	speed := g.table(Speed(ds), ds, speedCols, "AggregatingMergeTree PARTITION BY toYYYYMMDD(minute) "+orderBy(speedKey), speedKey)
-	speed.Rebuild = g.speedSelect(d, fmt.Sprintf("INSERT INTO %s ", g.T(Speed(ds))),
-		fmt.Sprintf("_late = 0 AND time >= now() - %d", int64(d.SpeedConf.Retention.D().Seconds())))
+	// Speed rows are placed by the materialized view, on their raw rows' shard; the sharding
+	// key only serves inserts into the Distributed table, which the platform does not make.
+	speed := g.shardedTables(Speed(ds), ds, speedCols, "AggregatingMergeTree", "PARTITION BY toYYYYMMDD(minute) "+orderBy(speedKey), speedKey, "rand()")
+	speed[0].Rebuild = g.speedSelect(d, fmt.Sprintf("INSERT INTO %s ", g.T(Speed(ds))),
+		fmt.Sprintf("_late = 0 AND time >= now() - %d", int64(d.SpeedConf.Retention.D().Seconds())), g.T(Raw(ds)))
 
+	// In cluster mode the view is on each node, from the node's raw rows to its speed rows:
+	// an insert lands on one replica of a shard, which aggregates it; replication copies both.
 	mv := Object{Name: SpeedMV(ds), Kind: View, Dataset: ds,
-		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s TO %s AS\n", g.T(SpeedMV(ds)), g.T(Speed(ds))) +
-			g.speedSelect(d, "", "_late = 0")}
+		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s%s TO %s AS\n", g.T(SpeedMV(ds)), g.OnCluster(), g.LocalT(Speed(ds))) +
+			g.speedSelect(d, "", "_late = 0", g.LocalT(Raw(ds)))}
 
 	dailyCols := []Column{{Name: "day", Type: "Date"}, {Name: "grouping", Type: "String"}}
 	for _, n := range dims {
@@ -216,7 +291,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	}
 	dailyCols = append(dailyCols, Column{Name: "run_id", Type: "String"})
 	dailyKey := append([]string{"day", "grouping"}, dims...)
-	daily := g.table(Daily(ds), ds, dailyCols, "MergeTree PARTITION BY toYYYYMMDD(day) "+orderBy(dailyKey), dailyKey)
+	daily := g.table(Daily(ds), ds, dailyCols, "MergeTree", "PARTITION BY toYYYYMMDD(day) "+orderBy(dailyKey), dailyKey)
 
 	rejCols := []Column{
 		{Name: "payload", Type: "String"}, {Name: "reason", Type: "String"}, {Name: "detail", Type: "String"},
@@ -224,7 +299,8 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 		{Name: "_ingested_at", Type: utc, Default: "now()"},
 	}
 	rejKey := []string{"_ingested_at", "_partition", "_offset"}
-	rejects := g.table(Rejects(ds), ds, rejCols, "MergeTree PARTITION BY toYYYYMM(_ingested_at) "+orderBy(rejKey), rejKey)
+	rejects := g.shardedTables(Rejects(ds), ds, rejCols, "MergeTree", "PARTITION BY toYYYYMM(_ingested_at) "+orderBy(rejKey), rejKey,
+		"cityHash64(`_topic`, `_partition`, `_offset`)")
 
 	driftCols := []Column{
 		{Name: "day", Type: "Date"}, {Name: "metric", Type: "String"},
@@ -233,15 +309,18 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 		{Name: "run_id", Type: "String"}, {Name: "at", Type: utc, Default: "now()"},
 	}
 	driftKey := []string{"day", "metric", "at"}
-	drift := g.table(Drift(ds), ds, driftCols, "MergeTree PARTITION BY toYYYYMM(day) "+orderBy(driftKey), driftKey)
+	drift := g.table(Drift(ds), ds, driftCols, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(driftKey), driftKey)
 
 	view := Object{Name: Lambda(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d)}
-	return []Object{raw, speed, mv, daily, rejects, drift, view}
+	out := append(raw, speed...)
+	out = append(out, mv, daily)
+	out = append(out, rejects...)
+	return append(out, drift, view)
 }
 
-// speedSelect is the per-minute aggregation of raw into speed states, shared by the
-// materialized view and the rebuild after a key change.
-func (g *Generator) speedSelect(d *config.Dataset, prefix, where string) string {
+// speedSelect is the per-minute aggregation of raw (the table from) into speed states, shared by
+// the materialized view and the rebuild after a key change.
+func (g *Generator) speedSelect(d *config.Dataset, prefix, where, from string) string {
 	sel := []string{"toStartOfMinute(time) AS minute"}
 	group := []string{"minute"}
 	for _, n := range d.SpeedDimensions() {
@@ -252,7 +331,7 @@ func (g *Generator) speedSelect(d *config.Dataset, prefix, where string) string 
 		sel = append(sel, s.StateExpr()+" AS "+Q(s.Name))
 	}
 	return fmt.Sprintf("%sSELECT\n    %s\nFROM %s\nWHERE %s\nGROUP BY %s", prefix,
-		strings.Join(sel, ",\n    "), g.T(Raw(d.Name)), where, strings.Join(group, ", "))
+		strings.Join(sel, ",\n    "), from, where, strings.Join(group, ", "))
 }
 
 // WatermarkExpr is a scalar subquery giving a dataset's persisted batch watermark (the last
@@ -351,7 +430,7 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 	}
 	outer = append(outer, "'speed' AS source", "toUInt8(0) AS exact")
 
-	return fmt.Sprintf(`CREATE VIEW %s AS
+	return fmt.Sprintf(`CREATE VIEW %s%s AS
 SELECT
     %s
 FROM %s
@@ -367,7 +446,7 @@ FROM
     WHERE toDate(minute) > %s
 )
 ARRAY JOIN %s AS gd
-GROUP BY %s`, g.T(Lambda(ds)),
+GROUP BY %s`, g.T(Lambda(ds)), g.OnCluster(),
 		strings.Join(batch, ",\n    "), g.T(Daily(ds)), wm,
 		strings.Join(outer, ",\n    "),
 		strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm,

@@ -4,9 +4,13 @@ import (
 	"context"
 	"flag"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/schema"
@@ -24,8 +28,20 @@ func demo(t *testing.T) *config.Config {
 }
 
 func TestGolden(t *testing.T) {
-	got := strings.Join(schema.Statements(demo(t)), ";\n\n") + ";\n"
-	const file = "testdata/demo.golden.sql"
+	golden(t, demo(t), "testdata/demo.golden.sql")
+}
+
+// TestGoldenCluster is the demo schema in cluster mode: ON CLUSTER everywhere, Replicated local
+// tables and Distributed tables.
+func TestGoldenCluster(t *testing.T) {
+	cfg := demo(t)
+	cfg.ClickHouse.Cluster = "lambda"
+	golden(t, cfg, "testdata/demo.cluster.golden.sql")
+}
+
+func golden(t *testing.T, cfg *config.Config, file string) {
+	t.Helper()
+	got := strings.Join(schema.Statements(cfg), ";\n\n") + ";\n"
 	if *update {
 		if err := os.WriteFile(file, []byte(got), 0o644); err != nil {
 			t.Fatal(err)
@@ -138,4 +154,124 @@ func containsCol(cols []schema.Column, name string) bool {
 func TestStatementsOnCurrentClickHouse(t *testing.T) {
 	stmts := schema.Statements(demo(t))
 	chtest.RequireChDB(t, append(stmts, "SELECT count() FROM lambda.events_lambda"))
+}
+
+// TestMigrateCluster migrates the demo schema onto the local cluster (2 shards x 2 replicas)
+// twice, checks every node has every object, that raw rows land on their shard and feed speed
+// there through the view on the local tables, and that a change to a table is refused with a
+// message naming it.
+func TestMigrateCluster(t *testing.T) {
+	cfg := chtest.ClusterConfig(t, nil)
+	conn := chtest.NewCluster(t, cfg)
+	ctx := context.Background()
+	db := cfg.ClickHouse.Database
+	ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ran {
+		if !strings.Contains(s, "ON CLUSTER `lambda`") && !strings.HasPrefix(s, "INSERT") {
+			t.Errorf("not ON CLUSTER: %s", firstLine(s))
+		}
+	}
+	nodes := make([]driver.Conn, len(cfg.ClickHouse.Addr))
+	for i, a := range cfg.ClickHouse.Addr {
+		c, err := chconn.OpenNode(ctx, cfg.ClickHouse, a, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		nodes[i] = c
+	}
+	want := map[string]string{
+		"events_raw_local": "ReplicatedMergeTree", "events_raw": "Distributed",
+		"events_speed_local": "ReplicatedAggregatingMergeTree", "events_speed": "Distributed", "events_speed_mv": "MaterializedView",
+		"events_daily": "ReplicatedMergeTree", "events_rejects_local": "ReplicatedMergeTree", "events_rejects": "Distributed",
+		"events_drift": "ReplicatedMergeTree", "events_lambda": "View",
+		"speed_flushes": "ReplicatedMergeTree", "batch_runs": "ReplicatedMergeTree", "batch_watermarks": "ReplicatedMergeTree", "schema_objects": "ReplicatedMergeTree",
+	}
+	for i, c := range nodes {
+		for name, engine := range want {
+			var got string
+			if err := c.QueryRow(ctx, "SELECT engine FROM system.tables WHERE database = ? AND name = ?", db, name).Scan(&got); err != nil || got != engine {
+				t.Errorf("node %s: %s has engine %q (err %v), want %s", chtest.ClusterNodes[i], name, got, err, engine)
+			}
+		}
+	}
+
+	// 1000 events through the Distributed raw table: each shard holds a part, both replicas
+	// of a shard the same part, and speed holds every event once across the shards.
+	if err := conn.Exec(ctx, "INSERT INTO `"+db+"`.events_raw (id, time, event, country, device, user_id, value) SELECT toString(number), now(), 'view', 'de', 'ios', toString(number % 7), number FROM system.numbers LIMIT 1000"); err != nil {
+		t.Fatal(err)
+	}
+	counts := make([]uint64, len(nodes))
+	for i, c := range nodes {
+		if err := c.Exec(ctx, "SYSTEM SYNC REPLICA `"+db+"`.events_raw_local"); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.QueryRow(ctx, "SELECT count() FROM `"+db+"`.events_raw_local").Scan(&counts[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if counts[0] != counts[1] || counts[2] != counts[3] || counts[0]+counts[2] != 1000 || counts[0] == 0 || counts[2] == 0 {
+		t.Errorf("rows per node (s1r1 s1r2 s2r1 s2r2) = %v: want two shards, each replicated, adding to 1000", counts)
+	}
+	for i, c := range nodes {
+		var n, users uint64
+		if err := c.QueryRow(ctx, "SELECT countMerge(events), uniqMerge(users) FROM `"+db+"`.events_speed").Scan(&n, &users); err != nil || n != 1000 || users != 7 {
+			t.Errorf("node %s: speed has %d events, %d users (err %v), want 1000, 7", chtest.ClusterNodes[i], n, users, err)
+		}
+	}
+
+	// Idempotent: a second run creates nothing.
+	ran, err = schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ran {
+		if !strings.HasPrefix(s, "CREATE DATABASE IF NOT EXISTS") {
+			t.Errorf("second migrate changed something: %s", firstLine(s))
+		}
+	}
+	// A new dimension would alter tables: refused, naming the table and the change.
+	up := *cfg
+	up.Datasets = append([]config.Dataset(nil), cfg.Datasets...)
+	d := &up.Datasets[0]
+	d.Dimensions = append(append([]config.Dimension(nil), d.Dimensions...), config.Dimension{Name: "os", Field: "ctx.os"})
+	_, err = schema.Migrate(ctx, conn, &up, schema.MigrateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "events_raw_local needs ADD COLUMN `os` String") || !strings.Contains(err.Error(), "cluster mode") {
+		t.Errorf("adding a dimension in cluster mode: %v", err)
+	}
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// TestClusterStatementsOnCurrentClickHouse runs the cluster schema through chDB with what chDB
+// cannot have taken out: no ON CLUSTER, plain MergeTree engines for the Replicated ones, and a
+// Merge table over the local table for each Distributed one (reads alike). The views and the
+// materialized view on the local tables run as generated.
+func TestClusterStatementsOnCurrentClickHouse(t *testing.T) {
+	cfg := demo(t)
+	cfg.ClickHouse.Cluster = "lambda"
+	var stmts []string
+	replicated := regexp.MustCompile(`Replicated(\w*MergeTree)\('[^']*', '[^']*'\)`)
+	distributed := regexp.MustCompile("Distributed\\(`lambda`, `lambda`, `(\\w+)`, [^\\n]*\\)$")
+	for _, s := range schema.Statements(cfg) {
+		s = strings.ReplaceAll(s, " ON CLUSTER `lambda`", "")
+		s = replicated.ReplaceAllString(s, "$1")
+		s = distributed.ReplaceAllString(s, "Merge(`lambda`, '^$1$$')")
+		if strings.Contains(s, "CLUSTER") || strings.Contains(s, "Replicated") || strings.Contains(s, "Distributed") {
+			t.Fatalf("statement not rewritten for chDB:\n%s", s)
+		}
+		stmts = append(stmts, s)
+	}
+	chtest.RequireChDB(t, append(stmts,
+		"INSERT INTO lambda.events_raw_local (id, time, event, country, device, user_id, value) SELECT toString(number), now(), 'view', 'de', 'ios', toString(number % 7), number FROM numbers(100)",
+		"SELECT throwIf(countMerge(events) != 100) FROM lambda.events_speed",
+		"SELECT count() FROM lambda.events_lambda"))
 }

@@ -1,0 +1,228 @@
+CREATE DATABASE IF NOT EXISTS `lambda` ON CLUSTER `lambda`;
+
+CREATE TABLE IF NOT EXISTS `lambda`.`speed_flushes` ON CLUSTER `lambda`
+(
+    `dataset` String,
+    `topic` String,
+    `partition` Int32,
+    `first_offset` Int64,
+    `last_offset` Int64,
+    `high_watermark` Int64,
+    `raw_rows` UInt64,
+    `rejected_rows` UInt64,
+    `duplicate_rows` UInt64,
+    `late_rows` UInt64,
+    `max_event_time` DateTime('UTC'),
+    `consumer` String,
+    `flushed_at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/speed_flushes', '{shard}-{replica}') PARTITION BY toYYYYMM(flushed_at) ORDER BY (`dataset`, `partition`, `flushed_at`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`batch_runs` ON CLUSTER `lambda`
+(
+    `dataset` String,
+    `day` Date,
+    `run_id` String,
+    `status` String,
+    `at` DateTime('UTC'),
+    `at_us` UInt64,
+    `started_at` DateTime('UTC'),
+    `finished_at` DateTime('UTC'),
+    `rows_raw` UInt64,
+    `rows_dedup` UInt64,
+    `rows_out` UInt64,
+    `error` String,
+    `host` String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/batch_runs', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `run_id`, `at_us`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`batch_watermarks` ON CLUSTER `lambda`
+(
+    `dataset` String,
+    `watermark` Date,
+    `run_id` String,
+    `at` DateTime('UTC'),
+    `at_us` UInt64
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/batch_watermarks', '{shard}-{replica}') PARTITION BY toYYYYMM(at) ORDER BY (`dataset`, `at_us`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`schema_objects` ON CLUSTER `lambda`
+(
+    `object` String,
+    `statement_hash` String,
+    `at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/schema_objects', '{shard}-{replica}') ORDER BY (object, at);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_raw_local` ON CLUSTER `lambda`
+(
+    `id` String,
+    `time` DateTime('UTC'),
+    `event` String,
+    `country` String,
+    `device` String,
+    `user_id` String,
+    `value` Nullable(Float64),
+    `_topic` String,
+    `_partition` Int32,
+    `_offset` Int64,
+    `_late` UInt8,
+    `_ingested_at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/{shard}/lambda/events_raw_local', '{replica}') PARTITION BY toYYYYMMDD(time) ORDER BY (`time`, `id`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_raw` ON CLUSTER `lambda`
+(
+    `id` String,
+    `time` DateTime('UTC'),
+    `event` String,
+    `country` String,
+    `device` String,
+    `user_id` String,
+    `value` Nullable(Float64),
+    `_topic` String,
+    `_partition` Int32,
+    `_offset` Int64,
+    `_late` UInt8,
+    `_ingested_at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = Distributed(`lambda`, `lambda`, `events_raw_local`, cityHash64(`id`));
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_local` ON CLUSTER `lambda`
+(
+    `minute` DateTime('UTC'),
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` AggregateFunction(count),
+    `users` AggregateFunction(uniq, String),
+    `revenue` AggregateFunction(sum, Float64),
+    `value_p95` AggregateFunction(quantile(0.95), Float64)
+)
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/lambda/{shard}/lambda/events_speed_local', '{replica}') PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_speed` ON CLUSTER `lambda`
+(
+    `minute` DateTime('UTC'),
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` AggregateFunction(count),
+    `users` AggregateFunction(uniq, String),
+    `revenue` AggregateFunction(sum, Float64),
+    `value_p95` AggregateFunction(quantile(0.95), Float64)
+)
+ENGINE = Distributed(`lambda`, `lambda`, `events_speed_local`, rand());
+
+CREATE MATERIALIZED VIEW `lambda`.`events_speed_mv` ON CLUSTER `lambda` TO `lambda`.`events_speed_local` AS
+SELECT
+    toStartOfMinute(time) AS minute,
+    `event`,
+    `country`,
+    `device`,
+    countState() AS `events`,
+    uniqState(toString(`user_id`)) AS `users`,
+    sumStateIf(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `revenue`,
+    quantileStateIf(0.95)(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `value_p95`
+FROM `lambda`.`events_raw_local`
+WHERE _late = 0
+GROUP BY minute, `event`, `country`, `device`;
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_daily` ON CLUSTER `lambda`
+(
+    `day` Date,
+    `grouping` String,
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` UInt64,
+    `users` UInt64,
+    `revenue` Nullable(Float64),
+    `value_p95` Nullable(Float64),
+    `users_state` AggregateFunction(uniq, String),
+    `value_p95_state` AggregateFunction(quantile(0.95), Float64),
+    `run_id` String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (`day`, `grouping`, `event`, `country`, `device`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
+(
+    `payload` String,
+    `reason` String,
+    `detail` String,
+    `_topic` String,
+    `_partition` Int32,
+    `_offset` Int64,
+    `_ingested_at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/{shard}/lambda/events_rejects_local', '{replica}') PARTITION BY toYYYYMM(_ingested_at) ORDER BY (`_ingested_at`, `_partition`, `_offset`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects` ON CLUSTER `lambda`
+(
+    `payload` String,
+    `reason` String,
+    `detail` String,
+    `_topic` String,
+    `_partition` Int32,
+    `_offset` Int64,
+    `_ingested_at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = Distributed(`lambda`, `lambda`, `events_rejects_local`, cityHash64(`_topic`, `_partition`, `_offset`));
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_drift` ON CLUSTER `lambda`
+(
+    `day` Date,
+    `metric` String,
+    `speed_value` Nullable(Float64),
+    `exact_value` Nullable(Float64),
+    `abs_error` Nullable(Float64),
+    `rel_error` Nullable(Float64),
+    `run_id` String,
+    `at` DateTime('UTC') DEFAULT now()
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_drift', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`day`, `metric`, `at`);
+
+CREATE VIEW `lambda`.`events_lambda` ON CLUSTER `lambda` AS
+SELECT
+    day,
+    grouping,
+    `event`,
+    `country`,
+    `device`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    toNullable(toFloat64(`value_p95`)) AS `value_p95`,
+    'batch' AS source,
+    toUInt8(1) AS exact
+FROM `lambda`.`events_daily`
+WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+UNION ALL
+SELECT
+    toDate(minute) AS day,
+    arrayStringConcat(arrayFilter(x -> x != '', gd), ',') AS grouping,
+    if(has(gd, 'event'), `d_event`, '') AS `event`,
+    if(has(gd, 'country'), `d_country`, '') AS `country`,
+    if(has(gd, 'device'), `d_device`, '') AS `device`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    toNullable(toFloat64(sumMerge(`s_revenue`))) AS `revenue`,
+    toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`))) AS `value_p95`,
+    'speed' AS source,
+    toUInt8(0) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `event` AS `d_event`,
+        `country` AS `d_country`,
+        `device` AS `d_device`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+ARRAY JOIN [[''], ['event'], ['country'], ['device'], ['event', 'country', 'device']] AS gd
+GROUP BY day, grouping, `event`, `country`, `device`;
