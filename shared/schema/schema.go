@@ -26,6 +26,7 @@ package schema
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/metric"
@@ -96,12 +97,15 @@ type Generator struct {
 	Cluster string
 	// ZooKeeperPath prefixes the replicated tables' paths in cluster mode.
 	ZooKeeperPath string
+	// InsertTimeout is clickhouse.insert_timeout: rows ingested up to this long before a batch
+	// run started may have been missed by it (see DirtyDaysSQL).
+	InsertTimeout time.Duration
 }
 
 // NewGenerator returns a generator for the configuration's database (and cluster).
 func NewGenerator(cfg *config.Config) *Generator {
 	return &Generator{DB: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
-		ZooKeeperPath: strings.TrimRight(cfg.ClickHouse.ZooKeeperPath, "/")}
+		ZooKeeperPath: strings.TrimRight(cfg.ClickHouse.ZooKeeperPath, "/"), InsertTimeout: cfg.ClickHouse.InsertTimeout.D()}
 }
 
 // OnCluster is " ON CLUSTER <cluster>" in cluster mode, "" otherwise: the clause every DDL
@@ -340,6 +344,17 @@ func (g *Generator) WatermarkExpr(ds string) string {
 	return fmt.Sprintf("(SELECT argMax(watermark, at_us) FROM %s WHERE dataset = '%s')", g.T(BatchWatermarks), ds)
 }
 
+// DirtyDaysSQL is a subquery listing the dataset's dirty days inside its lookback, as
+// watermark.DirtyDays finds them: days whose raw rows include one ingested after the start of
+// the day's last successful run minus the insert timeout. The batch layer recomputes them at
+// its next tick; until then they are not exact.
+func (g *Generator) DirtyDaysSQL(d *config.Dataset) string {
+	since := fmt.Sprintf("toDate(now() - %d, 'UTC')", int64(d.BatchConf.Lookback.D().Seconds()))
+	return fmt.Sprintf(`SELECT d FROM (SELECT toDate(time) AS d, max(_ingested_at) AS ingested FROM %s WHERE time >= toDateTime(%s, 'UTC') GROUP BY d) AS r
+        ANY INNER JOIN (SELECT day AS d, max(started_at) AS started FROM %s WHERE dataset = '%s' AND status = 'succeeded' AND day >= %s GROUP BY d) AS b USING d
+        WHERE ingested > started - %d`, g.T(Raw(d.Name)), since, g.T(BatchRuns), d.Name, since, int64(g.InsertTimeout.Seconds()))
+}
+
 // GroupingArray is the ARRAY JOIN literal of grouping sets over the given dimensions. The empty
 // set is written as an array holding one empty string, so that the literal's type is
 // Array(Array(String)) on every version; GroupingExpr filters the empty string out.
@@ -406,7 +421,7 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 	for _, s := range specs {
 		batch = append(batch, s.Cast(Q(s.Name))+" AS "+Q(s.Name))
 	}
-	batch = append(batch, "'batch' AS source", "toUInt8(1) AS exact")
+	batch = append(batch, "'batch' AS source", "toUInt8(day NOT IN ("+g.DirtyDaysSQL(d)+")) AS exact")
 
 	inner := []string{"minute"}
 	for _, n := range sdims {
@@ -428,7 +443,7 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 	for _, s := range specs {
 		outer = append(outer, s.Cast(s.MergeExpr(Q("s_"+s.Name)))+" AS "+Q(s.Name))
 	}
-	outer = append(outer, "'speed' AS source", "toUInt8(0) AS exact")
+	outer = append(outer, "'speed' AS source", "materialize(toUInt8(0)) AS exact")
 
 	return fmt.Sprintf(`CREATE VIEW %s%s AS
 SELECT

@@ -194,7 +194,9 @@ SELECT
     toNullable(toFloat64(`revenue`)) AS `revenue`,
     toNullable(toFloat64(`value_p95`)) AS `value_p95`,
     'batch' AS source,
-    toUInt8(1) AS exact
+    toUInt8(day NOT IN (SELECT d FROM (SELECT toDate(time) AS d, max(_ingested_at) AS ingested FROM `lambda`.`events_raw` WHERE time >= toDateTime(toDate(now() - 172800, 'UTC'), 'UTC') GROUP BY d) AS r
+        ANY INNER JOIN (SELECT day AS d, max(started_at) AS started FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' AND day >= toDate(now() - 172800, 'UTC') GROUP BY d) AS b USING d
+        WHERE ingested > started - 60)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 UNION ALL
@@ -209,7 +211,7 @@ SELECT
     toNullable(toFloat64(sumMerge(`s_revenue`))) AS `revenue`,
     toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`))) AS `value_p95`,
     'speed' AS source,
-    toUInt8(0) AS exact
+    materialize(toUInt8(0)) AS exact
 FROM
 (
     SELECT
