@@ -24,6 +24,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -66,6 +67,55 @@ type Layer struct {
 	host     string
 	m        *metrics
 	ds       map[string]*dataset
+	// cl is the cluster in cluster mode (clickhouse.cluster set), nil otherwise.
+	cl *cluster
+	// pending marks datasets whose watermark waits for a node to catch up (cluster mode).
+	pendingMu sync.Mutex
+	pending   map[string]bool
+}
+
+// watermarkRecheck is how often Run retries a watermark held back until every node has a day.
+var watermarkRecheck = 15 * time.Second
+
+func (l *Layer) setPending(name string, v bool) {
+	l.pendingMu.Lock()
+	defer l.pendingMu.Unlock()
+	if l.pending == nil {
+		l.pending = map[string]bool{}
+	}
+	l.pending[name] = v
+}
+
+func (l *Layer) isPending(name string) bool {
+	l.pendingMu.Lock()
+	defer l.pendingMu.Unlock()
+	return l.pending[name]
+}
+
+// recheckWatermarks retries, until ctx is done, the watermarks held back because a node did not
+// have a day yet, so that the day becomes exact soon after the node is back rather than at the
+// next scheduled tick.
+func (l *Layer) recheckWatermarks(ctx context.Context) {
+	t := time.NewTicker(watermarkRecheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, name := range l.names() {
+			if !l.isPending(name) {
+				continue
+			}
+			d := l.ds[name]
+			d.mu.Lock()
+			if _, err := l.updateWatermark(ctx, d); err != nil && ctx.Err() == nil {
+				l.log.Warn("cannot update batch watermark", "dataset", name, "err", err)
+			}
+			d.mu.Unlock()
+		}
+	}
 }
 
 // lastUS is the newest at_us handed out in this process (see stamp).
@@ -115,12 +165,18 @@ func New(cfg *config.Config, opts Options) (*Layer, error) {
 		}
 		l.conn, l.ownsConn = conn, true
 	}
+	if cfg.ClickHouse.Cluster != "" {
+		l.cl = newCluster(cfg.ClickHouse, l.conn)
+	}
 	l.m = newMetrics(opts.Registerer)
 	return l, nil
 }
 
-// Close closes the connection the layer opened.
+// Close closes the connections the layer opened.
 func (l *Layer) Close() error {
+	if l.cl != nil {
+		l.cl.close()
+	}
 	if l.ownsConn {
 		return l.conn.Close()
 	}
@@ -189,6 +245,9 @@ func (l *Layer) Run(ctx context.Context) error {
 	for _, j := range jobs {
 		catchUp.Go(j.Run)
 	}
+	if l.cl != nil {
+		catchUp.Go(func() { l.recheckWatermarks(ctx) })
+	}
 	<-ctx.Done()
 	<-c.Stop().Done()
 	catchUp.Wait()
@@ -204,11 +263,20 @@ func (l *Layer) names() []string {
 	return out
 }
 
-// dropLeftovers drops staging tables that a crashed process left behind.
+// dropLeftovers drops staging tables that a crashed process left behind (on every node in
+// cluster mode).
 func (l *Layer) dropLeftovers(ctx context.Context, d *dataset) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	rows, err := l.conn.Query(ctx, d.q.stagingTables())
+	if l.cl != nil {
+		l.clusterDropLeftovers(ctx, d)
+		return
+	}
+	dropLeftoversOn(ctx, l, d, l.conn, "")
+}
+
+func dropLeftoversOn(ctx context.Context, l *Layer, d *dataset, conn driver.Conn, node string) {
+	rows, err := conn.Query(ctx, d.q.stagingTables())
 	if err != nil {
 		l.log.Warn("cannot list staging tables", "dataset", d.d.Name, "err", err)
 		return
@@ -221,13 +289,25 @@ func (l *Layer) dropLeftovers(ctx context.Context, d *dataset) {
 		}
 	}
 	rows.Close()
+	// Distributed tables before the views they read, views before nothing.
+	slices.SortFunc(names, func(a, b string) int { return leftoverOrder(a) - leftoverOrder(b) })
 	for _, n := range names {
-		if err := l.conn.Exec(ctx, d.q.dropTable(n)); err != nil {
+		if err := conn.Exec(ctx, d.q.dropTable(n)); err != nil {
 			l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", n, "err", err)
 			continue
 		}
-		l.log.Info("dropped leftover staging table", "dataset", d.d.Name, "table", n)
+		l.log.Info("dropped leftover staging table", "dataset", d.d.Name, "table", n, "node", node)
 	}
+}
+
+func leftoverOrder(name string) int {
+	switch {
+	case strings.HasSuffix(name, "_dist"):
+		return 0
+	case strings.HasSuffix(name, "_dedup"):
+		return 2
+	}
+	return 1
 }
 
 // Tick does one scheduler tick for a dataset: it recomputes every sealed day after the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/lambda-platform/lambda/shared/schema"
@@ -15,9 +16,16 @@ import (
 type state struct {
 	rawDays   []time.Time          // days with raw rows
 	succeeded map[time.Time]string // days with a successful run: the newest such run id
-	dirty     map[time.Time]bool   // dirty days inside the lookback
-	watermark time.Time            // computed: last exact day (zero: none)
+	runs      map[time.Time]succeededRun
+	dirty     map[time.Time]bool // dirty days inside the lookback
+	watermark time.Time          // computed: last exact day (zero: none)
 	wmRunID   string
+}
+
+// succeededRun is the newest successful run of a day.
+type succeededRun struct {
+	runID   string
+	rowsOut uint64
 }
 
 type plan struct {
@@ -31,7 +39,7 @@ func lookbackStart(d *dataset, now time.Time) time.Time {
 }
 
 func (l *Layer) readState(ctx context.Context, d *dataset, now time.Time) (state, error) {
-	st := state{succeeded: map[time.Time]string{}, dirty: map[time.Time]bool{}}
+	st := state{succeeded: map[time.Time]string{}, runs: map[time.Time]succeededRun{}, dirty: map[time.Time]bool{}}
 	parts, err := l.partitionDays(ctx, d, schema.Raw(d.d.Name))
 	if err != nil {
 		return st, err
@@ -43,12 +51,13 @@ func (l *Layer) readState(ctx context.Context, d *dataset, now time.Time) (state
 	}
 	for rows.Next() {
 		var day time.Time
-		var id string
-		if err := rows.Scan(&day, &id); err != nil {
+		var r succeededRun
+		if err := rows.Scan(&day, &r.runID, &r.rowsOut); err != nil {
 			rows.Close()
 			return st, fmt.Errorf("cannot read batch runs of %s: %w", d.d.Name, err)
 		}
-		st.succeeded[dayOf(day)] = id
+		st.succeeded[dayOf(day)] = r.runID
+		st.runs[dayOf(day)] = r
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -77,18 +86,30 @@ func (l *Layer) readState(ctx context.Context, d *dataset, now time.Time) (state
 	return st, nil
 }
 
-// partitionDays lists the days a table partitioned by toYYYYMMDD holds rows for.
+// partitionDays lists the days a table partitioned by toYYYYMMDD holds rows for (on every
+// shard in cluster mode).
 func (l *Layer) partitionDays(ctx context.Context, d *dataset, table string) ([]time.Time, error) {
-	rows, err := l.conn.Query(ctx, d.q.partitions(table))
+	if l.cl != nil && schema.Sharded(table) {
+		return l.clusterPartitionDays(ctx, d, table)
+	}
+	days, err := partitionDaysOn(ctx, l.conn, d.q.partitions(table))
 	if err != nil {
 		return nil, fmt.Errorf("cannot list partitions of %s: %w", table, err)
+	}
+	return days, nil
+}
+
+func partitionDaysOn(ctx context.Context, conn driver.Conn, query string) ([]time.Time, error) {
+	rows, err := conn.Query(ctx, query)
+	if err != nil {
+		return nil, err
 	}
 	defer rows.Close()
 	var out []time.Time
 	for rows.Next() {
 		var p string
 		if err := rows.Scan(&p); err != nil {
-			return nil, fmt.Errorf("cannot list partitions of %s: %w", table, err)
+			return nil, err
 		}
 		day, err := time.Parse("20060102", p)
 		if err != nil {
@@ -155,6 +176,29 @@ func (l *Layer) updateWatermark(ctx context.Context, d *dataset) (state, error) 
 	if err != nil {
 		return st, err
 	}
+	if l.cl != nil && !st.watermark.IsZero() && (!ok || st.watermark.After(old)) {
+		// The watermark moves past a day only once every node holds the day's run.
+		from := old
+		if !ok {
+			from = time.Unix(0, 0).UTC()
+		}
+		upTo, why, err := l.verifiedUpTo(ctx, d, from, st.watermark, st.runs)
+		if err != nil {
+			return st, err
+		}
+		if upTo.Before(st.watermark) {
+			l.log.Info("batch watermark held back until every node has the days", "dataset", name,
+				"watermark", fmtDay(st.watermark, true), "verified_to", fmtDay(upTo, upTo.Year() > 1970), "reason", why)
+			l.setPending(name, true)
+			st.watermark = upTo
+			st.wmRunID = st.succeeded[upTo]
+			if upTo.Year() <= 1970 {
+				st.watermark, st.wmRunID = time.Time{}, ""
+			}
+		} else {
+			l.setPending(name, false)
+		}
+	}
 	if st.watermark.IsZero() {
 		l.m.watermark.WithLabelValues(name).Set(0)
 	} else {
@@ -206,7 +250,13 @@ func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error 
 			if day.After(wm) || keep(day) {
 				continue
 			}
-			if err := l.conn.Exec(ctx, d.q.dropPartition(table, day)); err != nil {
+			var err error
+			if l.cl != nil {
+				err = l.clusterDropPartition(ctx, d, table, day)
+			} else {
+				err = l.conn.Exec(ctx, d.q.dropPartition(table, day))
+			}
+			if err != nil {
 				return fmt.Errorf("cannot drop partition %s of %s: %w", partitionID(day), table, err)
 			}
 			l.log.Info("dropped partition past retention", "dataset", d.d.Name, "table", table, "day", day.Format(time.DateOnly))

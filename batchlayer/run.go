@@ -3,10 +3,12 @@ package batchlayer
 import (
 	"context"
 	"fmt"
+	"maps"
 	"math"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -42,9 +44,6 @@ func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time) (runResul
 	err := l.compute(ctx, d, day, staging, &res)
 	dropCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	if derr := l.conn.Exec(dropCtx, d.q.dropTable(staging)); derr != nil {
-		log.Warn("cannot drop staging table", "table", staging, "err", derr)
-	}
 	took := time.Since(t0)
 	l.m.duration.WithLabelValues(name).Observe(took.Seconds())
 	if err != nil {
@@ -71,28 +70,53 @@ func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time) (runResul
 	return res, nil
 }
 
-// compute fills the staging table and swaps it in.
+// compute fills the staging table, swaps it in and drops it. In cluster mode the staging table
+// lives on one node (the initiator), which aggregates the shards' partial results into it and
+// swaps it into its replica of <ds>_daily (see cluster.go).
 func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging string, res *runResult) error {
 	q := d.q
 	daily := schema.Daily(d.d.Name)
-	if err := l.conn.Exec(ctx, q.createStaging(staging)); err != nil {
+	conn, source := l.conn, ""
+	if l.cl != nil {
+		var cleanup func()
+		var err error
+		conn, source, cleanup, err = l.prepareCluster(ctx, d, day, staging)
+		defer cleanup()
+		if err != nil {
+			return err
+		}
+	} else {
+		defer func() {
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+			defer cancel()
+			if err := l.conn.Exec(cctx, q.dropTable(staging)); err != nil {
+				l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", staging, "err", err)
+			}
+		}()
+	}
+	if err := conn.Exec(ctx, q.createStaging(staging)); err != nil {
 		return fmt.Errorf("cannot create staging table %s: %w", staging, err)
 	}
 	if err := l.conn.QueryRow(ctx, q.countRaw(day)).Scan(&res.rowsRaw); err != nil {
 		return fmt.Errorf("cannot count raw rows: %w", err)
 	}
-	qctx := ctx
+	settings := clickhouse.Settings{}
 	if n := l.cfg.Batch.MaxThreads; n > 0 {
-		qctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_threads": n}))
+		settings["max_threads"] = n
 	}
-	if err := l.conn.Exec(qctx, q.recompute(staging, day, res.runID)); err != nil {
+	sql := q.recompute(staging, day, res.runID)
+	if l.cl != nil {
+		maps.Copy(settings, l.clusterSettings())
+		sql = q.aggregate(staging, q.g.T(source), day, res.runID)
+	}
+	if err := conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(settings)), sql); err != nil {
 		return fmt.Errorf("cannot insert recompute into %s: %w", staging, err)
 	}
-	if err := l.conn.QueryRow(ctx, q.countDay(staging, day)).Scan(&res.rowsOut); err != nil {
+	if err := conn.QueryRow(ctx, q.countDay(staging, day)).Scan(&res.rowsOut); err != nil {
 		return fmt.Errorf("cannot count rows of %s: %w", staging, err)
 	}
 	if i := hasCount(d.d.Specs()); i >= 0 && res.rowsOut > 0 {
-		vals, err := l.totals(ctx, d, staging, day)
+		vals, err := l.totals(ctx, conn, d, staging, day)
 		if err != nil {
 			return err
 		}
@@ -106,7 +130,7 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	}
 	if res.rowsOut == 0 {
 		var old uint64
-		if err := l.conn.QueryRow(ctx, q.countDay(daily, day)).Scan(&old); err != nil {
+		if err := conn.QueryRow(ctx, q.countDay(daily, day)).Scan(&old); err != nil {
 			return fmt.Errorf("cannot count rows of %s: %w", daily, err)
 		}
 		if old > 0 {
@@ -121,8 +145,11 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	if res.rowsOut == 0 {
 		return nil // nothing to swap, nothing to replace; current servers refuse an empty source
 	}
-	if err := l.conn.Exec(ctx, q.swap(staging, day)); err != nil {
+	if err := conn.Exec(ctx, q.swap(staging, day)); err != nil {
 		return fmt.Errorf("cannot replace partition %s of %s: %w", partitionID(day), daily, err)
+	}
+	if l.cl != nil {
+		l.syncDaily(ctx, d)
 	}
 	return nil
 }
@@ -147,15 +174,15 @@ func (l *Layer) recordRun(ctx context.Context, d *dataset, day time.Time, res ru
 	return nil
 }
 
-// totals reads the day total of every metric from a daily-shaped table.
-func (l *Layer) totals(ctx context.Context, d *dataset, table string, day time.Time) ([]*float64, error) {
+// totals reads the day total of every metric from a daily-shaped table through conn.
+func (l *Layer) totals(ctx context.Context, conn driver.Conn, d *dataset, table string, day time.Time) ([]*float64, error) {
 	n := len(d.d.Specs())
 	vals := make([]*float64, n)
 	dest := make([]any, n)
 	for i := range vals {
 		dest[i] = &vals[i]
 	}
-	rows, err := l.conn.Query(ctx, d.q.totals(table, day))
+	rows, err := conn.Query(ctx, d.q.totals(table, day))
 	if err != nil {
 		return nil, fmt.Errorf("cannot read day totals from %s: %w", table, err)
 	}
@@ -172,7 +199,7 @@ func (l *Layer) totals(ctx context.Context, d *dataset, table string, day time.T
 // the speed view holds nothing of (backfills of old days) have no drift.
 func (l *Layer) drift(ctx context.Context, d *dataset, day time.Time, runID string) error {
 	specs := d.d.Specs()
-	exact, err := l.totals(ctx, d, schema.Daily(d.d.Name), day)
+	exact, err := l.totals(ctx, l.conn, d, schema.Daily(d.d.Name), day)
 	if err != nil {
 		return err
 	}

@@ -51,8 +51,29 @@ func stagingName(ds, runID string) string {
 // stagingPrefix starts every staging table name of a dataset (for cleaning up after a crash).
 func stagingPrefix(ds string) string { return schema.Daily(ds) + "_stage_" }
 
+// createStaging creates a staging table shaped like <ds>_daily. In cluster mode <ds>_daily is
+// replicated, and a copy of its engine would register a replica: staging is a plain MergeTree
+// on the node that swaps it in.
 func (q *queries) createStaging(table string) string {
-	return fmt.Sprintf("CREATE TABLE %s AS %s", q.g.T(table), q.g.T(schema.Daily(q.d.Name)))
+	s := fmt.Sprintf("CREATE TABLE %s AS %s", q.g.T(table), q.g.T(schema.Daily(q.d.Name)))
+	if q.g.Cluster != "" {
+		s += " ENGINE = " + schema.StagingEngine(q.d)
+	}
+	return s
+}
+
+// dedupView, in cluster mode, is a run's view of one day of deduplicated raw rows on a node: the
+// inner query of recompute over the node's <ds>_raw_local. With the day written into the view,
+// a Distributed table over it (dedupDist) sends the whole aggregation to every shard. Raw is
+// sharded by cityHash64(id), so a shard's first copy of an id is the cluster's.
+func (q *queries) dedupView(view string, day time.Time) string {
+	return fmt.Sprintf("CREATE VIEW %s AS\n%s", q.g.T(view), q.dedupSelect(q.g.T(schema.Local(schema.Raw(q.d.Name))), day))
+}
+
+// dedupDist is the Distributed table over the run's views (dedupView) on every shard.
+func (q *queries) dedupDist(dist, view string) string {
+	return fmt.Sprintf("CREATE TABLE %s AS %s ENGINE = Distributed(%s, %s, %s)", q.g.T(dist), q.g.T(view),
+		schema.Q(q.g.Cluster), schema.Q(q.db), schema.Q(view))
 }
 
 func (q *queries) dropTable(table string) string {
@@ -88,18 +109,35 @@ func quoteAll(names []string) string {
 // Inner columns are renamed (d_<dimension>, v_<column>) so that no output alias equals a
 // column it is computed from: `sum(value) AS value` is a cyclic alias on some versions.
 func (q *queries) recompute(table string, day time.Time, runID string) string {
+	return q.aggregate(table, "(\n    "+strings.ReplaceAll(q.dedupSelect(q.g.T(schema.Raw(q.d.Name)), day), "\n", "\n    ")+"\n)", day, runID)
+}
+
+// dedupSelect reads one day of raw rows from table, the first ingested copy of each id, with
+// the columns renamed for aggregate.
+func (q *queries) dedupSelect(table string, day time.Time) string {
 	d := q.d
-	dims := d.DimensionNames()
 	inner := []string{"id"}
-	for _, n := range dims {
+	for _, n := range d.DimensionNames() {
 		inner = append(inner, schema.Q(n)+" AS "+schema.Q("d_"+n))
 	}
 	for _, c := range d.ValueColumns() {
 		inner = append(inner, schema.Q(c.Name)+" AS "+schema.Q("v_"+c.Name))
 	}
+	return fmt.Sprintf(`SELECT
+    %s
+FROM %s
+WHERE %s
+ORDER BY _ingested_at, _partition, _offset
+LIMIT 1 BY id`, strings.Join(inner, ",\n    "), table, rawDayWhere(day))
+}
+
+// aggregate computes every grouping set of the deduplicated rows of source (a subquery of
+// dedupSelect, or in cluster mode the Distributed table over the views of it) into table.
+func (q *queries) aggregate(table, source string, day time.Time, runID string) string {
+	d := q.d
 	outer := []string{dateLit(day) + " AS o_day", schema.GroupingExpr + " AS o_grouping"}
 	group := []string{"o_grouping"}
-	for _, n := range dims {
+	for _, n := range d.DimensionNames() {
 		outer = append(outer, fmt.Sprintf("if(has(gd, %s), %s, '') AS %s", strLit(n), schema.Q("d_"+n), schema.Q("o_"+n)))
 		group = append(group, schema.Q("o_"+n))
 	}
@@ -116,19 +154,10 @@ func (q *queries) recompute(table string, day time.Time, runID string) string {
 	return fmt.Sprintf(`INSERT INTO %s (%s)
 SELECT
     %s
-FROM
-(
-    SELECT
-        %s
-    FROM %s
-    WHERE %s
-    ORDER BY _ingested_at, _partition, _offset
-    LIMIT 1 BY id
-)
+FROM %s
 ARRAY JOIN %s AS gd
 GROUP BY %s`, q.g.T(table), quoteAll(q.dailyColumns()),
-		strings.Join(outer, ",\n    "),
-		strings.Join(inner, ",\n        "), q.g.T(schema.Raw(d.Name)), rawDayWhere(day),
+		strings.Join(outer, ",\n    "), source,
 		schema.GroupingArray(d.GroupingSets()), strings.Join(group, ", "))
 }
 
@@ -198,9 +227,9 @@ func (q *queries) stagingTables() string {
 	return fmt.Sprintf("SELECT name FROM system.tables WHERE database = %s AND startsWith(name, %s)", strLit(q.db), strLit(stagingPrefix(q.d.Name)))
 }
 
-// succeededDays gives per day with a successful run the newest such run id.
+// succeededDays gives per day with a successful run the newest such run id and its rows.
 func (q *queries) succeededDays() string {
-	return fmt.Sprintf("SELECT day, argMax(run_id, at_us) FROM %s WHERE dataset = %s AND status = 'succeeded' GROUP BY day ORDER BY day",
+	return fmt.Sprintf("SELECT day, argMax(run_id, at_us), argMax(rows_out, at_us) FROM %s WHERE dataset = %s AND status = 'succeeded' GROUP BY day ORDER BY day",
 		q.g.T(schema.BatchRuns), strLit(q.d.Name))
 }
 

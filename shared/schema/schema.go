@@ -294,8 +294,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 		}
 	}
 	dailyCols = append(dailyCols, Column{Name: "run_id", Type: "String"})
-	dailyKey := append([]string{"day", "grouping"}, dims...)
-	daily := g.table(Daily(ds), ds, dailyCols, "MergeTree", "PARTITION BY toYYYYMMDD(day) "+orderBy(dailyKey), dailyKey)
+	daily := g.table(Daily(ds), ds, dailyCols, "MergeTree", dailyClauses(d), DailyKey(d))
 
 	rejCols := []Column{
 		{Name: "payload", Type: "String"}, {Name: "reason", Type: "String"}, {Name: "detail", Type: "String"},
@@ -321,6 +320,20 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	out = append(out, rejects...)
 	return append(out, drift, view)
 }
+
+// DailyKey is the sorting key of <ds>_daily.
+func DailyKey(d *config.Dataset) []string {
+	return append([]string{"day", "grouping"}, d.DimensionNames()...)
+}
+
+func dailyClauses(d *config.Dataset) string {
+	return "PARTITION BY toYYYYMMDD(day) " + orderBy(DailyKey(d))
+}
+
+// StagingEngine is the engine of a table a day of <ds>_daily is computed into before it is
+// swapped in: a plain MergeTree with the partitioning and sorting key of <ds>_daily, which
+// REPLACE PARTITION requires; in cluster mode the plain table swaps into the replicated one.
+func StagingEngine(d *config.Dataset) string { return "MergeTree " + dailyClauses(d) }
 
 // speedSelect is the per-minute aggregation of raw (the table from) into speed states, shared by
 // the materialized view and the rebuild after a key change.
