@@ -38,7 +38,7 @@ func runDev(ctx context.Context, args []string) error {
 	dataDir := fs.String("data-dir", ".data/broker", "persist the broker's log here so a restart keeps it (empty: in memory)")
 	days := fs.Int("history-days", 7, "days of history produced at start (skipped when the topic already holds records)")
 	perDay := fs.Int("per-day", 20000, "history events per day")
-	rate := fs.Float64("rate", 200, "live events per second after the history (0: none)")
+	rate := fs.Float64("rate", -1, "live events per second after the history (default: the history's own rate, per-day/86400, so that today continues the past days; 0: none)")
 	dup := fs.Float64("dup", 0.02, "ratio of duplicates")
 	late := fs.Float64("late", 0, "ratio of late live events (1..history-days days back): each makes a sealed day dirty until the next batch tick")
 	bad := fs.Float64("bad", 0.005, "ratio of malformed events")
@@ -52,6 +52,9 @@ func runDev(ctx context.Context, args []string) error {
 	// a local server's inserts take well under a second.
 	if *insertTimeout > 0 {
 		cfg.ClickHouse.InsertTimeout = config.Duration(*insertTimeout)
+	}
+	if *rate < 0 {
+		*rate = float64(*perDay) / 86400
 	}
 	if *listen == "" {
 		*listen = cfg.Kafka.Brokers[0]

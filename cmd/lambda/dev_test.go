@@ -48,7 +48,7 @@ func TestDev(t *testing.T) {
 	errc := make(chan error, 1)
 	go func() {
 		errc <- runDev(ctx, []string{"--config", path, "--broker-listen", "127.0.0.1:0", "--data-dir", "",
-			"--history-days", "3", "--per-day", "3000", "--rate", "50", "--batch-schedule", "@every 5s"})
+			"--history-days", "3", "--per-day", "3000", "--rate", "5", "--batch-schedule", "@every 5s"})
 	}()
 	stopped := false
 	stop := func() {
