@@ -72,6 +72,8 @@ type Layer struct {
 	// pending marks datasets whose watermark waits for a node to catch up (cluster mode).
 	pendingMu sync.Mutex
 	pending   map[string]bool
+	// lease is the ZooKeeper lease while Run or RunDays holds a session (batch.lease set).
+	lease *lease
 }
 
 // watermarkRecheck is how often Run retries a watermark held back until every node has a day.
@@ -105,7 +107,7 @@ func (l *Layer) recheckWatermarks(ctx context.Context) {
 		case <-t.C:
 		}
 		for _, name := range l.names() {
-			if !l.isPending(name) {
+			if !l.isPending(name) || (l.lease != nil && !l.lease.Held(name)) {
 				continue
 			}
 			d := l.ds[name]
@@ -213,9 +215,24 @@ func newRunID(now time.Time, day time.Time) string {
 // while the previous one still runs, recovering panics), and a tick per dataset at once to catch
 // up on what was missed while the layer was down. Cancelling ctx cancels running recomputes
 // (their staging tables are dropped, the runs recorded failed) and returns nil.
+//
+// With batch.lease set, a dataset is scheduled only while this process holds its lease in
+// ZooKeeper; the others stand by and the first to take a lease that went catches up at once.
 func (l *Layer) Run(ctx context.Context) error {
-	for _, d := range l.ds {
-		l.dropLeftovers(ctx, d)
+	if len(l.cfg.Batch.Lease.ZooKeeper) > 0 {
+		le, err := openLease(l.cfg.Batch.Lease, l.log)
+		if err != nil {
+			return err
+		}
+		l.lease = le
+		defer le.close()
+	}
+	if l.lease == nil {
+		// With a lease, leftovers are dropped when it is taken: another process's run may be
+		// using them now.
+		for _, d := range l.ds {
+			l.dropLeftovers(ctx, d)
+		}
 	}
 	clog := cronLogger{l.log}
 	c := cron.New(cron.WithLocation(time.UTC), cron.WithLogger(clog))
@@ -242,8 +259,18 @@ func (l *Layer) Run(ctx context.Context) error {
 	}
 	c.Start()
 	var catchUp sync.WaitGroup
-	for _, j := range jobs {
-		catchUp.Go(j.Run)
+	for i, j := range jobs {
+		if l.lease == nil {
+			catchUp.Go(j.Run)
+			continue
+		}
+		name := l.names()[i]
+		catchUp.Go(func() {
+			l.lease.campaign(ctx, name, func() {
+				l.dropLeftovers(ctx, l.ds[name])
+				catchUp.Go(j.Run)
+			})
+		})
 	}
 	if l.cl != nil {
 		catchUp.Go(func() { l.recheckWatermarks(ctx) })
@@ -320,6 +347,10 @@ func (l *Layer) Tick(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
+	if l.lease != nil && !l.lease.Held(name) {
+		l.log.Debug("batch tick skipped: another process holds the lease", "dataset", name)
+		return nil
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	now := l.now().UTC()
@@ -371,6 +402,24 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 		return fmt.Errorf("invalid range: %s is after %s", from.Format(time.DateOnly), to.Format(time.DateOnly))
 	}
 	total := int(to.Sub(from)/(24*time.Hour)) + 1
+	if len(l.cfg.Batch.Lease.ZooKeeper) > 0 && l.lease == nil {
+		// A backfill beside running schedulers takes the lease too, or its runs could
+		// interleave with theirs; it does not wait for a scheduler to give it up.
+		le, err := openLease(l.cfg.Batch.Lease, l.log)
+		if err != nil {
+			return err
+		}
+		defer le.close()
+		ok, err := le.tryAcquire(name)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("the batch lease of %s is held by %s, a running `lambda batch`: its runs would race the backfill's; stop it or wait for its schedule", name, le.holder(name))
+		}
+		l.lease = le
+		defer func() { l.lease = nil }()
+	}
 	start := time.Now()
 	d.mu.Lock()
 	defer d.mu.Unlock()

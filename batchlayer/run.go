@@ -142,6 +142,13 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 			return err
 		}
 	}
+	if l.lease != nil {
+		// Another process may have taken the lease while this run computed: its runs of the
+		// day would interleave with this one. Confirm ownership just before the swap.
+		if err := l.lease.check(ctx, d.d.Name); err != nil {
+			return err
+		}
+	}
 	if res.rowsOut == 0 {
 		return nil // nothing to swap, nothing to replace; current servers refuse an empty source
 	}

@@ -92,6 +92,22 @@ type Batch struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// MaxThreads is ClickHouse's max_threads for the recompute query; 0 leaves the server's.
 	MaxThreads int `yaml:"max_threads"`
+	// Lease, when its ZooKeeper is set, lets several `lambda batch` processes run: per dataset
+	// one holds the lease and schedules, the others wait to take over.
+	Lease Lease `yaml:"lease"`
+}
+
+// Lease is the batch scheduler's lease in ZooKeeper (or ClickHouse Keeper, which speaks its
+// protocol): an ephemeral node per dataset under Path, held for the life of a session.
+type Lease struct {
+	// ZooKeeper lists the ensemble's client addresses; empty disables the lease (run exactly one
+	// `lambda batch` then).
+	ZooKeeper []string `yaml:"zookeeper"`
+	// Path is the parent of the lease nodes, one per dataset.
+	Path string `yaml:"path"`
+	// SessionTimeout is how long ZooKeeper keeps a silent holder's session: a killed holder's
+	// lease passes to another process about this long after it died.
+	SessionTimeout Duration `yaml:"session_timeout"`
 }
 
 // Serving configures the HTTP API.
@@ -225,6 +241,7 @@ func Default() Config {
 		},
 		Batch: Batch{
 			MetricsListen: "127.0.0.1:9102",
+			Lease:         Lease{Path: "/lambda/batch-lease", SessionTimeout: Duration(10 * time.Second)},
 		},
 		Serving: Serving{
 			Listen:       "127.0.0.1:8080",
@@ -336,10 +353,11 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 		}
 	}
 	lists := map[string]*[]string{
-		"LAMBDA_CLICKHOUSE_ADDR":      &c.ClickHouse.Addr,
-		"LAMBDA_KAFKA_BROKERS":        &c.Kafka.Brokers,
-		"LAMBDA_API_KEYS":             &c.Serving.APIKeys,
-		"LAMBDA_SERVING_CORS_ORIGINS": &c.Serving.CORSOrigins,
+		"LAMBDA_CLICKHOUSE_ADDR":       &c.ClickHouse.Addr,
+		"LAMBDA_KAFKA_BROKERS":         &c.Kafka.Brokers,
+		"LAMBDA_API_KEYS":              &c.Serving.APIKeys,
+		"LAMBDA_SERVING_CORS_ORIGINS":  &c.Serving.CORSOrigins,
+		"LAMBDA_BATCH_LEASE_ZOOKEEPER": &c.Batch.Lease.ZooKeeper,
 	}
 	for k, p := range lists {
 		if v, ok := lookup(k); ok {

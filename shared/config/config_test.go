@@ -32,6 +32,7 @@ func TestBadConfigs(t *testing.T) {
 		"negative":       "serving.max_rows: must be positive, got -1",
 		"not_yaml":       "did not find expected",
 		"metric_field":   `datasets[0] (events).metrics[2].name: "value" is also the raw column of a metric field`,
+		"lease":          `batch.lease.path: "lambda/lease/" is not a ZooKeeper path`,
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")
 	if err != nil {

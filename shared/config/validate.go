@@ -53,6 +53,14 @@ func (c *Config) Validate() error {
 	if c.ClickHouse.Cluster != "" && !regexp.MustCompile(`^[A-Za-z0-9_]+$`).MatchString(c.ClickHouse.Cluster) {
 		add("clickhouse.cluster", "%q is not a valid cluster name", c.ClickHouse.Cluster)
 	}
+	if l := c.Batch.Lease; len(l.ZooKeeper) > 0 {
+		if !regexp.MustCompile(`^(/[A-Za-z0-9_.-]+)+$`).MatchString(l.Path) {
+			add("batch.lease.path", "%q is not a ZooKeeper path: use /name/name…", l.Path)
+		}
+		if l.SessionTimeout.D() < time.Second {
+			add("batch.lease.session_timeout", "must be at least 1s, got %s", l.SessionTimeout.D())
+		}
+	}
 	if len(c.Kafka.Brokers) == 0 {
 		add("kafka.brokers", "at least one broker is required")
 	}
