@@ -85,10 +85,7 @@ func (s *Server) datasetFreshness(ctx context.Context, ds *config.Dataset) (*Fre
 		f.PendingCorrections = append(f.PendingCorrections, d.Format("2006-01-02"))
 	}
 	g := s.planner.g
-	q := fmt.Sprintf(`SELECT run_id, any(day), argMax(status, at_us), max(at), argMax(rows_raw, at_us), argMax(rows_out, at_us),
-    argMax(error, at_us), toInt64(max(at_us)) - toInt64(min(at_us))
-FROM %s WHERE dataset = ? GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, g.T(schema.BatchRuns), freshnessRuns)
-	rows, err := s.conn.Query(ctx, q, ds.Name)
+	rows, err := s.conn.Query(ctx, lastRunsSQL(g), ds.Name)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
 	}
@@ -107,9 +104,7 @@ FROM %s WHERE dataset = ? GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, g.
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
 	}
-	q = fmt.Sprintf(`SELECT day, metric, argMax(speed_value, at), argMax(exact_value, at), argMax(rel_error, at)
-FROM %s WHERE day >= toDate(?) GROUP BY day, metric ORDER BY day DESC, metric`, g.T(schema.Drift(ds.Name)))
-	rows, err = s.conn.Query(ctx, q, now.AddDate(0, 0, -freshnessDriftDays).Format("2006-01-02"))
+	rows, err = s.conn.Query(ctx, driftSQL(g, ds.Name), now.AddDate(0, 0, -freshnessDriftDays).Format("2006-01-02"))
 	if err != nil {
 		return nil, fmt.Errorf("cannot read drift of %s: %w", ds.Name, err)
 	}
@@ -124,4 +119,17 @@ FROM %s WHERE day >= toDate(?) GROUP BY day, metric ORDER BY day DESC, metric`, 
 		f.Drift = append(f.Drift, r)
 	}
 	return f, rows.Err()
+}
+
+// lastRunsSQL gives the newest runs of a dataset (bound) with their current state.
+func lastRunsSQL(g *schema.Generator) string {
+	return fmt.Sprintf(`SELECT run_id, any(day), argMax(status, at_us), max(at), argMax(rows_raw, at_us), argMax(rows_out, at_us),
+    argMax(error, at_us), toInt64(max(at_us)) - toInt64(min(at_us))
+FROM %s WHERE dataset = ? GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, g.T(schema.BatchRuns), freshnessRuns)
+}
+
+// driftSQL gives the drift per day and metric from a day on (bound).
+func driftSQL(g *schema.Generator, ds string) string {
+	return fmt.Sprintf(`SELECT day, metric, argMax(speed_value, at), argMax(exact_value, at), argMax(rel_error, at)
+FROM %s WHERE day >= toDate(?) GROUP BY day, metric ORDER BY day DESC, metric`, g.T(schema.Drift(ds)))
 }

@@ -182,6 +182,18 @@ GROUP BY %s`, g.T(schema.Daily("events")), strings.Join(cols, ", "), strings.Joi
 	}
 }
 
+// recordRun appends a successful run of a day to batch_runs, started an hour from now (so that
+// rows ingested until then do not make the day dirty), as the newest run of the day.
+func recordRun(t testing.TB, conn driver.Conn, cfg *config.Config, day time.Time, runID string, rowsOut uint64) {
+	t.Helper()
+	g := schema.NewGenerator(cfg)
+	rq := fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, status, at, at_us, started_at, finished_at, rows_out) SELECT 'events', toDate(?), ?, 'succeeded', now(), toUInt64(?), toDateTime(?), toDateTime(?), toUInt64(?)", g.T(schema.BatchRuns))
+	start := time.Now().Unix() + 3600
+	if err := conn.Exec(context.Background(), rq, day.Format("2006-01-02"), runID, time.Now().UnixMicro(), start, start, rowsOut); err != nil {
+		t.Fatal(err)
+	}
+}
+
 type testEnv struct {
 	cfg  *config.Config
 	conn driver.Conn
@@ -247,6 +259,7 @@ type apiResp struct {
 		Cached         bool          `json:"cached"`
 		Truncated      bool          `json:"truncated"`
 		LagSeconds     float64       `json:"lag_seconds"`
+		Pending        []string      `json:"pending_corrections"`
 	} `json:"meta"`
 	Error string `json:"error"`
 	Field string `json:"field"`

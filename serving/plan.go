@@ -32,16 +32,31 @@ type SourceRange struct {
 
 // State is what the planner needs to know of a dataset's layers, read once per request.
 type State struct {
-	// Watermark is the last exact day as persisted by the batch layer (zero: none).
+	// Watermark is the last exact day as the batch layer persisted it (zero: none). The batch
+	// boundary, where the planner switches from <ds>_daily to <ds>_speed, is its end.
 	Watermark time.Time
-	// Effective is Watermark lowered to the day before the first dirty day (zero: none).
+	// Effective is Watermark lowered to the day before the first dirty day (zero: none): the
+	// last day up to which every day is exact, which meta.batch_watermark reports.
 	Effective time.Time
-	// Dirty lists days waiting for a recomputation, within the dataset's lookback.
+	// Dirty lists days waiting for a recomputation, within the dataset's lookback. Before the
+	// boundary they are still read from <ds>_daily (late rows reach neither daily nor speed
+	// until the rerun, and daily is exact for the rest), flagged exact:false.
 	Dirty []time.Time
-	// Runs maps a day to its newest successful run id.
-	Runs map[time.Time]string
+	// Runs maps a day to its newest successful run.
+	Runs map[time.Time]Run
 	// SpeedOldest is the oldest minute held by <ds>_speed (zero: empty).
 	SpeedOldest time.Time
+	// Sets maps days before the boundary to the grouping sets <ds>_daily holds for them (a
+	// day keeps the sets of the configuration its run had). Nil, or a day missing: the
+	// configuration's sets.
+	Sets map[time.Time][]string
+}
+
+// Run is the newest successful batch run of a day.
+type Run struct {
+	ID string
+	// Rows is the number of rows the run wrote to <ds>_daily.
+	Rows uint64
 }
 
 // Plan is the SQL of one query and what it reads.
@@ -52,7 +67,7 @@ type Plan struct {
 	Complete bool
 	// DailyOnly is true when every part is read from <ds>_daily: the result may be cached.
 	DailyOnly bool
-	// DailyFrom and DailyTo are the days read from <ds>_daily.
+	// DailyFrom and DailyTo are the days read from <ds>_daily when DailyOnly.
 	DailyFrom, DailyTo time.Time
 }
 
@@ -98,74 +113,102 @@ type branch struct {
 	args []any
 }
 
+// part is a source over a range and, for <ds>_daily, the stored grouping set read and how.
+type part struct {
+	SourceRange
+	grouping string
+	mode     dailyMode
+}
+
+// joins reports whether b continues a: same source and, for <ds>_daily, same set, mode and
+// exactness, so that one branch reads both.
+func (a *part) joins(b part) bool {
+	return a.To.Equal(b.From) && a.Source == b.Source && a.Exact == b.Exact &&
+		(a.Source != SourceBatch || (a.grouping == b.grouping && a.mode == b.mode))
+}
+
+// boundary is the end of the persisted watermark day, zero when no day is exact.
+func boundary(st *State) time.Time {
+	if st.Watermark.IsZero() {
+		return time.Time{}
+	}
+	return st.Watermark.AddDate(0, 0, 1)
+}
+
+// DailyDays returns the whole days [from, to) a query may read from <ds>_daily: those
+// before the batch boundary, for granularities of a day and more. from == to: none.
+func (p *Planner) DailyDays(q *Query, st *State) (from, to time.Time) {
+	end := minT(q.To, boundary(st))
+	if q.Granularity == "minute" || q.Granularity == "hour" || !q.From.Before(end) {
+		return time.Time{}, time.Time{}
+	}
+	d0, d1 := ceilDay(q.From), dayOf(end)
+	if !d0.Before(d1) {
+		return time.Time{}, time.Time{}
+	}
+	return d0, d1
+}
+
 // Plan applies the merge rule to q: [from, to) splits at the batch boundary (the end of the
-// effective watermark day). Before it, whole days come from <ds>_daily and sub-day buckets
-// from deduplicated raw; after it, <ds>_speed; exact:true answers from raw whatever would
-// otherwise be approximate.
+// persisted watermark day). Before it, whole days come from <ds>_daily, each from the grouping
+// set that day holds that best answers the query (a dirty day is flagged approximate), and
+// sub-day buckets from deduplicated raw; after it, <ds>_speed. exact:true answers from raw
+// whatever would otherwise be approximate, so does a day no stored set can answer.
 func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	ds := q.DS
-	pl := &Plan{Complete: true, DailyOnly: true}
-	var branches []branch
-	// Only week, month and all buckets can span two sources (the batch boundary and the
-	// edges of partial days fall on midnight); other plans never combine rows of one bucket,
-	// so they skip reading sketch states, the costliest columns of <ds>_daily.
-	q.states = q.Granularity == "week" || q.Granularity == "month" || q.Granularity == "all"
-	var boundary time.Time // zero: nothing is exact
-	if !st.Effective.IsZero() {
-		boundary = st.Effective.AddDate(0, 0, 1)
+	pl := &Plan{Complete: true}
+	var parts []part
+	add := func(pt part) {
+		if n := len(parts); n > 0 && parts[n-1].joins(pt) {
+			parts[n-1].To = pt.To
+			return
+		}
+		parts = append(parts, pt)
 	}
 	oldestRaw := dayOf(now.Add(-ds.RawRetention.D()))
 	addRaw := func(from, to time.Time) *APIError {
 		if from.Before(oldestRaw) {
-			return badRequest("from", "the range needs raw events from %s, but raw keeps events from %s on only (raw_retention)", from.Format(time.RFC3339), oldestRaw.Format("2006-01-02"))
+			return rawTooOld(from, oldestRaw)
 		}
-		branches = append(branches, p.rawBranch(q, from, to))
-		pl.Sources = append(pl.Sources, SourceRange{From: from, To: to, Source: SourceRaw, Exact: true})
-		pl.DailyOnly = false
+		add(part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Exact: true}})
 		return nil
 	}
+	bound := boundary(st)
 
 	// The batch side.
-	if batchEnd := minT(q.To, boundary); q.From.Before(batchEnd) {
-		if q.Granularity == "minute" || q.Granularity == "hour" {
+	if batchEnd := minT(q.To, bound); q.From.Before(batchEnd) {
+		d0, d1 := p.DailyDays(q, st)
+		if !d0.Before(d1) {
 			if err := addRaw(q.From, batchEnd); err != nil {
 				return nil, err
 			}
 		} else {
-			d0, d1 := ceilDay(q.From), dayOf(batchEnd)
-			if !d0.Before(d1) {
-				if err := addRaw(q.From, batchEnd); err != nil {
+			if q.From.Before(d0) {
+				if err := addRaw(q.From, d0); err != nil {
 					return nil, err
 				}
-			} else {
-				if q.From.Before(d0) {
-					if err := addRaw(q.From, d0); err != nil {
-						return nil, err
-					}
+			}
+			dirty := map[time.Time]bool{}
+			for _, d := range st.Dirty {
+				dirty[dayOf(d)] = true
+			}
+			for d := d0; d.Before(d1); d = d.AddDate(0, 0, 1) {
+				pt, err := p.dayPart(q, st, d, dirty[d], oldestRaw)
+				if err != nil {
+					return nil, err
 				}
-				set, mode := p.chooseSet(q)
-				if q.Exact && !mode.exact {
-					if err := addRaw(d0, d1); err != nil {
-						return nil, err
-					}
-				} else {
-					branches = append(branches, p.dailyBranch(q, d0, d1, set, mode))
-					name := config.GroupingName(set)
-					pl.Sources = append(pl.Sources, SourceRange{From: d0, To: d1, Source: SourceBatch, Grouping: &name, Exact: mode.exact})
-					pl.DailyFrom, pl.DailyTo = d0, d1
-				}
-				if d1.Before(batchEnd) {
-					if err := addRaw(d1, batchEnd); err != nil {
-						return nil, err
-					}
+				add(pt)
+			}
+			if d1.Before(batchEnd) {
+				if err := addRaw(d1, batchEnd); err != nil {
+					return nil, err
 				}
 			}
 		}
 	}
 
 	// The speed side.
-	if speedFrom := maxT(q.From, boundary); speedFrom.Before(q.To) {
-		pl.DailyOnly = false
+	if speedFrom := maxT(q.From, bound); speedFrom.Before(q.To) {
 		if q.Exact || !p.speedHasDims(q) {
 			if err := addRaw(speedFrom, q.To); err != nil {
 				return nil, err
@@ -177,41 +220,117 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 			}
 			if speedFrom.Before(cover) {
 				gapEnd := minT(cover, q.To)
-				pl.Sources = append(pl.Sources, SourceRange{From: speedFrom, To: gapEnd, Source: SourceNone})
+				add(part{SourceRange: SourceRange{From: speedFrom, To: gapEnd, Source: SourceNone}})
 				pl.Complete = false
 				speedFrom = gapEnd
 			}
 			if speedFrom.Before(q.To) {
-				branches = append(branches, p.speedBranch(q, speedFrom, q.To))
-				pl.Sources = append(pl.Sources, SourceRange{From: speedFrom, To: q.To, Source: SourceSpeed})
+				add(part{SourceRange: SourceRange{From: speedFrom, To: q.To, Source: SourceSpeed}})
 			}
 		}
 	}
-	if len(branches) < 2 {
-		q.states = false
+
+	// Only week, month and all buckets can span two branches (the batch boundary, the edges
+	// of partial days and the days where the set read changes fall on midnight); other plans
+	// never combine rows of one bucket, so they skip reading sketch states, the costliest
+	// columns of <ds>_daily.
+	n := 0
+	pl.DailyOnly = len(parts) > 0
+	for _, pt := range parts {
+		if pt.Source != SourceNone {
+			n++
+		}
+		if pt.Source != SourceBatch {
+			pl.DailyOnly = false
+		}
+	}
+	q.states = n > 1 && (q.Granularity == "week" || q.Granularity == "month" || q.Granularity == "all")
+	var branches []branch
+	for _, pt := range parts {
+		src := pt.SourceRange
+		switch pt.Source {
+		case SourceRaw:
+			branches = append(branches, p.rawBranch(q, pt.From, pt.To))
+		case SourceSpeed:
+			branches = append(branches, p.speedBranch(q, pt.From, pt.To))
+		case SourceBatch:
+			branches = append(branches, p.dailyBranch(q, pt.From, pt.To, pt.grouping, pt.mode, pt.Exact))
+			g := pt.grouping
+			src.Grouping = &g
+		}
+		pl.Sources = append(pl.Sources, src)
+	}
+	if pl.DailyOnly {
+		pl.DailyFrom, pl.DailyTo = parts[0].From, parts[len(parts)-1].To
 	}
 	if len(branches) == 0 {
-		pl.DailyOnly = false
 		pl.SQL = ""
 		return pl, nil
 	}
-	if !q.states {
-		// Built assuming states; rebuild the branches without them.
-		branches = nil
-		for _, src := range pl.Sources {
-			switch src.Source {
-			case SourceRaw:
-				branches = append(branches, p.rawBranch(q, src.From, src.To))
-			case SourceSpeed:
-				branches = append(branches, p.speedBranch(q, src.From, src.To))
-			case SourceBatch:
-				set, mode := p.chooseSet(q)
-				branches = append(branches, p.dailyBranch(q, src.From, src.To, set, mode))
-			}
-		}
-	}
 	pl.SQL, pl.Args = p.outer(q, branches)
 	return pl, nil
+}
+
+// rawTooOld is the refusal of a range that needs raw events from before the oldest day raw
+// keeps.
+func rawTooOld(from, oldest time.Time) *APIError {
+	return badRequest("from", "the range needs raw events from %s, but raw keeps events from %s on only (raw_retention)", from.Format(time.RFC3339), oldest.Format("2006-01-02"))
+}
+
+// dayPart is how a whole day before the boundary is read: from the grouping set of
+// <ds>_daily that answers the query (exact unless a roll-up of a distinct count or quantile,
+// or the day is dirty), or from raw when exact:true asks for more, or when no set the day holds
+// has every dimension the query needs (the day was computed before a dimension was added).
+func (p *Planner) dayPart(q *Query, st *State, d time.Time, dirty bool, oldestRaw time.Time) (part, *APIError) {
+	sets := p.setsOf(q.DS, st, d)
+	name, mode, ok := chooseSet(q, sets, q.neededDims())
+	r := SourceRange{From: d, To: d.AddDate(0, 0, 1)}
+	if !ok || (q.Exact && (!mode.exact || dirty)) {
+		if !d.Before(oldestRaw) {
+			r.Source, r.Exact = SourceRaw, true
+			return part{SourceRange: r}, nil
+		}
+		if q.Exact {
+			return part{}, rawTooOld(d, oldestRaw)
+		}
+		// Raw no longer holds the day and no set it holds has every dimension needed: roll
+		// up the smallest set with those the day knew. The others read as '', as they were
+		// in raw then; approximate, as nothing can check it.
+		var known []string
+		for _, s := range sets {
+			for _, n := range s {
+				if !slices.Contains(known, n) {
+					known = append(known, n)
+				}
+			}
+		}
+		var need []string
+		for _, n := range q.neededDims() {
+			if slices.Contains(known, n) {
+				need = append(need, n)
+			}
+		}
+		name, mode = strings.Join(smallestCover(sets, need), ","), dailyMode{}
+	}
+	r.Source, r.Exact = SourceBatch, mode.exact && !dirty
+	return part{SourceRange: r, grouping: name, mode: mode}, nil
+}
+
+// setsOf returns the grouping sets <ds>_daily holds for a day, each as its dimension names.
+func (p *Planner) setsOf(ds *config.Dataset, st *State, d time.Time) [][]string {
+	names := st.Sets[d]
+	if len(names) == 0 {
+		return ds.GroupingSets()
+	}
+	out := make([][]string, 0, len(names))
+	for _, n := range names {
+		if n == "" {
+			out = append(out, []string{})
+		} else {
+			out = append(out, strings.Split(n, ","))
+		}
+	}
+	return out
 }
 
 // speedHasDims reports whether the speed view keeps every dimension the query needs.
@@ -249,16 +368,15 @@ type dailyMode struct {
 	exact bool
 }
 
-// chooseSet picks the grouping set of <ds>_daily to read. A set equal to the requested
-// dimensions plus the dimensions filtered by one eq value, with every other filter on a
-// requested dimension, gives one row per day and dimensions: exact for every metric. Otherwise
-// the smallest stored set holding every needed dimension is rolled up, and distinct counts and
-// quantiles merge their states (approximate).
-func (p *Planner) chooseSet(q *Query) ([]string, dailyMode) {
-	ds := q.DS
-	sets := ds.GroupingSets()
+// chooseSet picks the grouping set to read among sets (those a day holds), returning its
+// grouping name. A set equal to the requested dimensions plus the dimensions filtered by one eq
+// value, with every other filter on a requested dimension, gives one row per day and
+// dimensions: exact for every metric. Otherwise the smallest set holding every needed dimension
+// is rolled up, and distinct counts and quantiles merge their states (approximate). ok is false
+// when no set holds every needed dimension.
+func chooseSet(q *Query, sets [][]string, needed []string) (name string, mode dailyMode, ok bool) {
 	need := slices.Clone(q.Dimensions)
-	ok := true
+	direct := true
 	for _, f := range q.Filters {
 		switch {
 		case f.Op == "eq" || (f.Op == "in" && len(f.Values) == 1):
@@ -266,32 +384,43 @@ func (p *Planner) chooseSet(q *Query) ([]string, dailyMode) {
 				need = append(need, f.Dimension)
 			}
 		case !slices.Contains(q.Dimensions, f.Dimension):
-			ok = false
+			direct = false
 		}
 	}
-	want := config.GroupingName(ds.Ordered(need))
-	if ok {
+	if direct {
 		for _, s := range sets {
-			if config.GroupingName(s) == want {
+			if len(s) == len(need) && covers(s, need) {
 				direct := q.Granularity == "day"
-				return s, dailyMode{direct: direct, exact: direct || !q.hasSketch()}
+				return strings.Join(s, ","), dailyMode{direct: direct, exact: direct || !q.hasSketch()}, true
 			}
 		}
 	}
-	all := q.neededDims()
+	best := smallestCover(sets, needed)
+	if best == nil {
+		return "", dailyMode{}, false
+	}
+	return strings.Join(best, ","), dailyMode{exact: !q.hasSketch()}, true
+}
+
+// smallestCover returns the set with the fewest dimensions that holds every one of dims, nil
+// when none does.
+func smallestCover(sets [][]string, dims []string) []string {
 	var best []string
 	for _, s := range sets {
-		covers := true
-		for _, d := range all {
-			if !slices.Contains(s, d) {
-				covers = false
-			}
-		}
-		if covers && (best == nil || len(s) < len(best)) {
+		if covers(s, dims) && (best == nil || len(s) < len(best)) {
 			best = s
 		}
 	}
-	return best, dailyMode{exact: !q.hasSketch()}
+	return best
+}
+
+func covers(set, dims []string) bool {
+	for _, d := range dims {
+		if !slices.Contains(set, d) {
+			return false
+		}
+	}
+	return true
 }
 
 // bucket is the bucket expression over a time column of type t ("DateTime" or "Date"), as
@@ -352,7 +481,7 @@ func stCol(m string) string  { return schema.Q("s_" + m) }
 func (q *Query) hasValue(s metric.Spec) bool { return !q.states || s.Type != metric.Avg }
 func (q *Query) hasState(s metric.Spec) bool { return q.states && s.HasDailyState() }
 
-func (p *Planner) dailyBranch(q *Query, from, to time.Time, set []string, mode dailyMode) branch {
+func (p *Planner) dailyBranch(q *Query, from, to time.Time, grouping string, mode dailyMode, exact bool) branch {
 	b, args := q.bucket("day", true)
 	sel := []string{b + " AS b"}
 	var group []string
@@ -377,9 +506,9 @@ func (p *Planner) dailyBranch(q *Query, from, to time.Time, set []string, mode d
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, fmt.Sprintf("'%s' AS src", SourceBatch), fmt.Sprintf("toUInt8(%d) AS ex", b2i(mode.exact)))
+	sel = append(sel, fmt.Sprintf("'%s' AS src", SourceBatch), fmt.Sprintf("toUInt8(%d) AS ex", b2i(exact)))
 	where, fargs := q.filters()
-	args = append(args, from.Format("2006-01-02"), to.Format("2006-01-02"), config.GroupingName(set))
+	args = append(args, from.Format("2006-01-02"), to.Format("2006-01-02"), grouping)
 	args = append(args, fargs...)
 	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE day >= toDate(?) AND day < toDate(?) AND grouping = ?%s",
 		strings.Join(sel, ", "), p.g.T(schema.Daily(q.DS.Name)), where)

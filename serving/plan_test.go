@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
@@ -47,7 +48,7 @@ var planCases = []struct{ name, req string }{
 // planState is the state the golden plans are made with: watermark 2024-03-08 (effective
 // 2024-03-07, as 2024-03-08 is dirty), speed from 2024-03-06.
 func planState() *State {
-	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: nil, SpeedOldest: mustDay("2024-03-06")}
+	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: []time.Time{mustDay("2024-03-08")}, SpeedOldest: mustDay("2024-03-06")}
 }
 
 func planFor(t *testing.T, cfg *config.Config, req string, st *State) *Plan {
@@ -95,29 +96,67 @@ func TestPlanGolden(t *testing.T) {
 	}
 }
 
-// TestPlanSources checks the split itself, independent of the SQL text.
+// TestPlanSources checks the split itself, independent of the SQL text. "~" marks an
+// approximate range.
 func TestPlanSources(t *testing.T) {
 	cfg := demoConfig(t)
-	f := func(req string, want string, complete bool) {
+	f := func(req string, st *State, want string, complete bool) {
 		t.Helper()
-		pl := planFor(t, cfg, req, planState())
+		if st == nil {
+			st = planState()
+		}
+		pl := planFor(t, cfg, req, st)
 		var got []string
 		for _, s := range pl.Sources {
-			got = append(got, fmt.Sprintf("%s %s..%s", s.Source, s.From.Format("01-02T15"), s.To.Format("01-02T15")))
+			x := ""
+			if !s.Exact {
+				x = "~"
+			}
+			if s.Grouping != nil {
+				x += "(" + *s.Grouping + ")"
+			}
+			got = append(got, fmt.Sprintf("%s%s %s..%s", s.Source, x, s.From.Format("01-02T15"), s.To.Format("01-02T15")))
 		}
 		if strings.Join(got, ", ") != want || pl.Complete != complete {
 			t.Errorf("%s:\n got %s complete=%v\nwant %s complete=%v", req, strings.Join(got, ", "), pl.Complete, want, complete)
 		}
 	}
-	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-08"}`, "batch 03-01T00..03-08T00", true)
-	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-05","to":"2024-03-11"}`, "batch 03-05T00..03-08T00, speed 03-08T00..03-11T00", true)
-	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-06T06:00:00Z","to":"2024-03-08T18:00:00Z"}`, "raw 03-06T06..03-07T00, batch 03-07T00..03-08T00, speed 03-08T00..03-08T18", true)
-	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07T06:00:00Z","to":"2024-03-09T00:00:00Z","granularity":"hour"}`, "raw 03-07T06..03-08T00, speed 03-08T00..03-09T00", true)
-	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07","to":"2024-03-09","exact":true}`, "batch 03-07T00..03-08T00, raw 03-08T00..03-09T00", true)
-	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-08","granularity":"week","exact":true}`, "raw 03-01T00..03-08T00", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-08"}`, nil, "batch() 03-01T00..03-08T00", true)
+	// 03-08 is dirty: still read from daily (late rows are in neither daily nor speed until the
+	// rerun), flagged approximate; the boundary is the persisted watermark.
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-05","to":"2024-03-11"}`, nil, "batch() 03-05T00..03-08T00, batch~() 03-08T00..03-09T00, speed~ 03-09T00..03-11T00", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-06T06:00:00Z","to":"2024-03-09T18:00:00Z"}`, nil, "raw 03-06T06..03-07T00, batch() 03-07T00..03-08T00, batch~() 03-08T00..03-09T00, speed~ 03-09T00..03-09T18", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07T06:00:00Z","to":"2024-03-10T00:00:00Z","granularity":"hour"}`, nil, "raw 03-07T06..03-09T00, speed~ 03-09T00..03-10T00", true)
+	// exact:true reads the dirty day from raw, which holds its late rows.
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07","to":"2024-03-10","exact":true}`, nil, "batch() 03-07T00..03-08T00, raw 03-08T00..03-10T00", true)
+	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-08","granularity":"week","exact":true}`, nil, "raw 03-01T00..03-08T00", true)
+	// Adjacent raw ranges are one branch: one row per bucket, so a distinct count over the
+	// whole range stays exact.
+	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-06T12:00:00Z","to":"2024-03-11","granularity":"all","exact":true}`, nil, "raw 03-06T12..03-11T00", true)
+	// The sets each day holds: 03-05 and 03-06 were computed before device was a dimension
+	// (sets '', event, country and event,country). Grouping by device reads them from raw;
+	// by country, their country set; by event and country, exact from their own all-set, a
+	// roll-up of the newer days' all-set.
+	old := planState()
+	old.Sets = map[time.Time][]string{
+		mustDay("2024-03-05"): {"", "event", "country", "event,country"},
+		mustDay("2024-03-06"): {"", "event", "country", "event,country"},
+		mustDay("2024-03-07"): {"", "event", "country", "device", "event,country,device"},
+	}
+	f(`{"dataset":"events","metrics":["events","users"],"dimensions":["device"],"from":"2024-03-05","to":"2024-03-09"}`, old, "raw 03-05T00..03-07T00, batch(device) 03-07T00..03-08T00, batch~(device) 03-08T00..03-09T00", true)
+	f(`{"dataset":"events","metrics":["users"],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-08"}`, old, "batch(country) 03-05T00..03-08T00", true)
+	f(`{"dataset":"events","metrics":["users"],"dimensions":["event","country"],"from":"2024-03-05","to":"2024-03-08"}`, old, "batch(event,country) 03-05T00..03-07T00, batch~(event,country,device) 03-07T00..03-08T00", true)
+	f(`{"dataset":"events","metrics":["events"],"dimensions":["event","country"],"from":"2024-03-05","to":"2024-03-08"}`, old, "batch(event,country) 03-05T00..03-07T00, batch(event,country,device) 03-07T00..03-08T00", true)
+	// Raw no longer holds the old days: their sets answer, device reading as '' (approximate).
+	oldRaw := demoConfig(t)
+	oldRaw.Datasets[0].RawRetention = config.Duration(96 * time.Hour) // raw from 03-06 on
+	pl := planFor(t, oldRaw, `{"dataset":"events","metrics":["events"],"dimensions":["device"],"from":"2024-03-05","to":"2024-03-08"}`, old)
+	if got := fmt.Sprintf("%s %q %v %s", pl.Sources[0].Source, *pl.Sources[0].Grouping, pl.Sources[0].Exact, pl.Sources[1].Source); got != `batch "" false raw` {
+		t.Errorf("old day beyond raw retention: %s %+v", got, pl.Sources)
+	}
 	// No batch watermark: everything after the speed view's start is speed; before it, none.
 	st := &State{SpeedOldest: mustDay("2024-03-08")}
-	pl := planFor(t, cfg, `{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-10"}`, st)
+	pl = planFor(t, cfg, `{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-10"}`, st)
 	if pl.Complete || len(pl.Sources) != 2 || pl.Sources[0].Source != SourceNone || !pl.Sources[0].To.Equal(mustDay("2024-03-07")) {
 		t.Errorf("no watermark: %+v", pl.Sources)
 	}
@@ -149,6 +188,20 @@ func TestPlanShapes(t *testing.T) {
 		rows.Close()
 		demo := planFor(t, demoConfig(t), c.req, planState())
 		chdb = append(chdb, bindLiteral(demo.SQL, demo.Args))
+	}
+	// The state the server reads per request and the freshness endpoint's queries.
+	g := schema.NewGenerator(demoConfig(t))
+	for _, q := range []struct {
+		sql  string
+		args []any
+	}{
+		{runsSQL(g), []any{"events"}},
+		{speedOldestSQL(g, "events"), nil},
+		{setsSQL(g, "events"), []any{"2024-03-01", "2024-03-09"}},
+		{lastRunsSQL(g), []any{"events"}},
+		{driftSQL(g, "events"), []any{"2024-03-03"}},
+	} {
+		chdb = append(chdb, bindLiteral(q.sql, q.args))
 	}
 	chtest.RequireChDB(t, chdb)
 }

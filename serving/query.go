@@ -137,7 +137,15 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 	if err != nil {
 		return nil, s.dbError(ctx, "cannot read the watermarks", err)
 	}
-	pl, apiErr := s.planner.Plan(q, &st.State, now)
+	rs := st.State
+	consistent := true
+	if from, to := s.planner.DailyDays(q, &rs); from.Before(to) {
+		rs.Sets, consistent, err = s.sets.get(ctx, s.conn, s.planner.g, q.DS.Name, from, to, st.Runs)
+		if err != nil {
+			return nil, s.dbError(ctx, "cannot read the grouping sets", err)
+		}
+	}
+	pl, apiErr := s.planner.Plan(q, &rs, now)
 	if apiErr != nil {
 		return nil, apiErr
 	}
@@ -154,7 +162,7 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 		resp.Meta.PendingCorrections = append(resp.Meta.PendingCorrections, d.Format("2006-01-02"))
 	}
 	var key string
-	if pl.DailyOnly {
+	if pl.DailyOnly && consistent {
 		key = s.cacheKey(q, st, pl)
 		if r, ok := s.cache.get(key); ok {
 			s.m.cacheHits.Inc()
@@ -192,8 +200,9 @@ func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
 }
 
 // cacheKey identifies a result read wholly from <ds>_daily: the checked request, the config
-// version and the newest successful run of every day read, so a new exact day or a recomputed
-// dirty day changes it.
+// version and, per day read, its newest successful run and whether it is dirty, so a new exact
+// day, a day turning dirty and a recomputed day each change it. (The boundary does not matter:
+// such a result lies wholly before it.)
 func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
 	h := sha256.New()
 	canon := struct {
@@ -209,9 +218,13 @@ func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
 	}
 	b, _ := json.Marshal(canon)
 	h.Write(b)
-	fmt.Fprintf(h, "|%s|%d|", s.cfg.Version, st.Effective.Unix())
+	fmt.Fprintf(h, "|%s|", s.cfg.Version)
+	dirty := map[time.Time]bool{}
+	for _, d := range st.Dirty {
+		dirty[d] = true
+	}
 	for d := pl.DailyFrom; d.Before(pl.DailyTo); d = d.AddDate(0, 0, 1) {
-		fmt.Fprintf(h, "%s,", st.Runs[d])
+		fmt.Fprintf(h, "%s:%v,", st.Runs[d].ID, dirty[d])
 	}
 	return hex.EncodeToString(h.Sum(nil))
 }

@@ -50,6 +50,7 @@ type Server struct {
 	planner *Planner
 	state   *stateCache
 	cache   *resultCache
+	sets    *setsCache
 	engine  *gin.Engine
 	dash    fs.FS
 	keys    [][]byte
@@ -92,6 +93,7 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 	s.planner = NewPlanner(cfg)
 	s.state = &stateCache{conn: s.conn, cfg: cfg, g: s.planner.g, m: map[string]*snapshot{}, ttl: stateTTL}
 	s.cache = newResultCache(cfg.Serving.CacheEntries)
+	s.sets = &setsCache{}
 	s.m = &serverMetrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lambda_serving_requests_total",
 			Help: "HTTP requests by route and status code."}, []string{"route", "code"}),

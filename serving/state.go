@@ -13,8 +13,12 @@ import (
 	"github.com/lambda-platform/lambda/shared/watermark"
 )
 
-// stateTTL is how long a dataset's watermarks and run versions are reused. A batch run is
-// visible to the API at most this long after it wrote its success.
+// stateTTL is how long a dataset's watermarks, dirty days and runs are reused. A batch run is
+// visible to the API at most this long (plus one refresh) after it wrote its success, in
+// cached and uncached answers alike: a cached result is keyed by the runs of this state, so
+// until the state names a new run, a swapped day may still be answered as before the swap.
+// Closing that gap entirely would take a query to ClickHouse on every cache hit (the swap
+// precedes the success by design), which is what the cache is there to avoid.
 const stateTTL = time.Second
 
 // snapshot is State plus the speed progress, as read at one time.
@@ -64,6 +68,24 @@ func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time)
 	return s, nil
 }
 
+// runsSQL gives per day the newest successful run of a dataset (bound: the dataset) and the
+// rows it wrote.
+func runsSQL(g *schema.Generator) string {
+	return fmt.Sprintf(`SELECT day, argMax(run_id, at_us), argMax(rows_out, at_us) FROM %s WHERE dataset = ? AND status = 'succeeded' GROUP BY day`, g.T(schema.BatchRuns))
+}
+
+// speedOldestSQL gives the number of rows and the oldest minute of <ds>_speed.
+func speedOldestSQL(g *schema.Generator, ds string) string {
+	return fmt.Sprintf("SELECT count(), min(minute) FROM %s", g.T(schema.Speed(ds)))
+}
+
+// setsSQL gives the grouping sets <ds>_daily holds per day of [from, to) (bound) and the runs
+// that wrote them.
+func setsSQL(g *schema.Generator, ds string) string {
+	return fmt.Sprintf("SELECT day, grouping, min(run_id), max(run_id) FROM %s WHERE day >= toDate(?) AND day < toDate(?) GROUP BY day, grouping ORDER BY day, grouping",
+		g.T(schema.Daily(ds)))
+}
+
 // readState reads a dataset's watermarks: the persisted batch watermark lowered to the day
 // before the first dirty day within the lookback, the newest successful run per day, the
 // speed watermark and the oldest minute the speed view still holds.
@@ -89,20 +111,19 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, inser
 			s.Effective = time.Time{}
 		}
 	}
-	s.Runs = map[time.Time]string{}
-	q := fmt.Sprintf(`SELECT day, argMax(run_id, at_us) FROM %s WHERE dataset = ? AND status = 'succeeded' GROUP BY day`, g.T(schema.BatchRuns))
-	rows, err := conn.Query(ctx, q, ds.Name)
+	s.Runs = map[time.Time]Run{}
+	rows, err := conn.Query(ctx, runsSQL(g), ds.Name)
 	if err != nil {
 		return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
 	}
 	for rows.Next() {
 		var d time.Time
-		var id string
-		if err := rows.Scan(&d, &id); err != nil {
+		var r Run
+		if err := rows.Scan(&d, &r.ID, &r.Rows); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
 		}
-		s.Runs[dayOf(d)] = id
+		s.Runs[dayOf(d)] = r
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
@@ -114,12 +135,115 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, inser
 	}
 	var n uint64
 	var oldest time.Time
-	q = fmt.Sprintf("SELECT count(), min(minute) FROM %s", g.T(schema.Speed(ds.Name)))
-	if err := conn.QueryRow(ctx, q).Scan(&n, &oldest); err != nil {
+	if err := conn.QueryRow(ctx, speedOldestSQL(g, ds.Name)).Scan(&n, &oldest); err != nil {
 		return nil, fmt.Errorf("cannot read the oldest minute of %s: %w", schema.Speed(ds.Name), err)
 	}
 	if n > 0 {
 		s.SpeedOldest = oldest.UTC()
 	}
 	return s, nil
+}
+
+// setsCache remembers which grouping sets <ds>_daily holds for a day and the run that wrote
+// them. A day keeps the sets of the configuration its run had (an old day lacks the sets of a
+// dimension added since), and only a new run changes them, so they are read once per run.
+type setsCache struct {
+	mu sync.Mutex
+	m  map[string]map[time.Time]storedSets // dataset, day
+}
+
+type storedSets struct {
+	run  string
+	sets []string
+}
+
+// maxSetsDays bounds the days remembered per dataset.
+const maxSetsDays = 100_000
+
+// get returns the grouping sets of the days [from, to) that have a successful run, reading
+// <ds>_daily for the days not seen with their current run. consistent is false when
+// <ds>_daily holds another run for a day than the newest successful one of runs (a replica
+// that has not caught up with the swap yet, or a swap whose success is not recorded yet):
+// then the result of the query must not be cached under these runs.
+func (c *setsCache) get(ctx context.Context, conn driver.Conn, g *schema.Generator, ds string, from, to time.Time, runs map[time.Time]Run) (map[time.Time][]string, bool, error) {
+	out := map[time.Time][]string{}
+	var lo, hi time.Time
+	c.mu.Lock()
+	known := c.m[ds]
+	for d := from; d.Before(to); d = d.AddDate(0, 0, 1) {
+		r, ok := runs[d]
+		if !ok {
+			continue // no run: nothing in <ds>_daily
+		}
+		if k, ok := known[d]; ok && k.run == r.ID {
+			out[d] = k.sets
+			continue
+		}
+		if lo.IsZero() {
+			lo = d
+		}
+		hi = d.AddDate(0, 0, 1)
+	}
+	c.mu.Unlock()
+	if lo.IsZero() {
+		return out, true, nil
+	}
+	rows, err := conn.Query(ctx, setsSQL(g, ds), lo.Format("2006-01-02"), hi.Format("2006-01-02"))
+	if err != nil {
+		return nil, false, fmt.Errorf("cannot read the grouping sets of %s: %w", schema.Daily(ds), err)
+	}
+	found := map[time.Time]storedSets{}
+	for rows.Next() {
+		var d time.Time
+		var grouping, minRun, maxRun string
+		if err := rows.Scan(&d, &grouping, &minRun, &maxRun); err != nil {
+			rows.Close()
+			return nil, false, fmt.Errorf("cannot read the grouping sets of %s: %w", schema.Daily(ds), err)
+		}
+		d = dayOf(d)
+		f, seen := found[d]
+		if !seen {
+			f.run = minRun
+		}
+		if minRun != maxRun || minRun != f.run {
+			f.run = "" // rows of several runs: never one a run names
+		}
+		f.sets = append(f.sets, grouping)
+		found[d] = f
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("cannot read the grouping sets of %s: %w", schema.Daily(ds), err)
+	}
+	consistent := true
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil {
+		c.m = map[string]map[time.Time]storedSets{}
+	}
+	if c.m[ds] == nil || len(c.m[ds]) > maxSetsDays {
+		c.m[ds] = map[time.Time]storedSets{}
+	}
+	for d := lo; d.Before(hi); d = d.AddDate(0, 0, 1) {
+		r, ok := runs[d]
+		if !ok {
+			continue
+		}
+		f, ok := found[d]
+		switch {
+		case ok:
+			c.m[ds][d] = f
+			out[d] = f.sets
+			if f.run != r.ID {
+				consistent = false
+			}
+		case r.Rows == 0:
+			c.m[ds][d] = storedSets{run: r.ID} // the run found nothing to write
+			delete(out, d)
+		default:
+			consistent = false // the run wrote rows this server does not see yet
+			delete(out, d)
+		}
+	}
+	return out, consistent, nil
 }

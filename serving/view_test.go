@@ -11,7 +11,13 @@ import (
 // TestLambdaViewAgreesWithAPI: per day and grouping set, <ds>_lambda gives analysts what the
 // API gives, batch days and speed days alike.
 func TestLambdaViewAgreesWithAPI(t *testing.T) {
-	e := newEnv(t, nil)
+	viewAgrees(t, newEnv(t, nil))
+}
+
+// viewAgrees compares <ds>_lambda with the API for 2024-03-05 to 2024-03-10, per day and
+// grouping set: values, source and exact.
+func viewAgrees(t *testing.T, e *testEnv) {
+	t.Helper()
 	g := schema.NewGenerator(e.cfg)
 	for _, set := range []struct{ grouping, dims, dimsJSON string }{
 		{"", "", `[]`},
