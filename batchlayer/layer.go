@@ -220,7 +220,7 @@ func newRunID(now time.Time, day time.Time) string {
 // ZooKeeper; the others stand by and the first to take a lease that went catches up at once.
 func (l *Layer) Run(ctx context.Context) error {
 	if len(l.cfg.Batch.Lease.ZooKeeper) > 0 {
-		le, err := openLease(l.cfg.Batch.Lease, l.log)
+		le, err := openLease(l.cfg.Batch.Lease, l.cfg.ClickHouse.Database, l.log)
 		if err != nil {
 			return err
 		}
@@ -405,7 +405,7 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 	if len(l.cfg.Batch.Lease.ZooKeeper) > 0 && l.lease == nil {
 		// A backfill beside running schedulers takes the lease too, or its runs could
 		// interleave with theirs; it does not wait for a scheduler to give it up.
-		le, err := openLease(l.cfg.Batch.Lease, l.log)
+		le, err := openLease(l.cfg.Batch.Lease, l.cfg.ClickHouse.Database, l.log)
 		if err != nil {
 			return err
 		}

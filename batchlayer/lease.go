@@ -2,7 +2,7 @@ package batchlayer
 
 // The lease lets any number of `lambda batch` processes run with at most one scheduling each
 // dataset. ClickHouse has no compare-and-set, so it lives in ZooKeeper (or ClickHouse Keeper):
-// an ephemeral node <batch.lease.path>/<dataset> whose owner is the holder's session. The node
+// an ephemeral node <batch.lease.path>/<database>/<dataset> whose owner is the holder's session. The node
 // goes when the session ends: at once on a clean stop, batch.lease.session_timeout after a
 // holder was killed or cut off. Waiting processes watch the node and try to create it when it
 // goes.
@@ -33,6 +33,7 @@ var errLeaseLost = errors.New("the batch lease is not held")
 
 type lease struct {
 	cfg  config.Lease
+	dir  string // <path>/<database>
 	conn *zk.Conn
 	id   string // what the holder writes into the node: host, pid
 	log  *slog.Logger
@@ -48,19 +49,19 @@ func (z zkLogger) Printf(format string, args ...any) {
 }
 
 // openLease connects to ZooKeeper; the session is established in the background.
-func openLease(cfg config.Lease, log *slog.Logger) (*lease, error) {
+func openLease(cfg config.Lease, database string, log *slog.Logger) (*lease, error) {
 	conn, _, err := zk.Connect(cfg.ZooKeeper, cfg.SessionTimeout.D(), zk.WithLogger(zkLogger{log}))
 	if err != nil {
 		return nil, fmt.Errorf("cannot connect to zookeeper %v: %w", cfg.ZooKeeper, err)
 	}
 	host, _ := os.Hostname()
-	return &lease{cfg: cfg, conn: conn, id: fmt.Sprintf("%s pid %d", host, os.Getpid()), log: log, held: map[string]int64{}}, nil
+	return &lease{cfg: cfg, dir: strings.TrimRight(cfg.Path, "/") + "/" + database, conn: conn, id: fmt.Sprintf("%s pid %d", host, os.Getpid()), log: log, held: map[string]int64{}}, nil
 }
 
 // close ends the session: the nodes it holds go at once.
 func (le *lease) close() { le.conn.Close() }
 
-func (le *lease) node(ds string) string { return le.cfg.Path + "/" + ds }
+func (le *lease) node(ds string) string { return le.dir + "/" + ds }
 
 // Held reports whether the lease of ds was taken by the current session and the session is
 // connected. (After an expiry the client opens a new session, which holds nothing.)
@@ -147,7 +148,7 @@ func (le *lease) tryAcquire(ds string) (bool, error) {
 
 func (le *lease) ensurePath() error {
 	p := ""
-	for _, part := range strings.Split(strings.Trim(le.cfg.Path, "/"), "/") {
+	for _, part := range strings.Split(strings.Trim(le.dir, "/"), "/") {
 		p += "/" + part
 		if _, err := le.conn.Create(p, nil, 0, zk.WorldACL(zk.PermAll)); err != nil && !errors.Is(err, zk.ErrNodeExists) {
 			return fmt.Errorf("cannot create %s: %w", p, err)

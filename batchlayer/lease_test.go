@@ -81,7 +81,7 @@ func TestLeaseOneSchedulerAndTakeover(t *testing.T) {
 	}
 	e := newEnv(t)
 	e.cfg.Batch.Lease.ZooKeeper = []string{zkAddr}
-	e.cfg.Batch.Lease.Path = "/lambda-test/lease/" + e.cfg.ClickHouse.Database
+	e.cfg.Batch.Lease.Path = "/lambda-test/lease"
 	const session = 2 * time.Second
 	e.cfg.Batch.Lease.SessionTimeout = config.Duration(session)
 	rng := rand.New(rand.NewPCG(21, 22))

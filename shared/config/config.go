@@ -98,12 +98,12 @@ type Batch struct {
 }
 
 // Lease is the batch scheduler's lease in ZooKeeper (or ClickHouse Keeper, which speaks its
-// protocol): an ephemeral node per dataset under Path, held for the life of a session.
+// protocol): an ephemeral node <Path>/<database>/<dataset>, held for the life of a session.
 type Lease struct {
 	// ZooKeeper lists the ensemble's client addresses; empty disables the lease (run exactly one
 	// `lambda batch` then).
 	ZooKeeper []string `yaml:"zookeeper"`
-	// Path is the parent of the lease nodes, one per dataset.
+	// Path is where the lease nodes live, one per database and dataset.
 	Path string `yaml:"path"`
 	// SessionTimeout is how long ZooKeeper keeps a silent holder's session: a killed holder's
 	// lease passes to another process about this long after it died.
