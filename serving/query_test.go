@@ -4,10 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -197,5 +200,28 @@ func TestCache(t *testing.T) {
 	}
 	if tr := e.truth(mustDay("2024-03-06"), mustDay("2024-03-07"), nil); sum != float64(tr.events) {
 		t.Errorf("after rerun 03-06 has %v events, want %d", sum, tr.events)
+	}
+	// /metrics reports hits and misses: one hit, two misses (the first answer and the one
+	// after the rerun; the speed query is not cacheable, so neither).
+	w := httptest.NewRecorder()
+	e.http.ServeHTTP(w, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{"lambda_serving_cache_hits_total 1\n", "lambda_serving_cache_misses_total 2\n"} {
+		if !strings.Contains(w.Body.String(), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+}
+
+// TestQueryTimeout: a query that runs out of serving.query_timeout is a 504 naming the
+// setting (here the deadline has passed before ClickHouse is asked anything).
+func TestQueryTimeout(t *testing.T) {
+	e := newEnv(t, func(c *config.Config) { c.Serving.QueryTimeout = config.Duration(time.Nanosecond) })
+	var r apiResp
+	code := e.do(t, "POST", "/api/v1/query", "", `{"dataset":"events","metrics":["events"],"from":"2024-03-05","to":"2024-03-07"}`, &r)
+	if code != http.StatusGatewayTimeout || !strings.Contains(r.Error, "serving.query_timeout") {
+		t.Errorf("got %d %q, want 504 naming serving.query_timeout", code, r.Error)
+	}
+	if code := e.do(t, "GET", "/api/v1/freshness", "", "", &r); code != http.StatusGatewayTimeout {
+		t.Errorf("freshness: got %d, want 504", code)
 	}
 }
