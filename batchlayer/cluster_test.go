@@ -90,6 +90,9 @@ func TestClusterSameAsSingleNode(t *testing.T) {
 // is lost, the day is computed exactly from the live replica, but the watermark waits until the
 // stopped replica is back and holds the day.
 func TestClusterReplicaDown(t *testing.T) {
+	if len(chtest.ClusterAddrs()) > 0 {
+		chtest.ExclusiveCluster(t) // it stops a node
+	}
 	e := newClusterEnv(t)
 	nodes := e.nodes()
 	chtest.ClusterScript(t, "node-stop", "s1r2")

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -52,9 +54,13 @@ func ClusterConfig(t testing.TB, cfg *config.Config) *config.Config {
 }
 
 // NewCluster connects to the cluster of cfg (see ClusterConfig), creating nothing, and drops the
-// database on every node when the test ends.
+// database on every node when the test ends. It holds the cluster shared (see
+// ExclusiveCluster) for the rest of the test.
 func NewCluster(t testing.TB, cfg *config.Config) driver.Conn {
 	t.Helper()
+	if !exclusive.Load() {
+		lockCluster(t, syscall.LOCK_SH)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := chconn.Open(ctx, cfg.ClickHouse)
@@ -75,6 +81,33 @@ func NewCluster(t testing.TB, cfg *config.Config) driver.Conn {
 		_ = conn.Close()
 	})
 	return conn
+}
+
+// exclusive is set while a test of this process holds the cluster exclusively.
+var exclusive atomic.Bool
+
+// ExclusiveCluster holds the local cluster for this test alone, across test processes: `go
+// test ./...` runs packages in parallel, and a test that stops a node would make every other
+// cluster test's ON CLUSTER statement wait for it. Call it before NewCluster.
+func ExclusiveCluster(t testing.TB) {
+	t.Helper()
+	lockCluster(t, syscall.LOCK_EX)
+	exclusive.Store(true)
+	t.Cleanup(func() { exclusive.Store(false) })
+}
+
+// lockCluster takes a file lock (flock: released if the process dies) until the test ends.
+func lockCluster(t testing.TB, how int) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "lambda-test-cluster.lock"), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), how); err != nil {
+		_ = f.Close()
+		t.Fatalf("cannot lock the test cluster: %v", err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
 }
 
 // ClusterNodes are the local cluster's nodes in the order of ClusterAddrs: shard 1 replicas 1
