@@ -68,7 +68,7 @@ const (
 	// watermarkEvery is how often the batch watermark is re-read to tell late events.
 	watermarkEvery = 10 * time.Second
 	// releaseTimeout bounds how long a revoked partition waits for its rows to be flushed
-	// before it drops them uncommitted (sarama's rebalance timeout is 60 s).
+	// before it drops them uncommitted; the group's rebalance timeout is 10 s longer.
 	releaseTimeout = 20 * time.Second
 	// shutdownTimeout bounds the final flush after SIGTERM when ClickHouse fails.
 	shutdownTimeout = 30 * time.Second
@@ -224,6 +224,10 @@ func (d *dataset) saramaConfig() (*sarama.Config, error) {
 	sc.Consumer.Fetch.Max = 64 << 20
 	sc.ChannelBufferSize = 4096
 	sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
+	// A rebalance waits this long for every member to rejoin, also for one that died during
+	// it: long enough for a member to flush and commit its revoked partitions, short enough
+	// that a crash mid-rebalance stalls the group for half a minute, not sarama's minute.
+	sc.Consumer.Group.Rebalance.Timeout = releaseTimeout + 10*time.Second
 	sc.Metadata.Retry.Max = 10
 	return sc, nil
 }

@@ -42,8 +42,19 @@ type env struct {
 }
 
 func newEnv(t *testing.T, edit func(*config.Config)) *env {
+	return newEnvOn(t, false, edit)
+}
+
+// newEnvOn is newEnv on the local ClickHouse cluster when cluster is set (skipped, saying so,
+// when `make test` did not start it).
+func newEnvOn(t *testing.T, cluster bool, edit func(*config.Config)) *env {
 	t.Helper()
-	cfg := chtest.Config(t, nil)
+	var cfg *config.Config
+	if cluster {
+		cfg = chtest.ClusterConfig(t, nil)
+	} else {
+		cfg = chtest.Config(t, nil)
+	}
 	b, err := broker.Start(broker.Options{Listen: "127.0.0.1:0", Partitions: 3, Topics: []string{"events"}})
 	if err != nil {
 		t.Fatal(err)
@@ -56,7 +67,12 @@ func newEnv(t *testing.T, edit func(*config.Config)) *env {
 	if edit != nil {
 		edit(cfg)
 	}
-	conn := chtest.New(t, cfg)
+	var conn driver.Conn
+	if cluster {
+		conn = chtest.NewCluster(t, cfg)
+	} else {
+		conn = chtest.New(t, cfg)
+	}
 	if _, err := schema.Migrate(context.Background(), conn, cfg, schema.MigrateOptions{Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
@@ -572,8 +588,14 @@ func TestRebalanceBetweenProcesses(t *testing.T) {
 
 // TestKilledAndRestarted SIGKILLs a speed process mid-stream and starts another: raw must
 // hold every id produced, and the ledger every offset.
-func TestKilledAndRestarted(t *testing.T) {
-	e := newEnv(t, nil)
+func TestKilledAndRestarted(t *testing.T) { killed(t, newEnv(t, nil), false) }
+
+// TestClusterKilledConsumer runs two speed processes against the ClickHouse cluster (inserts
+// through the Distributed raw table) and SIGKILLs one mid-stream: the other takes its
+// partitions and nothing is lost.
+func TestClusterKilledConsumer(t *testing.T) { killed(t, newEnvOn(t, true, nil), true) }
+
+func killed(t *testing.T, e *env, together bool) {
 	cfgPath := t.TempDir() + "/lambda.yaml"
 	out, err := yaml.Marshal(e.cfg)
 	if err != nil {
@@ -592,9 +614,13 @@ func TestKilledAndRestarted(t *testing.T) {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperSpeedProcess$")
 		cmd.Env = append(os.Environ(), "LAMBDA_SPEED_HELPER="+cfgPath)
 		cmd.Stdout, cmd.Stderr = &logs, &logs
+		if os.Getenv("LAMBDA_SPEED_CHILD_STDERR") != "" {
+			cmd.Stderr = os.Stderr
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
 	want := map[string]bool{}
@@ -620,10 +646,14 @@ func TestKilledAndRestarted(t *testing.T) {
 		}
 	}()
 	first := start()
+	var second *exec.Cmd
+	if together {
+		second = start()
+	}
 	deadline := time.Now().Add(time.Minute)
 	for e.uint(fmt.Sprintf("SELECT count() FROM %s.events_raw", e.db)) < 2000 {
 		if time.Now().After(deadline) {
-			t.Fatal("the first process inserted nothing")
+			t.Fatal("nothing was inserted")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -631,12 +661,15 @@ func TestKilledAndRestarted(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = first.Wait()
-	time.Sleep(time.Second)
-	second := start()
+	if !together {
+		time.Sleep(time.Second)
+		second = start()
+	}
 	time.Sleep(3 * time.Second)
 	close(stop)
 	wg.Wait()
-	e.waitAccounted(time.Minute)
+	// A member killed during a rebalance holds the group until the rebalance timeout.
+	e.waitAccounted(2 * time.Minute)
 	e.requireIDs(want)
 	if err := second.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
