@@ -1,7 +1,6 @@
 package serving
 
 import (
-	"bytes"
 	"container/list"
 	"context"
 	"crypto/sha256"
@@ -10,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -27,31 +27,111 @@ type Result struct {
 }
 
 // MarshalJSON writes the rows as objects whose keys keep the column order.
-func (r *Result) MarshalJSON() ([]byte, error) {
-	var b bytes.Buffer
-	b.WriteByte('[')
+func (r *Result) MarshalJSON() ([]byte, error) { return r.appendJSON(nil) }
+
+// appendJSON appends the rows as a JSON array. Keys are encoded once, and the common value
+// types without reflection: encoding rows was half the API's CPU time (bench/servingload
+// -cpuprofile).
+func (r *Result) appendJSON(b []byte) ([]byte, error) {
+	keys := make([][]byte, len(r.Columns))
+	for j, c := range r.Columns {
+		keys[j] = append(appendJSONString(nil, c), ':')
+	}
+	b = append(b, '[')
+	var err error
 	for i, row := range r.Rows {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		b.WriteByte('{')
+		b = append(b, '{')
 		for j, v := range row {
 			if j > 0 {
-				b.WriteByte(',')
+				b = append(b, ',')
 			}
-			k, _ := json.Marshal(r.Columns[j])
-			b.Write(k)
-			b.WriteByte(':')
-			enc, err := json.Marshal(v)
-			if err != nil {
+			b = append(b, keys[j]...)
+			if b, err = appendJSONValue(b, v); err != nil {
 				return nil, err
 			}
-			b.Write(enc)
 		}
-		b.WriteByte('}')
+		b = append(b, '}')
 	}
-	b.WriteByte(']')
-	return b.Bytes(), nil
+	return append(b, ']'), nil
+}
+
+// encodeJSON is the response body: what encoding/json would write for resp, without its
+// second pass over the rows a json.Marshaler returns.
+func (resp *Response) encodeJSON() ([]byte, error) {
+	b := make([]byte, 0, 256+64*len(resp.rows()))
+	b = append(b, `{"rows":`...)
+	var err error
+	if resp.Rows == nil {
+		b = append(b, "null"...)
+	} else if b, err = resp.Rows.appendJSON(b); err != nil {
+		return nil, err
+	}
+	meta, err := json.Marshal(resp.Meta)
+	if err != nil {
+		return nil, err
+	}
+	b = append(b, `,"meta":`...)
+	b = append(b, meta...)
+	return append(b, '}'), nil
+}
+
+func (resp *Response) rows() [][]any {
+	if resp.Rows == nil {
+		return nil
+	}
+	return resp.Rows.Rows
+}
+
+// appendJSONValue encodes one value as encoding/json does.
+func appendJSONValue(b []byte, v any) ([]byte, error) {
+	switch x := v.(type) {
+	case nil:
+		return append(b, "null"...), nil
+	case string:
+		return appendJSONString(b, x), nil
+	case jsonFloat:
+		f := float64(x)
+		if f != f || math.IsInf(f, 0) {
+			return append(b, "null"...), nil
+		}
+		return strconv.AppendFloat(b, f, 'g', -1, 64), nil
+	case bool:
+		return strconv.AppendBool(b, x), nil
+	case time.Time:
+		if y := x.Year(); y < 0 || y > 9999 {
+			break
+		}
+		b = append(b, '"')
+		b = x.AppendFormat(b, time.RFC3339Nano)
+		return append(b, '"'), nil
+	case uint64:
+		return strconv.AppendUint(b, x, 10), nil
+	case int64:
+		return strconv.AppendInt(b, x, 10), nil
+	case uint8:
+		return strconv.AppendUint(b, uint64(x), 10), nil
+	case int:
+		return strconv.AppendInt(b, int64(x), 10), nil
+	}
+	enc, err := json.Marshal(v)
+	return append(b, enc...), err
+}
+
+// appendJSONString appends s quoted; strings with anything encoding/json escapes (quotes,
+// backslashes, control characters, <, >, &, non-ASCII) go through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			enc, _ := json.Marshal(s)
+			return append(b, enc...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // Meta says where the numbers came from and how fresh they are.
@@ -122,7 +202,12 @@ func (s *Server) query(c *gin.Context) {
 		writeCSV(c, resp)
 		return
 	}
-	c.JSON(http.StatusOK, resp)
+	body, err := resp.encodeJSON()
+	if err != nil {
+		s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: "cannot encode the result: " + err.Error()})
+		return
+	}
+	c.Data(http.StatusOK, "application/json; charset=utf-8", body)
 }
 
 // Query answers a request. Cancelling ctx cancels the ClickHouse query; its deadline becomes

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -37,7 +38,14 @@ func main() {
 	perDay := flag.Int("per-day", 20000, "events per day")
 	conc := flag.Int("c", 16, "concurrency")
 	dur := flag.Duration("d", 8*time.Second, "duration of each measurement")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (load driver and API) here")
 	flag.Parse()
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		check(err)
+		check(pprof.StartCPUProfile(f))
+		defer pprof.StopCPUProfile()
+	}
 
 	ctx := context.Background()
 	cfg, err := config.Parse("<demo>", config.DemoYAML, nil)

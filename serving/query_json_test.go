@@ -1,0 +1,51 @@
+package serving
+
+import (
+	"encoding/json"
+	"math"
+	"testing"
+	"time"
+)
+
+// TestResultJSONMatchesEncodingJSON checks the hand-written encoder against encoding/json.
+func TestResultJSONMatchesEncodingJSON(t *testing.T) {
+	r := &Result{Columns: []string{"day", "country", "events", "ok", "n", "odd\"key"}, Rows: [][]any{
+		{time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC), "DE", jsonFloat(12.5), true, uint64(7), nil},
+		{time.Date(2026, 3, 1, 10, 5, 0, 123e6, time.UTC), "FR", jsonFloat(0), true, uint64(0), "x"},
+		{"2026-03-02", "a<b>&\"c\\\n\u00e9\u2028", jsonFloat(math.NaN()), false, int64(-3), jsonFloat(1e21)},
+		{"", "", jsonFloat(math.Inf(1)), uint8(1), 4, jsonFloat(1e-7)},
+	}}
+	got, err := (&Response{Rows: r, Meta: Meta{Complete: true}}).encodeJSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The reference: every value through encoding/json, keys in column order.
+	var want []byte
+	want = append(want, `{"rows":[`...)
+	for i, row := range r.Rows {
+		if i > 0 {
+			want = append(want, ',')
+		}
+		want = append(want, '{')
+		for j, v := range row {
+			if j > 0 {
+				want = append(want, ',')
+			}
+			k, _ := json.Marshal(r.Columns[j])
+			e, err := json.Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(append(append(want, k...), ':'), e...)
+		}
+		want = append(want, '}')
+	}
+	meta, _ := json.Marshal(Meta{Complete: true})
+	want = append(append(append(want, `],"meta":`...), meta...), '}')
+	if string(got) != string(want) {
+		t.Fatalf("got\n%s\nwant\n%s", got, want)
+	}
+	if !json.Valid(got) {
+		t.Fatal("invalid JSON")
+	}
+}
