@@ -98,13 +98,17 @@ func quiet() *slog.Logger {
 // produce sends the payloads, keyed by their index so they spread over the partitions.
 func (e *env) produce(payloads ...string) {
 	e.t.Helper()
+	if err := e.send(payloads); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) send(payloads []string) error {
 	msgs := make([]*sarama.ProducerMessage, len(payloads))
 	for i, p := range payloads {
 		msgs[i] = &sarama.ProducerMessage{Topic: "events", Key: sarama.StringEncoder(fmt.Sprint(i)), Value: sarama.StringEncoder(p)}
 	}
-	if err := e.prod.SendMessages(msgs); err != nil {
-		e.t.Fatal(err)
-	}
+	return e.prod.SendMessages(msgs)
 }
 
 // runner is a speed layer running in the test process.
@@ -269,6 +273,37 @@ func (e *env) requireIDs(want map[string]bool) {
 		sort.Strings(extra)
 		e.t.Fatalf("raw ids: %d missing (%.10q), %d unexpected (%.10q)", len(missing), missing, len(extra), extra)
 	}
+}
+
+// stream produces batches of n events with ids "<prefix><batch>-<i>" every pause until the
+// returned stop is called; want then holds every id produced.
+func (e *env) stream(prefix string, n int, pause time.Duration) (want map[string]bool, stop func()) {
+	want = map[string]bool{}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := 0; ; i++ {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			ps := make([]string, n)
+			for j := range ps {
+				id := fmt.Sprintf("%s%d-%d", prefix, i, j)
+				ps[j] = ev(id, time.Now(), "US", 3)
+				want[id] = true
+			}
+			if err := e.send(ps); err != nil {
+				e.t.Errorf("produce: %v", err)
+				return
+			}
+			time.Sleep(pause)
+		}
+	}()
+	return want, func() { close(done); wg.Wait() }
 }
 
 func ev(id string, t time.Time, country string, value float64) string {
@@ -544,28 +579,7 @@ func TestClickHouseOutage(t *testing.T) {
 
 func TestRebalanceBetweenProcesses(t *testing.T) {
 	e := newEnv(t, nil)
-	want := map[string]bool{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			var ps []string
-			for j := range 100 {
-				id := fmt.Sprintf("b%d-%d", i, j)
-				ps = append(ps, ev(id, time.Now(), "FR", 2))
-				want[id] = true
-			}
-			e.produce(ps...)
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	want, stop := e.stream("b", 100, 20*time.Millisecond)
 	first := e.speed("first", nil)
 	time.Sleep(2 * time.Second)
 	second := e.speed("second", nil)
@@ -574,8 +588,7 @@ func TestRebalanceBetweenProcesses(t *testing.T) {
 		t.Fatalf("first process: %v", err)
 	}
 	time.Sleep(3 * time.Second)
-	close(stop)
-	wg.Wait()
+	stop()
 	e.waitAccounted(time.Minute)
 	e.requireIDs(want)
 	if n := e.uint(fmt.Sprintf("SELECT uniqExact(consumer) FROM %s.speed_flushes WHERE raw_rows > 0", e.db)); n != 2 {
@@ -623,28 +636,7 @@ func killed(t *testing.T, e *env, together bool) {
 		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 		return cmd
 	}
-	want := map[string]bool{}
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			var ps []string
-			for j := range 200 {
-				id := fmt.Sprintf("k%d-%d", i, j)
-				ps = append(ps, ev(id, time.Now(), "US", 3))
-				want[id] = true
-			}
-			e.produce(ps...)
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
+	want, stop := e.stream("k", 200, 10*time.Millisecond)
 	first := start()
 	var second *exec.Cmd
 	if together {
@@ -666,8 +658,7 @@ func killed(t *testing.T, e *env, together bool) {
 		second = start()
 	}
 	time.Sleep(3 * time.Second)
-	close(stop)
-	wg.Wait()
+	stop()
 	// A member killed during a rebalance holds the group until the rebalance timeout.
 	e.waitAccounted(2 * time.Minute)
 	e.requireIDs(want)
