@@ -2,6 +2,7 @@ package speed
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"slices"
 	"strconv"
@@ -319,7 +320,9 @@ func (d *dataset) sendRaw(ctx context.Context, pieces []piece) (err error) {
 		if key {
 			appends = append(appends, func(pc piece) any { return pc.b.keys[i] })
 		} else {
-			appends = append(appends, func(pc piece) any { return pc.b.nums[i] })
+			// []*float64, not []sql.NullFloat64: clickhouse-go v2.50 writes an invalid
+			// sql.NullFloat64 in a slice as 0, not NULL.
+			appends = append(appends, func(pc piece) any { return nullable(pc.b.nums[i]) })
 		}
 	}
 	appends = append(appends,
@@ -334,6 +337,17 @@ func (d *dataset) sendRaw(ctx context.Context, pieces []piece) (err error) {
 		}
 	}
 	return batch.Send()
+}
+
+// nullable points into the buffer's values, nil for the invalid ones.
+func nullable(v []sql.NullFloat64) []*float64 {
+	out := make([]*float64, len(v))
+	for i := range v {
+		if v[i].Valid {
+			out[i] = &v[i].Float64
+		}
+	}
+	return out
 }
 
 func repeat[T any](v T, n int) []T {

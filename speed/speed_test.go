@@ -393,6 +393,12 @@ SELECT 'events', toDate('%s'), 'r1', 'succeeded', now() - 3600, 1, now() - 3600,
 	if n := e.uint(fmt.Sprintf("SELECT count() FROM %s.events_raw", e.db)); n != 2160 {
 		t.Errorf("raw holds %d rows, want 2160 (duplicates not dropped?)", n)
 	}
+	if n := e.uint(fmt.Sprintf("SELECT count() FROM %s.events_raw WHERE isNull(value)", e.db)); n != 10 {
+		t.Errorf("%d rows with a NULL value, want the 10 events without one", n)
+	}
+	if n := e.uint(fmt.Sprintf("SELECT count() FROM %s.events_raw WHERE value = 0", e.db)); n != 40 {
+		t.Errorf("%d rows with value 0, want 40 (i %% 50 == 0)", n)
+	}
 	if n := e.uint(fmt.Sprintf("SELECT count() FROM %s.events_raw WHERE _late = 1", e.db)); n != 150 {
 		t.Errorf("%d late rows, want 150", n)
 	}
