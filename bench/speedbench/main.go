@@ -1,0 +1,1509 @@
+// Command speedbench measures the speed layer (make bench-speed) against ClickHouse's own Kafka
+// table engine on the same events, in one run on one machine.
+//
+// It starts the embedded broker (`lambda broker`) with two topics of the same partition count:
+// the platform's JSON events (the demo dataset with nested dimension fields) and the same events
+// flattened for JSONEachRow. It produces the backlog into both, then, per round and each in a
+// fresh database and consumer group:
+//
+//   - baseline: a Kafka engine table, a materialized view into <ds>_raw, whose own view (the
+//     platform's <ds>_speed_mv) fills the per-minute AggregatingMergeTree <ds>_speed;
+//   - floor: the same rows, decoded beforehand, inserted with clickhouse-go in flush-sized
+//     columnar batches, two at a time (what the speed layer's inserts cost alone);
+//   - lambda speed: the real process, from its start (migrate included) until count() of
+//     <ds>_raw and countMerge of <ds>_speed both reach the backlog.
+//
+// Then one more `lambda speed` is profiled over its drain, and, once caught up, the latency
+// run produces at a fixed rate with the produce time in each id while a poller reads newly
+// visible ids from <ds>_raw every 100 ms. Stage floors (sarama drain, decoder on one core)
+// are measured in the same run for the breakdown. Progress goes to stderr, the report
+// (markdown) to stdout; profiles and logs go to -out.
+package main
+
+import (
+	"bufio"
+	"context"
+	"database/sql"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"math"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/IBM/sarama"
+	"github.com/valyala/fastjson"
+
+	"github.com/lambda-platform/lambda/shared/chconn"
+	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/gen"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// configYAML is the benchmark's configuration: the demo dataset, with country and device
+// nested in the events (the decoder follows dotted paths; the flat topic does not need to).
+const configYAML = `clickhouse: {addr: [%q], database: %s}
+kafka: {brokers: [%q], client_id: speedbench, group_prefix: bench}
+speed: {metrics_listen: %q}
+datasets:
+  - name: events
+    topic: events
+    id_field: event_id
+    time_field: ts
+    dimensions:
+      - {name: event,   field: event}
+      - {name: country, field: geo.country}
+      - {name: device,  field: context.device}
+    metrics:
+      - {name: events,  type: count}
+      - {name: users,   type: uniq,     field: user_id}
+      - {name: revenue, type: sum,      field: value}
+      - {name: value_p95, type: quantile, field: value, level: 0.95}
+`
+
+const flatTopic = "events_flat"
+
+type bench struct {
+	lambda     string
+	addr       string
+	n          int
+	partitions int
+	span       time.Duration
+	consumers  int
+	block      int
+	rate       int
+	latDur     time.Duration
+	out        string
+	prefix     string
+	keep       bool
+	timeout    time.Duration
+	chPidFile  string
+
+	cfg        *config.Config
+	cfgFile    string
+	brokerAddr string
+	brokerPid  int
+	chPid      int
+	metrics    string
+	conn       driver.Conn
+	nonce      int64
+	fp         string // fingerprint of the first raw table, compared with every other
+
+	cols      *columns      // the backlog decoded, for the insert floor
+	lastSpeed time.Duration // the last timed lambda speed drain, for the profile's length
+}
+
+func main() {
+	b := &bench{}
+	flag.StringVar(&b.lambda, "lambda", "bin/lambda", "the lambda binary")
+	flag.StringVar(&b.addr, "addr", "127.0.0.1:9000", "ClickHouse native address")
+	flag.IntVar(&b.n, "events", 1_000_000, "backlog: events produced into each topic")
+	flag.IntVar(&b.partitions, "partitions", 4, "partitions of both topics")
+	flag.DurationVar(&b.span, "span", time.Hour, "the backlog's event times are spread over this span before now")
+	flag.IntVar(&b.consumers, "kafka-consumers", 2, "baseline: kafka_num_consumers")
+	flag.IntVar(&b.block, "kafka-block", 100_000, "baseline: kafka_max_block_size (rows per insert; the speed layer's flush_rows is 100000)")
+	repeat := flag.Int("repeat", 2, "rounds of baseline, floor and lambda speed")
+	flag.IntVar(&b.rate, "rate", 10_000, "latency run: events per second")
+	flag.DurationVar(&b.latDur, "latency", 30*time.Second, "latency run: how long to produce (0: no latency run)")
+	flag.StringVar(&b.out, "out", ".data/bench-speed", "profiles, logs and the config go here")
+	flag.StringVar(&b.prefix, "db", "bench_speed", "prefix of the databases (dropped and recreated)")
+	flag.BoolVar(&b.keep, "keep", false, "keep the databases")
+	flag.DurationVar(&b.timeout, "timeout", 10*time.Minute, "give up on a run after this long")
+	flag.StringVar(&b.chPidFile, "ch-pid-file", ".data/clickhouse/clickhouse-server.pid", "pid file of the ClickHouse server, for its CPU time")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := b.run(ctx, *repeat); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func (b *bench) run(ctx context.Context, repeat int) error {
+	b.nonce = time.Now().Unix()
+	if err := os.MkdirAll(b.out, 0o755); err != nil {
+		return err
+	}
+	b.brokerAddr = "127.0.0.1:" + strconv.Itoa(freePort())
+	b.metrics = "127.0.0.1:" + strconv.Itoa(freePort())
+	text := fmt.Sprintf(configYAML, b.addr, b.prefix, b.brokerAddr, b.metrics)
+	cfg, err := config.Parse("speedbench", []byte(text), nil)
+	if err != nil {
+		return err
+	}
+	b.cfg = cfg
+	b.cfgFile = filepath.Join(b.out, "speed.yaml")
+	if err := os.WriteFile(b.cfgFile, []byte(text), 0o644); err != nil {
+		return err
+	}
+	if b.conn, err = chconn.Open(ctx, cfg.ClickHouse); err != nil {
+		return err
+	}
+	if pid, err := readPid(b.chPidFile); err == nil {
+		b.chPid = pid
+	} else {
+		log.Printf("no ClickHouse pid (%v): its CPU time is not reported", err)
+	}
+	rep := &report{b: b, loadStart: loadavg()}
+
+	stopBroker, err := b.startBroker(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopBroker()
+
+	if err := b.produceBacklog(ctx, rep); err != nil {
+		return err
+	}
+	if err := b.stageFloors(ctx, rep); err != nil {
+		return err
+	}
+	for r := 1; r <= repeat; r++ {
+		base, err := b.baseline(ctx, r)
+		if err != nil {
+			return err
+		}
+		rep.base = append(rep.base, base)
+		fl, err := b.insertFloor(ctx, r)
+		if err != nil {
+			return err
+		}
+		rep.floor = append(rep.floor, fl)
+		sp, err := b.speedRun(ctx, r, false)
+		if err != nil {
+			return err
+		}
+		rep.speed = append(rep.speed, sp)
+	}
+	// The profiled drain, then the latency run in the same, caught-up process.
+	prof, err := b.speedRun(ctx, repeat+1, true)
+	if err != nil {
+		return err
+	}
+	rep.prof = &prof
+	rep.loadEnd = loadavg()
+	rep.print(os.Stdout)
+	return nil
+}
+
+// ---- broker and backlog ----
+
+func (b *bench) startBroker(ctx context.Context) (func(), error) {
+	logf, err := os.Create(filepath.Join(b.out, "broker.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(b.lambda, "broker", "--config", b.cfgFile, "--listen", b.brokerAddr, "--partitions", strconv.Itoa(b.partitions))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	b.brokerPid = cmd.Process.Pid
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		_ = logf.Close()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", b.brokerAddr, time.Second)
+		if err == nil {
+			_ = c.Close()
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			stop()
+			return nil, fmt.Errorf("broker on %s did not start: %w", b.brokerAddr, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	admin, err := sarama.NewClusterAdmin([]string{b.brokerAddr}, b.saramaConfig())
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	defer admin.Close()
+	err = admin.CreateTopic(flatTopic, &sarama.TopicDetail{NumPartitions: int32(b.partitions), ReplicationFactor: 1}, false)
+	if err != nil && !errors.Is(err, sarama.ErrTopicAlreadyExists) {
+		stop()
+		return nil, fmt.Errorf("cannot create topic %s: %w", flatTopic, err)
+	}
+	log.Printf("broker on %s (pid %d), topics events and %s, %d partitions", b.brokerAddr, b.brokerPid, flatTopic, b.partitions)
+	return stop, nil
+}
+
+func (b *bench) saramaConfig() *sarama.Config {
+	sc := sarama.NewConfig()
+	sc.Version = sarama.V2_8_0_0
+	sc.ClientID = "speedbench"
+	return sc
+}
+
+// asyncProducer batches hard for the backlog, or flushes every few milliseconds for the
+// latency run.
+func (b *bench) asyncProducer(lowLatency bool) (sarama.AsyncProducer, error) {
+	sc := b.saramaConfig()
+	sc.Producer.RequiredAcks = sarama.WaitForLocal
+	sc.Producer.Partitioner = sarama.NewHashPartitioner
+	sc.Producer.Return.Errors = true
+	sc.Producer.Return.Successes = false
+	sc.Producer.Flush.Bytes = 1 << 20
+	sc.Producer.Flush.Frequency = 20 * time.Millisecond
+	if lowLatency {
+		sc.Producer.Flush.Frequency = 2 * time.Millisecond
+	}
+	sc.ChannelBufferSize = 16384
+	return sarama.NewAsyncProducer([]string{b.brokerAddr}, sc)
+}
+
+// produceBacklog sends N events to each topic: generated for the dataset (shared/gen, no
+// duplicates, late or malformed events, so that every event is a row), their times spread
+// evenly over the span before now; the same key sends an event to the same partition of both
+// topics.
+func (b *bench) produceBacklog(ctx context.Context, rep *report) error {
+	ds := &b.cfg.Datasets[0]
+	p, err := b.asyncProducer(false)
+	if err != nil {
+		return fmt.Errorf("cannot connect producer: %w", err)
+	}
+	var failed atomic.Int64
+	var errOnce sync.Once
+	var firstErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for e := range p.Errors() {
+			failed.Add(1)
+			errOnce.Do(func() { firstErr = e.Err })
+		}
+	}()
+	g := gen.New(ds, gen.Options{Seed: 1})
+	fl := newFlattener(ds)
+	dec := event.NewDecoder(ds, event.Limits{})
+	b.cols = newColumns(ds, b.n)
+	var row event.Row
+	start := time.Now()
+	from := start.Add(-b.span)
+	var bytesNested, bytesFlat int
+	for i := 0; i < b.n && ctx.Err() == nil; i++ {
+		t := from.Add(time.Duration(int64(b.span) * int64(i) / int64(b.n)))
+		ev := g.Next(t, false)
+		flat, err := fl.flatten(nil, ev.Value)
+		if err != nil {
+			return fmt.Errorf("cannot flatten %s: %w", ev.Value, err)
+		}
+		if reason, detail := dec.Decode(ev.Value, ds.Topic, int32(i%b.partitions), int64(i), start, &row); reason != "" {
+			return fmt.Errorf("generated event rejected: %s %s: %s", reason, detail, ev.Value)
+		}
+		b.cols.add(&row, ds.Topic, int32(i%b.partitions), int64(i))
+		bytesNested += len(ev.Value)
+		bytesFlat += len(flat)
+		p.Input() <- &sarama.ProducerMessage{Topic: ds.Topic, Key: sarama.ByteEncoder(ev.Key), Value: sarama.ByteEncoder(ev.Value)}
+		p.Input() <- &sarama.ProducerMessage{Topic: flatTopic, Key: sarama.ByteEncoder(ev.Key), Value: sarama.ByteEncoder(flat)}
+		if i == 0 {
+			rep.sampleNested, rep.sampleFlat = string(ev.Value), strings.TrimSpace(string(flat))
+		}
+	}
+	p.AsyncClose()
+	<-done
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if n := failed.Load(); n > 0 {
+		return fmt.Errorf("%d messages not produced: %w", n, firstErr)
+	}
+	took := time.Since(start)
+	for _, topic := range []string{ds.Topic, flatTopic} {
+		n, err := b.topicSize(topic)
+		if err != nil {
+			return err
+		}
+		if n != int64(b.n) {
+			return fmt.Errorf("topic %s holds %d records, want %d (run against a fresh broker)", topic, n, b.n)
+		}
+	}
+	rep.produced = took
+	rep.avgNested, rep.avgFlat = float64(bytesNested)/float64(b.n), float64(bytesFlat)/float64(b.n)
+	log.Printf("produced %d events into events and %s in %s (%.0f events/s per topic)", b.n, flatTopic, took.Round(time.Millisecond), float64(b.n)/took.Seconds())
+	return nil
+}
+
+func (b *bench) topicSize(topic string) (int64, error) {
+	c, err := sarama.NewClient([]string{b.brokerAddr}, b.saramaConfig())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	var n int64
+	for p := range int32(b.partitions) {
+		newest, err := c.GetOffset(topic, p, sarama.OffsetNewest)
+		if err != nil {
+			return 0, err
+		}
+		oldest, err := c.GetOffset(topic, p, sarama.OffsetOldest)
+		if err != nil {
+			return 0, err
+		}
+		n += newest - oldest
+	}
+	return n, nil
+}
+
+// flattener turns an event of the dataset into one JSONEachRow object whose keys are the raw
+// table's columns: {"id","time":"YYYY-MM-DD hh:mm:ss",<dimensions>,<value columns>}; a missing
+// number is left out (NULL).
+type flattener struct {
+	p        fastjson.Parser
+	idPath   []string
+	timePath []string
+	names    []string
+	paths    [][]string
+	number   []bool
+}
+
+func newFlattener(ds *config.Dataset) *flattener {
+	f := &flattener{idPath: strings.Split(ds.IDField, "."), timePath: strings.Split(ds.TimeField, ".")}
+	for _, d := range ds.Dimensions {
+		f.names = append(f.names, d.Name)
+		f.paths = append(f.paths, strings.Split(d.Field, "."))
+		f.number = append(f.number, false)
+	}
+	for _, c := range ds.ValueColumns() {
+		f.names = append(f.names, c.Name)
+		f.paths = append(f.paths, strings.Split(c.Field, "."))
+		f.number = append(f.number, !strings.Contains(c.Type, "String"))
+	}
+	return f
+}
+
+func (f *flattener) flatten(dst, src []byte) ([]byte, error) {
+	v, err := f.p.ParseBytes(src)
+	if err != nil {
+		return nil, err
+	}
+	dst = append(dst, `{"id":`...)
+	dst = appendString(dst, v.Get(f.idPath...))
+	tv := v.Get(f.timePath...)
+	var t time.Time
+	switch tv.Type() {
+	case fastjson.TypeNumber:
+		t = time.UnixMilli(tv.GetInt64()).UTC()
+	case fastjson.TypeString:
+		if t, err = time.Parse(time.RFC3339Nano, string(tv.GetStringBytes())); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("no time")
+	}
+	dst = append(dst, `,"time":"`...)
+	dst = t.UTC().AppendFormat(dst, time.DateTime)
+	dst = append(dst, '"')
+	for i, name := range f.names {
+		fv := v.Get(f.paths[i]...)
+		if f.number[i] {
+			if fv == nil || fv.Type() != fastjson.TypeNumber {
+				continue
+			}
+			dst = append(dst, `,"`+name+`":`...)
+			dst = fv.MarshalTo(dst)
+			continue
+		}
+		dst = append(dst, `,"`+name+`":`...)
+		dst = appendString(dst, fv)
+	}
+	return append(dst, "}\n"...), nil
+}
+
+// appendString writes a JSON string: strings as they are, numbers as their text, anything
+// else as "".
+func appendString(dst []byte, v *fastjson.Value) []byte {
+	switch {
+	case v == nil:
+		return append(dst, `""`...)
+	case v.Type() == fastjson.TypeString:
+		return v.MarshalTo(dst)
+	case v.Type() == fastjson.TypeNumber:
+		return strconv.AppendQuote(dst, string(v.MarshalTo(nil)))
+	default:
+		return append(dst, `""`...)
+	}
+}
+
+// columns is the backlog decoded into <ds>_raw's columns.
+type columns struct {
+	id     []string
+	time   []time.Time
+	dims   [][]string
+	nums   [][]sql.NullFloat64
+	keys   [][]string
+	isKey  []bool
+	topic  []string
+	part   []int32
+	offset []int64
+	late   []uint8
+}
+
+func newColumns(ds *config.Dataset, n int) *columns {
+	c := &columns{dims: make([][]string, len(ds.Dimensions))}
+	for _, v := range ds.ValueColumns() {
+		c.isKey = append(c.isKey, strings.Contains(v.Type, "String"))
+	}
+	c.nums = make([][]sql.NullFloat64, len(c.isKey))
+	c.keys = make([][]string, len(c.isKey))
+	c.id = make([]string, 0, n)
+	return c
+}
+
+func (c *columns) add(r *event.Row, topic string, part int32, off int64) {
+	c.id = append(c.id, r.ID)
+	c.time = append(c.time, r.Time)
+	for i, d := range r.Dims {
+		c.dims[i] = append(c.dims[i], d)
+	}
+	for i, k := range c.isKey {
+		if k {
+			c.keys[i] = append(c.keys[i], r.Keys[i])
+		} else {
+			c.nums[i] = append(c.nums[i], r.Nums[i])
+		}
+	}
+	c.topic = append(c.topic, topic)
+	c.part = append(c.part, part)
+	c.offset = append(c.offset, off)
+	c.late = append(c.late, 0)
+}
+
+// ---- stage floors: sarama drain and decoding, each alone ----
+
+func (b *bench) stageFloors(ctx context.Context, rep *report) error {
+	ds := &b.cfg.Datasets[0]
+	// sarama: every partition of the platform topic, as the speed layer configures it, nothing
+	// done with the messages; the values are kept for the decoder floor.
+	sc := b.saramaConfig()
+	sc.Consumer.Fetch.Default = 4 << 20
+	sc.Consumer.Fetch.Max = 64 << 20
+	sc.ChannelBufferSize = 4096
+	c, err := sarama.NewConsumer([]string{b.brokerAddr}, sc)
+	if err != nil {
+		return err
+	}
+	values := make([][]byte, 0, b.n)
+	var mu sync.Mutex
+	self0, broker0 := procCPU(os.Getpid()), procCPU(b.brokerPid)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for p := range int32(b.partitions) {
+		pc, err := c.ConsumePartition(ds.Topic, p, sarama.OffsetOldest)
+		if err != nil {
+			return err
+		}
+		hwm := pc.HighWaterMarkOffset()
+		if hwm <= 0 {
+			_ = pc.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer pc.Close()
+			var local [][]byte
+			for m := range pc.Messages() {
+				local = append(local, m.Value)
+				if m.Offset+1 >= hwm {
+					break
+				}
+			}
+			mu.Lock()
+			values = append(values, local...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	rep.drain = time.Since(start)
+	rep.drainSelf, rep.drainBroker = procCPU(os.Getpid())-self0, procCPU(b.brokerPid)-broker0
+	_ = c.Close()
+	if len(values) != b.n {
+		return fmt.Errorf("sarama drain read %d records, want %d", len(values), b.n)
+	}
+	// Decoder: one goroutine, so the figure is per core.
+	dec := event.NewDecoder(ds, event.Limits{MaxBytes: b.cfg.Speed.MaxEventBytes, FutureSkew: b.cfg.Speed.FutureSkew.D(), MaxAge: ds.RawRetention.D()})
+	var row event.Row
+	now := time.Now()
+	start = time.Now()
+	for i, v := range values {
+		if reason, _ := dec.Decode(v, ds.Topic, 0, int64(i), now, &row); reason != "" {
+			return fmt.Errorf("decoder floor: rejected %s", reason)
+		}
+	}
+	rep.decode = time.Since(start)
+	log.Printf("stage floors: sarama drain %s, decoder (1 core) %s", rep.drain.Round(time.Millisecond), rep.decode.Round(time.Millisecond))
+	return nil
+}
+
+// ---- baseline: ClickHouse's Kafka engine ----
+
+type result struct {
+	round      int
+	raw, speed time.Duration // from start until count() of raw / countMerge of speed reached N
+	cpu        cpuSample     // CPU seconds over the run
+	hwm, rss   int64         // speed process: VmHWM at the end of the drain, peak sampled VmRSS (kB)
+	dups       int64         // rows in raw beyond the events
+	metrics    map[string]float64
+	profile    string
+	latency    *latency
+	load       string
+}
+
+func (r result) total() time.Duration { return max(r.raw, r.speed) }
+
+func (b *bench) freshDB(ctx context.Context, db string) error {
+	if err := b.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+schema.Q(db)); err != nil {
+		return err
+	}
+	cfg := *b.cfg
+	cfg.ClickHouse.Database = db
+	_, err := schema.Migrate(ctx, b.conn, &cfg, schema.MigrateOptions{Logger: quietLogger()})
+	return err
+}
+
+func (b *bench) dropDB(ctx context.Context, db string) {
+	if b.keep {
+		return
+	}
+	if err := b.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+schema.Q(db)); err != nil {
+		log.Printf("cannot drop %s: %v", db, err)
+	}
+}
+
+func (b *bench) baseline(ctx context.Context, round int) (result, error) {
+	ds := &b.cfg.Datasets[0]
+	db := fmt.Sprintf("%s_base_%d", b.prefix, round)
+	if err := b.freshDB(ctx, db); err != nil {
+		return result{}, err
+	}
+	defer b.dropDB(ctx, db)
+	q := func(name string) string { return schema.Q(db) + "." + schema.Q(name) }
+	var cols, sel []string
+	for _, c := range schema.RawColumns(ds) {
+		switch {
+		case strings.HasPrefix(c.Name, "_"):
+		default:
+			cols = append(cols, schema.Q(c.Name)+" "+c.Type)
+			sel = append(sel, schema.Q(c.Name))
+		}
+	}
+	// 18.16's Kafka engine has no virtual columns (_topic, _partition, _offset came later): the
+	// baseline's rows carry constants where the speed layer records where each came from.
+	sel = append(sel, "'"+flatTopic+"' AS _topic", "toInt32(0) AS _partition", "toInt64(0) AS _offset", "toUInt8(0) AS _late",
+		"now() AS _ingested_at") // a view TO a table must give every column on 18.16
+	queue := fmt.Sprintf(`CREATE TABLE %s (%s) ENGINE = Kafka SETTINGS kafka_broker_list = '%s', kafka_topic_list = '%s',
+  kafka_group_name = 'bench-base-%d-%d', kafka_format = 'JSONEachRow', kafka_num_consumers = %d, kafka_max_block_size = %d`,
+		q("events_queue"), strings.Join(cols, ", "), b.brokerAddr, flatTopic, b.nonce, round, b.consumers, b.block)
+	mv := fmt.Sprintf("CREATE MATERIALIZED VIEW %s TO %s AS SELECT %s FROM %s",
+		q("events_queue_mv"), q(schema.Raw(ds.Name)), strings.Join(sel, ", "), q("events_queue"))
+	// 18.16 does not cascade: a view writing TO raw does not trigger raw's own view, so the
+	// per-minute aggregates get their own view from the Kafka table: the platform's speed view
+	// with the Kafka table as its source.
+	speedMV, err := b.speedViewFrom(db, q("events_queue"), q("events_queue_speed_mv"))
+	if err != nil {
+		return result{}, err
+	}
+	res := result{round: round}
+	// raw's own view is never triggered from the Kafka table on 18.16; on a version that
+	// cascades it would count every event twice.
+	if err := b.conn.Exec(ctx, "DROP TABLE "+q(schema.SpeedMV(ds.Name))); err != nil {
+		return res, err
+	}
+	cpu0 := b.cpu()
+	start := time.Now()
+	for _, s := range []string{queue, speedMV, mv} {
+		if err := b.conn.Exec(ctx, s); err != nil {
+			return res, fmt.Errorf("baseline: %w\n%s", err, s)
+		}
+	}
+	err = b.waitVisible(ctx, db, start, &res, nil)
+	res.cpu = b.cpu().sub(cpu0)
+	res.load = loadavg()
+	// The consumers stop with their table; the view goes first so nothing is half-written.
+	for _, t := range []string{"events_queue_mv", "events_queue_speed_mv", "events_queue"} {
+		if err := b.conn.Exec(ctx, "DROP TABLE IF EXISTS "+q(t)); err != nil {
+			log.Printf("cannot drop %s: %v", t, err)
+		}
+	}
+	if err != nil {
+		return res, fmt.Errorf("baseline: %w", err)
+	}
+	if err := b.check(ctx, db); err != nil {
+		return res, fmt.Errorf("baseline: %w", err)
+	}
+	log.Printf("round %d baseline: raw %s, speed %s (%.0f events/s), load %s", round, res.raw.Round(time.Millisecond),
+		res.speed.Round(time.Millisecond), float64(b.n)/res.total().Seconds(), res.load)
+	return res, nil
+}
+
+// speedViewFrom returns the platform's speed view statement reading from another source.
+func (b *bench) speedViewFrom(db, from, name string) (string, error) {
+	ds := &b.cfg.Datasets[0]
+	cfg := *b.cfg
+	cfg.ClickHouse.Database = db
+	g := schema.NewGenerator(&cfg)
+	for _, o := range g.Dataset(ds) {
+		if o.Name != schema.SpeedMV(ds.Name) {
+			continue
+		}
+		s := o.Create
+		for _, r := range [][2]string{{g.T(o.Name), name}, {"FROM " + g.T(schema.Raw(ds.Name)), "FROM " + from}, {"WHERE _late = 0\n", ""}} {
+			if !strings.Contains(s, r[0]) {
+				return "", fmt.Errorf("the speed view has no %q:\n%s", r[0], s)
+			}
+			s = strings.Replace(s, r[0], r[1], 1)
+		}
+		return s, nil
+	}
+	return "", fmt.Errorf("no %s in the schema", schema.SpeedMV(ds.Name))
+}
+
+// waitVisible polls every 100 ms until count() of raw and countMerge of speed reach N. tick,
+// when set, runs at every poll (RSS sampling).
+func (b *bench) waitVisible(ctx context.Context, db string, start time.Time, res *result, tick func() error) error {
+	ds := &b.cfg.Datasets[0]
+	qs := fmt.Sprintf("SELECT (SELECT count() FROM %s.%s), (SELECT countMerge(events) FROM %s.%s)",
+		schema.Q(db), schema.Q(schema.Raw(ds.Name)), schema.Q(db), schema.Q(schema.Speed(ds.Name)))
+	deadline := start.Add(b.timeout)
+	var raw, spd, last uint64
+	moved := time.Now()
+	for res.raw == 0 || res.speed == 0 {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %s raw holds %d rows and speed counts %d events, want %d", b.timeout, raw, spd, b.n)
+		}
+		if raw+spd != last {
+			last, moved = raw+spd, time.Now()
+		}
+		if time.Since(moved) > time.Minute {
+			return fmt.Errorf("no progress for a minute: raw holds %d rows and speed counts %d events, want %d (see the ClickHouse server log)", raw, spd, b.n)
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if tick != nil {
+			if err := tick(); err != nil {
+				return err
+			}
+		}
+		at := time.Since(start)
+		if err := b.conn.QueryRow(ctx, qs).Scan(&raw, &spd); err == nil {
+			// More rows than events: duplicates (the Kafka engine reads again what it had not
+			// committed when its consumers rebalance). Then raw is complete when every id is
+			// in, and speed, fed the same blocks, with it.
+			if res.raw == 0 && raw >= uint64(b.n) && b.distinct(ctx, db, raw) >= uint64(b.n) {
+				res.raw = at
+			}
+			if res.speed == 0 && spd >= uint64(b.n) && (raw <= uint64(b.n) || res.raw != 0) {
+				res.speed = at
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var final uint64
+	if err := b.conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s.%s", schema.Q(db), schema.Q(schema.Raw(ds.Name)))).Scan(&final); err == nil {
+		res.dups = int64(final) - int64(b.n)
+	}
+	return nil
+}
+
+// distinct is the number of distinct ids in raw, read only when raw holds more rows than
+// events.
+func (b *bench) distinct(ctx context.Context, db string, rows uint64) uint64 {
+	if rows == uint64(b.n) {
+		return rows
+	}
+	var n uint64
+	_ = b.conn.QueryRow(ctx, fmt.Sprintf("SELECT uniqExact(id) FROM %s.%s", schema.Q(db), schema.Q(schema.Raw(b.cfg.Datasets[0].Name)))).Scan(&n)
+	return n
+}
+
+// check compares raw and speed with the first run's: the same rows and the same aggregates.
+func (b *bench) check(ctx context.Context, db string) error {
+	ds := &b.cfg.Datasets[0]
+	var fp string
+	// Distinct rows of raw, and the speed aggregates that duplicates do not change. Values are
+	// compared rounded: 18.16's text parser is not correctly rounded ("3.28" reads as
+	// 3.2800000000000002 through JSONEachRow).
+	q := fmt.Sprintf(`SELECT concat(toString(count()), ' distinct rows, ', toString(groupBitXor(h)),
+  ' / users ', (SELECT toString(uniqMerge(users)) FROM %s.%s))
+FROM (SELECT DISTINCT cityHash64(id, toUInt32(time), event, country, device, user_id, round(ifNull(value, -1), 2)) AS h FROM %s.%s)`,
+		schema.Q(db), schema.Q(schema.Speed(ds.Name)), schema.Q(db), schema.Q(schema.Raw(ds.Name)))
+	if err := b.conn.QueryRow(ctx, q).Scan(&fp); err != nil {
+		return err
+	}
+	if b.fp == "" {
+		b.fp = fp
+		log.Printf("fingerprint of raw / speed: %s", fp)
+		return nil
+	}
+	if fp != b.fp {
+		return fmt.Errorf("%s differs from the first run: %s, want %s", db, fp, b.fp)
+	}
+	return nil
+}
+
+// ---- floor: the speed layer's inserts alone ----
+
+func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
+	ds := &b.cfg.Datasets[0]
+	db := fmt.Sprintf("%s_floor_%d", b.prefix, round)
+	if err := b.freshDB(ctx, db); err != nil {
+		return result{}, err
+	}
+	defer b.dropDB(ctx, db)
+	var names []string
+	for _, c := range schema.RawColumns(ds) {
+		if c.Name != "_ingested_at" {
+			names = append(names, schema.Q(c.Name))
+		}
+	}
+	stmt := fmt.Sprintf("INSERT INTO %s.%s (%s)", schema.Q(db), schema.Q(schema.Raw(ds.Name)), strings.Join(names, ", "))
+	c := b.cols
+	size := b.cfg.Speed.FlushRows
+	res := result{round: round}
+	cpu0 := b.cpu()
+	start := time.Now()
+	sem := make(chan struct{}, 2) // the speed layer writes two flushes at once
+	var wg sync.WaitGroup
+	var firstErr error
+	var mu sync.Mutex
+	for lo := 0; lo < b.n; lo += size {
+		hi := min(lo+size, b.n)
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			err := func() (err error) {
+				batch, err := b.conn.PrepareBatch(ctx, stmt)
+				if err != nil {
+					return err
+				}
+				defer func() {
+					if err != nil {
+						_ = batch.Abort()
+					}
+				}()
+				cols := []any{c.id[lo:hi], c.time[lo:hi]}
+				for _, d := range c.dims {
+					cols = append(cols, d[lo:hi])
+				}
+				for i, k := range c.isKey {
+					if k {
+						cols = append(cols, c.keys[i][lo:hi])
+					} else {
+						// As the speed layer does: clickhouse-go writes an invalid
+						// sql.NullFloat64 in a slice as 0, so NULLs go as nil pointers.
+						ptrs := make([]*float64, hi-lo)
+						for j := range ptrs {
+							if v := &c.nums[i][lo+j]; v.Valid {
+								ptrs[j] = &v.Float64
+							}
+						}
+						cols = append(cols, ptrs)
+					}
+				}
+				cols = append(cols, c.topic[lo:hi], c.part[lo:hi], c.offset[lo:hi], c.late[lo:hi])
+				for i, col := range cols {
+					if err := batch.Column(i).Append(col); err != nil {
+						return fmt.Errorf("column %d: %w", i, err)
+					}
+				}
+				return batch.Send()
+			}()
+			if err != nil {
+				mu.Lock()
+				firstErr = cmpOr(firstErr, err)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	res.raw = time.Since(start)
+	res.speed = res.raw // the view is written by the same insert
+	res.cpu = b.cpu().sub(cpu0)
+	res.load = loadavg()
+	if firstErr != nil {
+		return res, fmt.Errorf("insert floor: %w", firstErr)
+	}
+	if err := b.check(ctx, db); err != nil {
+		return res, fmt.Errorf("insert floor: %w", err)
+	}
+	log.Printf("round %d insert floor: %s (%.0f rows/s), load %s", round, res.raw.Round(time.Millisecond), float64(b.n)/res.raw.Seconds(), res.load)
+	return res, nil
+}
+
+func cmpOr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// ---- lambda speed ----
+
+func (b *bench) speedRun(ctx context.Context, round int, profile bool) (result, error) {
+	db := fmt.Sprintf("%s_lambda_%d", b.prefix, round)
+	if err := b.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+schema.Q(db)); err != nil {
+		return result{}, err
+	}
+	defer b.dropDB(ctx, db)
+	logf, err := os.Create(filepath.Join(b.out, fmt.Sprintf("speed-%d.log", round)))
+	if err != nil {
+		return result{}, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(b.lambda, "speed", "--config", b.cfgFile)
+	cmd.Env = append(os.Environ(),
+		"LAMBDA_CLICKHOUSE_DATABASE="+db,
+		fmt.Sprintf("LAMBDA_KAFKA_GROUP_PREFIX=bench-%d-%d", b.nonce, round),
+		"LAMBDA_SPEED_METRICS_LISTEN="+b.metrics)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	res := result{round: round}
+	cpu0 := b.cpu()
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return res, err
+	}
+	pid := cmd.Process.Pid
+	b.setSpeedPid(pid)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stopped := false
+	stop := func() error {
+		if stopped {
+			return nil
+		}
+		stopped = true
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			return err
+		case <-time.After(40 * time.Second):
+			_ = cmd.Process.Kill()
+			return fmt.Errorf("lambda speed did not stop within 40 s of SIGTERM")
+		}
+	}
+	defer func() { _ = stop() }()
+
+	var profErr chan error
+	if profile {
+		res.profile = filepath.Join(b.out, "speed-drain.pprof")
+		secs := 10
+		if s := b.lastSpeed; s > 0 {
+			secs = int(math.Ceil(s.Seconds()))
+		}
+		profErr = make(chan error, 1)
+		go func() { profErr <- b.fetchProfile(ctx, res.profile, secs) }()
+	}
+	tick := func() error {
+		select {
+		case err := <-exited:
+			stopped = true
+			return fmt.Errorf("lambda speed exited early (%v); see %s", err, logf.Name())
+		default:
+		}
+		if rss := procStatus(pid, "VmRSS"); rss > res.rss {
+			res.rss = rss
+		}
+		return nil
+	}
+	err = b.waitVisible(ctx, db, start, &res, tick)
+	res.cpu = b.cpu().sub(cpu0)
+	res.load = loadavg()
+	res.hwm = procStatus(pid, "VmHWM")
+	if err != nil {
+		return res, fmt.Errorf("lambda speed: %w", err)
+	}
+	res.metrics = b.scrape()
+	if err := b.check(ctx, db); err != nil {
+		return res, fmt.Errorf("lambda speed: %w", err)
+	}
+	log.Printf("round %d lambda speed: raw %s, speed %s (%.0f events/s), VmHWM %d MiB, load %s", round, res.raw.Round(time.Millisecond),
+		res.speed.Round(time.Millisecond), float64(b.n)/res.total().Seconds(), res.hwm>>10, res.load)
+	b.lastSpeed = res.total()
+	if profErr != nil {
+		if err := <-profErr; err != nil {
+			log.Printf("no drain profile: %v", err)
+			res.profile = ""
+		}
+	}
+	if profile && b.latDur > 0 {
+		lat, err := b.latencyRun(ctx, db, pid)
+		if err != nil {
+			return res, err
+		}
+		res.latency = lat
+	}
+	if err := stop(); err != nil {
+		return res, fmt.Errorf("lambda speed: %w", err)
+	}
+	return res, nil
+}
+
+func (b *bench) fetchProfile(ctx context.Context, path string, secs int) error {
+	base := "http://" + b.metrics
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(base + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", base, secs))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("profile: %s", resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// scrape reads the speed process's metrics that say where its time went.
+func (b *bench) scrape() map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get("http://" + b.metrics + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	want := regexp.MustCompile(`^(lambda_speed_insert_seconds_(?:sum|count)\{dataset="events",table="raw"\}|lambda_speed_batch_rows_(?:sum|count)|lambda_speed_commits_total|go_gc_duration_seconds_count|lambda_speed_consumed_total)\S* (\S+)$`)
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if m := want.FindStringSubmatch(sc.Text()); m != nil {
+			name := m[1]
+			if i := strings.IndexByte(name, '{'); i >= 0 {
+				name = name[:i]
+			}
+			v, _ := strconv.ParseFloat(m[2], 64)
+			out[name] += v
+		}
+	}
+	return out
+}
+
+// ---- latency: produce at a fixed rate, poll raw for newly visible ids ----
+
+type latency struct {
+	sent, seen       int
+	p50, p90, p99    time.Duration
+	max              time.Duration
+	pollP50, pollMax time.Duration
+	hwm              int64
+	profile          string
+	cpu              cpuSample
+	dur              time.Duration
+	load             string
+}
+
+func (b *bench) latencyRun(ctx context.Context, db string, pid int) (*latency, error) {
+	ds := &b.cfg.Datasets[0]
+	client, err := sarama.NewClient([]string{b.brokerAddr}, b.saramaConfig())
+	if err != nil {
+		return nil, err
+	}
+	low := make([]int64, b.partitions) // per partition: every offset below is seen
+	for p := range low {
+		if low[p], err = client.GetOffset(ds.Topic, int32(p), sarama.OffsetNewest); err != nil {
+			client.Close()
+			return nil, err
+		}
+	}
+	client.Close()
+	prod, err := b.asyncProducer(true)
+	if err != nil {
+		return nil, err
+	}
+	var failed atomic.Int64
+	go func() {
+		for range prod.Errors() {
+			failed.Add(1)
+		}
+	}()
+	lat := &latency{profile: filepath.Join(b.out, "speed-latency.pprof")}
+	profErr := make(chan error, 1)
+	go func() { profErr <- b.fetchProfile(ctx, lat.profile, int(b.latDur.Seconds())) }()
+
+	begin := time.Now()
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var lats []time.Duration
+	var polls []time.Duration
+	seen := make([]map[int64]bool, b.partitions)
+	for p := range seen {
+		seen[p] = map[int64]bool{}
+	}
+	var sent atomic.Int64
+	producing := make(chan struct{})
+	cpu0 := b.cpu()
+	go func() {
+		defer close(producing)
+		g := gen.New(ds, gen.Options{Seed: uint64(b.nonce)})
+		var arena fastjson.Arena
+		var p fastjson.Parser
+		idPath := strings.Split(ds.IDField, ".")
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		start := time.Now()
+		for n := 0; time.Since(start) < b.latDur && lctx.Err() == nil; {
+			<-tick.C
+			due := int(time.Since(start).Seconds()*float64(b.rate)) - n
+			for range due {
+				now := time.Now()
+				ev := g.Next(now, false)
+				v, err := p.ParseBytes(ev.Value)
+				if err != nil {
+					continue
+				}
+				id := fmt.Sprintf("lat-%d-%d", now.UnixNano(), n)
+				parent := v
+				if len(idPath) > 1 {
+					parent = v.Get(idPath[:len(idPath)-1]...)
+				}
+				arena.Reset()
+				parent.Set(idPath[len(idPath)-1], arena.NewString(id))
+				prod.Input() <- &sarama.ProducerMessage{Topic: ds.Topic, Key: sarama.StringEncoder(id), Value: sarama.ByteEncoder(v.MarshalTo(nil))}
+				n++
+				sent.Store(int64(n))
+			}
+		}
+	}()
+	q := func() string {
+		var s []string
+		for _, o := range low {
+			s = append(s, strconv.FormatInt(o, 10))
+		}
+		return fmt.Sprintf("SELECT id, _partition, _offset FROM %s.%s WHERE time >= toDateTime(%d) AND startsWith(id, 'lat-') AND _offset >= [%s][_partition + 1]",
+			schema.Q(db), schema.Q(schema.Raw(ds.Name)), begin.Add(-10*time.Second).Unix(), strings.Join(s, ","))
+	}
+	doneProducing := false
+	var drainDeadline time.Time
+	for {
+		if !doneProducing {
+			select {
+			case <-producing:
+				doneProducing = true
+				drainDeadline = time.Now().Add(30 * time.Second)
+			default:
+			}
+		}
+		if doneProducing && (len(lats) >= int(sent.Load()) || time.Now().After(drainDeadline)) {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if h := procStatus(pid, "VmHWM"); h > lat.hwm {
+			lat.hwm = h
+		}
+		at := time.Now()
+		rows, err := b.conn.Query(ctx, q())
+		if err != nil {
+			return nil, fmt.Errorf("latency poll: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			var part int32
+			var off int64
+			if err := rows.Scan(&id, &part, &off); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			if seen[part][off] {
+				continue
+			}
+			seen[part][off] = true
+			f := strings.SplitN(id, "-", 3)
+			ns, _ := strconv.ParseInt(f[1], 10, 64)
+			lats = append(lats, at.Sub(time.Unix(0, ns)))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+		polls = append(polls, time.Since(at))
+		for p := range low {
+			for seen[p][low[p]] {
+				delete(seen[p], low[p])
+				low[p]++
+			}
+		}
+		time.Sleep(time.Until(at.Add(100 * time.Millisecond)))
+	}
+	lat.cpu = b.cpu().sub(cpu0)
+	lat.dur = time.Since(begin)
+	lat.load = loadavg()
+	prod.AsyncClose()
+	if err := <-profErr; err != nil {
+		log.Printf("no latency profile: %v", err)
+		lat.profile = ""
+	}
+	if n := failed.Load(); n > 0 {
+		return nil, fmt.Errorf("latency run: %d messages not produced", n)
+	}
+	lat.sent, lat.seen = int(sent.Load()), len(lats)
+	slices.Sort(lats)
+	slices.Sort(polls)
+	lat.p50, lat.p90, lat.p99, lat.max = pct(lats, 0.5), pct(lats, 0.9), pct(lats, 0.99), pct(lats, 1)
+	lat.pollP50, lat.pollMax = pct(polls, 0.5), pct(polls, 1)
+	log.Printf("latency at %d events/s: %d sent, %d seen, p50 %s, p99 %s, max %s (poll p50 %s)", b.rate, lat.sent, lat.seen,
+		lat.p50.Round(time.Millisecond), lat.p99.Round(time.Millisecond), lat.max.Round(time.Millisecond), lat.pollP50.Round(time.Millisecond))
+	return lat, nil
+}
+
+func pct(s []time.Duration, q float64) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	i := int(math.Ceil(q*float64(len(s)))) - 1
+	return s[max(0, min(i, len(s)-1))]
+}
+
+// ---- CPU accounting from /proc ----
+
+// cpuSample holds CPU seconds: of the speed process, ClickHouse, the broker, and the whole
+// machine (busy time of every core, from /proc/stat).
+type cpuSample struct {
+	speed, ch, broker, machine float64
+}
+
+func (a cpuSample) sub(b cpuSample) cpuSample {
+	return cpuSample{a.speed - b.speed, a.ch - b.ch, a.broker - b.broker, a.machine - b.machine}
+}
+
+var speedPid atomic.Int64
+
+func (b *bench) setSpeedPid(pid int) { speedPid.Store(int64(pid)) }
+
+func (b *bench) cpu() cpuSample {
+	return cpuSample{speed: procCPU(int(speedPid.Load())), ch: procCPU(b.chPid), broker: procCPU(b.brokerPid), machine: machineBusy()}
+}
+
+// procCPU is utime + stime of a process in seconds (0 when it is gone).
+func procCPU(pid int) float64 {
+	if pid <= 0 {
+		return 0
+	}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	s := string(data)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+func machineBusy() float64 {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	var busy float64
+	for i, f := range strings.Fields(line)[1:] {
+		v, _ := strconv.ParseFloat(f, 64)
+		if i != 3 && i != 4 && i < 8 { // not idle, not iowait, not guest (counted in user)
+			busy += v
+		}
+	}
+	return busy / 100
+}
+
+// procStatus reads a kB field of /proc/PID/status.
+func procStatus(pid int, field string) int64 {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func readPid(path string) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(data)))
+}
+
+func loadavg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(data))
+	return strings.Join(f[:3], " ")
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// ---- profile breakdown ----
+
+// stage is a share of the speed process's CPU samples. A sample belongs to the first stage
+// one of whose patterns appears in its stack.
+type stage struct {
+	name     string
+	patterns []string
+	secs     float64
+}
+
+func newStages() []*stage {
+	return []*stage{
+		{name: "GC (background mark workers)", patterns: []string{"runtime.gcBgMarkWorker"}},
+		{name: "decode (shared/event, fastjson)", patterns: []string{"lambda/shared/event."}},
+		{name: "clickhouse-go / ch-go (encode columns, compress, send)", patterns: []string{"ClickHouse/clickhouse-go", "ClickHouse/ch-go"}},
+		{name: "sarama (fetch, decode record batches)", patterns: []string{"IBM/sarama"}},
+		{name: "prometheus metrics (per-message WithLabelValues)", patterns: []string{"prometheus/client_golang"}},
+		{name: "speed: dedup", patterns: []string{"lambda/speed.(*dedup)"}},
+		{name: "speed: buffers, consume loop, flush bookkeeping", patterns: []string{"lambda/speed."}},
+		{name: "runtime other (scheduler, syscalls, netpoll, timers)", patterns: []string{"runtime."}},
+		{name: "other", patterns: []string{""}},
+	}
+}
+
+// breakdown runs `go tool pprof -traces` and sorts every sample into a stage.
+func breakdown(binary, profile string) ([]*stage, float64, string, error) {
+	out, err := exec.Command("go", "tool", "pprof", "-traces", binary, profile).Output()
+	if err != nil {
+		return nil, 0, "", fmt.Errorf("go tool pprof -traces: %w", err)
+	}
+	stages := newStages()
+	var total float64
+	var frames []string
+	var val float64
+	flush := func() {
+		if len(frames) == 0 {
+			return
+		}
+		total += val
+		for _, st := range stages {
+			if slices.ContainsFunc(frames, func(f string) bool {
+				return slices.ContainsFunc(st.patterns, func(p string) bool { return strings.Contains(f, p) })
+			}) {
+				st.secs += val
+				break
+			}
+		}
+		frames = frames[:0]
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, "-----") {
+			flush()
+			continue
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 || !strings.HasPrefix(line, " ") {
+			continue
+		}
+		if len(frames) == 0 && len(f) >= 2 {
+			if d, ok := parseDur(f[0]); ok {
+				val = d
+				frames = append(frames, f[1])
+				continue
+			}
+		}
+		frames = append(frames, f[len(f)-1])
+	}
+	flush()
+	top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", binary, profile).Output()
+	return stages, total, string(top), nil
+}
+
+func parseDur(s string) (float64, bool) {
+	d, err := time.ParseDuration(strings.Replace(s, "µs", "us", 1))
+	if err != nil {
+		return 0, false
+	}
+	return d.Seconds(), true
+}
+
+// ---- report ----
+
+type report struct {
+	b                      *bench
+	loadStart, loadEnd     string
+	produced               time.Duration
+	avgNested, avgFlat     float64
+	sampleNested           string
+	sampleFlat             string
+	drain, decode          time.Duration
+	drainSelf, drainBroker float64
+	base, floor, speed     []result
+	prof                   *result
+}
+
+func medianOf(rs []result) result {
+	s := slices.Clone(rs)
+	slices.SortFunc(s, func(a, b result) int { return int(a.total() - b.total()) })
+	return s[(len(s)-1)/2]
+}
+
+func (r *report) print(w io.Writer) {
+	b := r.b
+	n := float64(b.n)
+	eps := func(d time.Duration) string { return fmt.Sprintf("%.0f", n/d.Seconds()) }
+	secs := func(d time.Duration) string { return fmt.Sprintf("%.2f", d.Seconds()) }
+	cpuCell := func(c cpuSample) string {
+		return fmt.Sprintf("%.1f / %.1f / %.1f / %.1f", c.speed, c.ch, c.broker, c.machine)
+	}
+	fmt.Fprintf(w, "Backlog: %d events in each topic, %d partitions, event times spread over the %s before the run; "+
+		"platform events %.0f bytes on average (country and device nested), the flat JSONEachRow copies %.0f bytes. Produced in %s.\n\n",
+		b.n, b.partitions, b.span, r.avgNested, r.avgFlat, r.produced.Round(time.Millisecond))
+	fmt.Fprintf(w, "```\n%s\n%s\n```\n\n", r.sampleNested, r.sampleFlat)
+	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: speed proc / ClickHouse / broker / machine | load (1 5 15) |\n|---|---|---|---|---|---|---|\n")
+	for i := range r.base {
+		for _, x := range []struct {
+			name string
+			res  result
+		}{
+			{fmt.Sprintf("baseline: Kafka engine (%d consumers, block %d)", b.consumers, b.block), r.base[i]},
+			{"floor: clickhouse-go inserts alone (100k rows, 2 in flight)", r.floor[i]},
+			{"`lambda speed`", r.speed[i]},
+		} {
+			fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s |\n", x.res.round, x.name, secs(x.res.raw), secs(x.res.speed), eps(x.res.total()), cpuCell(x.res.cpu), x.res.load)
+		}
+	}
+	if p := r.prof; p != nil {
+		fmt.Fprintf(w, "| %d | `lambda speed`, profiled | %s | %s | %s | %s | %s |\n", p.round, secs(p.raw), secs(p.speed), eps(p.total()), cpuCell(p.cpu), p.load)
+	}
+	mb, mf, ms := medianOf(r.base), medianOf(r.floor), medianOf(r.speed)
+	var hwm, rss int64
+	for _, s := range append(slices.Clone(r.speed), *r.prof) {
+		hwm, rss = max(hwm, s.hwm), max(rss, s.rss)
+	}
+	fmt.Fprintf(w, "\nMedians (of %d): baseline %s events/s, `lambda speed` %s events/s: **ratio %.2f** (target ≥ 3); "+
+		"insert floor %s rows/s. Speed process VmHWM (peak RSS) over the drains: **%d MiB** (target ≤ 300).\n",
+		len(r.base), eps(mb.total()), eps(ms.total()), mb.total().Seconds()/ms.total().Seconds(), eps(mf.total()), hwm>>10)
+	fmt.Fprintf(w, "\nStage floors in this run: sarama drains the %d records in %s (%s/s; CPU s consumer / broker %.1f / %.1f); "+
+		"the decoder, one goroutine, %s (%s events/s per core).\n",
+		b.n, secs(r.drain), eps(r.drain), r.drainSelf, r.drainBroker, secs(r.decode), eps(r.decode))
+	if m := ms.metrics; len(m) > 0 && m["lambda_speed_insert_seconds_count"] > 0 {
+		fmt.Fprintf(w, "\n`lambda speed` median round, from its metrics: %.0f raw inserts, %.0f rows per flush on average, %.2f s spent in raw inserts in total (%.2f s each; two run at once).\n",
+			m["lambda_speed_insert_seconds_count"], m["lambda_speed_batch_rows_sum"]/max(1, m["lambda_speed_batch_rows_count"]),
+			m["lambda_speed_insert_seconds_sum"], m["lambda_speed_insert_seconds_sum"]/m["lambda_speed_insert_seconds_count"])
+	}
+	if p := r.prof; p != nil && p.latency != nil {
+		l := p.latency
+		fmt.Fprintf(w, "\nLatency: %d events/s for %s into the caught-up process: %d sent, %d seen in raw; produce-to-visible "+
+			"p50 %s, p90 %s, **p99 %s** (target ≤ 2 s), max %s (visibility polled every 100 ms, poll p50 %s, max %s; a figure is the poll's start minus the time in the id). "+
+			"VmHWM after it %d MiB. CPU s over %s: speed proc %.1f, ClickHouse %.1f, broker %.1f, machine %.1f (of %.0f core-seconds); load %s.\n",
+			b.rate, b.latDur, l.sent, l.seen, l.p50.Round(time.Millisecond), l.p90.Round(time.Millisecond), l.p99.Round(time.Millisecond),
+			l.max.Round(time.Millisecond), l.pollP50.Round(time.Millisecond), l.pollMax.Round(time.Millisecond), l.hwm>>10,
+			l.dur.Round(time.Second), l.cpu.speed, l.cpu.ch, l.cpu.broker, l.cpu.machine, l.dur.Seconds()*float64(runtime.NumCPU()), l.load)
+	}
+	for _, pf := range []struct{ what, path string }{{"drain of the backlog", r.prof.profile}, {"latency run", latencyProfile(r.prof)}} {
+		if pf.path == "" {
+			continue
+		}
+		stages, total, top, err := breakdown(b.lambda, pf.path)
+		if err != nil {
+			fmt.Fprintf(w, "\nprofile %s: %v\n", pf.path, err)
+			continue
+		}
+		fmt.Fprintf(w, "\nCPU profile of `lambda speed`, %s (`%s`): %.1f CPU-s sampled.\n\n| stage | CPU s | share |\n|---|---|---|\n", pf.what, pf.path, total)
+		for _, st := range stages {
+			if st.secs > 0 {
+				fmt.Fprintf(w, "| %s | %.2f | %.0f%% |\n", st.name, st.secs, 100*st.secs/total)
+			}
+		}
+		fmt.Fprintf(w, "\n<details><summary>pprof -top</summary>\n\n```\n%s```\n</details>\n", top)
+	}
+	fmt.Fprintf(w, "\n%d cores (%s), %s GB, ClickHouse %s; load at start %s, at end %s.\n", runtime.NumCPU(), cpuModel(), memGB(), chVersion(b), r.loadStart, r.loadEnd)
+}
+
+func latencyProfile(p *result) string {
+	if p == nil || p.latency == nil {
+		return ""
+	}
+	return p.latency.profile
+}
+
+func cpuModel() string {
+	data, _ := os.ReadFile("/proc/cpuinfo")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "model name"); ok {
+			return strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+		}
+	}
+	return "?"
+}
+
+func memGB() string {
+	kb := procStatusFile("/proc/meminfo", "MemTotal")
+	return strconv.FormatInt((kb+(1<<19))>>20, 10)
+}
+
+func procStatusFile(path, field string) int64 {
+	data, _ := os.ReadFile(path)
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+func chVersion(b *bench) string {
+	v, err := chconn.Version(context.Background(), b.conn)
+	if err != nil {
+		return "?"
+	}
+	return v
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
