@@ -35,9 +35,10 @@ func runSpeed(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	// The metrics server stops with ctx; the layer runs past it to flush and commit.
+	// A metrics address that cannot be served stops the layer too (it flushes and commits
+	// before Run returns).
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return serveMetrics(gctx, cfg.Speed.MetricsListen, reg) })
-	g.Go(func() error { return layer.Run(ctx) })
+	g.Go(func() error { return layer.Run(gctx) })
 	return g.Wait()
 }
