@@ -108,6 +108,8 @@ type bench struct {
 	fp         string // fingerprint of the first raw table, compared with every other
 
 	cols      *columns      // the backlog decoded, for the insert floor
+	values    []byte        // the backlog's platform events, back to back, for the decoder floor
+	ends      []int         // where each event ends in values
 	lastSpeed time.Duration // the last timed lambda speed drain, for the profile's length
 }
 
@@ -128,8 +130,17 @@ func main() {
 	flag.BoolVar(&b.keep, "keep", false, "keep the databases")
 	flag.DurationVar(&b.timeout, "timeout", 10*time.Minute, "give up on a run after this long")
 	flag.StringVar(&b.chPidFile, "ch-pid-file", ".data/clickhouse/clickhouse-server.pid", "pid file of the ClickHouse server, for its CPU time")
+	only := flag.String("breakdown", "", "print the stage breakdown of this CPU profile of -lambda and exit")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
+	if *only != "" {
+		stages, total, _, err := breakdown(b.lambda, *only)
+		if err != nil {
+			log.Fatal(err)
+		}
+		printStages(os.Stdout, *only, stages, total)
+		return
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -160,8 +171,10 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 	}
 	if pid, err := readPid(b.chPidFile); err == nil {
 		b.chPid = pid
+	} else if pid := serverOnPort(b.addr); pid > 0 {
+		b.chPid = pid
 	} else {
-		log.Printf("no ClickHouse pid (%v): its CPU time is not reported", err)
+		log.Printf("no ClickHouse pid (%v, and no clickhouse-server whose config has the port of %s): its CPU time is not reported", err, b.addr)
 	}
 	rep := &report{b: b, loadStart: loadavg()}
 
@@ -315,6 +328,8 @@ func (b *bench) produceBacklog(ctx context.Context, rep *report) error {
 			return fmt.Errorf("generated event rejected: %s %s: %s", reason, detail, ev.Value)
 		}
 		b.cols.add(&row, ds.Topic, int32(i%b.partitions), int64(i))
+		b.values = append(b.values, ev.Value...)
+		b.ends = append(b.ends, len(b.values))
 		bytesNested += len(ev.Value)
 		bytesFlat += len(flat)
 		p.Input() <- &sarama.ProducerMessage{Topic: ds.Topic, Key: sarama.ByteEncoder(ev.Key), Value: sarama.ByteEncoder(ev.Value)}
@@ -496,67 +511,74 @@ func (c *columns) add(r *event.Row, topic string, part int32, off int64) {
 
 func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 	ds := &b.cfg.Datasets[0]
-	// sarama: every partition of the platform topic, as the speed layer configures it, nothing
-	// done with the messages; the values are kept for the decoder floor.
+	// sarama: every partition of the platform topic, as the speed layer configures it, the
+	// messages counted and dropped (keeping them would measure this process's GC). Three
+	// times; the median counts.
 	sc := b.saramaConfig()
 	sc.Consumer.Fetch.Default = 4 << 20
 	sc.Consumer.Fetch.Max = 64 << 20
 	sc.ChannelBufferSize = 4096
-	c, err := sarama.NewConsumer([]string{b.brokerAddr}, sc)
-	if err != nil {
-		return err
-	}
-	values := make([][]byte, 0, b.n)
-	var mu sync.Mutex
-	self0, broker0 := procCPU(os.Getpid()), procCPU(b.brokerPid)
-	start := time.Now()
-	var wg sync.WaitGroup
-	for p := range int32(b.partitions) {
-		pc, err := c.ConsumePartition(ds.Topic, p, sarama.OffsetOldest)
+	for range 3 {
+		c, err := sarama.NewConsumer([]string{b.brokerAddr}, sc)
 		if err != nil {
 			return err
 		}
-		hwm := pc.HighWaterMarkOffset()
-		if hwm <= 0 {
-			_ = pc.Close()
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer pc.Close()
-			var local [][]byte
-			for m := range pc.Messages() {
-				local = append(local, m.Value)
-				if m.Offset+1 >= hwm {
-					break
-				}
+		var total atomic.Int64
+		self0, broker0 := procCPU(os.Getpid()), procCPU(b.brokerPid)
+		start := time.Now()
+		var wg sync.WaitGroup
+		for p := range int32(b.partitions) {
+			pc, err := c.ConsumePartition(ds.Topic, p, sarama.OffsetOldest)
+			if err != nil {
+				return err
 			}
-			mu.Lock()
-			values = append(values, local...)
-			mu.Unlock()
-		}()
+			hwm := pc.HighWaterMarkOffset()
+			if hwm <= 0 {
+				_ = pc.Close()
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer pc.Close()
+				for m := range pc.Messages() {
+					total.Add(1)
+					if m.Offset+1 >= hwm {
+						break
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		rep.drains = append(rep.drains, drain{time.Since(start), procCPU(os.Getpid()) - self0, procCPU(b.brokerPid) - broker0})
+		_ = c.Close()
+		if n := total.Load(); n != int64(b.n) {
+			return fmt.Errorf("sarama drain read %d records, want %d", n, b.n)
+		}
 	}
-	wg.Wait()
-	rep.drain = time.Since(start)
-	rep.drainSelf, rep.drainBroker = procCPU(os.Getpid())-self0, procCPU(b.brokerPid)-broker0
-	_ = c.Close()
-	if len(values) != b.n {
-		return fmt.Errorf("sarama drain read %d records, want %d", len(values), b.n)
-	}
-	// Decoder: one goroutine, so the figure is per core.
+	slices.SortFunc(rep.drains, func(a, b drain) int { return int(a.wall - b.wall) })
+	// Decoder: one goroutine, so the figure is per core; the values as generated.
 	dec := event.NewDecoder(ds, event.Limits{MaxBytes: b.cfg.Speed.MaxEventBytes, FutureSkew: b.cfg.Speed.FutureSkew.D(), MaxAge: ds.RawRetention.D()})
 	var row event.Row
 	now := time.Now()
-	start = time.Now()
-	for i, v := range values {
-		if reason, _ := dec.Decode(v, ds.Topic, 0, int64(i), now, &row); reason != "" {
+	start := time.Now()
+	from := 0
+	for i, end := range b.ends {
+		if reason, _ := dec.Decode(b.values[from:end], ds.Topic, 0, int64(i), now, &row); reason != "" {
 			return fmt.Errorf("decoder floor: rejected %s", reason)
 		}
+		from = end
 	}
 	rep.decode = time.Since(start)
-	log.Printf("stage floors: sarama drain %s, decoder (1 core) %s", rep.drain.Round(time.Millisecond), rep.decode.Round(time.Millisecond))
+	log.Printf("stage floors: sarama drain %s (median of 3), decoder (1 core) %s", rep.drains[1].wall.Round(time.Millisecond), rep.decode.Round(time.Millisecond))
 	return nil
+}
+
+// drain is one sarama drain of the backlog: wall time, CPU seconds of the consumer and of the
+// broker.
+type drain struct {
+	wall                time.Duration
+	consumer, brokerCPU float64
 }
 
 // ---- baseline: ClickHouse's Kafka engine ----
@@ -785,7 +807,7 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	c := b.cols
 	size := b.cfg.Speed.FlushRows
 	res := result{round: round}
-	cpu0 := b.cpu()
+	cpu0, self0 := b.cpu(), procCPU(os.Getpid())
 	start := time.Now()
 	sem := make(chan struct{}, 2) // the speed layer writes two flushes at once
 	var wg sync.WaitGroup
@@ -846,6 +868,7 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	res.raw = time.Since(start)
 	res.speed = res.raw // the view is written by the same insert
 	res.cpu = b.cpu().sub(cpu0)
+	res.cpu.speed = procCPU(os.Getpid()) - self0 // the client here is this process
 	res.load = loadavg()
 	if firstErr != nil {
 		return res, fmt.Errorf("insert floor: %w", firstErr)
@@ -1265,6 +1288,28 @@ func procStatus(pid int, field string) int64 {
 	return 0
 }
 
+// serverOnPort finds a clickhouse-server whose --config-file sets the tcp_port of addr (the
+// server may have been started from another checkout's data folder).
+func serverOnPort(addr string) int {
+	_, port, _ := net.SplitHostPort(addr)
+	dirs, _ := os.ReadDir("/proc")
+	for _, d := range dirs {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		for _, arg := range strings.Split(string(cmd), "\x00") {
+			if file, ok := strings.CutPrefix(arg, "--config-file="); ok && strings.Contains(string(cmd), "clickhouse") {
+				if conf, err := os.ReadFile(file); err == nil && strings.Contains(string(conf), "<tcp_port>"+port+"</tcp_port>") {
+					return pid
+				}
+			}
+		}
+	}
+	return 0
+}
+
 func readPid(path string) (int, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -1293,26 +1338,56 @@ func freePort() int {
 
 // ---- profile breakdown ----
 
-// stage is a share of the speed process's CPU samples. A sample belongs to the first stage
-// one of whose patterns appears in its stack.
+// stage is a share of the speed process's CPU samples. A sample belongs to the stage of the
+// leaf-most frame outside the standard library (runtime, syscall, net, bufio, hash/crc32…
+// are skipped, so a read syscall counts for the client that reads, an allocation for the
+// code that allocates); background GC workers are a stage of their own, and samples with no
+// such frame are "runtime". alloc is the part under runtime.mallocgc (allocation, including
+// GC assists).
 type stage struct {
 	name     string
-	patterns []string
+	prefixes []string // package path prefixes of the frame's function
 	secs     float64
+	alloc    float64
 }
 
 func newStages() []*stage {
 	return []*stage{
-		{name: "GC (background mark workers)", patterns: []string{"runtime.gcBgMarkWorker"}},
-		{name: "decode (shared/event, fastjson)", patterns: []string{"lambda/shared/event."}},
-		{name: "clickhouse-go / ch-go (encode columns, compress, send)", patterns: []string{"ClickHouse/clickhouse-go", "ClickHouse/ch-go"}},
-		{name: "sarama (fetch, decode record batches)", patterns: []string{"IBM/sarama"}},
-		{name: "prometheus metrics (per-message WithLabelValues)", patterns: []string{"prometheus/client_golang"}},
-		{name: "speed: dedup", patterns: []string{"lambda/speed.(*dedup)"}},
-		{name: "speed: buffers, consume loop, flush bookkeeping", patterns: []string{"lambda/speed."}},
-		{name: "runtime other (scheduler, syscalls, netpoll, timers)", patterns: []string{"runtime."}},
-		{name: "other", patterns: []string{""}},
+		{name: "GC background mark workers", prefixes: []string{}},
+		{name: "decode (shared/event, fastjson)", prefixes: []string{"github.com/lambda-platform/lambda/shared/event.", "github.com/valyala/fastjson"}},
+		{name: "speed: dedup window", prefixes: []string{"github.com/lambda-platform/lambda/speed.(*dedup)"}},
+		{name: "speed: consume loop, buffers, flush bookkeeping", prefixes: []string{"github.com/lambda-platform/lambda/"}},
+		{name: "clickhouse-go / ch-go (encode columns, lz4, send)", prefixes: []string{"github.com/ClickHouse/", "github.com/pierrec/lz4", "github.com/paulmach", "github.com/shopspring"}},
+		{name: "sarama: its go-metrics registry", prefixes: []string{"github.com/rcrowley/go-metrics"}},
+		{name: "sarama (fetch, CRC, record decoding, channels)", prefixes: []string{"github.com/IBM/sarama", "github.com/eapache", "github.com/klauspost"}},
+		{name: "prometheus client", prefixes: []string{"github.com/prometheus/"}},
+		{name: "other third-party", prefixes: []string{"github.com/", "golang.org/x/", "go.opentelemetry.io/"}},
+		{name: "runtime (scheduler, timers, netpoll, GC not attributable)", prefixes: []string{""}},
 	}
+}
+
+// stdlib says whether a function belongs to the standard library: "runtime.memmove",
+// "internal/poll.(*FD).Read", not "github.com/…".
+func stdlib(fn string) bool {
+	first, _, found := strings.Cut(fn, "/")
+	return !found || !strings.Contains(first, ".")
+}
+
+func classify(stages []*stage, frames []string) *stage {
+	if slices.Contains(frames, "runtime.gcBgMarkWorker") {
+		return stages[0]
+	}
+	for _, f := range frames {
+		if stdlib(f) {
+			continue
+		}
+		for _, st := range stages[1:] {
+			if slices.ContainsFunc(st.prefixes, func(p string) bool { return strings.HasPrefix(f, p) }) {
+				return st
+			}
+		}
+	}
+	return stages[len(stages)-1]
 }
 
 // breakdown runs `go tool pprof -traces` and sorts every sample into a stage.
@@ -1330,13 +1405,10 @@ func breakdown(binary, profile string) ([]*stage, float64, string, error) {
 			return
 		}
 		total += val
-		for _, st := range stages {
-			if slices.ContainsFunc(frames, func(f string) bool {
-				return slices.ContainsFunc(st.patterns, func(p string) bool { return strings.Contains(f, p) })
-			}) {
-				st.secs += val
-				break
-			}
+		st := classify(stages, frames)
+		st.secs += val
+		if slices.Contains(frames, "runtime.mallocgc") {
+			st.alloc += val
 		}
 		frames = frames[:0]
 	}
@@ -1356,7 +1428,7 @@ func breakdown(binary, profile string) ([]*stage, float64, string, error) {
 				continue
 			}
 		}
-		frames = append(frames, f[len(f)-1])
+		frames = append(frames, f[0]) // a frame line is "function [(inline)]"
 	}
 	flush()
 	top, _ := exec.Command("go", "tool", "pprof", "-top", "-nodecount=25", binary, profile).Output()
@@ -1374,16 +1446,16 @@ func parseDur(s string) (float64, bool) {
 // ---- report ----
 
 type report struct {
-	b                      *bench
-	loadStart, loadEnd     string
-	produced               time.Duration
-	avgNested, avgFlat     float64
-	sampleNested           string
-	sampleFlat             string
-	drain, decode          time.Duration
-	drainSelf, drainBroker float64
-	base, floor, speed     []result
-	prof                   *result
+	b                  *bench
+	loadStart, loadEnd string
+	produced           time.Duration
+	avgNested, avgFlat float64
+	sampleNested       string
+	sampleFlat         string
+	decode             time.Duration
+	drains             []drain // sorted by wall time
+	base, floor, speed []result
+	prof               *result
 }
 
 func medianOf(rs []result) result {
@@ -1404,7 +1476,7 @@ func (r *report) print(w io.Writer) {
 		"platform events %.0f bytes on average (country and device nested), the flat JSONEachRow copies %.0f bytes. Produced in %s.\n\n",
 		b.n, b.partitions, b.span, r.avgNested, r.avgFlat, r.produced.Round(time.Millisecond))
 	fmt.Fprintf(w, "```\n%s\n%s\n```\n\n", r.sampleNested, r.sampleFlat)
-	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: speed proc / ClickHouse / broker / machine | load (1 5 15) |\n|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: client (`lambda speed`; the driver for the floor) / ClickHouse / broker / machine | load (1 5 15) |\n|---|---|---|---|---|---|---|\n")
 	for i := range r.base {
 		for _, x := range []struct {
 			name string
@@ -1428,13 +1500,19 @@ func (r *report) print(w io.Writer) {
 	fmt.Fprintf(w, "\nMedians (of %d): baseline %s events/s, `lambda speed` %s events/s: **ratio %.2f** (target ≥ 3); "+
 		"insert floor %s rows/s. Speed process VmHWM (peak RSS) over the drains: **%d MiB** (target ≤ 300).\n",
 		len(r.base), eps(mb.total()), eps(ms.total()), mb.total().Seconds()/ms.total().Seconds(), eps(mf.total()), hwm>>10)
-	fmt.Fprintf(w, "\nStage floors in this run: sarama drains the %d records in %s (%s/s; CPU s consumer / broker %.1f / %.1f); "+
-		"the decoder, one goroutine, %s (%s events/s per core).\n",
-		b.n, secs(r.drain), eps(r.drain), r.drainSelf, r.drainBroker, secs(r.decode), eps(r.decode))
+	var all []string
+	for _, d := range r.drains {
+		all = append(all, secs(d.wall))
+	}
+	md := r.drains[len(r.drains)/2]
+	fmt.Fprintf(w, "\nStage floors in this run: sarama alone (4 partition consumers, messages counted and dropped) drains the %d records in %s s "+
+		"(median of %s; %s/s; CPU s consumer / broker %.1f / %.1f); the decoder, one goroutine, %s s (%s events/s per core).\n",
+		b.n, secs(md.wall), strings.Join(all, ", "), eps(md.wall), md.consumer, md.brokerCPU, secs(r.decode), eps(r.decode))
 	if m := ms.metrics; len(m) > 0 && m["lambda_speed_insert_seconds_count"] > 0 {
-		fmt.Fprintf(w, "\n`lambda speed` median round, from its metrics: %.0f raw inserts, %.0f rows per flush on average, %.2f s spent in raw inserts in total (%.2f s each; two run at once).\n",
+		fmt.Fprintf(w, "\n`lambda speed` median round, from its metrics: %.0f raw inserts, %.0f rows per flush on average, %.2f s spent in raw inserts in total (%.2f s each; two run at once); %.0f GC cycles.\n",
 			m["lambda_speed_insert_seconds_count"], m["lambda_speed_batch_rows_sum"]/max(1, m["lambda_speed_batch_rows_count"]),
-			m["lambda_speed_insert_seconds_sum"], m["lambda_speed_insert_seconds_sum"]/m["lambda_speed_insert_seconds_count"])
+			m["lambda_speed_insert_seconds_sum"], m["lambda_speed_insert_seconds_sum"]/m["lambda_speed_insert_seconds_count"],
+			m["go_gc_duration_seconds_count"])
 	}
 	if p := r.prof; p != nil && p.latency != nil {
 		l := p.latency
@@ -1454,15 +1532,19 @@ func (r *report) print(w io.Writer) {
 			fmt.Fprintf(w, "\nprofile %s: %v\n", pf.path, err)
 			continue
 		}
-		fmt.Fprintf(w, "\nCPU profile of `lambda speed`, %s (`%s`): %.1f CPU-s sampled.\n\n| stage | CPU s | share |\n|---|---|---|\n", pf.what, pf.path, total)
-		for _, st := range stages {
-			if st.secs > 0 {
-				fmt.Fprintf(w, "| %s | %.2f | %.0f%% |\n", st.name, st.secs, 100*st.secs/total)
-			}
-		}
+		printStages(w, fmt.Sprintf("CPU profile of `lambda speed`, %s (`%s`)", pf.what, pf.path), stages, total)
 		fmt.Fprintf(w, "\n<details><summary>pprof -top</summary>\n\n```\n%s```\n</details>\n", top)
 	}
 	fmt.Fprintf(w, "\n%d cores (%s), %s GB, ClickHouse %s; load at start %s, at end %s.\n", runtime.NumCPU(), cpuModel(), memGB(), chVersion(b), r.loadStart, r.loadEnd)
+}
+
+func printStages(w io.Writer, title string, stages []*stage, total float64) {
+	fmt.Fprintf(w, "\n%s: %.1f CPU-s sampled.\n\n| stage | CPU s | share | of which allocating |\n|---|---|---|---|\n", title, total)
+	for _, st := range stages {
+		if st.secs > 0 {
+			fmt.Fprintf(w, "| %s | %.2f | %.0f%% | %.2f |\n", st.name, st.secs, 100*st.secs/total, st.alloc)
+		}
+	}
 }
 
 func latencyProfile(p *result) string {
