@@ -3,72 +3,16 @@ package batchlayer
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"net"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/nettest"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
-
-// zkProxy forwards TCP to ZooKeeper until cut, which drops every connection and refuses new
-// ones: to ZooKeeper the client is gone without closing its session, as after a kill -9 or a
-// network partition, so its session (and lease) expires after the session timeout.
-type zkProxy struct {
-	ln    net.Listener
-	to    string
-	mu    sync.Mutex
-	conns []net.Conn
-	cut   bool
-}
-
-func newZKProxy(t *testing.T, to string) *zkProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &zkProxy{ln: ln, to: to}
-	t.Cleanup(p.Cut)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", to)
-			p.mu.Lock()
-			if err != nil || p.cut {
-				p.mu.Unlock()
-				_ = c.Close()
-				if u != nil {
-					_ = u.Close()
-				}
-				continue
-			}
-			p.conns = append(p.conns, c, u)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(u, c); _ = u.Close() }()
-			go func() { _, _ = io.Copy(c, u); _ = c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *zkProxy) Addr() string { return p.ln.Addr().String() }
-
-func (p *zkProxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	_ = p.ln.Close()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-}
 
 // TestLeaseOneSchedulerAndTakeover runs two schedulers of one dataset with the ZooKeeper lease:
 // only the holder runs days; when the holder is cut off from ZooKeeper (what a kill looks like
@@ -114,7 +58,10 @@ func TestLeaseOneSchedulerAndTakeover(t *testing.T) {
 			return nil
 		}})
 	}
-	proxy := newZKProxy(t, zkAddr)
+	// Cut, the proxy drops every connection and refuses new ones: to ZooKeeper the client is
+	// gone without closing its session, as after a kill -9 or a partition, so its session (and
+	// lease) expires after the session timeout.
+	proxy := nettest.NewProxy(t, zkAddr)
 	a, b := layer("a", proxy.Addr()), layer("b", zkAddr)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -27,6 +26,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/nettest"
 	"github.com/lambda-platform/lambda/shared/schema"
 	"github.com/lambda-platform/lambda/shared/watermark"
 )
@@ -471,79 +471,17 @@ func metricSum(t *testing.T, reg *prometheus.Registry, name, reason string) floa
 	return sum
 }
 
-// proxy is a TCP proxy in front of the real ClickHouse that the test can cut, which makes
-// ClickHouse unreachable for the speed layer without stopping the server other tests use.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  []net.Conn
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target}
-	t.Cleanup(func() { _ = ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			down := p.down
-			p.mu.Unlock()
-			if down {
-				_ = c.Close()
-				continue
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				_ = c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(s, c); _ = s.Close() }()
-			go func() { _, _ = io.Copy(c, s); _ = c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *proxy) addr() string { return p.ln.Addr().String() }
-
-// cut closes every connection and refuses new ones until restore.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *proxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
-
 func TestClickHouseOutage(t *testing.T) {
-	var px *proxy
+	// The speed layer reaches ClickHouse through a proxy the test cuts: ClickHouse is gone for
+	// it while the server keeps serving the other tests.
+	var px *nettest.Proxy
 	e := newEnv(t, func(c *config.Config) {
-		px = newProxy(t, chtest.Addr())
+		px = nettest.NewProxy(t, chtest.Addr())
 		c.Speed.RetryMax = config.Duration(time.Second)
 	})
 	// The speed layer reaches ClickHouse only through the proxy.
 	cfg := *e.cfg
-	cfg.ClickHouse.Addr = []string{px.addr()}
+	cfg.ClickHouse.Addr = []string{px.Addr()}
 	cfg.ClickHouse.DialTimeout = config.Duration(time.Second)
 	cfg.ClickHouse.InsertTimeout = config.Duration(5 * time.Second)
 	e.cfg = &cfg
@@ -562,7 +500,7 @@ func TestClickHouseOutage(t *testing.T) {
 	batch(0, 1000)
 	e.waitAccounted(time.Minute)
 
-	px.cut()
+	px.Cut()
 	batch(1000, 3000)
 	time.Sleep(3 * time.Second)
 	if r.exited() {
@@ -574,7 +512,7 @@ func TestClickHouseOutage(t *testing.T) {
 	if n := uint64(len(e.ids())); n != 1000 {
 		t.Fatalf("raw holds %d ids during the outage, want the 1000 from before", n)
 	}
-	px.restore()
+	px.Restore()
 	batch(4000, 1000)
 	e.waitAccounted(2 * time.Minute)
 	e.requireIDs(want)
