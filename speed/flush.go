@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"time"
@@ -261,14 +262,22 @@ func (d *dataset) retry(ctx context.Context, table string, op func(context.Conte
 // insertRaw writes the pieces' rows to raw, in as many inserts as it takes to keep each
 // under maxDaysPerInsert days.
 func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
+	// Usually every row is within a few days: the span of days settles it without a set.
+	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
+	for _, pc := range pieces {
+		for _, t := range pc.b.time {
+			day := dayOf(t)
+			lo, hi = min(lo, day), max(hi, day)
+		}
+	}
+	if hi-lo < maxDaysPerInsert {
+		return d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, pieces) })
+	}
 	days := map[int64]bool{}
 	for _, pc := range pieces {
 		for _, t := range pc.b.time {
 			days[dayOf(t)] = true
 		}
-	}
-	if len(days) <= maxDaysPerInsert {
-		return d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, pieces) })
 	}
 	sorted := make([]int64, 0, len(days))
 	for day := range days {

@@ -137,6 +137,10 @@ type dataset struct {
 	rejSQL  string
 	ledgSQL string
 	dedup   *dedup
+	// The per-message counters, resolved once: a label lookup per message is a hash on the
+	// hot path.
+	consumed, duplicates, corrections prometheus.Counter
+	rejected                          map[event.Reason]prometheus.Counter
 
 	mu    sync.Mutex
 	parts map[int32]*part
@@ -180,6 +184,13 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 		free:  make(chan *buffer, 16),
 	}
 	ds.wm.Store(-1)
+	ds.consumed = s.m.consumed.WithLabelValues(d.Name)
+	ds.duplicates = s.m.duplicates.WithLabelValues(d.Name)
+	ds.corrections = s.m.corrections.WithLabelValues(d.Name)
+	ds.rejected = map[event.Reason]prometheus.Counter{}
+	for _, r := range event.Reasons {
+		ds.rejected[r] = s.m.rejected.WithLabelValues(d.Name, string(r))
+	}
 	for _, c := range d.ValueColumns() {
 		ds.isKey = append(ds.isKey, c.Type == metric.KeyType)
 	}
@@ -438,8 +449,7 @@ func (d *dataset) recycle(pieces []piece) {
 // consume decodes one message into its partition's buffer.
 func (d *dataset) consume(p *part, dec *event.Decoder, row *event.Row, msg *sarama.ConsumerMessage) {
 	now := d.s.now()
-	m := d.s.m
-	m.consumed.WithLabelValues(d.d.Name).Inc()
+	d.consumed.Inc()
 	reason, detail := dec.Decode(msg.Value, msg.Topic, msg.Partition, msg.Offset, now, row)
 	p.mu.Lock()
 	b := p.buf
@@ -452,15 +462,15 @@ func (d *dataset) consume(p *part, dec *event.Decoder, row *event.Row, msg *sara
 			detail += fmt.Sprintf(" (payload cut to %d of %d bytes)", maxRejectPayload, len(msg.Value))
 		}
 		b.rejects = append(b.rejects, reject{payload: string(payload), reason: string(reason), detail: detail, offset: msg.Offset})
-		m.rejected.WithLabelValues(d.d.Name, string(reason)).Inc()
+		d.rejected[reason].Inc()
 	case d.dedup.seen(row.ID, now):
 		b.dups++
-		m.duplicates.WithLabelValues(d.d.Name).Inc()
+		d.duplicates.Inc()
 	default:
 		wm := d.wm.Load()
 		late := wm >= 0 && dayOf(row.Time) <= wm
 		if late {
-			m.corrections.WithLabelValues(d.d.Name).Inc()
+			d.corrections.Inc()
 		}
 		b.add(row, msg.Offset, late, d.isKey)
 	}
