@@ -31,6 +31,7 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -229,7 +230,7 @@ func (l *Layer) syncDaily(ctx context.Context, d *dataset) {
 // for every day, exactly the rows of the day's newest successful run (want: day → run id and
 // rows); from when a node does not answer or lags. Days without an entry in want are skipped
 // (no raw data and no run).
-func (l *Layer) verifiedUpTo(ctx context.Context, d *dataset, from, to time.Time, want map[time.Time]succeededRun) (time.Time, string, error) {
+func (l *Layer) verifiedUpTo(ctx context.Context, d *dataset, from, to time.Time, want map[time.Time]ledger.Day) (time.Time, string, error) {
 	all, live, err := l.cl.nodes(ctx)
 	if err != nil {
 		return from, "", err
@@ -264,7 +265,7 @@ func (l *Layer) verifiedUpTo(ctx context.Context, d *dataset, from, to time.Time
 				rows.Close()
 				return from, "", fmt.Errorf("cannot read %s on %s: %w", schema.Daily(d.d.Name), n, err)
 			}
-			have[dayOf(day)] = s
+			have[ledger.DayOf(day)] = s
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -276,10 +277,10 @@ func (l *Layer) verifiedUpTo(ctx context.Context, d *dataset, from, to time.Time
 				continue
 			}
 			h := have[day]
-			good := h.rows == w.rowsOut && (w.rowsOut == 0 || (len(h.runs) == 1 && h.runs[0] == w.runID))
+			good := h.rows == w.RowsOut && (w.RowsOut == 0 || (len(h.runs) == 1 && h.runs[0] == w.Run))
 			if !good {
 				last = day.AddDate(0, 0, -1)
-				why = fmt.Sprintf("%s has %d rows of runs %v for %s, want %d of run %s", n.Addr, h.rows, h.runs, day.Format(time.DateOnly), w.rowsOut, w.runID)
+				why = fmt.Sprintf("%s has %d rows of runs %v for %s, want %d of run %s", n.Addr, h.rows, h.runs, day.Format(time.DateOnly), w.RowsOut, w.Run)
 				break
 			}
 		}

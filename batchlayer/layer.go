@@ -35,6 +35,7 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 )
 
@@ -74,6 +75,8 @@ type Layer struct {
 	pending   map[string]bool
 	// lease is the ZooKeeper lease while Run or RunDays holds a session (batch.lease set).
 	lease *lease
+	// ticks tells Health whether the scheduler keeps ticking.
+	ticks tickLog
 }
 
 // watermarkRecheck is how often Run retries a watermark held back until every node has a day.
@@ -238,6 +241,7 @@ func (l *Layer) Run(ctx context.Context) error {
 	c := cron.New(cron.WithLocation(time.UTC), cron.WithLogger(clog))
 	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
 	var jobs []cron.Job
+	scheds := map[string]cron.Schedule{}
 	for _, name := range l.names() {
 		d := l.ds[name]
 		spec := d.d.BatchConf.Schedule
@@ -248,7 +252,9 @@ func (l *Layer) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("invalid batch schedule %q of dataset %s: %w", spec, name, err)
 		}
+		scheds[name] = sched
 		job := chain.Then(cron.FuncJob(func() {
+			defer l.ticks.begin(name, l.m.health)()
 			if err := l.Tick(ctx, name); err != nil && ctx.Err() == nil {
 				l.log.Error("batch tick failed", "dataset", name, "err", err)
 			}
@@ -257,6 +263,8 @@ func (l *Layer) Run(ctx context.Context) error {
 		jobs = append(jobs, job)
 		l.log.Info("batch scheduled", "dataset", name, "schedule", spec)
 	}
+	l.ticks.start(time.Now(), scheds)
+	defer l.ticks.stop()
 	c.Start()
 	var catchUp sync.WaitGroup
 	for i, j := range jobs {
@@ -397,7 +405,7 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 	if err != nil {
 		return err
 	}
-	from, to = dayOf(from), dayOf(to)
+	from, to = ledger.DayOf(from), ledger.DayOf(to)
 	if to.Before(from) {
 		return fmt.Errorf("invalid range: %s is after %s", from.Format(time.DateOnly), to.Format(time.DateOnly))
 	}
@@ -441,11 +449,6 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 	return runErr
 }
 
-func dayOf(t time.Time) time.Time {
-	t = t.UTC()
-	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
-}
-
 // cronLogger adapts slog to cron.Logger.
 type cronLogger struct{ log *slog.Logger }
 
@@ -472,5 +475,5 @@ func (l *Layer) RecomputeSQL(name string, day time.Time, table, runID string) (s
 	if err != nil {
 		return "", err
 	}
-	return d.q.recompute(table, dayOf(day), runID), nil
+	return d.q.recompute(table, ledger.DayOf(day), runID), nil
 }

@@ -35,7 +35,7 @@ func TestLeaseOneSchedulerAndTakeover(t *testing.T) {
 	}
 	e.insertRaw(evs)
 	e.setNow(d4.Add(time.Hour))
-	e.flush(0, 10, 11, d4.Add(time.Hour), d4.Add(time.Hour))
+	e.flush(0, 10, 11, d4.Add(time.Hour))
 
 	type swap struct {
 		who string
@@ -83,7 +83,7 @@ func TestLeaseOneSchedulerAndTakeover(t *testing.T) {
 	cutAt := time.Now()
 	e.insertRaw(gen(rng, d4, 300, 0.05, "l"))
 	e.setNow(d5.Add(time.Hour))
-	e.flush(0, 20, 21, d5.Add(time.Hour), d5.Add(time.Hour))
+	e.flush(0, 20, 21, d5.Add(time.Hour))
 	waitFor(t, 30*time.Second, "b to seal the new day", func() bool { return e.watermark() == "2024-03-04" })
 	cancel()
 	wg.Wait()

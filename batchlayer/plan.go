@@ -8,82 +8,40 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
-	"github.com/lambda-platform/lambda/shared/watermark"
 )
 
-// state is what ClickHouse says about a dataset's days.
+// state is what the ledger says about a dataset's days.
 type state struct {
-	rawDays   []time.Time          // days with raw rows
-	succeeded map[time.Time]string // days with a successful run: the newest such run id
-	runs      map[time.Time]succeededRun
-	dirty     map[time.Time]bool // dirty days inside the lookback
-	watermark time.Time          // computed: last exact day (zero: none)
-	wmRunID   string
-}
-
-// succeededRun is the newest successful run of a day.
-type succeededRun struct {
-	runID   string
-	rowsOut uint64
+	days ledger.Days
+	// exact is the exact watermark: the last day up to which every day with raw rows has a
+	// successful run and is not dirty (zero: none).
+	exact time.Time
+	// covered is where the boundary may advance to: the last day up to which every day with
+	// raw rows has had a successful run (zero: none).
+	covered time.Time
 }
 
 type plan struct {
 	st  state
 	due []time.Time
+	// outside are dirty days older than the lookback: reported approximate until an operator
+	// reruns them (`lambda batch run`), not recomputed automatically.
+	outside []time.Time
 }
 
 // lookbackStart is the first day whose late rows are corrected automatically.
 func lookbackStart(d *dataset, now time.Time) time.Time {
-	return dayOf(now.Add(-d.d.BatchConf.Lookback.D()))
+	return ledger.DayOf(now.Add(-d.d.BatchConf.Lookback.D()))
 }
 
-func (l *Layer) readState(ctx context.Context, d *dataset, now time.Time) (state, error) {
-	st := state{succeeded: map[time.Time]string{}, runs: map[time.Time]succeededRun{}, dirty: map[time.Time]bool{}}
-	parts, err := l.partitionDays(ctx, d, schema.Raw(d.d.Name))
+func (l *Layer) readState(ctx context.Context, d *dataset) (state, error) {
+	days, err := ledger.ReadDays(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name)
 	if err != nil {
-		return st, err
+		return state{}, err
 	}
-	st.rawDays = parts
-	rows, err := l.conn.Query(ctx, d.q.succeededDays())
-	if err != nil {
-		return st, fmt.Errorf("cannot read batch runs of %s: %w", d.d.Name, err)
-	}
-	for rows.Next() {
-		var day time.Time
-		var r succeededRun
-		if err := rows.Scan(&day, &r.runID, &r.rowsOut); err != nil {
-			rows.Close()
-			return st, fmt.Errorf("cannot read batch runs of %s: %w", d.d.Name, err)
-		}
-		st.succeeded[dayOf(day)] = r.runID
-		st.runs[dayOf(day)] = r
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return st, fmt.Errorf("cannot read batch runs of %s: %w", d.d.Name, err)
-	}
-	dirty, err := watermark.DirtyDays(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name, lookbackStart(d, now), l.cfg.ClickHouse.InsertTimeout.D())
-	if err != nil {
-		return st, err
-	}
-	for _, day := range dirty {
-		st.dirty[dayOf(day)] = true
-	}
-	// The watermark: the last day D such that every day up to D with raw data has a
-	// successful run and is not dirty. Days without raw data that were run count too, so that
-	// an empty day does not hold the watermark back.
-	days := append([]time.Time{}, st.rawDays...)
-	for day := range st.succeeded {
-		days = append(days, day)
-	}
-	for _, day := range sortDays(days) {
-		if _, ok := st.succeeded[day]; !ok || st.dirty[day] {
-			break
-		}
-		st.watermark, st.wmRunID = day, st.succeeded[day]
-	}
-	return st, nil
+	return state{days: days, exact: days.Exact(), covered: days.Covered()}, nil
 }
 
 // partitionDays lists the days a table partitioned by toYYYYMMDD holds rows for (on every
@@ -120,110 +78,136 @@ func partitionDaysOn(ctx context.Context, conn driver.Conn, query string) ([]tim
 	return out, rows.Err()
 }
 
-// plan works out which days are due at now: every sealed day after the watermark in day order,
-// then every sealed dirty day inside the lookback.
+// plan works out which days are due at now, in this order: every sealed day after the exact
+// watermark that is not exact (catch-up after downtime, retries of failed runs), then every
+// sealed dirty day inside the lookback and every sealed day with raw rows and no successful
+// run (a backfill of older history), oldest first.
 func (l *Layer) plan(ctx context.Context, d *dataset, now time.Time) (plan, error) {
-	st, err := l.readState(ctx, d, now)
+	st, err := l.readState(ctx, d)
 	if err != nil {
 		return plan{}, err
 	}
 	p := plan{st: st}
-	swm, _, err := watermark.Speed(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name, now)
+	swm, err := l.speedWatermark(ctx, d, now, true)
 	if err != nil {
 		return p, err
 	}
 	// A day is sealed when its end plus grace has passed and the speed layer has consumed past
-	// its end; otherwise a lagging consumer would let a partial day be sealed.
+	// its end; otherwise a lagging (or dead) consumer would let a partial day be sealed.
 	sealed := func(day time.Time) bool {
 		end := day.AddDate(0, 0, 1)
 		return !end.Add(d.d.BatchConf.Grace.D()).After(now) && !swm.IsZero() && !swm.Before(end)
 	}
+	lookback := lookbackStart(d, now)
 	var first time.Time
 	switch {
-	case !st.watermark.IsZero():
-		first = st.watermark.AddDate(0, 0, 1)
-	case len(st.rawDays) > 0:
-		first = st.rawDays[0]
+	case !st.exact.IsZero():
+		first = st.exact.AddDate(0, 0, 1)
+	case len(st.days) > 0:
+		first = st.days[0].Day
 	}
 	seen := map[time.Time]bool{}
 	if !first.IsZero() {
 		for day := first; sealed(day); day = day.AddDate(0, 0, 1) {
-			if _, ok := st.succeeded[day]; ok && !st.dirty[day] {
+			k, known := st.days.Get(day)
+			switch {
+			case known && k.Exact():
 				continue // exact already, past a day that holds the watermark back
+			case known && k.Dirty && day.Before(lookback):
+				continue // outside the lookback: listed below, not recomputed automatically
 			}
 			p.due = append(p.due, day)
 			seen[day] = true
 		}
 	}
-	var dirty []time.Time
-	for day := range st.dirty {
-		if !seen[day] && sealed(day) && !day.Before(lookbackStart(d, now)) {
-			dirty = append(dirty, day)
+	var more []time.Time
+	for _, k := range st.days {
+		switch {
+		case seen[k.Day] || !sealed(k.Day):
+		case k.Unrun, k.Dirty && !k.Day.Before(lookback):
+			more = append(more, k.Day)
+		case k.Dirty:
+			p.outside = append(p.outside, k.Day)
 		}
 	}
-	p.due = append(p.due, sortDays(dirty)...)
+	p.due = append(p.due, sortDays(more)...)
 	return p, nil
 }
 
-// updateWatermark computes the watermark and appends it to batch_watermarks when it changed.
+// speedWatermark reads the dataset's speed watermark. With kafka, Kafka's own offsets are the
+// evidence of which partitions are caught up (read with a short timeout; when Kafka cannot be
+// reached the ledger's heartbeats are, see ledger.Speed).
+func (l *Layer) speedWatermark(ctx context.Context, d *dataset, now time.Time, kafka bool) (time.Time, error) {
+	var offsets map[int32]ledger.KafkaOffsets
+	if kafka && len(l.cfg.Kafka.Brokers) > 0 {
+		kctx, cancel := context.WithTimeout(ctx, kafkaTimeout)
+		var err error
+		offsets, err = ledger.ReadKafka(kctx, l.cfg.Kafka.Brokers, l.saramaConfig(), d.d.Topic, l.cfg.Kafka.GroupPrefix+"-"+d.d.Name)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return time.Time{}, ctx.Err()
+			}
+			l.log.Warn("cannot read offsets from kafka: sealing on the ledger's heartbeats", "dataset", d.d.Name, "err", err)
+			offsets = nil
+		}
+	}
+	swm, _, err := ledger.Speed(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name, now, offsets)
+	return swm, err
+}
+
+// kafkaTimeout bounds reading the consumer group's offsets when sealing.
+const kafkaTimeout = 10 * time.Second
+
+// updateWatermark advances the persisted boundary to the covered days (it never moves back)
+// and appends it to batch_watermarks when it changed. In cluster mode it advances only as far
+// as every node holds the days' runs.
 func (l *Layer) updateWatermark(ctx context.Context, d *dataset) (state, error) {
 	name := d.d.Name
-	st, err := l.readState(ctx, d, l.now().UTC())
+	st, err := l.readState(ctx, d)
 	if err != nil {
 		return st, err
 	}
-	old, ok, err := watermark.Batch(ctx, l.conn, l.cfg.ClickHouse.Database, name)
+	old, ok, err := ledger.Boundary(ctx, l.conn, l.cfg.ClickHouse.Database, name)
 	if err != nil {
 		return st, err
 	}
-	if l.cl != nil && !st.watermark.IsZero() && (!ok || st.watermark.After(old)) {
-		// The watermark moves past a day only once every node holds the day's run.
+	next := ledger.NextBoundary(old, ok, st.covered)
+	if l.cl != nil && !next.IsZero() && (!ok || next.After(old)) {
+		// The boundary moves past a day only once every node holds the day's run.
 		from := old
 		if !ok {
 			from = time.Unix(0, 0).UTC()
 		}
-		upTo, why, err := l.verifiedUpTo(ctx, d, from, st.watermark, st.runs)
+		upTo, why, err := l.verifiedUpTo(ctx, d, from, next, st.days.Runs())
 		if err != nil {
 			return st, err
 		}
-		if upTo.Before(st.watermark) {
+		if upTo.Before(next) {
 			l.log.Info("batch watermark held back until every node has the days", "dataset", name,
-				"watermark", fmtDay(st.watermark, true), "verified_to", fmtDay(upTo, upTo.Year() > 1970), "reason", why)
+				"watermark", fmtDay(next, true), "verified_to", fmtDay(upTo, upTo.Year() > 1970), "reason", why)
 			l.setPending(name, true)
-			st.watermark = upTo
-			st.wmRunID = st.succeeded[upTo]
+			next = upTo
 			if upTo.Year() <= 1970 {
-				st.watermark, st.wmRunID = time.Time{}, ""
+				next = time.Time{}
 			}
 		} else {
 			l.setPending(name, false)
 		}
 	}
-	if st.watermark.IsZero() {
-		l.m.watermark.WithLabelValues(name).Set(0)
-	} else {
-		l.m.watermark.WithLabelValues(name).Set(float64(st.watermark.AddDate(0, 0, 1).Unix()))
-	}
-	if (ok && old.Equal(st.watermark)) || (!ok && st.watermark.IsZero()) {
+	l.m.gauges(name, next, st.exact)
+	if (ok && old.Equal(next)) || (!ok && next.IsZero()) {
 		return st, nil
 	}
-	wm := st.watermark
-	if wm.IsZero() {
-		wm = time.Unix(0, 0).UTC() // "no exact day" for watermark.Batch
-	}
 	at, atUS := l.stamp()
-	b, err := l.conn.PrepareBatch(ctx, d.q.insertWatermark())
-	if err != nil {
-		return st, fmt.Errorf("cannot insert watermark into %s: %w", schema.BatchWatermarks, err)
+	runID := ""
+	if k, ok := st.days.Get(next); ok {
+		runID = k.Run
 	}
-	defer b.Close()
-	if err := b.Append(name, wm, st.wmRunID, at, atUS); err != nil {
-		return st, fmt.Errorf("cannot insert watermark into %s: %w", schema.BatchWatermarks, err)
+	if err := ledger.AppendBoundary(ctx, l.conn, l.cfg.ClickHouse.Database, name, next, runID, at, atUS); err != nil {
+		return st, err
 	}
-	if err := b.Send(); err != nil {
-		return st, fmt.Errorf("cannot insert watermark into %s: %w", schema.BatchWatermarks, err)
-	}
-	l.log.Info("batch watermark moved", "dataset", name, "from", fmtDay(old, ok), "to", fmtDay(st.watermark, !st.watermark.IsZero()))
+	l.log.Info("batch watermark moved", "dataset", name, "from", fmtDay(old, ok), "to", fmtDay(next, !next.IsZero()))
 	return st, nil
 }
 
@@ -237,7 +221,7 @@ func fmtDay(t time.Time, ok bool) string {
 // retention drops raw partitions older than raw_retention and speed partitions at or before the
 // watermark minus the speed retention, never a day after the watermark.
 func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error {
-	wm, ok, err := watermark.Batch(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name)
+	wm, ok, err := ledger.Boundary(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name)
 	if err != nil || !ok {
 		return err
 	}
@@ -264,7 +248,13 @@ func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error 
 		return nil
 	}
 	rawCut := now.Add(-d.d.RawRetention.D())
-	if err := drop(schema.Raw(d.d.Name), func(day time.Time) bool { return day.AddDate(0, 0, 1).After(rawCut) }); err != nil {
+	keepRaw := func(day time.Time) bool { return day.AddDate(0, 0, 1).After(rawCut) }
+	if err := drop(schema.Raw(d.d.Name), keepRaw); err != nil {
+		return err
+	}
+	// The count of a day's raw rows goes with them (ledger: a day whose raw is gone is not
+	// dirty, its daily rows are the record).
+	if err := drop(schema.RawDays(d.d.Name), keepRaw); err != nil {
 		return err
 	}
 	speedCut := wm.AddDate(0, 0, 1).Add(-d.d.SpeedConf.Retention.D())
@@ -272,113 +262,68 @@ func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error 
 }
 
 // Run is one batch run with its current state.
-type Run struct {
-	RunID      string    `json:"run_id"`
-	Day        time.Time `json:"day"`
-	Status     string    `json:"status"`
-	StartedAt  time.Time `json:"started_at"`
-	FinishedAt time.Time `json:"finished_at"`
-	RowsRaw    uint64    `json:"rows_raw"`
-	RowsDedup  uint64    `json:"rows_dedup"`
-	RowsOut    uint64    `json:"rows_out"`
-	Error      string    `json:"error,omitempty"`
-	Host       string    `json:"host"`
-}
+type Run = ledger.Run
 
 // Drift is how far the speed view of a day was from the exact value of a metric.
-type Drift struct {
-	Day      time.Time `json:"day"`
-	Metric   string    `json:"metric"`
-	Speed    *float64  `json:"speed_value"`
-	Exact    *float64  `json:"exact_value"`
-	AbsError *float64  `json:"abs_error"`
-	RelError *float64  `json:"rel_error"`
-	RunID    string    `json:"run_id"`
-}
+type Drift = ledger.Drift
 
 // Status is the state of one dataset's batch view.
 type Status struct {
 	Dataset string `json:"dataset"`
-	// Watermark is the last exact day, zero when none.
-	Watermark      time.Time   `json:"watermark"`
+	// Watermark is the persisted boundary: the last day read from <ds>_daily, zero when none.
+	Watermark time.Time `json:"watermark"`
+	// Exact is the exact watermark: every day up to it with raw rows has a successful run that
+	// read every row; zero when none.
+	Exact          time.Time   `json:"exact_watermark"`
 	SpeedWatermark time.Time   `json:"speed_watermark"`
 	Due            []time.Time `json:"due"`   // days the next tick would recompute
-	Dirty          []time.Time `json:"dirty"` // days inside the lookback with late rows
-	Runs           []Run       `json:"runs"`  // newest first
-	Drift          []Drift     `json:"drift"` // of the newest day with drift
+	Dirty          []time.Time `json:"dirty"` // days whose raw rows changed after their run
+	// Outside are the dirty days older than the lookback, which only `lambda batch run`
+	// recomputes; Unrun the days with raw rows and no successful run.
+	Outside []time.Time `json:"dirty_outside_lookback"`
+	Unrun   []time.Time `json:"unrun"`
+	Runs    []Run       `json:"runs"`  // newest first
+	Drift   []Drift     `json:"drift"` // of the newest day with drift
 }
 
-// Status reports every dataset's watermark, due and dirty days, last runs and drift.
+// Status reports every dataset's watermarks, due and dirty days, last runs and drift.
 func (l *Layer) Status(ctx context.Context) ([]Status, error) {
 	var out []Status
 	now := l.now().UTC()
+	db := l.cfg.ClickHouse.Database
 	for _, name := range l.names() {
 		d := l.ds[name]
 		p, err := l.plan(ctx, d, now)
 		if err != nil {
 			return nil, err
 		}
-		s := Status{Dataset: name, Due: p.due}
-		wm, ok, err := watermark.Batch(ctx, l.conn, l.cfg.ClickHouse.Database, name)
+		s := Status{Dataset: name, Due: p.due, Exact: p.st.exact, Dirty: p.st.days.Dirty(time.Time{}),
+			Outside: p.outside, Unrun: p.st.days.Unrun()}
+		wm, ok, err := ledger.Boundary(ctx, l.conn, db, name)
 		if err != nil {
 			return nil, err
 		}
 		if ok {
 			s.Watermark = wm
 		}
-		if s.SpeedWatermark, _, err = watermark.Speed(ctx, l.conn, l.cfg.ClickHouse.Database, name, now); err != nil {
+		if s.SpeedWatermark, err = l.speedWatermark(ctx, d, now, true); err != nil {
 			return nil, err
 		}
-		for day := range p.st.dirty {
-			s.Dirty = append(s.Dirty, day)
-		}
-		s.Dirty = sortDays(s.Dirty)
-		if s.Runs, err = l.lastRuns(ctx, d, 10); err != nil {
+		if s.Runs, err = ledger.LastRuns(ctx, l.conn, db, name, 10); err != nil {
 			return nil, err
 		}
-		if s.Drift, err = l.lastDrift(ctx, d); err != nil {
+		drift, err := ledger.ReadDrift(ctx, l.conn, db, name, time.Time{})
+		if err != nil {
 			return nil, err
+		}
+		for _, r := range drift {
+			if r.Day.Equal(drift[0].Day) {
+				s.Drift = append(s.Drift, r)
+			}
 		}
 		out = append(out, s)
 	}
 	return out, nil
-}
-
-func (l *Layer) lastRuns(ctx context.Context, d *dataset, n int) ([]Run, error) {
-	rows, err := l.conn.Query(ctx, d.q.lastRuns(n))
-	if err != nil {
-		return nil, fmt.Errorf("cannot read batch runs of %s: %w", d.d.Name, err)
-	}
-	defer rows.Close()
-	var out []Run
-	for rows.Next() {
-		var r Run
-		if err := rows.Scan(&r.RunID, &r.Day, &r.Status, &r.StartedAt, &r.FinishedAt, &r.RowsRaw, &r.RowsDedup, &r.RowsOut, &r.Error, &r.Host); err != nil {
-			return nil, fmt.Errorf("cannot read batch runs of %s: %w", d.d.Name, err)
-		}
-		if r.FinishedAt.Unix() <= 0 {
-			r.FinishedAt = time.Time{}
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
-}
-
-func (l *Layer) lastDrift(ctx context.Context, d *dataset) ([]Drift, error) {
-	rows, err := l.conn.Query(ctx, d.q.lastDrift())
-	if err != nil {
-		return nil, fmt.Errorf("cannot read drift of %s: %w", d.d.Name, err)
-	}
-	defer rows.Close()
-	var out []Drift
-	for rows.Next() {
-		var r Drift
-		if err := rows.Scan(&r.Day, &r.Metric, &r.Speed, &r.Exact, &r.AbsError, &r.RelError, &r.RunID); err != nil {
-			return nil, fmt.Errorf("cannot read drift of %s: %w", d.d.Name, err)
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
 }
 
 // metrics are the lambda_batch_* metrics.
@@ -389,6 +334,20 @@ type metrics struct {
 	watermark *prometheus.GaugeVec
 	due       *prometheus.GaugeVec
 	drift     *prometheus.GaugeVec
+	exact     *prometheus.GaugeVec
+	health    *healthMetrics
+}
+
+// gauges sets the boundary and exact watermark gauges (end of the day, Unix time; 0: none).
+func (m *metrics) gauges(ds string, boundary, exact time.Time) {
+	end := func(day time.Time) float64 {
+		if day.IsZero() {
+			return 0
+		}
+		return float64(day.AddDate(0, 0, 1).Unix())
+	}
+	m.watermark.WithLabelValues(ds).Set(end(boundary))
+	m.exact.WithLabelValues(ds).Set(end(exact))
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -407,8 +366,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_drift_relative_error",
 			Help: "Relative error of the speed view against the exact value for the last sealed day."}, []string{"dataset", "metric"}),
 	}
+	m.exact = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_exact_watermark_timestamp_seconds",
+		Help: "End of the exact watermark day (every day up to it exact; dirty and unrun days hold it back) as a Unix time; 0 when none."}, []string{"dataset"})
+	m.health = newHealthMetrics()
 	if reg != nil {
-		reg.MustRegister(m.runs, m.duration, m.rows, m.watermark, m.due, m.drift)
+		reg.MustRegister(m.runs, m.duration, m.rows, m.watermark, m.due, m.drift, m.exact)
+		m.health.register(reg)
 	}
 	return m
 }

@@ -4,12 +4,12 @@ import (
 	"context"
 	"fmt"
 	"maps"
-	"math"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -20,9 +20,9 @@ type runResult struct {
 
 // Run statuses in batch_runs.
 const (
-	StatusStarted   = "started"
-	StatusSucceeded = "succeeded"
-	StatusFailed    = "failed"
+	StatusStarted   = ledger.StatusStarted
+	StatusSucceeded = ledger.StatusSucceeded
+	StatusFailed    = ledger.StatusFailed
 )
 
 // cleanupTimeout bounds the bookkeeping done after ctx was cancelled: recording the failure and
@@ -97,7 +97,12 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	if err := conn.Exec(ctx, q.createStaging(staging)); err != nil {
 		return fmt.Errorf("cannot create staging table %s: %w", staging, err)
 	}
-	if err := l.conn.QueryRow(ctx, q.countRaw(day)).Scan(&res.rowsRaw); err != nil {
+	// What the run reads: raw's rows of the day, counted before and after the aggregation.
+	// Raw is append-only: equal counts mean the aggregation read exactly these rows. Rows that
+	// arrive meanwhile leave the day dirty (raw holds more than the run read), so it is
+	// recomputed, and reported approximate until then.
+	db := l.cfg.ClickHouse.Database
+	if err := l.conn.QueryRow(ctx, ledger.RawRowsSQL(db, d.d.Name, day)).Scan(&res.rowsRaw); err != nil {
 		return fmt.Errorf("cannot count raw rows: %w", err)
 	}
 	settings := clickhouse.Settings{}
@@ -111,6 +116,14 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	}
 	if err := conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(settings)), sql); err != nil {
 		return fmt.Errorf("cannot insert recompute into %s: %w", staging, err)
+	}
+	var after uint64
+	if err := l.conn.QueryRow(ctx, ledger.RawRowsSQL(db, d.d.Name, day)).Scan(&after); err != nil {
+		return fmt.Errorf("cannot count raw rows: %w", err)
+	}
+	if after != res.rowsRaw {
+		l.log.Info("rows arrived during the run: the day stays dirty and is recomputed at the next tick",
+			"dataset", d.d.Name, "day", day.Format(time.DateOnly), "rows_before", res.rowsRaw, "rows_after", after)
 	}
 	if err := conn.QueryRow(ctx, q.countDay(staging, day)).Scan(&res.rowsOut); err != nil {
 		return fmt.Errorf("cannot count rows of %s: %w", staging, err)
@@ -163,22 +176,9 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 
 func (l *Layer) recordRun(ctx context.Context, d *dataset, day time.Time, res runResult, status string, started, finished time.Time, errText string) error {
 	at, atUS := l.stamp()
-	b, err := l.conn.PrepareBatch(ctx, d.q.insertRun())
-	if err != nil {
-		return fmt.Errorf("cannot insert run into %s: %w", schema.BatchRuns, err)
-	}
-	defer b.Close()
-	if finished.IsZero() {
-		finished = time.Unix(0, 0).UTC()
-	}
-	if err := b.Append(d.d.Name, day, res.runID, status, at, atUS, started, finished,
-		res.rowsRaw, res.rowsDedup, res.rowsOut, errText, l.host); err != nil {
-		return fmt.Errorf("cannot insert run into %s: %w", schema.BatchRuns, err)
-	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("cannot insert run into %s: %w", schema.BatchRuns, err)
-	}
-	return nil
+	return ledger.RecordRun(ctx, l.conn, l.cfg.ClickHouse.Database, ledger.Run{Dataset: d.d.Name, Day: day, RunID: res.runID,
+		Status: status, At: at, AtUS: atUS, StartedAt: started, FinishedAt: finished, RowsRead: res.rowsRaw,
+		RowsDedup: res.rowsDedup, RowsOut: res.rowsOut, Error: errText, Host: l.host})
 }
 
 // totals reads the day total of every metric from a daily-shaped table through conn.
@@ -222,43 +222,12 @@ func (l *Layer) drift(ctx context.Context, d *dataset, day time.Time, runID stri
 	if n == 0 {
 		return nil
 	}
-	b, err := l.conn.PrepareBatch(ctx, d.q.insertDrift())
-	if err != nil {
-		return fmt.Errorf("cannot insert drift into %s: %w", schema.Drift(d.d.Name), err)
-	}
-	defer b.Close()
-	at := l.now().UTC()
+	rows := make([]ledger.Drift, len(specs))
 	for i, s := range specs {
-		sv, ev := finite(speed[i]), finite(exact[i])
-		var abs, rel *float64
-		if sv != nil && ev != nil {
-			a := math.Abs(*sv - *ev)
-			abs = &a
-			switch {
-			case *ev != 0:
-				r := a / math.Abs(*ev)
-				rel = &r
-			case a == 0:
-				r := 0.0
-				rel = &r
-			}
-		}
-		if rel != nil {
-			l.m.drift.WithLabelValues(d.d.Name, s.Name).Set(*rel)
-		}
-		if err := b.Append(day, s.Name, sv, ev, abs, rel, runID, at); err != nil {
-			return fmt.Errorf("cannot insert drift into %s: %w", schema.Drift(d.d.Name), err)
+		rows[i] = ledger.NewDrift(day, s.Name, speed[i], exact[i], runID)
+		if r := rows[i].RelError; r != nil {
+			l.m.drift.WithLabelValues(d.d.Name, s.Name).Set(*r)
 		}
 	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("cannot insert drift into %s: %w", schema.Drift(d.d.Name), err)
-	}
-	return nil
-}
-
-func finite(v *float64) *float64 {
-	if v == nil || math.IsNaN(*v) || math.IsInf(*v, 0) {
-		return nil
-	}
-	return v
+	return ledger.RecordDrift(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name, rows, l.now().UTC())
 }

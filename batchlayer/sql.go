@@ -169,11 +169,6 @@ func inputSpec(s metric.Spec) metric.Spec {
 	return s
 }
 
-// countRaw counts the day's raw rows.
-func (q *queries) countRaw(day time.Time) string {
-	return fmt.Sprintf("SELECT count() FROM %s WHERE %s", q.g.T(schema.Raw(q.d.Name)), rawDayWhere(day))
-}
-
 // countDedup counts the day's distinct ids; used only when the dataset has no count metric
 // to read it from.
 func (q *queries) countDedup(day time.Time) string {
@@ -200,7 +195,7 @@ func (q *queries) totals(table string, day time.Time) string {
 func (q *queries) speedTotals(day time.Time) string {
 	sel := []string{"count()"}
 	for _, s := range q.d.Specs() {
-		sel = append(sel, "toNullable(toFloat64("+s.MergeExpr(schema.Q(s.Name))+"))")
+		sel = append(sel, "toNullable(toFloat64("+s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+"))")
 	}
 	return fmt.Sprintf("SELECT %s FROM %s WHERE minute >= %s AND minute < %s", strings.Join(sel, ", "),
 		q.g.T(schema.Speed(q.d.Name)), timeLit(day), timeLit(day.AddDate(0, 0, 1)))
@@ -225,36 +220,4 @@ func (q *queries) partitions(table string) string {
 // stagingTables lists leftover staging tables of the dataset.
 func (q *queries) stagingTables() string {
 	return fmt.Sprintf("SELECT name FROM system.tables WHERE database = %s AND startsWith(name, %s)", strLit(q.db), strLit(stagingPrefix(q.d.Name)))
-}
-
-// succeededDays gives per day with a successful run the newest such run id and its rows.
-func (q *queries) succeededDays() string {
-	return fmt.Sprintf("SELECT day, argMax(run_id, at_us), argMax(rows_out, at_us) FROM %s WHERE dataset = %s AND status = 'succeeded' GROUP BY day ORDER BY day",
-		q.g.T(schema.BatchRuns), strLit(q.d.Name))
-}
-
-// lastRuns gives the newest runs of the dataset with their current state.
-func (q *queries) lastRuns(limit int) string {
-	return fmt.Sprintf(`SELECT run_id, any(day), argMax(status, at_us), min(started_at), argMax(finished_at, at_us),
-    argMax(rows_raw, at_us), argMax(rows_dedup, at_us), argMax(rows_out, at_us), argMax(error, at_us), any(host)
-FROM %s WHERE dataset = %s GROUP BY run_id ORDER BY max(at_us) DESC LIMIT %d`, q.g.T(schema.BatchRuns), strLit(q.d.Name), limit)
-}
-
-// lastDrift gives the newest drift row of every metric for the newest day that has drift.
-func (q *queries) lastDrift() string {
-	t := q.g.T(schema.Drift(q.d.Name))
-	return fmt.Sprintf(`SELECT day, metric, speed_value, exact_value, abs_error, rel_error, run_id FROM %s
-WHERE day = (SELECT max(day) FROM %s) ORDER BY at DESC LIMIT 1 BY metric`, t, t)
-}
-
-func (q *queries) insertRun() string {
-	return fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, status, at, at_us, started_at, finished_at, rows_raw, rows_dedup, rows_out, error, host)", q.g.T(schema.BatchRuns))
-}
-
-func (q *queries) insertWatermark() string {
-	return fmt.Sprintf("INSERT INTO %s (dataset, watermark, run_id, at, at_us)", q.g.T(schema.BatchWatermarks))
-}
-
-func (q *queries) insertDrift() string {
-	return fmt.Sprintf("INSERT INTO %s (day, metric, speed_value, exact_value, abs_error, rel_error, run_id, at)", q.g.T(schema.Drift(q.d.Name)))
 }

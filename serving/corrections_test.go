@@ -11,6 +11,7 @@ import (
 
 	"github.com/lambda-platform/lambda/batchlayer"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -195,7 +196,7 @@ func TestOldDaysKeepTheirSets(t *testing.T) {
 		}
 		want := map[key]bool{}
 		for _, ev := range e.evs {
-			day := dayOf(ev.t).Format("2006-01-02")
+			day := ledger.DayOf(ev.t).Format("2006-01-02")
 			if ev.t.Before(mustDay(r0.From)) || !ev.t.Before(mustDay(r0.To)) || (keep != nil && !keep(day, ev)) {
 				continue
 			}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -105,7 +106,7 @@ func insertRaw(t testing.TB, conn driver.Conn, cfg *config.Config, evs []event) 
 	// Split by day: current ClickHouse refuses more than 100 partitions per block.
 	byDay := map[time.Time][]event{}
 	for _, e := range evs {
-		byDay[dayOf(e.t)] = append(byDay[dayOf(e.t)], e)
+		byDay[ledger.DayOf(e.t)] = append(byDay[ledger.DayOf(e.t)], e)
 	}
 	off := int64(0)
 	for _, es := range byDay {
@@ -170,11 +171,7 @@ GROUP BY %s`, g.T(schema.Daily("events")), strings.Join(cols, ", "), strings.Joi
 		if err := conn.Exec(ctx, q, runID, d.Unix(), d.AddDate(0, 0, 1).Unix()); err != nil {
 			t.Fatalf("cannot seal %s: %v\n%s", d, err, q)
 		}
-		rq := fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, status, at, at_us, started_at, finished_at) SELECT 'events', toDate(?), ?, 'succeeded', now(), toUInt64(?), toDateTime(?), toDateTime(?)", g.T(schema.BatchRuns))
-		us := time.Now().UnixMicro()
-		if err := conn.Exec(ctx, rq, d.Format("2006-01-02"), runID, us, time.Now().Unix()+3600, time.Now().Unix()+3600); err != nil {
-			t.Fatal(err)
-		}
+		recordRun(t, conn, cfg, d, runID, 0)
 	}
 	wq := fmt.Sprintf("INSERT INTO %s (dataset, watermark, run_id, at, at_us) SELECT 'events', toDate(?), ?, now(), toUInt64(?)", g.T(schema.BatchWatermarks))
 	if err := conn.Exec(ctx, wq, wm.Format("2006-01-02"), runID, time.Now().UnixMicro()); err != nil {
@@ -182,14 +179,25 @@ GROUP BY %s`, g.T(schema.Daily("events")), strings.Join(cols, ", "), strings.Joi
 	}
 }
 
-// recordRun appends a successful run of a day to batch_runs, started an hour from now (so that
-// rows ingested until then do not make the day dirty), as the newest run of the day.
+// recordRun appends a successful run of a day to batch_runs as the newest run of the day,
+// having read every raw row the day holds now (rowsOut 0: the rows <ds>_daily holds for it).
 func recordRun(t testing.TB, conn driver.Conn, cfg *config.Config, day time.Time, runID string, rowsOut uint64) {
 	t.Helper()
 	g := schema.NewGenerator(cfg)
-	rq := fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, status, at, at_us, started_at, finished_at, rows_out) SELECT 'events', toDate(?), ?, 'succeeded', now(), toUInt64(?), toDateTime(?), toDateTime(?), toUInt64(?)", g.T(schema.BatchRuns))
-	start := time.Now().Unix() + 3600
-	if err := conn.Exec(context.Background(), rq, day.Format("2006-01-02"), runID, time.Now().UnixMicro(), start, start, rowsOut); err != nil {
+	ctx := context.Background()
+	var read, out uint64
+	if err := conn.QueryRow(ctx, ledger.RawRowsSQL(g.DB, "events", day)).Scan(&read); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s WHERE day = toDate(?) AND run_id = ?", g.T(schema.Daily("events"))), day.Format(time.DateOnly), runID).Scan(&out); err != nil {
+		t.Fatal(err)
+	}
+	if rowsOut == 0 {
+		rowsOut = out
+	}
+	now := time.Now()
+	if err := ledger.RecordRun(ctx, conn, g.DB, ledger.Run{Dataset: "events", Day: day, RunID: runID, Status: ledger.StatusSucceeded,
+		At: now, AtUS: uint64(now.UnixMicro()), StartedAt: now, FinishedAt: now, RowsRead: read, RowsOut: rowsOut, Host: "test"}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -285,7 +293,7 @@ func (e *testEnv) truth(from, to time.Time, keep func(event) bool) truth {
 	seen := map[string]bool{}
 	tr := truth{users: map[string]bool{}}
 	for _, ev := range e.evs {
-		k := dayOf(ev.t).String() + ev.id
+		k := ledger.DayOf(ev.t).String() + ev.id
 		if ev.t.Before(from) || !ev.t.Before(to) || seen[k] || (keep != nil && !keep(ev)) {
 			continue
 		}

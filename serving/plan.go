@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -38,10 +39,14 @@ type State struct {
 	// Effective is Watermark lowered to the day before the first dirty day (zero: none): the
 	// last day up to which every day is exact, which meta.batch_watermark reports.
 	Effective time.Time
-	// Dirty lists days waiting for a recomputation, within the dataset's lookback. Before the
-	// boundary they are still read from <ds>_daily (late rows reach neither daily nor speed
-	// until the rerun, and daily is exact for the rest), flagged exact:false.
+	// Dirty lists the days whose raw rows changed after their newest successful run (see
+	// shared/ledger). Before the boundary they are still read from <ds>_daily (late rows reach
+	// neither daily nor speed until the rerun, and daily is exact for the rest), flagged
+	// exact:false.
 	Dirty []time.Time
+	// Unrun lists the days with raw rows and no successful run (a backfill of older history):
+	// <ds>_daily holds nothing for them, so before the boundary they are read from raw.
+	Unrun []time.Time
 	// Runs maps a day to its newest successful run.
 	Runs map[time.Time]Run
 	// SpeedOldest is the oldest minute held by <ds>_speed (zero: empty).
@@ -80,13 +85,8 @@ type Planner struct {
 // NewPlanner returns a planner for the configuration's database.
 func NewPlanner(cfg *config.Config) *Planner { return &Planner{g: schema.NewGenerator(cfg), cfg: cfg} }
 
-func dayOf(t time.Time) time.Time {
-	t = t.UTC()
-	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
-}
-
 func ceilDay(t time.Time) time.Time {
-	d := dayOf(t)
+	d := ledger.DayOf(t)
 	if d.Before(t) {
 		return d.AddDate(0, 0, 1)
 	}
@@ -142,7 +142,7 @@ func (p *Planner) DailyDays(q *Query, st *State) (from, to time.Time) {
 	if q.Granularity == "minute" || q.Granularity == "hour" || !q.From.Before(end) {
 		return time.Time{}, time.Time{}
 	}
-	d0, d1 := ceilDay(q.From), dayOf(end)
+	d0, d1 := ceilDay(q.From), ledger.DayOf(end)
 	if !d0.Before(d1) {
 		return time.Time{}, time.Time{}
 	}
@@ -165,7 +165,7 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 		}
 		parts = append(parts, pt)
 	}
-	oldestRaw := dayOf(now.Add(-ds.RawRetention.D()))
+	oldestRaw := ledger.DayOf(now.Add(-ds.RawRetention.D()))
 	addRaw := func(from, to time.Time) *APIError {
 		if from.Before(oldestRaw) {
 			return rawTooOld(from, oldestRaw)
@@ -188,11 +188,14 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 					return nil, err
 				}
 			}
-			dirty := map[time.Time]bool{}
-			for _, d := range st.Dirty {
-				dirty[dayOf(d)] = true
-			}
+			dirty, unrun := daySet(st.Dirty), daySet(st.Unrun)
 			for d := d0; d.Before(d1); d = d.AddDate(0, 0, 1) {
+				if unrun[d] {
+					if err := addRaw(d, d.AddDate(0, 0, 1)); err != nil {
+						return nil, err
+					}
+					continue
+				}
 				pt, err := p.dayPart(q, st, d, dirty[d], oldestRaw)
 				if err != nil {
 					return nil, err
@@ -214,7 +217,7 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 				return nil, err
 			}
 		} else {
-			cover := dayOf(now.Add(-ds.SpeedConf.Retention.D()))
+			cover := ledger.DayOf(now.Add(-ds.SpeedConf.Retention.D()))
 			if !st.SpeedOldest.IsZero() && st.SpeedOldest.Before(cover) {
 				cover = st.SpeedOldest
 			}
@@ -269,6 +272,14 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	}
 	pl.SQL, pl.Args = p.outer(q, branches)
 	return pl, nil
+}
+
+func daySet(days []time.Time) map[time.Time]bool {
+	m := make(map[time.Time]bool, len(days))
+	for _, d := range days {
+		m[ledger.DayOf(d)] = true
+	}
+	return m
 }
 
 // rawTooOld is the refusal of a range that needs raw events from before the oldest day raw
@@ -528,7 +539,7 @@ func (p *Planner) speedBranch(q *Query, from, to time.Time) branch {
 	}
 	for _, s := range q.Specs {
 		if q.hasValue(s) {
-			sel = append(sel, s.Cast(s.MergeExpr(schema.Q(s.Name)))+" AS "+valCol(s.Name))
+			sel = append(sel, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+" AS "+valCol(s.Name))
 		}
 		if q.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))

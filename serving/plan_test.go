@@ -195,11 +195,8 @@ func TestPlanShapes(t *testing.T) {
 		sql  string
 		args []any
 	}{
-		{runsSQL(g), []any{"events"}},
 		{speedOldestSQL(g, "events"), nil},
 		{setsSQL(g, "events"), []any{"2024-03-01", "2024-03-09"}},
-		{lastRunsSQL(g), []any{"events"}},
-		{driftSQL(g, "events"), []any{"2024-03-03"}},
 	} {
 		chdb = append(chdb, bindLiteral(q.sql, q.args))
 	}

@@ -146,7 +146,8 @@ type Meta struct {
 	// Complete is false when part of the range has no source (see Sources).
 	Complete bool          `json:"complete"`
 	Sources  []SourceRange `json:"sources"`
-	// PendingCorrections are dirty days: late events arrived after their batch run.
+	// PendingCorrections are the days waiting for a batch run: dirty days (late events
+	// arrived after their run) and days with raw rows and no run yet.
 	PendingCorrections []string `json:"pending_corrections"`
 	Truncated          bool     `json:"truncated"`
 	Cached             bool     `json:"cached"`
@@ -243,9 +244,7 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 		resp.Meta.SpeedWatermark = &w
 		resp.Meta.LagSeconds = max(0, now.Sub(w).Seconds())
 	}
-	for _, d := range st.Dirty {
-		resp.Meta.PendingCorrections = append(resp.Meta.PendingCorrections, d.Format("2006-01-02"))
-	}
+	resp.Meta.PendingCorrections = st.pending()
 	var key string
 	if pl.DailyOnly && consistent {
 		key = s.cacheKey(q, st, pl)

@@ -3,14 +3,15 @@ package serving
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
-	"github.com/lambda-platform/lambda/shared/watermark"
 )
 
 // stateTTL is how long a dataset's watermarks, dirty days and runs are reused. A batch run is
@@ -25,7 +26,7 @@ const stateTTL = time.Second
 type snapshot struct {
 	State
 	SpeedWatermark time.Time
-	Partitions     []watermark.Partition
+	Partitions     []ledger.Partition
 	ReadAt         time.Time
 }
 
@@ -57,7 +58,7 @@ func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time)
 	}
 	c.refreshing[ds.Name] = true
 	c.mu.Unlock()
-	s, err := readState(ctx, c.conn, c.g, c.cfg.ClickHouse.InsertTimeout.D(), ds, now)
+	s, err := readState(ctx, c.conn, c.g, ds, now)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.refreshing[ds.Name] = false
@@ -68,10 +69,16 @@ func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time)
 	return s, nil
 }
 
-// runsSQL gives per day the newest successful run of a dataset (bound: the dataset) and the
-// rows it wrote.
-func runsSQL(g *schema.Generator) string {
-	return fmt.Sprintf(`SELECT day, argMax(run_id, at_us), argMax(rows_out, at_us) FROM %s WHERE dataset = ? AND status = 'succeeded' GROUP BY day`, g.T(schema.BatchRuns))
+// pending lists the days waiting for a batch run, oldest first: dirty days (raw rows changed
+// after their run) and unrun days (raw rows and no run).
+func (s *snapshot) pending() []string {
+	days := append(slices.Clone(s.Dirty), s.Unrun...)
+	slices.SortFunc(days, func(a, b time.Time) int { return a.Compare(b) })
+	out := make([]string, len(days))
+	for i, d := range days {
+		out[i] = d.Format(time.DateOnly)
+	}
+	return out
 }
 
 // speedOldestSQL gives the number of rows and the oldest minute of <ds>_speed.
@@ -86,50 +93,39 @@ func setsSQL(g *schema.Generator, ds string) string {
 		g.T(schema.Daily(ds)))
 }
 
-// readState reads a dataset's watermarks: the persisted batch watermark lowered to the day
-// before the first dirty day within the lookback, the newest successful run per day, the
-// speed watermark and the oldest minute the speed view still holds.
-func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, insertTimeout time.Duration, ds *config.Dataset, now time.Time) (*snapshot, error) {
+// readState reads what the planner needs of a dataset from the ledger: the persisted boundary,
+// the exact watermark (never past the boundary), the dirty and unrun days, the newest
+// successful run per day, the speed watermark (on the ledger's heartbeats: the API does not ask
+// Kafka) and the oldest minute the speed view still holds.
+func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *config.Dataset, now time.Time) (*snapshot, error) {
 	s := &snapshot{ReadAt: now}
-	wm, ok, err := watermark.Batch(ctx, conn, g.DB, ds.Name)
+	wm, ok, err := ledger.Boundary(ctx, conn, g.DB, ds.Name)
+	if err != nil {
+		return nil, err
+	}
+	days, err := ledger.ReadDays(ctx, conn, g.DB, ds.Name)
 	if err != nil {
 		return nil, err
 	}
 	if ok {
-		s.Watermark, s.Effective = wm, wm
-		dirty, err := watermark.DirtyDays(ctx, conn, g.DB, ds.Name, dayOf(now.Add(-ds.BatchConf.Lookback.D())), insertTimeout)
-		if err != nil {
-			return nil, err
+		s.Watermark = wm
+		s.Effective = days.Exact()
+		if s.Effective.After(wm) {
+			s.Effective = wm
 		}
-		s.Dirty = dirty
-		for _, d := range dirty {
-			if !d.After(s.Effective) {
-				s.Effective = d.AddDate(0, 0, -1)
-			}
-		}
-		if s.Effective.Year() <= 1970 {
-			s.Effective = time.Time{}
+	}
+	s.Dirty = days.Dirty(time.Time{})
+	for _, d := range days.Unrun() {
+		// After the boundary a day without a run is not sealed yet, not missing a correction.
+		if !s.Watermark.IsZero() && !d.After(s.Watermark) {
+			s.Unrun = append(s.Unrun, d)
 		}
 	}
 	s.Runs = map[time.Time]Run{}
-	rows, err := conn.Query(ctx, runsSQL(g), ds.Name)
-	if err != nil {
-		return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
+	for day, k := range days.Runs() {
+		s.Runs[day] = Run{ID: k.Run, Rows: k.RowsOut}
 	}
-	for rows.Next() {
-		var d time.Time
-		var r Run
-		if err := rows.Scan(&d, &r.ID, &r.Rows); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
-		}
-		s.Runs[dayOf(d)] = r
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("cannot read batch runs of %s: %w", ds.Name, err)
-	}
-	s.SpeedWatermark, s.Partitions, err = watermark.Speed(ctx, conn, g.DB, ds.Name, now)
+	s.SpeedWatermark, s.Partitions, err = ledger.Speed(ctx, conn, g.DB, ds.Name, now, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -200,7 +196,7 @@ func (c *setsCache) get(ctx context.Context, conn driver.Conn, g *schema.Generat
 			rows.Close()
 			return nil, false, fmt.Errorf("cannot read the grouping sets of %s: %w", schema.Daily(ds), err)
 		}
-		d = dayOf(d)
+		d = ledger.DayOf(d)
 		f, seen := found[d]
 		if !seen {
 			f.run = minRun

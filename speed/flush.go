@@ -11,6 +11,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/IBM/sarama"
+
+	"github.com/lambda-platform/lambda/shared/ledger"
 )
 
 // piece is one partition's buffer taken by a flush.
@@ -218,10 +220,7 @@ func (d *dataset) gauges(now time.Time) {
 		if p.committed >= 0 {
 			lag = max(0, p.claim.HighWaterMarkOffset()-p.committed)
 		}
-		t := p.maxTime
-		if lag == 0 || t.After(now) {
-			t = now
-		}
+		t := ledger.PartitionTime(lag == 0, p.maxTime, now)
 		p.mu.Unlock()
 		d.s.m.lag.WithLabelValues(d.d.Name, strconv.Itoa(int(p.partition))).Set(float64(lag))
 		if wm.IsZero() || t.Before(wm) {

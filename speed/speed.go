@@ -32,9 +32,9 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
-	"github.com/lambda-platform/lambda/shared/watermark"
 )
 
 // Options configure a Speed layer. Every field is optional.
@@ -63,8 +63,8 @@ type Speed struct {
 
 const (
 	// heartbeatEvery is how often an idle partition writes a ledger row, so that readers see
-	// it caught up.
-	heartbeatEvery = 10 * time.Second
+	// it alive and caught up (the ledger's rules trust a heartbeat for a few of these).
+	heartbeatEvery = ledger.HeartbeatEvery
 	// watermarkEvery is how often the batch watermark is re-read to tell late events.
 	watermarkEvery = 10 * time.Second
 	// releaseTimeout bounds how long a revoked partition waits for its rows to be flushed
@@ -520,7 +520,7 @@ func (d *dataset) refreshWatermark(ctx context.Context) {
 	}
 	rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	day, ok, err := watermark.Batch(rctx, d.s.conn, d.s.cfg.ClickHouse.Database, d.d.Name)
+	day, ok, err := ledger.Boundary(rctx, d.s.conn, d.s.cfg.ClickHouse.Database, d.d.Name)
 	if err != nil {
 		d.log.Debug("cannot read the batch watermark", "err", err)
 		return

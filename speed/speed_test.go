@@ -26,9 +26,9 @@ import (
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/nettest"
 	"github.com/lambda-platform/lambda/shared/schema"
-	"github.com/lambda-platform/lambda/shared/watermark"
 )
 
 // env is a real ClickHouse database and a real broker over TCP.
@@ -416,10 +416,11 @@ SELECT 'events', toDate('%s'), 'r1', 'succeeded', now() - 3600, 1, now() - 3600,
 	if n := e.uint(fmt.Sprintf("SELECT sum(duplicate_rows) FROM %s.speed_flushes", e.db)); n != 200 {
 		t.Errorf("ledger counts %d duplicates, want 200", n)
 	}
-	dirty, err := watermark.DirtyDays(context.Background(), e.conn, e.db, "events", today.AddDate(0, 0, -10), time.Minute)
+	days, err := ledger.ReadDays(context.Background(), e.conn, e.db, "events")
 	if err != nil {
 		t.Fatal(err)
 	}
+	dirty := days.Dirty(today.AddDate(0, 0, -10))
 	if !slices.ContainsFunc(dirty, func(d time.Time) bool { return d.Equal(lateDay) }) {
 		t.Errorf("dirty days %v do not include %s, which got a late row after its run", dirty, lateDay.Format(time.DateOnly))
 	}
@@ -432,7 +433,7 @@ SELECT 'events', toDate('%s'), 'r1', 'succeeded', now() - 3600, 1, now() - 3600,
 		}
 	}
 	// The speed watermark is readable by other processes.
-	wm, parts, err := watermark.Speed(context.Background(), e.conn, e.db, "events", time.Now())
+	wm, parts, err := ledger.Speed(context.Background(), e.conn, e.db, "events", time.Now(), nil)
 	if err != nil || len(parts) != 3 || wm.IsZero() {
 		t.Fatalf("speed watermark %v, partitions %+v, err %v", wm, parts, err)
 	}

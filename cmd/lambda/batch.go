@@ -170,8 +170,12 @@ func runBatchStatus(ctx context.Context, args []string) error {
 		if !s.SpeedWatermark.IsZero() {
 			swm = s.SpeedWatermark.Format(time.RFC3339)
 		}
-		fmt.Fprintf(w, "dataset %s\n  watermark\t%s\n  speed watermark\t%s\n  due\t%s\n  dirty\t%s\n", s.Dataset, day(s.Watermark),
-			swm, days(s.Due), days(s.Dirty))
+		fmt.Fprintf(w, "dataset %s\n  boundary (daily up to)\t%s\n  exact up to\t%s\n  speed watermark\t%s\n  due\t%s\n  dirty\t%s\n  unrun\t%s\n",
+			s.Dataset, day(s.Watermark), day(s.Exact), swm, days(s.Due), days(s.Dirty), days(s.Unrun))
+		if len(s.Outside) > 0 {
+			fmt.Fprintf(w, "  dirty outside the lookback (approximate until rerun: lambda batch run --dataset %s --from %s --to %s)\t%s\n",
+				s.Dataset, day(s.Outside[0]), day(s.Outside[len(s.Outside)-1]), days(s.Outside))
+		}
 		fmt.Fprintf(w, "  runs:\tday\tstatus\tstarted\ttook\traw\tdedup\tout\trun id\terror\n")
 		for _, r := range s.Runs {
 			took := "-"
@@ -179,7 +183,7 @@ func runBatchStatus(ctx context.Context, args []string) error {
 				took = r.FinishedAt.Sub(r.StartedAt).String()
 			}
 			fmt.Fprintf(w, "\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%s\n", day(r.Day), r.Status, r.StartedAt.Format(time.RFC3339), took,
-				r.RowsRaw, r.RowsDedup, r.RowsOut, r.RunID, r.Error)
+				r.RowsRead, r.RowsDedup, r.RowsOut, r.RunID, r.Error)
 		}
 		if len(s.Drift) > 0 {
 			fmt.Fprintf(w, "  drift %s:\tmetric\tspeed\texact\tabs error\trel error\n", day(s.Drift[0].Day))

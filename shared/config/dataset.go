@@ -73,6 +73,19 @@ func (d *Dataset) ValueColumns() []Column {
 	return out
 }
 
+// PresenceColumns returns the numeric raw columns read by a metric whose value from a state
+// cannot tell "no values" (sum, min, max): <ds>_speed keeps a presence state for each (see
+// metric.PresenceColumn), in order of first use.
+func (d *Dataset) PresenceColumns() []string {
+	var out []string
+	for _, s := range d.Specs() {
+		if s.NeedsPresence() && !slices.Contains(out, s.Column) {
+			out = append(out, s.Column)
+		}
+	}
+	return out
+}
+
 // DimensionNames returns the dimension names in config order.
 func (d *Dataset) DimensionNames() []string {
 	out := make([]string, len(d.Dimensions))

@@ -113,18 +113,51 @@ func (s Spec) StateExpr() string {
 	case "":
 		return "countState()"
 	case KeyType:
-		return fmt.Sprintf("%sState%s(toString(%s))", name, params, s.args())
+		// A missing key is '' in raw: it adds nothing, never a distinct ''.
+		return fmt.Sprintf("%sStateIf%s(toString(%s), toString(%s) != '')", name, params, s.args(), s.args())
 	default:
 		return fmt.Sprintf("%sStateIf%s(toFloat64(assumeNotNull(%s)), isNotNull(%s))", name, params, s.args(), s.args())
 	}
 }
 
-// MergeExpr turns a state column into the metric's value, e.g. "uniqMerge(users)".
+// MergeExpr turns a state column into the metric's value, e.g. "uniqMerge(users)". Over no
+// values a sum, min or max state gives 0, which is not NULL: values of those read from states
+// go through ValueFromStates, which consults the presence state. avg and quantile give NaN,
+// which Cast turns into NULL.
 func (s Spec) MergeExpr(stateCol string) string {
 	if s.Type == Quantile {
 		return fmt.Sprintf("quantileMerge(%s)(%s)", s.levelString(), stateCol)
 	}
 	return fmt.Sprintf("%sMerge(%s)", s.Type, stateCol)
+}
+
+// NeedsPresence reports whether the metric's value from a state cannot tell "no values" from a
+// value (sum, min and max give 0 over nothing): read from states, it needs the presence state
+// of its column (PresenceColumn) to be NULL where no value exists.
+func (s Spec) NeedsPresence() bool { return s.Type == Sum || s.Type == Min || s.Type == Max }
+
+// PresenceColumn is the name of the state column counting the present (non-NULL) values of a
+// numeric raw column in a table of states (<ds>_speed). Names starting with an underscore are
+// never metric or dimension names.
+func PresenceColumn(column string) string { return "_n_" + column }
+
+// PresenceType is the column type of a presence state.
+const PresenceType = "AggregateFunction(sum, UInt64)"
+
+// PresenceStateExpr is the presence state over a numeric raw column.
+func PresenceStateExpr(column string) string {
+	c := quoteIdent(column)
+	return fmt.Sprintf("sumState(toUInt64(isNotNull(%s)))", c)
+}
+
+// ValueFromStates is the metric's value merged from its state column and, for the metrics that
+// need one, the presence state column of its raw column: NULL where no value exists, as the
+// exact expression over raw gives. It is cast to ValueType.
+func (s Spec) ValueFromStates(stateCol, presenceCol string) string {
+	if !s.NeedsPresence() {
+		return s.Cast(s.MergeExpr(stateCol))
+	}
+	return fmt.Sprintf("if(sumMerge(%s) = 0, NULL, %s)", presenceCol, s.Cast(s.MergeExpr(stateCol)))
 }
 
 // MergeStateExpr merges state columns into one state, for combining sources before the final
@@ -143,7 +176,7 @@ func (s Spec) ExactExpr() string {
 	case Count:
 		return "count()"
 	case Uniq:
-		return fmt.Sprintf("uniqExact(%s)", s.args())
+		return fmt.Sprintf("uniqExactIf(%s, %s != '')", s.args(), s.args())
 	case Quantile:
 		return fmt.Sprintf("quantileExact(%s)(%s)", s.levelString(), s.args())
 	default:
@@ -162,11 +195,14 @@ func (s Spec) ValueType() string {
 	}
 }
 
-// Cast wraps expr so that it has ValueType.
+// Cast wraps expr so that it has ValueType. For avg and quantile, NaN (what their states give
+// over no values) becomes NULL, as every source gives NULL where no value exists.
 func (s Spec) Cast(expr string) string {
-	switch s.ValueType() {
-	case "UInt64":
+	switch {
+	case s.ValueType() == "UInt64":
 		return "toUInt64(" + expr + ")"
+	case s.Type == Avg || s.Type == Quantile:
+		return fmt.Sprintf("if(isNaN(toFloat64(%s)), NULL, toNullable(toFloat64(%s)))", expr, expr)
 	default:
 		return "toNullable(toFloat64(" + expr + "))"
 	}

@@ -51,12 +51,14 @@ func TestFragments(t *testing.T) {
 	f(sp[1], "sumStateIf(toFloat64(assumeNotNull(`v`)), isNotNull(`v`))", "AggregateFunction(sum, Float64)", "sumMerge(c)", "sum(`v`)", "sum(`s`)", true, true)
 	f(sp[3], "maxStateIf(toFloat64(assumeNotNull(`v`)), isNotNull(`v`))", "AggregateFunction(max, Float64)", "maxMerge(c)", "max(`v`)", "max(`hi`)", false, true)
 	f(sp[4], "avgStateIf(toFloat64(assumeNotNull(`v`)), isNotNull(`v`))", "AggregateFunction(avg, Float64)", "avgMerge(c)", "avg(`v`)", "avgMerge(`mean_state`)", false, true)
-	f(sp[5], "uniqState(toString(`k`))", "AggregateFunction(uniq, String)", "uniqMerge(c)", "uniqExact(`k`)", "uniqMerge(`u_state`)", false, false)
+	f(sp[5], "uniqStateIf(toString(`k`), toString(`k`) != '')", "AggregateFunction(uniq, String)", "uniqMerge(c)", "uniqExactIf(`k`, `k` != '')", "uniqMerge(`u_state`)", false, false)
 	f(sp[6], "quantileStateIf(0.5)(toFloat64(assumeNotNull(`v`)), isNotNull(`v`))", "AggregateFunction(quantile(0.5), Float64)", "quantileMerge(0.5)(c)", "quantileExact(0.5)(`v`)", "quantileMerge(0.5)(`p_state`)", false, false)
 }
 
 // equivalence builds the statements that store states of every metric in a table of the
-// catalogue's StateType, merge them back, and compute the exact values over the same rows.
+// catalogue's StateType (with the presence state of the value column), merge them back per
+// group, and compute the exact values of the same rows per group. Group 3 has no value and no
+// key at all: every metric must be NULL there (0 for count and uniq) both ways.
 func asFloat(expr string) string { return "toFloat64(ifNull(" + expr + ", nan))" }
 
 func equivalence(db string) (setup []string, merged, exact string) {
@@ -65,23 +67,29 @@ func equivalence(db string) (setup []string, merged, exact string) {
 	for _, s := range sp {
 		cols = append(cols, fmt.Sprintf("`%s` %s", s.Name, s.StateType()))
 		states = append(states, s.StateExpr()+" AS `"+s.Name+"`")
-		merges = append(merges, asFloat(s.Cast(s.MergeExpr("`"+s.Name+"`"))))
+		merges = append(merges, asFloat(s.ValueFromStates("`"+s.Name+"`", "`"+metric.PresenceColumn("v")+"`")))
 		exacts = append(exacts, asFloat(s.Cast(s.ExactExpr())))
 	}
-	src := "(SELECT if(number % 5 = 0, NULL, toNullable(toFloat64(number % 97))) AS v, toString(number % 13) AS k, number % 3 AS g FROM system.numbers LIMIT 1000)"
+	cols = append(cols, fmt.Sprintf("`%s` %s", metric.PresenceColumn("v"), metric.PresenceType))
+	states = append(states, metric.PresenceStateExpr("v")+" AS `"+metric.PresenceColumn("v")+"`")
+	src := `(SELECT if(number % 5 = 0 OR number % 4 = 3, NULL, toNullable(toFloat64(number % 97))) AS v,
+    if(number % 4 = 3 OR number % 7 = 0, '', toString(number % 13)) AS k, toUInt64(number % 4) AS g FROM system.numbers LIMIT 1000)`
 	setup = []string{
 		"CREATE DATABASE IF NOT EXISTS " + db,
 		fmt.Sprintf("CREATE TABLE %s.st (g UInt64, %s) ENGINE = AggregatingMergeTree ORDER BY g", db, strings.Join(cols, ", ")),
-		fmt.Sprintf("INSERT INTO %s.st SELECT g, %s FROM %s GROUP BY g", db, strings.Join(states, ", "), src),
+		// Two inserts, so that states merge across parts.
+		fmt.Sprintf("INSERT INTO %s.st SELECT g, %s FROM %s WHERE v < 50 OR isNull(v) GROUP BY g", db, strings.Join(states, ", "), src),
+		fmt.Sprintf("INSERT INTO %s.st SELECT g, %s FROM %s WHERE v >= 50 GROUP BY g", db, strings.Join(states, ", "), src),
 	}
-	merged = fmt.Sprintf("SELECT %s FROM %s.st", strings.Join(merges, ", "), db)
-	exact = fmt.Sprintf("SELECT %s FROM %s", strings.Join(exacts, ", "), src)
+	merged = fmt.Sprintf("SELECT g, %s FROM %s.st GROUP BY g ORDER BY g", strings.Join(merges, ", "), db)
+	exact = fmt.Sprintf("SELECT g, %s FROM %s GROUP BY g ORDER BY g", strings.Join(exacts, ", "), src)
 	return setup, merged, exact
 }
 
 // TestStatesMergeToExact checks on ClickHouse 18.16 and on current ClickHouse (chDB) that the
 // states of every metric type, stored in columns of the catalogue's types and merged across
-// rows, give the exact values (NULLs skipped), to a tolerance for the quantile sketch.
+// rows, give the exact values per group (NULLs skipped, missing keys not counted, NULL where no
+// value exists), to a tolerance for the quantile sketch.
 func TestStatesMergeToExact(t *testing.T) {
 	cfg := chtest.Config(t, nil)
 	conn := chtest.New(t, cfg)
@@ -93,28 +101,42 @@ func TestStatesMergeToExact(t *testing.T) {
 			t.Fatalf("18.16: %s: %v", s, err)
 		}
 	}
-	read := func(q string) []float64 {
-		out := make([]float64, len(specs()))
-		dest := make([]any, len(out))
-		for i := range out {
-			dest[i] = &out[i]
-		}
-		if err := conn.QueryRow(ctx, q).Scan(dest...); err != nil {
+	read := func(q string) [][]float64 {
+		rows, err := conn.Query(ctx, q)
+		if err != nil {
 			t.Fatalf("%s: %v", q, err)
+		}
+		defer rows.Close()
+		var out [][]float64
+		for rows.Next() {
+			var g uint64
+			row := make([]float64, len(specs()))
+			dest := []any{&g}
+			for i := range row {
+				dest = append(dest, &row[i])
+			}
+			if err := rows.Scan(dest...); err != nil {
+				t.Fatalf("%s: %v", q, err)
+			}
+			out = append(out, row)
 		}
 		return out
 	}
 	compare(t, "18.16", read(merged), read(exact))
 
 	res := chtest.RequireChDB(t, append(setup, merged, exact))
-	parse := func(s string) []float64 {
-		var out []float64
-		for _, f := range strings.Fields(s) {
-			v, err := strconv.ParseFloat(f, 64)
-			if err != nil {
-				t.Fatalf("chdb value %q: %v", f, err)
+	parse := func(s string) [][]float64 {
+		var out [][]float64
+		for _, line := range strings.Split(strings.TrimSpace(s), "\n") {
+			var row []float64
+			for _, f := range strings.Fields(line)[1:] {
+				v, err := strconv.ParseFloat(f, 64)
+				if err != nil {
+					t.Fatalf("chdb value %q: %v", f, err)
+				}
+				row = append(row, v)
 			}
-			out = append(out, v)
+			out = append(out, row)
 		}
 		return out
 	}
@@ -123,19 +145,37 @@ func TestStatesMergeToExact(t *testing.T) {
 	}
 }
 
-func compare(t *testing.T, where string, merged, exact []float64) {
+func compare(t *testing.T, where string, merged, exact [][]float64) {
 	t.Helper()
 	sp := specs()
-	if len(merged) != len(sp) || len(exact) != len(sp) {
+	if len(merged) != 4 || len(exact) != 4 {
 		t.Fatalf("%s: merged %v exact %v", where, merged, exact)
 	}
-	for i, s := range sp {
-		tol := 1e-9 * math.Max(1, math.Abs(exact[i]))
-		if s.Type == metric.Quantile {
-			tol = 5
-		}
-		if math.Abs(merged[i]-exact[i]) > tol {
-			t.Errorf("%s: %s merged %v, exact %v", where, s.Type, merged[i], exact[i])
+	for g := range merged {
+		for i, s := range sp {
+			m, e := merged[g][i], exact[g][i]
+			if g == 3 {
+				want := math.NaN() // NULL
+				if s.Type == metric.Count || s.Type == metric.Uniq {
+					want = 0
+				}
+				if s.Type == metric.Count {
+					want = e
+				}
+				if !same(m, want) || !same(e, want) {
+					t.Errorf("%s: group without values: %s merged %v, exact %v, want %v", where, s.Type, m, e, want)
+				}
+				continue
+			}
+			tol := 1e-9 * math.Max(1, math.Abs(e))
+			if s.Type == metric.Quantile {
+				tol = 5
+			}
+			if math.IsNaN(m) || math.IsNaN(e) || math.Abs(m-e) > tol {
+				t.Errorf("%s: group %d: %s merged %v, exact %v", where, g, s.Type, m, e)
+			}
 		}
 	}
 }
+
+func same(a, b float64) bool { return a == b || (math.IsNaN(a) && math.IsNaN(b)) }

@@ -80,6 +80,8 @@ type migrator struct {
 	ran  []string
 	// rebuilt names tables recreated in this run; their views must be recreated too.
 	rebuilt []string
+	// created names tables created in this run (they did not exist).
+	created []string
 }
 
 func (m *migrator) exec(ctx context.Context, sql string) error {
@@ -152,7 +154,10 @@ func (m *migrator) planChanges(ctx context.Context, o Object, allowDrop bool) (t
 		switch {
 		case i < 0:
 			p.add = append(p.add, want)
-			if o.Rebuild != "" && slices.Contains(o.Key, want.Name) {
+			if o.Rebuild != "" {
+				// A new key column would merge rows across it; a new state column would be
+				// empty in every existing row (a sum or max of nothing reads NULL, not its
+				// value): either way the table is refilled from raw.
 				p.rebuild = true
 			}
 		case normType(have[i].Type) != normType(want.Type):
@@ -204,6 +209,7 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 		return m.exec(ctx, o.Rebuild)
 	}
 	if !p.exists {
+		m.created = append(m.created, o.Name)
 		return m.exec(ctx, o.Create)
 	}
 	for _, c := range p.add {
@@ -250,6 +256,14 @@ func (m *migrator) applyView(ctx context.Context, o Object) error {
 	}
 	if err := m.exec(ctx, o.Create); err != nil {
 		return err
+	}
+	if o.Fill != "" && slices.Contains(m.created, o.FillTarget) {
+		// The view counts what is inserted from now on; bring its target up to date with
+		// what its source held before. A row inserted in between may count twice: the
+		// ledger's rules compare counts over time, and a changed count only reruns a day.
+		if err := m.exec(ctx, o.Fill); err != nil {
+			return err
+		}
 	}
 	return m.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (object, statement_hash) SELECT ?, ?", m.g.T(SchemaObjects)), o.Name, hash)
 }

@@ -25,10 +25,11 @@ package schema
 
 import (
 	"fmt"
+	"slices"
 	"strings"
-	"time"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 )
 
@@ -60,9 +61,13 @@ type Object struct {
 	// Create is the CREATE statement. Tables use IF NOT EXISTS; views are recreated when their
 	// statement changes.
 	Create string
-	// Rebuild, for a table whose key changed, is a statement that refills it from the master
-	// dataset after it was recreated (the speed view), "" for none.
+	// Rebuild, for a table of states whose key or columns changed, is a statement that refills
+	// it from the master dataset after it was recreated (the speed view), "" for none.
 	Rebuild string
+	// Fill, for a materialized view created where its source already holds rows, is the
+	// statement that brings its target up to date with them (run once, right after the view
+	// is created together with FillTarget, the table it feeds).
+	Fill, FillTarget string
 	// Dataset is the dataset the object belongs to, "" for shared objects.
 	Dataset string
 }
@@ -79,11 +84,16 @@ func Rejects(ds string) string { return ds + "_rejects" }
 func Drift(ds string) string   { return ds + "_drift" }
 func Lambda(ds string) string  { return ds + "_lambda" }
 
-// Names of the shared objects.
+// RawDays and RawDaysMV name the table of raw rows per day and the view feeding it (owned by
+// shared/ledger, whose rules read it).
+func RawDays(ds string) string   { return ledger.RawDays(ds) }
+func RawDaysMV(ds string) string { return ledger.RawDaysMV(ds) }
+
+// Names of the shared objects; the bookkeeping tables are shared/ledger's.
 const (
-	SpeedFlushes    = "speed_flushes"
-	BatchRuns       = "batch_runs"
-	BatchWatermarks = "batch_watermarks"
+	SpeedFlushes    = ledger.SpeedFlushes
+	BatchRuns       = ledger.BatchRuns
+	BatchWatermarks = ledger.BatchWatermarks
 	SchemaObjects   = "schema_objects"
 )
 
@@ -97,15 +107,12 @@ type Generator struct {
 	Cluster string
 	// ZooKeeperPath prefixes the replicated tables' paths in cluster mode.
 	ZooKeeperPath string
-	// InsertTimeout is clickhouse.insert_timeout: rows ingested up to this long before a batch
-	// run started may have been missed by it (see DirtyDaysSQL).
-	InsertTimeout time.Duration
 }
 
 // NewGenerator returns a generator for the configuration's database (and cluster).
 func NewGenerator(cfg *config.Config) *Generator {
 	return &Generator{DB: cfg.ClickHouse.Database, Cluster: cfg.ClickHouse.Cluster,
-		ZooKeeperPath: strings.TrimRight(cfg.ClickHouse.ZooKeeperPath, "/"), InsertTimeout: cfg.ClickHouse.InsertTimeout.D()}
+		ZooKeeperPath: strings.TrimRight(cfg.ClickHouse.ZooKeeperPath, "/")}
 }
 
 // OnCluster is " ON CLUSTER <cluster>" in cluster mode, "" otherwise: the clause every DDL
@@ -120,7 +127,12 @@ func (g *Generator) OnCluster() string {
 // Sharded reports whether a table is sharded in cluster mode (a Distributed table over
 // <name>_local), as opposed to replicated on every node.
 func Sharded(name string) bool {
-	return strings.HasSuffix(name, "_raw") || strings.HasSuffix(name, "_speed") || strings.HasSuffix(name, "_rejects")
+	for _, suffix := range []string{"_raw", "_raw_days", "_speed", "_rejects"} {
+		if strings.HasSuffix(name, suffix) {
+			return true
+		}
+	}
+	return false
 }
 
 // LocalT is the table holding a sharded table's rows on one node: <name>_local in cluster mode,
@@ -268,6 +280,9 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	for _, s := range specs {
 		speedCols = append(speedCols, Column{Name: s.Name, Type: s.StateType()})
 	}
+	for _, c := range d.PresenceColumns() {
+		speedCols = append(speedCols, Column{Name: metric.PresenceColumn(c), Type: metric.PresenceType})
+	}
 	speedKey := append([]string{"minute"}, sdims...)
 	// Speed rows are placed by the materialized view, on their raw rows' shard; the sharding
 	// key only serves inserts into the Distributed table, which the platform does not make.
@@ -280,6 +295,14 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	mv := Object{Name: SpeedMV(ds), Kind: View, Dataset: ds,
 		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s%s TO %s AS\n", g.T(SpeedMV(ds)), g.OnCluster(), g.LocalT(Speed(ds))) +
 			g.speedSelect(d, "", "_late = 0", g.LocalT(Raw(ds)))}
+
+	// Raw rows per day, counted at every insert into raw (shared/ledger's rules read it): a
+	// SummingMergeTree sharded as raw, fed by a view on each node's raw rows.
+	daysCols := []Column{{Name: "day", Type: "Date"}, {Name: "rows", Type: "UInt64"}}
+	rawDays := g.shardedTables(RawDays(ds), ds, daysCols, "SummingMergeTree", "PARTITION BY toYYYYMMDD(day) ORDER BY (day)", []string{"day"}, "rand()")
+	daysMV := Object{Name: RawDaysMV(ds), Kind: View, Dataset: ds,
+		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s%s TO %s AS\n%s", g.T(RawDaysMV(ds)), g.OnCluster(), g.LocalT(RawDays(ds)), ledger.RawDaysSelect(g.LocalT(Raw(ds)))),
+		Fill:   fmt.Sprintf("INSERT INTO %s (day, rows) %s", g.T(RawDays(ds)), ledger.RawDaysSelect(g.T(Raw(ds)))), FillTarget: rawDays[0].Name}
 
 	dailyCols := []Column{{Name: "day", Type: "Date"}, {Name: "grouping", Type: "String"}}
 	for _, n := range dims {
@@ -315,7 +338,9 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	drift := g.table(Drift(ds), ds, driftCols, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(driftKey), driftKey)
 
 	view := Object{Name: Lambda(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d)}
-	out := append(raw, speed...)
+	out := append(raw, rawDays...)
+	out = append(out, daysMV)
+	out = append(out, speed...)
 	out = append(out, mv, daily)
 	out = append(out, rejects...)
 	return append(out, drift, view)
@@ -347,25 +372,11 @@ func (g *Generator) speedSelect(d *config.Dataset, prefix, where, from string) s
 	for _, s := range d.Specs() {
 		sel = append(sel, s.StateExpr()+" AS "+Q(s.Name))
 	}
+	for _, c := range d.PresenceColumns() {
+		sel = append(sel, metric.PresenceStateExpr(c)+" AS "+Q(metric.PresenceColumn(c)))
+	}
 	return fmt.Sprintf("%sSELECT\n    %s\nFROM %s\nWHERE %s\nGROUP BY %s", prefix,
 		strings.Join(sel, ",\n    "), from, where, strings.Join(group, ", "))
-}
-
-// WatermarkExpr is a scalar subquery giving a dataset's persisted batch watermark (the last
-// exact day; 1970-01-01 when none).
-func (g *Generator) WatermarkExpr(ds string) string {
-	return fmt.Sprintf("(SELECT argMax(watermark, at_us) FROM %s WHERE dataset = '%s')", g.T(BatchWatermarks), ds)
-}
-
-// DirtyDaysSQL is a subquery listing the dataset's dirty days inside its lookback, as
-// watermark.DirtyDays finds them: days whose raw rows include one ingested after the start of
-// the day's last successful run minus the insert timeout. The batch layer recomputes them at
-// its next tick; until then they are not exact.
-func (g *Generator) DirtyDaysSQL(d *config.Dataset) string {
-	since := fmt.Sprintf("toDate(now() - %d, 'UTC')", int64(d.BatchConf.Lookback.D().Seconds()))
-	return fmt.Sprintf(`SELECT d FROM (SELECT toDate(time) AS d, max(_ingested_at) AS ingested FROM %s WHERE time >= toDateTime(%s, 'UTC') GROUP BY d) AS r
-        ANY INNER JOIN (SELECT day AS d, max(started_at) AS started FROM %s WHERE dataset = '%s' AND status = 'succeeded' AND day >= %s GROUP BY d) AS b USING d
-        WHERE ingested > started - %d`, g.T(Raw(d.Name)), since, g.T(BatchRuns), d.Name, since, int64(g.InsertTimeout.Seconds()))
 }
 
 // GroupingArray is the ARRAY JOIN literal of grouping sets over the given dimensions. The empty
@@ -418,14 +429,45 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// OtherSets returns the dataset's grouping sets that the speed view cannot compute (a
+// dimension outside speed.dimensions): after the boundary they come from deduplicated raw.
+func OtherSets(d *config.Dataset) [][]string {
+	speed := SpeedSets(d)
+	var out [][]string
+	for _, s := range d.GroupingSets() {
+		if !slices.ContainsFunc(speed, func(x []string) bool { return slices.Equal(x, s) }) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// DedupRaw is the deduplicated master dataset: the rows of raw (a qualified table) where
+// where holds, keeping the first-ingested copy of each id within its day, as the batch layer
+// keeps it, with the columns cols (expressions with their aliases). The order makes a rerun pick
+// the same rows.
+func DedupRaw(cols []string, raw, where string) string {
+	return fmt.Sprintf(`SELECT
+    %s
+FROM %s
+WHERE %s
+ORDER BY _ingested_at, _partition, _offset
+LIMIT 1 BY toDate(time), id`, strings.Join(cols, ",\n    "), raw, where)
+}
+
+// indent indents every line of a subquery but the first.
+func indent(sql, by string) string { return strings.ReplaceAll(sql, "\n", "\n"+by) }
+
 // lambdaView is <ds>_lambda: per day, dimensions and grouping, the batch rows up to the
-// watermark and the speed rows after it, re-aggregated per grouping set.
+// boundary (exact unless the day is dirty), and after it the speed rows re-aggregated per
+// grouping set (approximate) and, for the sets with a dimension the speed view does not keep,
+// deduplicated raw (exact), as the API reads them.
 func (g *Generator) lambdaView(d *config.Dataset) string {
 	ds := d.Name
 	dims := d.DimensionNames()
 	sdims := d.SpeedDimensions()
 	specs := d.Specs()
-	wm := g.WatermarkExpr(ds)
+	wm := ledger.BoundarySQL(g.DB, ds)
 
 	batch := []string{"day", "grouping"}
 	for _, n := range dims {
@@ -434,7 +476,7 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 	for _, s := range specs {
 		batch = append(batch, s.Cast(Q(s.Name))+" AS "+Q(s.Name))
 	}
-	batch = append(batch, "'batch' AS source", "toUInt8(day NOT IN ("+g.DirtyDaysSQL(d)+")) AS exact")
+	batch = append(batch, "'batch' AS source", "toUInt8(day NOT IN ("+ledger.DirtyDaysSQL(g.DB, ds)+")) AS exact")
 
 	inner := []string{"minute"}
 	for _, n := range sdims {
@@ -442,6 +484,9 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 	}
 	for _, s := range specs {
 		inner = append(inner, Q(s.Name)+" AS "+Q("s_"+s.Name))
+	}
+	for _, c := range d.PresenceColumns() {
+		inner = append(inner, Q(metric.PresenceColumn(c))+" AS "+Q("p_"+c))
 	}
 	outer := []string{"toDate(minute) AS day", GroupingExpr + " AS grouping"}
 	group := []string{"day", "grouping"}
@@ -454,11 +499,11 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 		}
 	}
 	for _, s := range specs {
-		outer = append(outer, s.Cast(s.MergeExpr(Q("s_"+s.Name)))+" AS "+Q(s.Name))
+		outer = append(outer, s.ValueFromStates(Q("s_"+s.Name), Q("p_"+s.Column))+" AS "+Q(s.Name))
 	}
 	outer = append(outer, "'speed' AS source", "materialize(toUInt8(0)) AS exact")
 
-	return fmt.Sprintf(`CREATE VIEW %s%s AS
+	sql := fmt.Sprintf(`CREATE VIEW %s%s AS
 SELECT
     %s
 FROM %s
@@ -479,4 +524,43 @@ GROUP BY %s`, g.T(Lambda(ds)), g.OnCluster(),
 		strings.Join(outer, ",\n    "),
 		strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm,
 		GroupingArray(SpeedSets(d)), strings.Join(group, ", "))
+	if other := OtherSets(d); len(other) > 0 {
+		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, "toDate(time) > "+wm)
+	}
+	return sql
+}
+
+// rawSetsSelect computes the grouping sets sets exactly from deduplicated raw rows where where
+// holds, per day, in the shape of the view's rows.
+func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, where string) string {
+	inner := []string{"id", "time"}
+	for _, n := range d.DimensionNames() {
+		inner = append(inner, Q(n)+" AS "+Q("d_"+n))
+	}
+	for _, c := range d.ValueColumns() {
+		inner = append(inner, Q(c.Name)+" AS "+Q("v_"+c.Name))
+	}
+	outer := []string{"toDate(time) AS day", GroupingExpr + " AS grouping"}
+	group := []string{"day", "grouping"}
+	for _, n := range d.DimensionNames() {
+		outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
+		group = append(group, Q(n))
+	}
+	for _, s := range d.Specs() {
+		in := s
+		if in.Column != "" {
+			in.Column = "v_" + in.Column
+		}
+		outer = append(outer, s.Cast(in.ExactExpr())+" AS "+Q(s.Name))
+	}
+	outer = append(outer, "'raw' AS source", "materialize(toUInt8(1)) AS exact")
+	return fmt.Sprintf(`SELECT
+    %s
+FROM
+(
+    %s
+)
+ARRAY JOIN %s AS gd
+GROUP BY %s`, strings.Join(outer, ",\n    "), indent(DedupRaw(inner, g.T(Raw(d.Name)), where), "    "),
+		GroupingArray(sets), strings.Join(group, ", "))
 }

@@ -71,6 +71,16 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_raw`
 )
 ENGINE = MergeTree PARTITION BY toYYYYMMDD(time) ORDER BY (`time`, `id`);
 
+CREATE TABLE IF NOT EXISTS `lambda`.`events_raw_days`
+(
+    `day` Date,
+    `rows` UInt64
+)
+ENGINE = SummingMergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (day);
+
+CREATE MATERIALIZED VIEW `lambda`.`events_raw_days_mv` TO `lambda`.`events_raw_days` AS
+SELECT toDate(toDateTime(time), 'UTC') AS day, count() AS rows FROM `lambda`.`events_raw` GROUP BY day;
+
 CREATE TABLE IF NOT EXISTS `lambda`.`events_speed`
 (
     `minute` DateTime('UTC'),
@@ -80,7 +90,8 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed`
     `events` AggregateFunction(count),
     `users` AggregateFunction(uniq, String),
     `revenue` AggregateFunction(sum, Float64),
-    `value_p95` AggregateFunction(quantile(0.95), Float64)
+    `value_p95` AggregateFunction(quantile(0.95), Float64),
+    `_n_value` AggregateFunction(sum, UInt64)
 )
 ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`);
 
@@ -91,9 +102,10 @@ SELECT
     `country`,
     `device`,
     countState() AS `events`,
-    uniqState(toString(`user_id`)) AS `users`,
+    uniqStateIf(toString(`user_id`), toString(`user_id`) != '') AS `users`,
     sumStateIf(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `revenue`,
-    quantileStateIf(0.95)(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `value_p95`
+    quantileStateIf(0.95)(toFloat64(assumeNotNull(`value`)), isNotNull(`value`)) AS `value_p95`,
+    sumState(toUInt64(isNotNull(`value`))) AS `_n_value`
 FROM `lambda`.`events_raw`
 WHERE _late = 0
 GROUP BY minute, `event`, `country`, `device`;
@@ -150,11 +162,21 @@ SELECT
     toUInt64(`events`) AS `events`,
     toUInt64(`users`) AS `users`,
     toNullable(toFloat64(`revenue`)) AS `revenue`,
-    toNullable(toFloat64(`value_p95`)) AS `value_p95`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT d FROM (SELECT toDate(time) AS d, max(_ingested_at) AS ingested FROM `lambda`.`events_raw` WHERE time >= toDateTime(toDate(now() - 172800, 'UTC'), 'UTC') GROUP BY d) AS r
-        ANY INNER JOIN (SELECT day AS d, max(started_at) AS started FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' AND day >= toDate(now() - 172800, 'UTC') GROUP BY d) AS b USING d
-        WHERE ingested > started - 60)) AS exact
+    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 UNION ALL
@@ -166,8 +188,8 @@ SELECT
     if(has(gd, 'device'), `d_device`, '') AS `device`,
     toUInt64(countMerge(`s_events`)) AS `events`,
     toUInt64(uniqMerge(`s_users`)) AS `users`,
-    toNullable(toFloat64(sumMerge(`s_revenue`))) AS `revenue`,
-    toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`))) AS `value_p95`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
     'speed' AS source,
     materialize(toUInt8(0)) AS exact
 FROM
@@ -180,7 +202,8 @@ FROM
         `events` AS `s_events`,
         `users` AS `s_users`,
         `revenue` AS `s_revenue`,
-        `value_p95` AS `s_value_p95`
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
     FROM `lambda`.`events_speed`
     WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 )
