@@ -214,6 +214,12 @@ type testEnv struct {
 // seals 03-05..03-08 (watermark 2024-03-08) and builds a server at testNow.
 func newEnv(t *testing.T, mod func(*config.Config)) *testEnv {
 	t.Helper()
+	return newEnvWith(t, mod, genEvents(mustDay("2024-03-05"), testNow.Add(-time.Hour), 20, 1))
+}
+
+// newEnvWith is newEnv with the given events.
+func newEnvWith(t *testing.T, mod func(*config.Config), evs []event) *testEnv {
+	t.Helper()
 	cfg := chtest.Config(t, nil)
 	if mod != nil {
 		mod(cfg)
@@ -223,7 +229,6 @@ func newEnv(t *testing.T, mod func(*config.Config)) *testEnv {
 	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	evs := genEvents(mustDay("2024-03-05"), testNow.Add(-time.Hour), 20, 1)
 	insertRaw(t, conn, cfg, evs)
 	seal(t, conn, cfg, mustDay("2024-03-05"), mustDay("2024-03-09"), "run-1", mustDay("2024-03-08"))
 	srv, err := New(cfg, Options{Conn: conn, Now: func() time.Time { return testNow }})
