@@ -54,6 +54,9 @@ type Options struct {
 	// BeforeSwap, when set, is called after the staging table is filled and before the swap;
 	// an error fails the run. Tests use it to kill a run at the worst moment.
 	BeforeSwap func(ctx context.Context, dataset string, day time.Time) error
+	// AfterSwap, when set, is called after the swap and before `succeeded` is recorded (with
+	// the run's context). Tests use it to kill a run between the two.
+	AfterSwap func(ctx context.Context, dataset string, day time.Time)
 }
 
 // Layer is the batch layer of every dataset of a configuration.
@@ -65,6 +68,7 @@ type Layer struct {
 	now      func() time.Time
 	schedule string
 	hook     func(ctx context.Context, dataset string, day time.Time) error
+	after    func(ctx context.Context, dataset string, day time.Time)
 	host     string
 	m        *metrics
 	ds       map[string]*dataset
@@ -140,7 +144,7 @@ type dataset struct {
 // New builds the batch layer. It does not connect: the first query does.
 func New(cfg *config.Config, opts Options) (*Layer, error) {
 	l := &Layer{cfg: cfg, conn: opts.Conn, log: opts.Logger, now: opts.Now, schedule: opts.Schedule,
-		hook: opts.BeforeSwap, ds: map[string]*dataset{}}
+		hook: opts.BeforeSwap, after: opts.AfterSwap, ds: map[string]*dataset{}}
 	if l.log == nil {
 		l.log = slog.Default()
 	}

@@ -171,6 +171,9 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	if l.cl != nil {
 		l.syncDaily(ctx, d)
 	}
+	if l.after != nil {
+		l.after(ctx, d.d.Name, day)
+	}
 	return nil
 }
 
