@@ -23,7 +23,7 @@ func RawRowsSQL(db, ds string, day time.Time) string {
 }
 
 // DaysSQL gives one row per day that raw holds rows for or that has a successful run:
-// day, raw_rows, has_run, run_id, rows_read, rows_out, dirty, unrun. It is the rule of dirty
+// day, raw_rows, has_run, run_id, rows_read, rows_out, rows_hourly, rows_speed, dirty, unrun. It is the rule of dirty
 // and unrun days; Go (ReadDays) and the <ds>_lambda view both run it.
 //
 //   - dirty: the newest successful run read another number of rows than raw holds now. A day
@@ -31,14 +31,16 @@ func RawRowsSQL(db, ds string, day time.Time) string {
 //   - unrun: raw holds rows and no run succeeded.
 func DaysSQL(db, ds string) string {
 	return fmt.Sprintf(`SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
 FROM
 (
-    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
     FROM %s GROUP BY day
     UNION ALL
-    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out)
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
     FROM (%s)
 )
 GROUP BY day`, t(db, RawDays(ds)), SucceededSQL(db, ds))
@@ -58,7 +60,11 @@ type Day struct {
 	// the rows it wrote to <ds>_daily.
 	Run               string
 	RowsRead, RowsOut uint64
-	Dirty, Unrun      bool
+	// RowsHourly and RowsSpeed are what that run wrote to <ds>_hourly and to the day's
+	// rewritten <ds>_speed partition (0 for runs that did not: hour and minute buckets of the
+	// day then come from raw).
+	RowsHourly, RowsSpeed uint64
+	Dirty, Unrun          bool
 }
 
 // HasRun reports whether a run of the day succeeded.
@@ -82,7 +88,7 @@ func ReadDays(ctx context.Context, conn driver.Conn, db, ds string) (Days, error
 	for rows.Next() {
 		var d Day
 		var has, dirty, unrun uint8
-		if err := rows.Scan(&d.Day, &d.RawRows, &has, &d.Run, &d.RowsRead, &d.RowsOut, &dirty, &unrun); err != nil {
+		if err := rows.Scan(&d.Day, &d.RawRows, &has, &d.Run, &d.RowsRead, &d.RowsOut, &d.RowsHourly, &d.RowsSpeed, &dirty, &unrun); err != nil {
 			return nil, fmt.Errorf("cannot read the days of %s: %w", ds, err)
 		}
 		d.Day, d.Dirty, d.Unrun = DayOf(d.Day), dirty == 1, unrun == 1

@@ -141,7 +141,7 @@ func TestDaysOnClickHouse(t *testing.T) {
 		ledger.DaysSQL(db, "events")+" ORDER BY day", ledger.DirtyDaysSQL(db, "events"), ledger.RawRowsSQL(db, "events", d1),
 		"SELECT "+ledger.BoundarySQL(db, "events"))
 	res := chtest.RequireChDB(t, chdb)
-	if out := res[len(res)-4].Out; !strings.Contains(out, "2024-03-01\t100\t1\tr1\t100\t1\t0\t0") || !strings.Contains(out, "2024-03-02\t50\t1\tr2\t40\t1\t1\t0") {
+	if out := res[len(res)-4].Out; !strings.Contains(out, "2024-03-01\t100\t1\tr1\t100\t1\t0\t0\t0\t0") || !strings.Contains(out, "2024-03-02\t50\t1\tr2\t40\t1\t0\t0\t1\t0") {
 		t.Errorf("days on chDB:\n%s", out)
 	}
 	if out := res[len(res)-3].Out; strings.TrimSpace(out) != "2024-03-02" {

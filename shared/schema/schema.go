@@ -80,6 +80,7 @@ func Raw(ds string) string     { return ds + "_raw" }
 func Speed(ds string) string   { return ds + "_speed" }
 func SpeedMV(ds string) string { return ds + "_speed_mv" }
 func Daily(ds string) string   { return ds + "_daily" }
+func Hourly(ds string) string  { return ds + "_hourly" }
 func Rejects(ds string) string { return ds + "_rejects" }
 func Drift(ds string) string   { return ds + "_drift" }
 func Lambda(ds string) string  { return ds + "_lambda" }
@@ -225,6 +226,9 @@ func (g *Generator) shared() []Object {
 		{Name: "rows_raw", Type: "UInt64"}, {Name: "rows_dedup", Type: "UInt64"},
 		{Name: "rows_out", Type: "UInt64"}, {Name: "error", Type: "String"},
 		{Name: "host", Type: "String"},
+		// What else the run swapped in with the day: rows of <ds>_hourly, and rows of the
+		// day's <ds>_speed partition rewritten from deduplicated raw.
+		{Name: "rows_hourly", Type: "UInt64"}, {Name: "rows_speed", Type: "UInt64"},
 	}
 	rkey := []string{"dataset", "day", "run_id", "at_us"}
 	marks := []Column{
@@ -318,6 +322,10 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	}
 	dailyCols = append(dailyCols, Column{Name: "run_id", Type: "String"})
 	daily := g.table(Daily(ds), ds, dailyCols, "MergeTree", dailyClauses(d), DailyKey(d))
+	// Exact hourly rows of the same grouping sets, written by the same run as the day (hour
+	// and coarser sub-day buckets of sealed days are read from them).
+	hourlyCols := append([]Column{{Name: "hour", Type: utc}}, dailyCols[1:]...)
+	hourly := g.table(Hourly(ds), ds, hourlyCols, "MergeTree", hourlyClauses(d), HourlyKey(d))
 
 	rejCols := []Column{
 		{Name: "payload", Type: "String"}, {Name: "reason", Type: "String"}, {Name: "detail", Type: "String"},
@@ -341,7 +349,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	out := append(raw, rawDays...)
 	out = append(out, daysMV)
 	out = append(out, speed...)
-	out = append(out, mv, daily)
+	out = append(out, mv, daily, hourly)
 	out = append(out, rejects...)
 	return append(out, drift, view)
 }
@@ -354,6 +362,18 @@ func DailyKey(d *config.Dataset) []string {
 func dailyClauses(d *config.Dataset) string {
 	return "PARTITION BY toYYYYMMDD(day) " + orderBy(DailyKey(d))
 }
+
+// HourlyKey is the sorting key of <ds>_hourly.
+func HourlyKey(d *config.Dataset) []string {
+	return append([]string{"hour", "grouping"}, d.DimensionNames()...)
+}
+
+func hourlyClauses(d *config.Dataset) string {
+	return "PARTITION BY toYYYYMMDD(hour) " + orderBy(HourlyKey(d))
+}
+
+// HourlyStagingEngine is StagingEngine for <ds>_hourly.
+func HourlyStagingEngine(d *config.Dataset) string { return "MergeTree " + hourlyClauses(d) }
 
 // StagingEngine is the engine of a table a day of <ds>_daily is computed into before it is
 // swapped in: a plain MergeTree with the partitioning and sorting key of <ds>_daily, which

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS `lambda`.`batch_runs` ON CLUSTER `lambda`
     `rows_dedup` UInt64,
     `rows_out` UInt64,
     `error` String,
-    `host` String
+    `host` String,
+    `rows_hourly` UInt64,
+    `rows_speed` UInt64
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/batch_runs', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `run_id`, `at_us`);
 
@@ -165,6 +167,23 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_daily` ON CLUSTER `lambda`
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (`day`, `grouping`, `event`, `country`, `device`);
 
+CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly` ON CLUSTER `lambda`
+(
+    `hour` DateTime('UTC'),
+    `grouping` String,
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` UInt64,
+    `users` UInt64,
+    `revenue` Nullable(Float64),
+    `value_p95` Nullable(Float64),
+    `users_state` AggregateFunction(uniq, String),
+    `value_p95_state` AggregateFunction(quantile(0.95), Float64),
+    `run_id` String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`hour`, `grouping`, `event`, `country`, `device`);
+
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
 (
     `payload` String,
@@ -215,15 +234,18 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     'batch' AS source,
     toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
 FROM
 (
-    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
     FROM `lambda`.`events_raw_days` GROUP BY day
     UNION ALL
-    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out)
-    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
 GROUP BY day) WHERE dirty = 1)) AS exact
