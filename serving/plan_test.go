@@ -74,8 +74,13 @@ func TestPlanGolden(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			pl := planFor(t, cfg, c.req, planState())
 			src, _ := json.MarshalIndent(pl.Sources, "", "  ")
-			args, _ := json.Marshal(pl.Args)
-			got := fmt.Sprintf("-- request: %s\n-- complete: %v, daily only: %v\n-- sources: %s\n-- args: %s\n%s\n", c.req, pl.Complete, pl.DailyOnly, src, args, pl.SQL)
+			got := fmt.Sprintf("-- request: %s\n-- complete: %v\n-- sources: %s\n", c.req, pl.Complete, src)
+			for _, name := range []string{"batch", "speed", "all"} {
+				if sql := pl.Statements()[name]; sql != nil {
+					args, _ := json.Marshal(sql.Args)
+					got += fmt.Sprintf("-- %s, args: %s\n%s\n", name, args, sql.Text)
+				}
+			}
 			path := filepath.Join("testdata", c.name+".golden")
 			if *update {
 				if err := os.MkdirAll("testdata", 0o755); err != nil {
@@ -180,14 +185,18 @@ func TestPlanShapes(t *testing.T) {
 	chdb := schema.Statements(demoConfig(t))
 	for _, c := range planCases {
 		pl := planFor(t, cfg, c.req, planState())
-		rows, err := conn.Query(ctx, pl.SQL, pl.Args...)
-		if err != nil {
-			t.Errorf("%s on 18.16: %v\n%s", c.name, err, bindLiteral(pl.SQL, pl.Args))
-			continue
+		for name, sql := range pl.Statements() {
+			rows, err := conn.Query(ctx, sql.Text, sql.Args...)
+			if err != nil {
+				t.Errorf("%s %s on 18.16: %v\n%s", c.name, name, err, bindLiteral(sql.Text, sql.Args))
+				continue
+			}
+			rows.Close()
 		}
-		rows.Close()
 		demo := planFor(t, demoConfig(t), c.req, planState())
-		chdb = append(chdb, bindLiteral(demo.SQL, demo.Args))
+		for _, sql := range demo.Statements() {
+			chdb = append(chdb, bindLiteral(sql.Text, sql.Args))
+		}
 	}
 	// The state the server reads per request and the freshness endpoint's queries.
 	g := schema.NewGenerator(demoConfig(t))

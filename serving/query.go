@@ -1,138 +1,18 @@
 package serving
 
 import (
-	"container/list"
+	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/csv"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
-	"strconv"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/gin-gonic/gin"
 )
-
-// Result is the rows of a query: one object per row with the columns in order.
-type Result struct {
-	Columns []string
-	Rows    [][]any
-}
-
-// MarshalJSON writes the rows as objects whose keys keep the column order.
-func (r *Result) MarshalJSON() ([]byte, error) { return r.appendJSON(nil) }
-
-// appendJSON appends the rows as a JSON array. Keys are encoded once, and the common value
-// types without reflection: encoding rows was half the API's CPU time (bench/servingload
-// -cpuprofile).
-func (r *Result) appendJSON(b []byte) ([]byte, error) {
-	keys := make([][]byte, len(r.Columns))
-	for j, c := range r.Columns {
-		keys[j] = append(appendJSONString(nil, c), ':')
-	}
-	b = append(b, '[')
-	var err error
-	for i, row := range r.Rows {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '{')
-		for j, v := range row {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, keys[j]...)
-			if b, err = appendJSONValue(b, v); err != nil {
-				return nil, err
-			}
-		}
-		b = append(b, '}')
-	}
-	return append(b, ']'), nil
-}
-
-// encodeJSON is the response body: what encoding/json would write for resp, without its
-// second pass over the rows a json.Marshaler returns.
-func (resp *Response) encodeJSON() ([]byte, error) {
-	b := make([]byte, 0, 256+64*len(resp.rows()))
-	b = append(b, `{"rows":`...)
-	var err error
-	if resp.Rows == nil {
-		b = append(b, "null"...)
-	} else if b, err = resp.Rows.appendJSON(b); err != nil {
-		return nil, err
-	}
-	meta, err := json.Marshal(resp.Meta)
-	if err != nil {
-		return nil, err
-	}
-	b = append(b, `,"meta":`...)
-	b = append(b, meta...)
-	return append(b, '}'), nil
-}
-
-func (resp *Response) rows() [][]any {
-	if resp.Rows == nil {
-		return nil
-	}
-	return resp.Rows.Rows
-}
-
-// appendJSONValue encodes one value as encoding/json does.
-func appendJSONValue(b []byte, v any) ([]byte, error) {
-	switch x := v.(type) {
-	case nil:
-		return append(b, "null"...), nil
-	case string:
-		return appendJSONString(b, x), nil
-	case jsonFloat:
-		f := float64(x)
-		if f != f || math.IsInf(f, 0) {
-			return append(b, "null"...), nil
-		}
-		return strconv.AppendFloat(b, f, 'g', -1, 64), nil
-	case bool:
-		return strconv.AppendBool(b, x), nil
-	case time.Time:
-		if y := x.Year(); y < 0 || y > 9999 {
-			break
-		}
-		b = append(b, '"')
-		b = x.AppendFormat(b, time.RFC3339Nano)
-		return append(b, '"'), nil
-	case uint64:
-		return strconv.AppendUint(b, x, 10), nil
-	case int64:
-		return strconv.AppendInt(b, x, 10), nil
-	case uint8:
-		return strconv.AppendUint(b, uint64(x), 10), nil
-	case int:
-		return strconv.AppendInt(b, int64(x), 10), nil
-	}
-	enc, err := json.Marshal(v)
-	return append(b, enc...), err
-}
-
-// appendJSONString appends s quoted; strings with anything encoding/json escapes (quotes,
-// backslashes, control characters, <, >, &, non-ASCII) go through encoding/json.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			enc, _ := json.Marshal(s)
-			return append(b, enc...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
 
 // Meta says where the numbers came from and how fresh they are.
 type Meta struct {
@@ -211,8 +91,12 @@ func (s *Server) query(c *gin.Context) {
 	c.Data(http.StatusOK, "application/json; charset=utf-8", body)
 }
 
-// Query answers a request. Cancelling ctx cancels the ClickHouse query; its deadline becomes
+// Query answers a request. Cancelling ctx cancels the ClickHouse queries; a deadline becomes
 // ClickHouse's max_execution_time and a 504.
+//
+// The parts before the batch boundary and after it are computed apart when no bucket
+// straddles the boundary (minute, hour and day buckets): the batch side is cached, keyed by
+// the runs it read, so a dashboard refresh costs only the part after the boundary.
 func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError) {
 	now := s.now().UTC()
 	q, apiErr := Check(s.cfg, req, Limits{MaxRows: s.cfg.Serving.MaxRows, MaxBuckets: s.cfg.Serving.MaxBuckets}, now)
@@ -225,7 +109,7 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 	}
 	rs := st.State
 	consistent := true
-	if from, to := s.planner.DailyDays(q, &rs); from.Before(to) {
+	if from, to := s.planner.BatchDays(q, &rs); from.Before(to) {
 		rs.Sets, consistent, err = s.sets.get(ctx, s.conn, s.planner.g, q.DS.Name, from, to, st.Runs)
 		if err != nil {
 			return nil, s.dbError(ctx, "cannot read the grouping sets", err)
@@ -237,41 +121,138 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 	}
 	resp := &Response{Meta: Meta{
 		BatchWatermark: day(st.Effective), PersistedBatchWatermark: day(st.Watermark),
-		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: []string{},
+		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: st.pending(),
 	}}
 	if !st.SpeedWatermark.IsZero() {
 		w := st.SpeedWatermark
 		resp.Meta.SpeedWatermark = &w
 		resp.Meta.LagSeconds = max(0, now.Sub(w).Seconds())
 	}
-	resp.Meta.PendingCorrections = st.pending()
-	var key string
-	if pl.DailyOnly && consistent {
-		key = s.cacheKey(q, st, pl)
-		if r, ok := s.cache.get(key); ok {
-			s.m.cacheHits.Inc()
-			resp.Rows, resp.Meta.Cached = r, true
-			resp.Meta.Truncated = len(r.Rows) > q.Limit
-			if resp.Meta.Truncated {
-				resp.Rows = &Result{Columns: r.Columns, Rows: r.Rows[:q.Limit]}
-			}
-			return resp, nil
+	var parts []*Result
+	if pl.Batch != nil {
+		var key string
+		if consistent {
+			key = s.cacheKey(q, st, pl)
 		}
-		s.m.cacheMisses.Inc()
+		r, ok := s.cache.get(key)
+		switch {
+		case key == "":
+		case ok:
+			s.m.cacheHits.Inc()
+			resp.Meta.Cached = true
+		default:
+			s.m.cacheMisses.Inc()
+		}
+		if !ok {
+			if r, err = s.run(ctx, q, pl.Batch); err != nil {
+				return nil, s.dbError(ctx, "cannot run the query", err)
+			}
+			if key != "" {
+				s.cache.put(key, r)
+			}
+		}
+		parts = append(parts, r)
 	}
-	res, err := s.run(ctx, q, pl)
-	if err != nil {
-		return nil, s.dbError(ctx, "cannot run the query", err)
+	for _, sql := range []*SQL{pl.Speed, pl.All} {
+		if sql == nil {
+			continue
+		}
+		r, err := s.run(ctx, q, sql)
+		if err != nil {
+			return nil, s.dbError(ctx, "cannot run the query", err)
+		}
+		parts = append(parts, r)
 	}
-	if key != "" {
-		s.cache.put(key, res)
-	}
+	res := mergeResults(q, parts)
 	resp.Rows = res
 	if len(res.Rows) > q.Limit {
 		resp.Meta.Truncated = true
 		resp.Rows = &Result{Columns: res.Columns, Rows: res.Rows[:q.Limit]}
 	}
 	return resp, nil
+}
+
+// columns are the columns of a query's result rows.
+func (q *Query) columns() []string {
+	cols := append([]string{"time"}, q.Dimensions...)
+	for _, sp := range q.Specs {
+		cols = append(cols, sp.Name)
+	}
+	return append(cols, "source", "exact")
+}
+
+// mergeResults combines the results of the two sides of a split plan (whose buckets differ) in
+// the query's order, at most Limit+1 rows (each side was cut there already). A single result
+// is returned as it is; none gives an empty one.
+func mergeResults(q *Query, parts []*Result) *Result {
+	switch len(parts) {
+	case 0:
+		return &Result{Columns: q.columns(), Rows: [][]any{}}
+	case 1:
+		return parts[0]
+	}
+	out := &Result{Columns: q.columns()}
+	for _, p := range parts {
+		out.Rows = append(out.Rows, p.Rows...)
+	}
+	key := slices.Index(out.Columns, q.OrderBy)
+	slices.SortStableFunc(out.Rows, func(a, b []any) int { return q.compareRows(key, a, b) })
+	if len(out.Rows) > q.Limit+1 {
+		out.Rows = out.Rows[:q.Limit+1]
+	}
+	return out
+}
+
+// compareRows orders result rows as the outer query's ORDER BY does: the order column (NULLs
+// last in either direction), then time (descending when ordered by time descending), then the
+// dimensions.
+func (q *Query) compareRows(key int, a, b []any) int {
+	if q.OrderBy != "time" {
+		if c := compareValues(a[key], b[key], q.Desc); c != 0 {
+			return c
+		}
+	}
+	c := a[0].(time.Time).Compare(b[0].(time.Time))
+	if q.OrderBy == "time" && q.Desc {
+		c = -c
+	}
+	if c != 0 {
+		return c
+	}
+	for i, d := range q.Dimensions {
+		if d == q.OrderBy {
+			continue
+		}
+		if c := strings.Compare(a[1+i].(string), b[1+i].(string)); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// compareValues compares two values of one result column; nil (NULL) sorts last whatever desc.
+func compareValues(a, b any, desc bool) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	var c int
+	switch x := a.(type) {
+	case uint64:
+		c = cmp.Compare(x, b.(uint64))
+	case jsonFloat:
+		c = cmp.Compare(x, b.(jsonFloat))
+	case string:
+		c = strings.Compare(x, b.(string))
+	}
+	if desc {
+		c = -c
+	}
+	return c
 }
 
 func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
@@ -283,49 +264,10 @@ func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
 	return &APIError{Status: http.StatusInternalServerError, Message: msg + ": " + err.Error()}
 }
 
-// cacheKey identifies a result read wholly from <ds>_daily: the checked request, the config
-// version and, per day read, its newest successful run and whether it is dirty, so a new exact
-// day, a day turning dirty and a recomputed day each change it. (The boundary does not matter:
-// such a result lies wholly before it.)
-func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
-	h := sha256.New()
-	canon := struct {
-		DS, Gran, Order string
-		Metrics, Dims   []string
-		Filters         []Filter
-		From, To        int64
-		Desc, Exact     bool
-		Limit           int
-	}{q.DS.Name, q.Granularity, q.OrderBy, nil, q.Dimensions, q.Filters, q.From.Unix(), q.To.Unix(), q.Desc, q.Exact, q.Limit}
-	for _, sp := range q.Specs {
-		canon.Metrics = append(canon.Metrics, sp.Name)
-	}
-	b, _ := json.Marshal(canon)
-	h.Write(b)
-	fmt.Fprintf(h, "|%s|", s.cfg.Version)
-	dirty := map[time.Time]bool{}
-	for _, d := range st.Dirty {
-		dirty[d] = true
-	}
-	for d := pl.DailyFrom; d.Before(pl.DailyTo); d = d.AddDate(0, 0, 1) {
-		fmt.Fprintf(h, "%s:%v,", st.Runs[d].ID, dirty[d])
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// run executes a plan and reads its rows.
-func (s *Server) run(ctx context.Context, q *Query, pl *Plan) (*Result, error) {
-	res := &Result{Columns: []string{"time"}}
-	res.Columns = append(res.Columns, q.Dimensions...)
-	for _, sp := range q.Specs {
-		res.Columns = append(res.Columns, sp.Name)
-	}
-	res.Columns = append(res.Columns, "source", "exact")
-	res.Rows = [][]any{}
-	if pl.SQL == "" {
-		return res, nil
-	}
-	rows, err := s.conn.Query(ctx, pl.SQL, pl.Args...)
+// run executes one statement of a plan and reads its rows.
+func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
+	res := &Result{Columns: q.columns(), Rows: [][]any{}}
+	rows, err := s.conn.Query(ctx, sql.Text, sql.Args...)
 	if err != nil {
 		return nil, err
 	}
@@ -374,86 +316,4 @@ func (s *Server) run(ctx context.Context, q *Query, pl *Plan) (*Result, error) {
 		s.m.rows.WithLabelValues(src).Inc()
 	}
 	return res, rows.Err()
-}
-
-// jsonFloat is a float64 that encodes NaN and infinities as null, which JSON cannot hold.
-type jsonFloat float64
-
-func (f jsonFloat) MarshalJSON() ([]byte, error) {
-	v := float64(f)
-	if v != v || v > 1.7976931348623157e308 || v < -1.7976931348623157e308 {
-		return []byte("null"), nil
-	}
-	return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
-}
-
-func writeCSV(c *gin.Context, resp *Response) {
-	c.Header("Content-Type", "text/csv; charset=utf-8")
-	c.Status(http.StatusOK)
-	w := csv.NewWriter(c.Writer)
-	_ = w.Write(resp.Rows.Columns)
-	rec := make([]string, len(resp.Rows.Columns))
-	for _, row := range resp.Rows.Rows {
-		for i, v := range row {
-			switch v := v.(type) {
-			case time.Time:
-				rec[i] = v.Format(time.RFC3339)
-			case nil:
-				rec[i] = ""
-			case jsonFloat:
-				rec[i] = strconv.FormatFloat(float64(v), 'g', -1, 64)
-			default:
-				rec[i] = fmt.Sprint(v)
-			}
-		}
-		_ = w.Write(rec)
-	}
-	w.Flush()
-}
-
-// resultCache is an LRU of results read wholly from <ds>_daily.
-type resultCache struct {
-	mu  sync.Mutex
-	max int
-	ll  *list.List
-	m   map[string]*list.Element
-}
-
-type cacheEntry struct {
-	key string
-	res *Result
-}
-
-func newResultCache(n int) *resultCache {
-	return &resultCache{max: n, ll: list.New(), m: map[string]*list.Element{}}
-}
-
-func (c *resultCache) get(key string) (*Result, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[key]
-	if !ok {
-		return nil, false
-	}
-	c.ll.MoveToFront(e)
-	return e.Value.(*cacheEntry).res, true
-}
-
-func (c *resultCache) put(key string, r *Result) {
-	if c.max <= 0 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.m[key]; ok {
-		e.Value.(*cacheEntry).res = r
-		c.ll.MoveToFront(e)
-		return
-	}
-	c.m[key] = c.ll.PushFront(&cacheEntry{key: key, res: r})
-	for c.ll.Len() > c.max {
-		e := c.ll.Back()
-		c.ll.Remove(e)
-		delete(c.m, e.Value.(*cacheEntry).key)
-	}
 }

@@ -76,8 +76,6 @@ type Query struct {
 	Desc        bool
 	Limit       int
 	Exact       bool
-	// states is set by the planner when rows of one bucket may need combining.
-	states bool
 }
 
 // DecodeRequest decodes a JSON body strictly: unknown fields and trailing data are errors.

@@ -25,6 +25,8 @@ const stateTTL = time.Second
 // snapshot is State plus the speed progress, as read at one time.
 type snapshot struct {
 	State
+	// days is the ledger's word on every day (raw rows, runs), for cache keys.
+	days           ledger.Days
 	SpeedWatermark time.Time
 	Partitions     []ledger.Partition
 	ReadAt         time.Time
@@ -121,9 +123,10 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *c
 			s.Unrun = append(s.Unrun, d)
 		}
 	}
+	s.days = days
 	s.Runs = map[time.Time]Run{}
 	for day, k := range days.Runs() {
-		s.Runs[day] = Run{ID: k.Run, Rows: k.RowsOut}
+		s.Runs[day] = Run{ID: k.Run, Rows: k.RowsOut, Hourly: k.RowsHourly, Speed: k.RowsSpeed, Read: k.RowsRead, RawRows: k.RawRows}
 	}
 	s.SpeedWatermark, s.Partitions, err = ledger.Speed(ctx, conn, g.DB, ds.Name, now, nil)
 	if err != nil {
