@@ -27,6 +27,40 @@ import (
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+var (
+	binOnce sync.Once
+	binDir  string
+	binErr  error
+)
+
+// lambdaBinary builds the binary once per test run, with a version set through -ldflags, for
+// tests that need real processes (os.Exit, several long-running commands at once).
+func lambdaBinary(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if binDir, binErr = os.MkdirTemp("", "lambda-cmd-test"); binErr != nil {
+			return
+		}
+		build := exec.Command("go", "build", "-buildvcs=true", "-ldflags=-X main.buildVersion=v9.9.9-test -X main.buildRevision=ldflags-rev",
+			"-o", filepath.Join(binDir, "lambda"), ".")
+		if out, err := build.CombinedOutput(); err != nil {
+			binErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return filepath.Join(binDir, "lambda")
+}
+
 // lockedBuffer is an output safe for the goroutines of a command.
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -231,7 +265,7 @@ func demoDatasets(t *testing.T) string {
 // lambda_build_info.
 func TestServeWithoutSchema(t *testing.T) {
 	cfg := chtest.Config(t, nil)
-	chtest.New(t, cfg)
+	conn := chtest.New(t, cfg)
 	listen := freeAddr(t)
 	t.Setenv("LAMBDA_CLICKHOUSE_ADDR", chtest.Addr())
 	t.Setenv("LAMBDA_CLICKHOUSE_DATABASE", cfg.ClickHouse.Database)
@@ -276,9 +310,10 @@ func TestServeWithoutSchema(t *testing.T) {
 	if code, body := get("/metrics"); code != http.StatusOK || !regexp.MustCompile(`lambda_build_info\{goversion="go1\.[^"]+",revision="[^"]+",version="[^"]+"\} 1`).MatchString(body) {
 		t.Errorf("/metrics: %d, no lambda_build_info{goversion,revision,version} 1", code)
 	}
-	var mig lockedBuffer
-	if code := dispatch(context.Background(), []string{"migrate"}, io.Discard, &mig); code != 0 {
-		t.Fatalf("lambda migrate: exit %d: %s", code, mig.String())
+	mctx, mcancel := context.WithTimeout(context.Background(), time.Minute)
+	defer mcancel()
+	if _, err := schema.Migrate(mctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	if code, body := get("/readyz"); code != http.StatusOK {
 		t.Errorf("/readyz after migrate: %d %s, want 200", code, body)
@@ -392,11 +427,7 @@ func TestBinary(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "lambda")
-	build := exec.Command("go", "build", "-buildvcs=true", "-ldflags=-X main.buildVersion=v9.9.9-test -X main.buildRevision=ldflags-rev", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := lambdaBinary(t)
 	run := func(args ...string) (int, string) {
 		cmd := exec.Command(bin, args...)
 		out, err := cmd.CombinedOutput()

@@ -68,7 +68,7 @@ func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 	ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
 	if err != nil {
 		if deniedDDL(err) {
-			return fmt.Errorf("cannot migrate %s as user %q: %w (this user may not change the schema: run `lambda migrate` as a user that may, and start this command with --migrate=false)",
+			return fmt.Errorf("cannot migrate %s as user %q: %w (this user may not change the schema: run lambda migrate as a user that may; speed and batch then run with --migrate=false)",
 				cfg.ClickHouse.Database, cfg.ClickHouse.Username, err)
 		}
 		return fmt.Errorf("cannot migrate %s: %w", cfg.ClickHouse.Database, err)
