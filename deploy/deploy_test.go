@@ -864,7 +864,8 @@ func TestDockerfile(t *testing.T) {
 	df := string(b)
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`(?m)^FROM golang:\S+ AS build$`),
-		regexp.MustCompile(`CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /lambda \./cmd/lambda`),
+		regexp.MustCompile(`CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main\.buildVersion=\$\{LAMBDA_VERSION\} -X main\.buildRevision=\$\{LAMBDA_REVISION\}" -o /lambda \./cmd/lambda`),
+		regexp.MustCompile(`(?m)^ARG LAMBDA_REVISION=$`),
 		regexp.MustCompile(`(?m)^COPY --from=build /lambda /lambda$`),
 		regexp.MustCompile(`(?m)^USER [1-9][0-9]*(:[0-9]+)?$`), // numeric and not root
 		regexp.MustCompile(`(?m)^ENTRYPOINT \["/lambda"\]$`),
