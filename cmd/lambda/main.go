@@ -283,7 +283,7 @@ var (
 func setupLogging(format, level string) error {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return fmt.Errorf("--log-level: want debug, info, warn or error, got %q", level)
+		return fmt.Errorf("--log-level (LAMBDA_LOG_LEVEL): want debug, info, warn or error, got %q", level)
 	}
 	h, err := newLogHandler(stderr, format, l)
 	if err != nil {
@@ -302,5 +302,5 @@ func newLogHandler(w io.Writer, format string, level slog.Level) (slog.Handler, 
 	case "json":
 		return slog.NewJSONHandler(w, o), nil
 	}
-	return nil, fmt.Errorf("--log-format: want text or json, got %q", format)
+	return nil, fmt.Errorf("--log-format (LAMBDA_LOG_FORMAT): want text or json, got %q", format)
 }
