@@ -359,11 +359,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16)}, []string{"dataset"}),
 		rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lambda_batch_rows_written_total",
 			Help: "Rows swapped into <ds>_daily."}, []string{"dataset"}),
-		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_watermark_seconds",
+		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_watermark_timestamp_seconds",
 			Help: "End of the last exact day (the batch boundary) as a Unix time; 0 when no day is exact."}, []string{"dataset"}),
 		due: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_due_days",
 			Help: "Days due at the last tick (sealed days after the watermark plus dirty days)."}, []string{"dataset"}),
-		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_drift_relative_error",
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_drift_ratio",
 			Help: "Relative error of the speed view against the exact value for the last sealed day."}, []string{"dataset", "metric"}),
 	}
 	m.exact = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_exact_watermark_timestamp_seconds",

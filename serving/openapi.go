@@ -77,7 +77,7 @@ func (s *Server) OpenAPI() map[string]any {
 				"responses": obj{"200": obj{"description": "freshness per dataset"}, "401": errResp("missing or wrong API key")}}},
 			"/api/v1/openapi.json": obj{"get": obj{"summary": "this document", "responses": obj{"200": obj{"description": "OpenAPI 3 document"}}}},
 			"/healthz":             obj{"get": obj{"summary": "liveness", "security": []obj{}, "responses": obj{"200": obj{"description": "alive"}}}},
-			"/readyz":              obj{"get": obj{"summary": "ClickHouse reachable and schema present", "security": []obj{}, "responses": obj{"200": obj{"description": "ready"}, "503": obj{"description": "not ready"}}}},
+			"/readyz":              obj{"get": obj{"summary": "ClickHouse reachable and schema present", "security": []obj{}, "responses": obj{"200": obj{"description": "ready"}, "503": obj{"description": "not ready: ClickHouse unreachable, or the schema incomplete (`missing` lists the objects; run lambda migrate)"}}}},
 			"/metrics":             obj{"get": obj{"summary": "Prometheus metrics", "security": []obj{}, "responses": obj{"200": obj{"description": "text exposition format"}}}},
 		},
 		"components": obj{

@@ -260,7 +260,7 @@ func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
 	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || (errors.As(err, &ex) && ex.Code == 159) {
 		return &APIError{Status: http.StatusGatewayTimeout, Message: fmt.Sprintf("query timed out after %s (serving.query_timeout)", s.cfg.Serving.QueryTimeout.D())}
 	}
-	s.log.Error(strings.TrimPrefix(msg, "cannot "), "err", err)
+	s.log.Error(strings.TrimPrefix(msg, "cannot "), "request_id", RequestID(ctx), "err", err)
 	return &APIError{Status: http.StatusInternalServerError, Message: msg + ": " + err.Error()}
 }
 

@@ -2,7 +2,9 @@ package serving
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -166,7 +169,9 @@ func (s *Server) routes() *gin.Engine {
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
-	e.Use(gin.Recovery(), s.observe, s.cors)
+	// The access log comes first: it sees the final status of every request, a recovered
+	// panic's 500 included, and gives the request its id before anything can log.
+	e.Use(s.access, gin.CustomRecoveryWithWriter(io.Discard, s.recovered), s.observe, s.cors)
 	e.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok\n") })
 	e.GET("/readyz", s.readyz)
 	mh := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
@@ -179,6 +184,70 @@ func (s *Server) routes() *gin.Engine {
 	api.GET("/openapi.json", s.openapi)
 	e.NoRoute(s.static)
 	return e
+}
+
+// requestIDKey is the context key of the request id (see RequestID).
+type requestIDKey struct{}
+
+// RequestID returns the id the access log gives the request of ctx, "" outside a request.
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// validRequestID accepts a client's X-Request-Id when it is short printable ASCII without
+// spaces, so that it cannot break a log line or a header.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		if id[i] <= ' ' || id[i] > '~' {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// access gives the request an id (the client's X-Request-Id when valid, a new one otherwise),
+// echoes it in the response header, puts it in the request's context for error logs, and
+// writes one access log line per request: method, path, route, status, duration, bytes, id.
+// Health checks and scrapes that succeed are logged at debug level, 5xx at error level.
+func (s *Server) access(c *gin.Context) {
+	start := time.Now()
+	id := c.GetHeader("X-Request-Id")
+	if !validRequestID(id) {
+		id = newRequestID()
+	}
+	c.Header("X-Request-Id", id)
+	c.Request = c.Request.WithContext(context.WithValue(c.Request.Context(), requestIDKey{}, id))
+	c.Next()
+	status := c.Writer.Status()
+	level := slog.LevelInfo
+	switch p := c.Request.URL.Path; {
+	case status >= 500:
+		level = slog.LevelError
+	case status < 400 && (p == "/healthz" || p == "/readyz" || p == "/metrics"):
+		level = slog.LevelDebug
+	}
+	s.log.LogAttrs(c.Request.Context(), level, "request",
+		slog.String("method", c.Request.Method), slog.String("path", c.Request.URL.Path), slog.String("route", c.FullPath()),
+		slog.Int("status", status), slog.Duration("duration", time.Since(start)), slog.Int("bytes", max(c.Writer.Size(), 0)),
+		slog.String("request_id", id), slog.String("remote", c.ClientIP()))
+}
+
+// recovered answers 500 to a request whose handler panicked, logging the panic with the
+// request id and the stack.
+func (s *Server) recovered(c *gin.Context, err any) {
+	s.log.Error("panic serving request", "request_id", RequestID(c.Request.Context()), "path", c.Request.URL.Path,
+		"err", fmt.Sprint(err), "stack", string(debug.Stack()))
+	s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: "internal error"})
 }
 
 // observe counts requests and their latency per route.
@@ -247,7 +316,7 @@ func (s *Server) fail(c *gin.Context, e *APIError) {
 }
 
 func (s *Server) internal(c *gin.Context, msg string, err error) {
-	s.log.Error(msg, "path", c.Request.URL.Path, "err", err)
+	s.log.Error(msg, "request_id", RequestID(c.Request.Context()), "path", c.Request.URL.Path, "err", err)
 	s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: msg})
 }
 
@@ -260,26 +329,55 @@ func (s *Server) static(c *gin.Context) {
 	http.FileServer(http.FS(s.dash)).ServeHTTP(c.Writer, c.Request)
 }
 
-// readyz answers 200 when ClickHouse answers and every table of every dataset exists.
+// readyz answers 200 when ClickHouse answers and every table and view of every dataset
+// exists, 503 otherwise, naming the missing objects. The server starts without either (it
+// never creates the schema: lambda migrate does), so this is what holds traffic back.
 func (s *Server) readyz(c *gin.Context) {
 	ctx, cancel := context.WithTimeout(c.Request.Context(), 5*time.Second)
 	defer cancel()
+	missing, err := s.missingObjects(ctx)
+	switch {
+	case err != nil:
+		c.JSON(http.StatusServiceUnavailable, gin.H{"ready": false, "error": "clickhouse: " + err.Error()})
+	case len(missing) > 0:
+		c.JSON(http.StatusServiceUnavailable, gin.H{"ready": false, "missing": missing,
+			"error": fmt.Sprintf("schema: %d objects missing in %s (run lambda migrate): %s", len(missing), s.cfg.ClickHouse.Database, strings.Join(missing, ", "))})
+	default:
+		c.JSON(http.StatusOK, gin.H{"ready": true})
+	}
+}
+
+// missingObjects returns the tables and views of the configuration the database lacks.
+func (s *Server) missingObjects(ctx context.Context) ([]string, error) {
 	var want []string
 	for _, o := range s.planner.g.Objects(s.cfg) {
 		if o.Kind != schema.Database {
 			want = append(want, o.Name)
 		}
 	}
-	var n uint64
-	err := s.conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND has(?, name)", s.cfg.ClickHouse.Database, want).Scan(&n)
-	switch {
-	case err != nil:
-		c.JSON(http.StatusServiceUnavailable, gin.H{"ready": false, "error": "clickhouse: " + err.Error()})
-	case int(n) != len(want):
-		c.JSON(http.StatusServiceUnavailable, gin.H{"ready": false, "error": fmt.Sprintf("schema: %d of %d objects present in %s (run lambda migrate)", n, len(want), s.cfg.ClickHouse.Database)})
-	default:
-		c.JSON(http.StatusOK, gin.H{"ready": true})
+	rows, err := s.conn.Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND has(?, name)", s.cfg.ClickHouse.Database, want)
+	if err != nil {
+		return nil, err
 	}
+	defer rows.Close()
+	have := map[string]bool{}
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			return nil, err
+		}
+		have[name] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	missing := []string{}
+	for _, n := range want {
+		if !have[n] {
+			missing = append(missing, n)
+		}
+	}
+	return missing, nil
 }
 
 // DatasetInfo describes a dataset in GET /api/v1/datasets.

@@ -43,9 +43,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		buffered: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lambda_speed_buffered_rows", Help: "Rows decoded and waiting for the next flush."}, []string{"dataset"}),
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "lambda_speed_lag", Help: "Records between the committed offset and the partition's end, per owned partition."}, []string{"dataset", "partition"}),
+			Name: "lambda_speed_lag_records", Help: "Records between the committed offset and the partition's end, per owned partition."}, []string{"dataset", "partition"}),
 		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "lambda_speed_watermark_seconds", Help: "This process's speed watermark (Unix time): the oldest newest-committed event time over its partitions, now for caught-up ones."}, []string{"dataset"}),
+			Name: "lambda_speed_watermark_timestamp_seconds", Help: "This process's speed watermark (Unix time): the oldest newest-committed event time over its partitions, now for caught-up ones."}, []string{"dataset"}),
 		dedupIDs: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "lambda_speed_dedup_ids", Help: "Ids held by the dedup window."}, []string{"dataset"}),
 		commits: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -10,6 +10,13 @@ import (
 
 func init() {
 	register("broker", "run the embedded Kafka-compatible broker (kfake) with the configured topics", runBroker)
+	describe("broker", helpText{
+		Examples: []string{
+			"lambda broker --config lambda.yaml --partitions 4 --data-dir .data/broker",
+			"lambda broker --listen 127.0.0.1:19092",
+		},
+		Notes: "For development and tests: one process, no replication. Production points kafka.brokers at a real Kafka.",
+	})
 }
 
 func runBroker(ctx context.Context, args []string) error {

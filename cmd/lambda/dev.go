@@ -22,6 +22,14 @@ import (
 
 func init() {
 	register("dev", "everything in one process: broker, migrate, speed, batch, serve and a generator with days of history", runDev)
+	describe("dev", helpText{
+		Examples: []string{
+			"lambda dev                                  # what make run starts: 7 days of history, then live events",
+			"lambda dev --config my.yaml --history-days 30 --per-day 100000",
+			`lambda dev --data-dir "" --broker-listen 127.0.0.1:0   # broker in memory, any free port`,
+		},
+		Notes: "Dashboards, API and /metrics on serving.listen (127.0.0.1:8080 by default). Ctrl-C stops everything in order.",
+	})
 }
 
 // runDev runs the whole platform in one process for development and demos: the embedded
@@ -86,7 +94,7 @@ func runDev(ctx context.Context, args []string) error {
 		return err
 	}
 	defer bl.Close()
-	srv, err := newServer(cfg, reg)
+	srv, err := newServer(cfg, reg, nil)
 	if err != nil {
 		return err
 	}
@@ -113,10 +121,6 @@ func runDev(ctx context.Context, args []string) error {
 
 // generate produces a dataset's history, unless its topic already holds records (a restart
 // with a persisted broker must not add the history twice), then live events until ctx is done.
-//
-// The live events come from a generator of their own: a live duplicate then repeats a recent
-// live event, never a history event from a sealed day, which would arrive after the speed
-// layer's dedup window and keep making past days dirty (approximate until the next tick).
 func generate(ctx context.Context, cfg *config.Config, ds *config.Dataset, o gen.Options, perDay int, rate float64) error {
 	history := o.Days * perDay
 	if n, err := topicRecords(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-dev", ds.Topic); err != nil {
@@ -131,21 +135,7 @@ func generate(ctx context.Context, cfg *config.Config, ds *config.Dataset, o gen
 	}
 	defer p.Close()
 	slog.Info("generating", "dataset", ds.Name, "topic", ds.Topic, "history_days", o.Days, "history", history, "rate", rate)
-	var st gen.Stats
-	if history > 0 {
-		start := time.Now()
-		st, err = gen.Produce(ctx, p, ds.Topic, gen.New(ds, o), gen.ProduceOptions{History: history})
-		if err == nil && ctx.Err() == nil {
-			slog.Info("history produced", "dataset", ds.Name, "events", st.Sent, "took", time.Since(start).Round(time.Millisecond))
-		}
-	}
-	if err == nil && rate > 0 && ctx.Err() == nil {
-		o.Seed += 1 << 32 // other ids than the history's (the seed is their prefix)
-		var live gen.Stats
-		live, err = gen.Produce(ctx, p, ds.Topic, gen.New(ds, o), gen.ProduceOptions{Rate: rate})
-		st.Sent, st.Valid, st.Duplicates = st.Sent+live.Sent, st.Valid+live.Valid, st.Duplicates+live.Duplicates
-		st.Late, st.Malformed = st.Late+live.Late, st.Malformed+live.Malformed
-	}
+	st, err := produce(ctx, p, ds, o, history, rate, 0)
 	slog.Info("generator stopped", "dataset", ds.Name, "sent", st.Sent, "valid", st.Valid, "duplicates", st.Duplicates,
 		"late", st.Late, "malformed", st.Malformed)
 	if errors.Is(err, context.Canceled) {

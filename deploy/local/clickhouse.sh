@@ -13,6 +13,8 @@
 #   CH_INTERSERVER_PORT  interserver HTTP port     (default 9009)
 #   CH_DATA_DIR          config, data, logs, pid   (default <repo>/.data/clickhouse)
 #   CH_START_TIMEOUT     seconds to wait for start (default 60)
+#   CH_USERS_D           a folder of users.d/*.xml files to add (e.g. deploy/config/clickhouse/clickhouse-18.16,
+#                        the per-command lambda users; their passwords come from this environment)
 #
 # Everything the server writes lives in CH_DATA_DIR; the config is generated there on every start.
 # Users: `default` (no password, full rights) and `analyst` (password `analyst`, read-only).
@@ -200,6 +202,14 @@ EOF
 EOF
 }
 
+# users.d beside users.xml: the files of CH_USERS_D, if set (18.16 merges users.d/*.xml).
+write_users_d() {
+    rm -rf "$DATA/users.d"
+    [ -n "${CH_USERS_D:-}" ] || return 0
+    mkdir -p "$DATA/users.d"
+    cp "$CH_USERS_D"/*.xml "$DATA/users.d/"
+}
+
 cmd_start() {
     local pid
     if pid="$(our_pid)"; then
@@ -214,6 +224,7 @@ cmd_start() {
     local server
     server="$(server_bin)"
     write_config
+    write_users_d
     rm -f "$PIDFILE"
     local started=$SECONDS
     # The server runs as the current user (root works on 18.16); --daemon forks, detaches from the
