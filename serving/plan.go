@@ -136,6 +136,18 @@ func (p *Planner) BatchDays(q *Query, st *State) (from, to time.Time) {
 	return ledger.DayOf(q.From), ledger.DayOf(end.Add(-time.Nanosecond)).AddDate(0, 0, 1)
 }
 
+// PlanWhole is Plan with every part in one statement (All), as a tool that compares the API
+// with one hand-run query needs it.
+func (p *Planner) PlanWhole(q *Query, st *State, now time.Time) (*Plan, *APIError) {
+	pl, err := p.Plan(q, st, now)
+	if err != nil || pl.All != nil || pl.Batch == nil || pl.Speed == nil {
+		return pl, err
+	}
+	dec, _ := p.Decide(q, st, now)
+	pl.All, pl.Batch, pl.Speed = p.query(q, shape{states: dec.States}, append(dec.Side(true), dec.Side(false)...)), nil, nil
+	return pl, nil
+}
+
 // Plan applies the merge rule (Decide) to q and builds its SQL.
 func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	dec, apiErr := p.Decide(q, st, now)
