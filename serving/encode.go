@@ -89,7 +89,7 @@ func appendJSONValue(b []byte, v any) ([]byte, error) {
 		if f != f || math.IsInf(f, 0) {
 			return append(b, "null"...), nil
 		}
-		return strconv.AppendFloat(b, f, 'g', -1, 64), nil
+		return appendNumber(b, f), nil
 	case bool:
 		return strconv.AppendBool(b, x), nil
 	case time.Time:
@@ -134,7 +134,17 @@ func (f jsonFloat) MarshalJSON() ([]byte, error) {
 	if v != v || v > 1.7976931348623157e308 || v < -1.7976931348623157e308 {
 		return []byte("null"), nil
 	}
-	return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
+	return appendNumber(nil, v), nil
+}
+
+// appendNumber writes a number as people write it: plain decimals (the shortest that reads
+// back as the same float64) in the range of money and counts, exponent notation only for the
+// very large and the very small, where plain digits would mislead more than they help.
+func appendNumber(b []byte, f float64) []byte {
+	if a := math.Abs(f); f == 0 || (a >= 1e-6 && a < 1e21) {
+		return strconv.AppendFloat(b, f, 'f', -1, 64)
+	}
+	return strconv.AppendFloat(b, f, 'g', -1, 64)
 }
 
 func writeCSV(c *gin.Context, resp *Response) {
@@ -151,7 +161,7 @@ func writeCSV(c *gin.Context, resp *Response) {
 			case nil:
 				rec[i] = ""
 			case jsonFloat:
-				rec[i] = strconv.FormatFloat(float64(v), 'g', -1, 64)
+				rec[i] = string(appendNumber(nil, float64(v)))
 			default:
 				rec[i] = fmt.Sprint(v)
 			}
