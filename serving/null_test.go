@@ -150,12 +150,14 @@ func TestNullSemanticsEveryLayer(t *testing.T) {
 	// Deduplicated raw for every day.
 	check("exact", fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-11","granularity":"day","exact":true}`, metrics),
 		func(string) ([]any, bool) { return nil, false })
-	viewAgreesAll(t, e)
+	viewAgreesAll(t, e, "day", "2024-03-05", "2024-03-11")
+	viewAgreesAll(t, e, "hour", "2024-03-08 06:00:00", "2024-03-09 18:00:00")
 }
 
-// viewAgreesAll compares <ds>_lambda with the API for every metric and every grouping set
-// (those the speed view keeps and those it does not), per day, batch and speed days alike.
-func viewAgreesAll(t *testing.T, e *testEnv) {
+// viewAgreesAll compares <ds>_lambda (grain day) or <ds>_lambda_hourly (grain hour) with the
+// API for every metric and every grouping set (those the speed view keeps and those it does
+// not), per bucket of [from, to), batch and speed side alike.
+func viewAgreesAll(t *testing.T, e *testEnv, grain, from, to string) {
 	t.Helper()
 	ds, _ := e.cfg.Dataset("events")
 	g := schema.NewGenerator(e.cfg)
@@ -169,26 +171,39 @@ func viewAgreesAll(t *testing.T, e *testEnv) {
 		for _, s := range specs {
 			names = append(names, `"`+s.Name+`"`)
 		}
-		r := e.query(t, fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":%s,"from":"2024-03-05","to":"2024-03-11","granularity":"day","limit":100000}`,
-			strings.Join(names, ","), dimsJSON))
+		apiTime := func(s string) string {
+			if grain == "hour" {
+				return strings.Replace(s, " ", "T", 1) + "Z"
+			}
+			return s
+		}
+		r := e.query(t, fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":%s,"from":"%s","to":"%s","granularity":"%s","limit":100000}`,
+			strings.Join(names, ","), dimsJSON, apiTime(from), apiTime(to), grain))
 		api := map[string]map[string]any{}
 		for _, row := range r.Rows {
 			k := row["time"].(string)[:10]
+			if grain == "hour" {
+				k = strings.Replace(strings.TrimSuffix(row["time"].(string), "Z"), "T", " ", 1)
+			}
 			for _, d := range set {
 				k += "|" + row[d].(string)
 			}
 			api[k] = row
 		}
-		key := "toString(day)"
+		key := "toString(" + grain + ")"
 		if len(set) > 0 {
-			key = "concat(toString(day), '|', arrayStringConcat([" + strings.Join(set, ", ") + "], '|'))"
+			key = "concat(toString(" + grain + "), '|', arrayStringConcat([" + strings.Join(set, ", ") + "], '|'))"
 		}
 		cols := []string{key}
 		for _, s := range specs {
 			cols = append(cols, "toNullable(toFloat64("+schema.Q(s.Name)+"))")
 		}
-		q := fmt.Sprintf("SELECT %s, source, exact FROM %s WHERE grouping = ? AND day >= '2024-03-05' AND day < '2024-03-11'",
-			strings.Join(cols, ", "), g.T(schema.Lambda("events")))
+		view := schema.Lambda("events")
+		if grain == "hour" {
+			view = schema.LambdaHourly("events")
+		}
+		q := fmt.Sprintf("SELECT %s, source, exact FROM %s WHERE grouping = ? AND %s >= '%s' AND %s < '%s'",
+			strings.Join(cols, ", "), g.T(view), grain, from, grain, to)
 		rows, err := e.conn.Query(context.Background(), q, config.GroupingName(set))
 		if err != nil {
 			t.Fatal(err)

@@ -345,13 +345,14 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	driftKey := []string{"day", "metric", "at"}
 	drift := g.table(Drift(ds), ds, driftCols, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(driftKey), driftKey)
 
-	view := Object{Name: Lambda(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d)}
+	view := Object{Name: Lambda(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d, "day")}
+	hourlyView := Object{Name: LambdaHourly(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d, "hour")}
 	out := append(raw, rawDays...)
 	out = append(out, daysMV)
 	out = append(out, speed...)
 	out = append(out, mv, daily, hourly)
 	out = append(out, rejects...)
-	return append(out, drift, view)
+	return append(out, drift, view, hourlyView)
 }
 
 // DailyKey is the sorting key of <ds>_daily.
@@ -478,25 +479,43 @@ LIMIT 1 BY toDate(time), id`, strings.Join(cols, ",\n    "), raw, where)
 // indent indents every line of a subquery but the first.
 func indent(sql, by string) string { return strings.ReplaceAll(sql, "\n", "\n"+by) }
 
-// lambdaView is <ds>_lambda: per day, dimensions and grouping, the batch rows up to the
-// boundary (exact unless the day is dirty), and after it the speed rows re-aggregated per
-// grouping set (approximate) and, for the sets with a dimension the speed view does not keep,
-// deduplicated raw (exact), as the API reads them.
-func (g *Generator) lambdaView(d *config.Dataset) string {
+// LambdaHourly names the hourly variant of <ds>_lambda.
+func LambdaHourly(ds string) string { return ds + "_lambda_hourly" }
+
+// grain is a view's time column: "day" (<ds>_lambda, from <ds>_daily) or "hour"
+// (<ds>_lambda_hourly, from <ds>_hourly).
+type grain string
+
+func (gr grain) of(col string) string {
+	if gr == "hour" {
+		return "toStartOfHour(" + col + ")"
+	}
+	return "toDate(" + col + ")"
+}
+
+// lambdaView is <ds>_lambda (per day) or <ds>_lambda_hourly (per hour): per bucket, dimensions
+// and grouping, the batch rows up to the boundary (exact unless the day is dirty), and after it
+// the speed rows re-aggregated per grouping set (approximate) and, for the sets with a dimension
+// the speed view does not keep, deduplicated raw (exact), as the API reads them.
+func (g *Generator) lambdaView(d *config.Dataset, gr grain) string {
 	ds := d.Name
 	dims := d.DimensionNames()
 	sdims := d.SpeedDimensions()
 	specs := d.Specs()
 	wm := ledger.BoundarySQL(g.DB, ds)
+	name, table, day := Lambda(ds), Daily(ds), "day"
+	if gr == "hour" {
+		name, table, day = LambdaHourly(ds), Hourly(ds), "toDate(hour)"
+	}
 
-	batch := []string{"day", "grouping"}
+	batch := []string{string(gr), "grouping"}
 	for _, n := range dims {
 		batch = append(batch, Q(n))
 	}
 	for _, s := range specs {
 		batch = append(batch, s.Cast(Q(s.Name))+" AS "+Q(s.Name))
 	}
-	batch = append(batch, "'batch' AS source", "toUInt8(day NOT IN ("+ledger.DirtyDaysSQL(g.DB, ds)+")) AS exact")
+	batch = append(batch, "'batch' AS source", "toUInt8("+day+" NOT IN ("+ledger.DirtyDaysSQL(g.DB, ds)+")) AS exact")
 
 	inner := []string{"minute"}
 	for _, n := range sdims {
@@ -508,8 +527,8 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 	for _, c := range d.PresenceColumns() {
 		inner = append(inner, Q(metric.PresenceColumn(c))+" AS "+Q("p_"+c))
 	}
-	outer := []string{"toDate(minute) AS day", GroupingExpr + " AS grouping"}
-	group := []string{"day", "grouping"}
+	outer := []string{gr.of("minute") + " AS " + string(gr), GroupingExpr + " AS grouping"}
+	group := []string{string(gr), "grouping"}
 	for _, n := range dims {
 		if contains(sdims, n) {
 			outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
@@ -527,7 +546,7 @@ func (g *Generator) lambdaView(d *config.Dataset) string {
 SELECT
     %s
 FROM %s
-WHERE day <= %s
+WHERE %s <= %s
 UNION ALL
 SELECT
     %s
@@ -539,20 +558,20 @@ FROM
     WHERE toDate(minute) > %s
 )
 ARRAY JOIN %s AS gd
-GROUP BY %s`, g.T(Lambda(ds)), g.OnCluster(),
-		strings.Join(batch, ",\n    "), g.T(Daily(ds)), wm,
+GROUP BY %s`, g.T(name), g.OnCluster(),
+		strings.Join(batch, ",\n    "), g.T(table), day, wm,
 		strings.Join(outer, ",\n    "),
 		strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm,
 		GroupingArray(SpeedSets(d)), strings.Join(group, ", "))
 	if other := OtherSets(d); len(other) > 0 {
-		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, "toDate(time) > "+wm)
+		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, gr, "toDate(time) > "+wm)
 	}
 	return sql
 }
 
 // rawSetsSelect computes the grouping sets sets exactly from deduplicated raw rows where where
 // holds, per day, in the shape of the view's rows.
-func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, where string) string {
+func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, where string) string {
 	inner := []string{"id", "time"}
 	for _, n := range d.DimensionNames() {
 		inner = append(inner, Q(n)+" AS "+Q("d_"+n))
@@ -560,8 +579,8 @@ func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, where stri
 	for _, c := range d.ValueColumns() {
 		inner = append(inner, Q(c.Name)+" AS "+Q("v_"+c.Name))
 	}
-	outer := []string{"toDate(time) AS day", GroupingExpr + " AS grouping"}
-	group := []string{"day", "grouping"}
+	outer := []string{gr.of("time") + " AS " + string(gr), GroupingExpr + " AS grouping"}
+	group := []string{string(gr), "grouping"}
 	for _, n := range d.DimensionNames() {
 		outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
 		group = append(group, Q(n))
