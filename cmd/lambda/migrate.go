@@ -47,15 +47,24 @@ func runMigrate(ctx context.Context, args []string) error {
 }
 
 // migrate connects and applies the schema; speed, batch (unless --migrate=false) and dev call
-// it at start. It waits for ClickHouse to answer (a server that starts after the process is
-// not an error), until ctx is done.
+// it at start. It waits for ClickHouse to answer, and starts over when the connection breaks
+// midway (a server restarting while the process starts is not an error; migrating is
+// idempotent), until ctx is done. A statement ClickHouse refuses is an error at once.
 func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 	start := time.Now()
-	var conn driver.Conn
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		var err error
-		if conn, err = chconn.Open(ctx, cfg.ClickHouse); err == nil {
-			break
+		ran, err := migrateOnce(ctx, cfg, allowDrop)
+		if err == nil {
+			slog.Info("schema ready", "database", cfg.ClickHouse.Database, "datasets", len(cfg.Datasets), "statements", len(ran), "took", time.Since(start).Round(time.Millisecond))
+			return nil
+		}
+		var ex *clickhouse.Exception
+		if errors.As(err, &ex) {
+			if deniedDDL(err) {
+				return fmt.Errorf("cannot migrate %s as user %q: %w (this user may not change the schema: run lambda migrate as a user that may; speed and batch then run with --migrate=false)",
+					cfg.ClickHouse.Database, cfg.ClickHouse.Username, err)
+			}
+			return fmt.Errorf("cannot migrate %s: %w", cfg.ClickHouse.Database, err)
 		}
 		slog.Warn("waiting for clickhouse", "addr", cfg.ClickHouse.Addr, "retry_in", wait, "err", err)
 		select {
@@ -64,17 +73,16 @@ func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 		case <-time.After(wait):
 		}
 	}
-	defer conn.Close()
-	ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
+}
+
+// migrateOnce connects and migrates once.
+func migrateOnce(ctx context.Context, cfg *config.Config, allowDrop bool) ([]string, error) {
+	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
-		if deniedDDL(err) {
-			return fmt.Errorf("cannot migrate %s as user %q: %w (this user may not change the schema: run lambda migrate as a user that may; speed and batch then run with --migrate=false)",
-				cfg.ClickHouse.Database, cfg.ClickHouse.Username, err)
-		}
-		return fmt.Errorf("cannot migrate %s: %w", cfg.ClickHouse.Database, err)
+		return nil, err
 	}
-	slog.Info("schema ready", "database", cfg.ClickHouse.Database, "datasets", len(cfg.Datasets), "statements", len(ran), "took", time.Since(start).Round(time.Millisecond))
-	return nil
+	defer conn.Close()
+	return schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
 }
 
 // deniedDDL reports whether err is ClickHouse refusing a statement for the user's rights:
