@@ -213,6 +213,19 @@ GROUP BY %s`, g.T(schema.Speed("events")), strings.Join(speedCols, ", "), string
 	}
 }
 
+// reseal recomputes one sealed day with a new run: its rows of <ds>_daily and <ds>_hourly are
+// dropped and written again, its speed partition rewritten, the run recorded.
+func reseal(t testing.TB, conn driver.Conn, cfg *config.Config, day time.Time, runID string, wm time.Time) {
+	t.Helper()
+	g := schema.NewGenerator(cfg)
+	for _, table := range []string{schema.Daily("events"), schema.Hourly("events")} {
+		if err := conn.Exec(context.Background(), fmt.Sprintf("ALTER TABLE %s DROP PARTITION %s", g.T(table), day.Format("20060102"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seal(t, conn, cfg, day, day.AddDate(0, 0, 1), runID, wm)
+}
+
 // recordRun appends a successful run of a day to batch_runs as the newest run of the day,
 // having read every raw row the day holds now (rowsOut 0: the rows <ds>_daily holds for it).
 func recordRun(t testing.TB, conn driver.Conn, cfg *config.Config, day time.Time, runID string, rowsOut uint64) {
