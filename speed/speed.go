@@ -32,6 +32,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
 	"github.com/lambda-platform/lambda/shared/watermark"
@@ -109,14 +110,22 @@ func New(cfg *config.Config, o Options) (*Speed, error) {
 }
 
 // Run consumes until ctx is done, then flushes and commits what it holds and returns nil. It
-// returns an error only when rows could not be flushed at shutdown (they stay uncommitted and
-// will be consumed again).
+// returns an error when Kafka refuses the TLS handshake or the SASL authentication at start
+// (kafkaconn.Check; an unreachable Kafka is retried), and when rows could not be flushed at
+// shutdown (they stay uncommitted and will be consumed again).
 func (s *Speed) Run(ctx context.Context) error {
 	defer func() {
 		if s.ownsConn {
 			_ = s.conn.Close()
 		}
 	}()
+	// A TLS or SASL failure is a setting: say it once and stop, rather than retry forever.
+	// An unreachable broker is retried by every dataset.
+	if sc, err := kafkaconn.Config(s.cfg.Kafka, s.cfg.Kafka.ClientID); err != nil {
+		return err
+	} else if err := kafkaconn.Check(ctx, s.cfg.Kafka, sc); kafkaconn.IsPermanent(err) {
+		return fmt.Errorf("speed: %w", err)
+	}
 	var g errgroup.Group
 	for _, d := range s.sets {
 		g.Go(func() error { return d.run(ctx) })
@@ -219,14 +228,10 @@ func insertSQL(table string, cols []string) string {
 }
 
 func (d *dataset) saramaConfig() (*sarama.Config, error) {
-	k := d.s.cfg.Kafka
-	sc := sarama.NewConfig()
-	v, err := sarama.ParseKafkaVersion(k.Version)
+	sc, err := kafkaconn.Config(d.s.cfg.Kafka, d.s.cfg.Kafka.ClientID)
 	if err != nil {
-		return nil, fmt.Errorf("kafka.version: %w", err)
+		return nil, err
 	}
-	sc.Version = v
-	sc.ClientID = k.ClientID
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
 	// Offsets are committed by the flusher after the inserts that hold them, never on a timer.
 	sc.Consumer.Offsets.AutoCommit.Enable = false

@@ -36,7 +36,7 @@ func runGen(ctx context.Context, args []string) error {
 		}
 		ds = d
 	}
-	p, err := gen.NewProducer(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-gen")
+	p, err := gen.NewProducer(cfg.Kafka, cfg.Kafka.ClientID+"-gen")
 	if err != nil {
 		return err
 	}

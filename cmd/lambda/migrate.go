@@ -36,7 +36,7 @@ func runMigrate(ctx context.Context, args []string) error {
 
 // migrate connects and applies the schema; every long-running command calls it at start. It
 // waits for ClickHouse to answer (a server that starts after the process is not an error),
-// until ctx is done.
+// until ctx is done, but returns at once when the TLS handshake or the login is refused.
 func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 	start := time.Now()
 	var conn driver.Conn
@@ -44,6 +44,8 @@ func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 		var err error
 		if conn, err = chconn.Open(ctx, cfg.ClickHouse); err == nil {
 			break
+		} else if chconn.IsPermanent(err) {
+			return err // a TLS or login setting: waiting cannot fix it
 		}
 		slog.Warn("waiting for clickhouse", "addr", cfg.ClickHouse.Addr, "retry_in", wait, "err", err)
 		select {
