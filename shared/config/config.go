@@ -337,11 +337,17 @@ func Check(name string, data []byte, lookup func(string) (string, bool), readFil
 			}
 		}
 	}
-	ps = append(ps, cfg.secureProblems(readFiles)...)
 	// A value that could not be decoded was left at its default or zero: what validation
-	// says of that field (or of one inside it) would report it twice.
-	for _, p := range cfg.problems() {
-		if !slices.ContainsFunc(d.probs, func(q Problem) bool { return within(p.Field, q.Field) || within(q.Field, p.Field) }) {
+	// says of that field (or of one inside it) would report it twice. A bad "enabled"
+	// stands for its whole section.
+	related := func(p Problem) bool {
+		return slices.ContainsFunc(d.probs, func(q Problem) bool {
+			f := strings.TrimSuffix(q.Field, ".enabled")
+			return within(p.Field, f) || within(f, p.Field)
+		})
+	}
+	for _, p := range append(cfg.secureProblems(readFiles), cfg.problems()...) {
+		if !related(p) {
 			ps = append(ps, p)
 		}
 	}
@@ -464,9 +470,9 @@ func within(field, inner string) bool {
 	return field == inner || strings.HasPrefix(field, inner+".") || strings.HasPrefix(field, inner+"[")
 }
 
-// fromEnv returns the environment variable that set field (or a field enclosing it), "" when
+// FromEnv returns the environment variable that set field (or a field enclosing it), "" when
 // none did.
-func (c *Config) fromEnv(field string) string {
+func (c *Config) FromEnv(field string) string {
 	for f, k := range c.env {
 		if within(field, f) {
 			return k

@@ -310,7 +310,7 @@ func finish(file string, root *yaml.Node, c *Config, ps []Problem) Problems {
 	for i := range ps {
 		p := &ps[i]
 		p.File = file
-		if env := c.fromEnv(p.Field); env != "" {
+		if env := c.FromEnv(p.Field); env != "" {
 			p.Line = 0
 			p.Msg += " (from " + env + ")"
 		} else if p.Line == 0 && root != nil {

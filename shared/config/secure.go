@@ -99,7 +99,7 @@ func (c *Config) secureProblems(readFiles bool) []Problem {
 	}
 	tlsCheck := func(p string, t TLS) {
 		if !t.Enabled {
-			if c.fromEnv(p+".enabled") != "" {
+			if c.FromEnv(p+".enabled") != "" {
 				// Switched off by the environment on purpose.
 				return
 			}
