@@ -33,7 +33,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
 	"github.com/lambda-platform/lambda/shared/kafkaconn"
-	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/rawbatch"
 	"github.com/lambda-platform/lambda/shared/schema"
 	"github.com/lambda-platform/lambda/shared/watermark"
 )
@@ -73,9 +73,6 @@ const (
 	releaseTimeout = 20 * time.Second
 	// shutdownTimeout bounds the final flush after SIGTERM when ClickHouse fails.
 	shutdownTimeout = 30 * time.Second
-	// maxDaysPerInsert keeps every insert under current ClickHouse's limit of 100 partitions
-	// per insert block (raw and speed are partitioned by day).
-	maxDaysPerInsert = 90
 )
 
 // New returns the speed layer of a configuration. It does not connect: Run waits for
@@ -142,7 +139,7 @@ type dataset struct {
 	lim     event.Limits
 	isKey   []bool
 	ndims   int
-	rawSQL  string
+	raw     *rawbatch.Writer
 	rejSQL  string
 	ledgSQL string
 	dedup   *dedup
@@ -200,16 +197,8 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 	for _, r := range event.Reasons {
 		ds.rejected[r] = s.m.rejected.WithLabelValues(d.Name, string(r))
 	}
-	for _, c := range d.ValueColumns() {
-		ds.isKey = append(ds.isKey, c.Type == metric.KeyType)
-	}
-	var cols []string
-	for _, c := range schema.RawColumns(d) {
-		if c.Name != "_ingested_at" {
-			cols = append(cols, schema.Q(c.Name))
-		}
-	}
-	ds.rawSQL = insertSQL(g.T(schema.Raw(d.Name)), cols)
+	ds.raw = rawbatch.NewWriter(g.T(schema.Raw(d.Name)), d)
+	ds.isKey = ds.raw.IsKey()
 	ds.rejSQL = insertSQL(g.T(schema.Rejects(d.Name)), []string{"payload", "reason", "detail", "_topic", "_partition", "_offset"})
 	ds.ledgSQL = insertSQL(g.T(schema.SpeedFlushes), []string{"dataset", "topic", "partition", "first_offset", "last_offset",
 		"high_watermark", "raw_rows", "rejected_rows", "duplicate_rows", "late_rows", "max_event_time", "consumer"})
@@ -416,7 +405,7 @@ func (d *dataset) release(p *part) {
 	if !buf.empty() {
 		d.rows.Add(-int64(buf.n))
 		d.bytes.Add(-int64(buf.bytes))
-		d.dedup.forget(buf.id)
+		d.dedup.forget(buf.ID)
 		d.dropped.Add(int64(buf.n))
 		d.log.Warn("partition revoked before its rows could be flushed: dropped uncommitted, they will be consumed again",
 			"partition", p.partition, "rows", buf.rows(), "first_offset", buf.first)
