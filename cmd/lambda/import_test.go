@@ -129,7 +129,7 @@ func writeHistory(t testing.TB, path string, n int, seed uint64) (map[string]day
 	return out, bad
 }
 
-// readDaily returns the day totals (grouping ”) of <ds>_daily.
+// readDaily returns the day totals (the empty grouping set) of <ds>_daily.
 func readDaily(t testing.TB, ctx context.Context, conn driver.Conn, cfg *config.Config) map[string]dayTruth {
 	t.Helper()
 	rows, err := conn.Query(ctx, fmt.Sprintf("SELECT toString(day), events, ifNull(revenue, 0), users FROM `%s`.events_daily WHERE grouping = '' ORDER BY day", cfg.ClickHouse.Database))
