@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/lambda-platform/lambda/shared/config"
 )
@@ -64,7 +65,7 @@ func checkConfig(w io.Writer, path string, lookup func(string) (string, bool), r
 	for _, d := range cfg.Datasets {
 		fmt.Fprintf(w, "  dataset     %s: topic %s, %d dimensions (%s), %d metrics (%s), batch %q, raw retention %s\n",
 			d.Name, d.Topic, len(d.Dimensions), strings.Join(d.DimensionNames(), ", "), len(d.Metrics), metricNames(d),
-			d.BatchConf.Schedule, d.RawRetention.D())
+			d.BatchConf.Schedule, days(d.RawRetention.D()))
 	}
 	if !readFiles {
 		fmt.Fprintln(w, "  (password and TLS files not read: --skip-files)")
@@ -113,4 +114,12 @@ func metricNames(d config.Dataset) string {
 		out = append(out, m.Name+" "+m.Type)
 	}
 	return strings.Join(out, ", ")
+}
+
+// days writes a whole number of days as "90d", other durations as Go does.
+func days(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
 }

@@ -220,6 +220,7 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 	}()
 
 	var cur atomic.Pointer[recordFile]
+	var curName atomic.Pointer[string] // stays on the last file while its rows are inserted
 	var doneBytes atomic.Int64
 	var total int64
 	for _, f := range files {
@@ -232,7 +233,9 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 		if rf := cur.Load(); rf != nil {
 			n, _ := rf.Progress()
 			s.bytes += n
-			s.file = filepath.Base(rf.path)
+		}
+		if name := curName.Load(); name != nil {
+			s.file = *name
 		}
 		return s
 	})
@@ -244,6 +247,8 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 				return err
 			}
 			cur.Store(rf)
+			name := filepath.Base(path)
+			curName.Store(&name)
 			err = readFile(ctx, rf, i, d, lim, now, isKey, o.BatchRows, batches, &read)
 			_ = rf.Close()
 			_, size := rf.Progress()

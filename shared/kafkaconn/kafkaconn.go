@@ -188,7 +188,7 @@ func checkBroker(ctx context.Context, addr string, k config.Kafka, sc *sarama.Co
 	// sarama shakes hands lazily, in the first write: a separate handshake tells TLS
 	// failures from what follows.
 	if sc.Net.TLS.Enable {
-		if err := handshake(ctx, addr, sc.Net.TLS.Config, sc.Net.DialTimeout); err != nil {
+		if err := handshake(ctx, addr, sc.Net.TLS.Config, min(sc.Net.DialTimeout, 10*time.Second)); err != nil {
 			return classify(addr, k, err, stageTLS)
 		}
 	}
