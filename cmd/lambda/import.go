@@ -64,6 +64,9 @@ func runImport(ctx context.Context, args []string) error {
 	defer conn.Close()
 	tty := isTerminal(os.Stdout)
 	st, err := importFiles(ctx, cfg, conn, d, files, importOptions{BatchRows: *batchRows, Progress: os.Stdout, TTY: tty})
+	if err != nil && st.Records == 0 && st.Rejects == 0 {
+		return err
+	}
 	st.print(os.Stdout, cfg, d)
 	if err != nil {
 		return err
@@ -184,40 +187,50 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var mu sync.Mutex // guards st for the inserter and the progress reporter
+	var mu sync.Mutex // guards st and insertErr for the inserters
 	var read, written atomic.Int64
 	batches := make(chan *importBatch, 1)
 	var insertErr error
-	inserted := make(chan struct{})
-	go func() {
-		defer close(inserted)
-		for b := range batches {
-			if insertErr != nil {
-				continue // drain
+	var inserters sync.WaitGroup
+	for range importInserters {
+		inserters.Go(func() {
+			for b := range batches {
+				mu.Lock()
+				failed := insertErr != nil
+				mu.Unlock()
+				if failed {
+					continue // drain
+				}
+				t0 := time.Now()
+				if err := insertBatch(ctx, conn, w, rejSQL, b); err != nil {
+					mu.Lock()
+					if insertErr == nil {
+						insertErr = err
+					}
+					mu.Unlock()
+					cancel()
+					continue
+				}
+				slog.Debug("import batch inserted", "file", b.topic, "rows", b.rows.Len(), "rejects", len(b.rejects), "took", time.Since(t0).Round(time.Millisecond))
+				mu.Lock()
+				f := &st.Files[b.file]
+				f.Records += b.records
+				f.Rows += int64(b.rows.Len())
+				f.Rejects += int64(len(b.rejects))
+				st.Records += b.records
+				st.Rows += int64(b.rows.Len())
+				st.Rejects += int64(len(b.rejects))
+				for _, t := range b.rows.Time {
+					st.Days[rawbatch.DayOf(t)]++
+				}
+				for _, r := range b.rejects {
+					st.Reasons[event.Reason(r.reason)]++
+				}
+				mu.Unlock()
+				written.Add(b.records)
 			}
-			if err := insertBatch(ctx, conn, w, rejSQL, b); err != nil {
-				insertErr = err
-				cancel()
-				continue
-			}
-			mu.Lock()
-			f := &st.Files[b.file]
-			f.Records += b.records
-			f.Rows += int64(b.rows.Len())
-			f.Rejects += int64(len(b.rejects))
-			st.Records += b.records
-			st.Rows += int64(b.rows.Len())
-			st.Rejects += int64(len(b.rejects))
-			for _, t := range b.rows.Time {
-				st.Days[rawbatch.DayOf(t)]++
-			}
-			for _, r := range b.rejects {
-				st.Reasons[event.Reason(r.reason)]++
-			}
-			mu.Unlock()
-			written.Add(b.records)
-		}
-	}()
+		})
+	}
 
 	var cur atomic.Pointer[recordFile]
 	var curName atomic.Pointer[string] // stays on the last file while its rows are inserted
@@ -261,7 +274,7 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 		return nil
 	}()
 	close(batches)
-	<-inserted
+	inserters.Wait()
 	stopProgress()
 	st.Took = time.Since(start)
 	switch {
@@ -330,6 +343,10 @@ func readFile(ctx context.Context, rf *recordFile, file int, d *config.Dataset, 
 	}
 	return nil
 }
+
+// importInserters is how many inserts run at once: ClickHouse writes one insert with one
+// thread, so a second one keeps another core busy while the first is written.
+const importInserters = 2
 
 // maxRejectPayload caps the payload kept in <ds>_rejects, as the speed layer does.
 const maxRejectPayload = 1 << 20
