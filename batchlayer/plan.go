@@ -141,8 +141,10 @@ func (l *Layer) speedWatermark(ctx context.Context, d *dataset, now time.Time, k
 	var offsets map[int32]ledger.KafkaOffsets
 	if kafka && len(l.cfg.Kafka.Brokers) > 0 {
 		kctx, cancel := context.WithTimeout(ctx, kafkaTimeout)
-		var err error
-		offsets, err = ledger.ReadKafka(kctx, l.cfg.Kafka.Brokers, l.saramaConfig(), d.d.Topic, l.cfg.Kafka.GroupPrefix+"-"+d.d.Name)
+		sc, err := l.saramaConfig()
+		if err == nil {
+			offsets, err = ledger.ReadKafka(kctx, l.cfg.Kafka.Brokers, sc, d.d.Topic, l.cfg.Kafka.GroupPrefix+"-"+d.d.Name)
+		}
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {

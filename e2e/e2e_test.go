@@ -111,7 +111,7 @@ func TestEndToEnd(t *testing.T) {
 	base := fmt.Sprintf("http://127.0.0.1:%d", servePort)
 
 	tr := newTruth()
-	producer, err := gen.NewProducer([]string{brokerAddr}, "e2e")
+	producer, err := gen.NewProducer(config.Kafka{Brokers: []string{brokerAddr}}, "e2e")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +153,7 @@ func TestEndToEnd(t *testing.T) {
 	_ = brk.stop(syscall.SIGTERM)
 	brk.start()
 	waitPort(t, brokerAddr)
-	producer, err = gen.NewProducer([]string{brokerAddr}, "e2e")
+	producer, err = gen.NewProducer(config.Kafka{Brokers: []string{brokerAddr}}, "e2e")
 	if err != nil {
 		t.Fatal(err)
 	}

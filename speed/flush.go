@@ -2,7 +2,6 @@ package speed
 
 import (
 	"context"
-	"database/sql"
 	"fmt"
 	"math"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/lambda-platform/lambda/shared/ledger"
+	"github.com/lambda-platform/lambda/shared/rawbatch"
 )
 
 // piece is one partition's buffer taken by a flush.
@@ -202,7 +202,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 func (d *dataset) lose(pieces []piece, err error) error {
 	n := 0
 	for _, pc := range pieces {
-		d.dedup.forget(pc.b.id)
+		d.dedup.forget(pc.b.ID)
 		n += pc.b.n
 	}
 	d.dropped.Add(int64(n))
@@ -259,22 +259,22 @@ func (d *dataset) retry(ctx context.Context, table string, op func(context.Conte
 }
 
 // insertRaw writes the pieces' rows to raw, in as many inserts as it takes to keep each
-// under maxDaysPerInsert days.
+// under rawbatch.MaxDaysPerInsert days.
 func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
 	// Usually every row is within a few days: the span of days settles it without a set.
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, pc := range pieces {
-		for _, t := range pc.b.time {
+		for _, t := range pc.b.Time {
 			day := dayOf(t)
 			lo, hi = min(lo, day), max(hi, day)
 		}
 	}
-	if hi-lo < maxDaysPerInsert {
+	if hi-lo < rawbatch.MaxDaysPerInsert {
 		return d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, pieces) })
 	}
 	days := map[int64]bool{}
 	for _, pc := range pieces {
-		for _, t := range pc.b.time {
+		for _, t := range pc.b.Time {
 			days[dayOf(t)] = true
 		}
 	}
@@ -283,8 +283,8 @@ func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
 		sorted = append(sorted, day)
 	}
 	slices.Sort(sorted)
-	for i := 0; i < len(sorted); i += maxDaysPerInsert {
-		lo, hi := sorted[i], sorted[min(i+maxDaysPerInsert, len(sorted))-1]
+	for i := 0; i < len(sorted); i += rawbatch.MaxDaysPerInsert {
+		lo, hi := sorted[i], sorted[min(i+rawbatch.MaxDaysPerInsert, len(sorted))-1]
 		sub := make([]piece, len(pieces))
 		for j, pc := range pieces {
 			sub[j] = piece{pc.p, pc.b.filter(func(day int64) bool { return day >= lo && day <= hi }, d.isKey)}
@@ -296,74 +296,13 @@ func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
 	return nil
 }
 
-// sendRaw is one columnar insert into raw: id, time, dimensions, value columns, _topic,
-// _partition, _offset, _late.
-func (d *dataset) sendRaw(ctx context.Context, pieces []piece) (err error) {
-	batch, err := d.s.conn.PrepareBatch(ctx, d.rawSQL)
-	if err != nil {
-		return err
+// sendRaw is one columnar insert of the pieces' rows into raw.
+func (d *dataset) sendRaw(ctx context.Context, pieces []piece) error {
+	parts := make([]rawbatch.Part, len(pieces))
+	for i, pc := range pieces {
+		parts[i] = rawbatch.Part{Topic: pc.p.topic, Partition: pc.p.partition, Rows: &pc.b.Columns}
 	}
-	defer abortOnError(batch, &err)
-	col := 0
-	each := func(get func(pc piece) any) error {
-		for _, pc := range pieces {
-			if pc.b.rows() == 0 {
-				continue
-			}
-			if err := batch.Column(col).Append(get(pc)); err != nil {
-				return fmt.Errorf("column %d: %w", col, err)
-			}
-		}
-		col++
-		return nil
-	}
-	appends := []func(pc piece) any{
-		func(pc piece) any { return pc.b.id },
-		func(pc piece) any { return pc.b.time },
-	}
-	for i := range d.ndims {
-		appends = append(appends, func(pc piece) any { return pc.b.dims[i] })
-	}
-	for i, key := range d.isKey {
-		if key {
-			appends = append(appends, func(pc piece) any { return pc.b.keys[i] })
-		} else {
-			// []*float64, not []sql.NullFloat64: clickhouse-go v2.50 writes an invalid
-			// sql.NullFloat64 in a slice as 0, not NULL.
-			appends = append(appends, func(pc piece) any { return nullable(pc.b.nums[i]) })
-		}
-	}
-	appends = append(appends,
-		func(pc piece) any { return repeat(pc.p.topic, pc.b.rows()) },
-		func(pc piece) any { return repeat(pc.p.partition, pc.b.rows()) },
-		func(pc piece) any { return pc.b.offset },
-		func(pc piece) any { return pc.b.late },
-	)
-	for _, get := range appends {
-		if err := each(get); err != nil {
-			return err
-		}
-	}
-	return batch.Send()
-}
-
-// nullable points into the buffer's values, nil for the invalid ones.
-func nullable(v []sql.NullFloat64) []*float64 {
-	out := make([]*float64, len(v))
-	for i := range v {
-		if v[i].Valid {
-			out[i] = &v[i].Float64
-		}
-	}
-	return out
-}
-
-func repeat[T any](v T, n int) []T {
-	out := make([]T, n)
-	for i := range out {
-		out[i] = v
-	}
-	return out
+	return d.raw.Send(ctx, d.s.conn, parts)
 }
 
 func (d *dataset) sendRejects(ctx context.Context, pieces []piece) (err error) {

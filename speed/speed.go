@@ -32,8 +32,9 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 	"github.com/lambda-platform/lambda/shared/ledger"
-	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/rawbatch"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -72,9 +73,6 @@ const (
 	releaseTimeout = 20 * time.Second
 	// shutdownTimeout bounds the final flush after SIGTERM when ClickHouse fails.
 	shutdownTimeout = 30 * time.Second
-	// maxDaysPerInsert keeps every insert under current ClickHouse's limit of 100 partitions
-	// per insert block (raw and speed are partitioned by day).
-	maxDaysPerInsert = 90
 )
 
 // New returns the speed layer of a configuration. It does not connect: Run waits for
@@ -109,14 +107,22 @@ func New(cfg *config.Config, o Options) (*Speed, error) {
 }
 
 // Run consumes until ctx is done, then flushes and commits what it holds and returns nil. It
-// returns an error only when rows could not be flushed at shutdown (they stay uncommitted and
-// will be consumed again).
+// returns an error when Kafka refuses the TLS handshake or the SASL authentication at start
+// (kafkaconn.Check; an unreachable Kafka is retried), and when rows could not be flushed at
+// shutdown (they stay uncommitted and will be consumed again).
 func (s *Speed) Run(ctx context.Context) error {
 	defer func() {
 		if s.ownsConn {
 			_ = s.conn.Close()
 		}
 	}()
+	// A TLS or SASL failure is a setting: say it once and stop, rather than retry forever.
+	// An unreachable broker is retried by every dataset.
+	if sc, err := kafkaconn.Config(s.cfg.Kafka, s.cfg.Kafka.ClientID); err != nil {
+		return err
+	} else if err := kafkaconn.Check(ctx, s.cfg.Kafka, sc); kafkaconn.IsPermanent(err) {
+		return fmt.Errorf("speed: %w", err)
+	}
 	var g errgroup.Group
 	for _, d := range s.sets {
 		g.Go(func() error { return d.run(ctx) })
@@ -133,7 +139,7 @@ type dataset struct {
 	lim     event.Limits
 	isKey   []bool
 	ndims   int
-	rawSQL  string
+	raw     *rawbatch.Writer
 	rejSQL  string
 	ledgSQL string
 	dedup   *dedup
@@ -191,16 +197,8 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 	for _, r := range event.Reasons {
 		ds.rejected[r] = s.m.rejected.WithLabelValues(d.Name, string(r))
 	}
-	for _, c := range d.ValueColumns() {
-		ds.isKey = append(ds.isKey, c.Type == metric.KeyType)
-	}
-	var cols []string
-	for _, c := range schema.RawColumns(d) {
-		if c.Name != "_ingested_at" {
-			cols = append(cols, schema.Q(c.Name))
-		}
-	}
-	ds.rawSQL = insertSQL(g.T(schema.Raw(d.Name)), cols)
+	ds.raw = rawbatch.NewWriter(g.T(schema.Raw(d.Name)), d)
+	ds.isKey = ds.raw.IsKey()
 	ds.rejSQL = insertSQL(g.T(schema.Rejects(d.Name)), []string{"payload", "reason", "detail", "_topic", "_partition", "_offset"})
 	ds.ledgSQL = insertSQL(g.T(schema.SpeedFlushes), []string{"dataset", "topic", "partition", "first_offset", "last_offset",
 		"high_watermark", "raw_rows", "rejected_rows", "duplicate_rows", "late_rows", "max_event_time", "consumer"})
@@ -219,14 +217,10 @@ func insertSQL(table string, cols []string) string {
 }
 
 func (d *dataset) saramaConfig() (*sarama.Config, error) {
-	k := d.s.cfg.Kafka
-	sc := sarama.NewConfig()
-	v, err := sarama.ParseKafkaVersion(k.Version)
+	sc, err := kafkaconn.Config(d.s.cfg.Kafka, d.s.cfg.Kafka.ClientID)
 	if err != nil {
-		return nil, fmt.Errorf("kafka.version: %w", err)
+		return nil, err
 	}
-	sc.Version = v
-	sc.ClientID = k.ClientID
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
 	// Offsets are committed by the flusher after the inserts that hold them, never on a timer.
 	sc.Consumer.Offsets.AutoCommit.Enable = false
@@ -411,7 +405,7 @@ func (d *dataset) release(p *part) {
 	if !buf.empty() {
 		d.rows.Add(-int64(buf.n))
 		d.bytes.Add(-int64(buf.bytes))
-		d.dedup.forget(buf.id)
+		d.dedup.forget(buf.ID)
 		d.dropped.Add(int64(buf.n))
 		d.log.Warn("partition revoked before its rows could be flushed: dropped uncommitted, they will be consumed again",
 			"partition", p.partition, "rows", buf.rows(), "first_offset", buf.first)

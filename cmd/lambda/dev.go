@@ -17,6 +17,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/broker"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/gen"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 	"github.com/lambda-platform/lambda/speed"
 )
 
@@ -52,6 +53,7 @@ func runDev(ctx context.Context, args []string) error {
 	bad := fs.Float64("bad", 0.005, "ratio of malformed events")
 	schedule := fs.String("batch-schedule", "@every 20s", "cron spec of the batch layer for every dataset (a day is sealed once its end + batch.grace has passed)")
 	insertTimeout := fs.Duration("insert-timeout", 10*time.Second, "overrides clickhouse.insert_timeout (0 keeps it): the batch layer takes rows ingested this long before a run as possibly unseen by it, so a day just filled becomes exact only after it")
+	sec := addBrokerSecurityFlags(fs)
 	cfg, err := loadConfig(fs, path, args)
 	if err != nil {
 		return err
@@ -72,7 +74,14 @@ func runDev(ctx context.Context, args []string) error {
 		topics = append(topics, d.Topic)
 	}
 
-	b, err := broker.Start(broker.Options{Listen: *listen, Partitions: int32(*partitions), Topics: topics, DataDir: *dataDir, Logger: slog.Default()})
+	o := broker.Options{Listen: *listen, Partitions: int32(*partitions), Topics: topics, DataDir: *dataDir, Logger: slog.Default()}
+	if err := sec.apply(&o, cfg.Kafka); err != nil {
+		return err
+	}
+	if o.TLS != nil && !cfg.Kafka.TLS.Enabled {
+		return errors.New("--tls-cert: dev's own clients connect with kafka.tls: enable it, with a ca_file that trusts the certificate")
+	}
+	b, err := broker.Start(o)
 	if err != nil {
 		return err
 	}
@@ -123,13 +132,13 @@ func runDev(ctx context.Context, args []string) error {
 // with a persisted broker must not add the history twice), then live events until ctx is done.
 func generate(ctx context.Context, cfg *config.Config, ds *config.Dataset, o gen.Options, perDay int, rate float64) error {
 	history := o.Days * perDay
-	if n, err := topicRecords(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-dev", ds.Topic); err != nil {
+	if n, err := topicRecords(cfg.Kafka, cfg.Kafka.ClientID+"-dev", ds.Topic); err != nil {
 		return err
 	} else if n > 0 && history > 0 {
 		slog.Info("topic already holds records: not producing history again", "dataset", ds.Name, "topic", ds.Topic, "records", n)
 		history = 0
 	}
-	p, err := gen.NewProducer(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-gen")
+	p, err := gen.NewProducer(cfg.Kafka, cfg.Kafka.ClientID+"-gen")
 	if err != nil {
 		return err
 	}
@@ -145,12 +154,17 @@ func generate(ctx context.Context, cfg *config.Config, ds *config.Dataset, o gen
 }
 
 // topicRecords returns how many records a topic holds over all its partitions.
-func topicRecords(brokers []string, clientID, topic string) (int64, error) {
-	sc := sarama.NewConfig()
-	sc.ClientID = clientID
-	c, err := sarama.NewClient(brokers, sc)
+func topicRecords(k config.Kafka, clientID, topic string) (int64, error) {
+	sc, err := kafkaconn.Config(k, clientID)
 	if err != nil {
-		return 0, fmt.Errorf("cannot connect to %v: %w", brokers, err)
+		return 0, err
+	}
+	if err := kafkaconn.Check(context.Background(), k, sc); err != nil {
+		return 0, err
+	}
+	c, err := sarama.NewClient(k.Brokers, sc)
+	if err != nil {
+		return 0, fmt.Errorf("cannot connect to %v: %w", k.Brokers, err)
 	}
 	defer c.Close()
 	parts, err := c.Partitions(topic)

@@ -50,7 +50,7 @@ func runGen(ctx context.Context, args []string) error {
 	}
 	history := *days * *perDay
 	if *once && history > 0 {
-		n, err := topicRecords(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-gen", ds.Topic)
+		n, err := topicRecords(cfg.Kafka, cfg.Kafka.ClientID+"-gen", ds.Topic)
 		if err != nil {
 			return err
 		}
@@ -59,7 +59,7 @@ func runGen(ctx context.Context, args []string) error {
 			history = 0
 		}
 	}
-	p, err := gen.NewProducer(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-gen")
+	p, err := gen.NewProducer(cfg.Kafka, cfg.Kafka.ClientID+"-gen")
 	if err != nil {
 		return err
 	}

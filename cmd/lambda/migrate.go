@@ -49,7 +49,8 @@ func runMigrate(ctx context.Context, args []string) error {
 // migrate connects and applies the schema; speed, batch (unless --migrate=false) and dev call
 // it at start. It waits for ClickHouse to answer, and starts over when the connection breaks
 // midway (a server restarting while the process starts is not an error; migrating is
-// idempotent), until ctx is done. A statement ClickHouse refuses is an error at once.
+// idempotent), until ctx is done. A statement ClickHouse refuses, a refused TLS handshake or
+// login, is an error at once.
 func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 	start := time.Now()
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
@@ -65,6 +66,9 @@ func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 					cfg.ClickHouse.Database, cfg.ClickHouse.Username, err)
 			}
 			return fmt.Errorf("cannot migrate %s: %w", cfg.ClickHouse.Database, err)
+		}
+		if chconn.IsPermanent(err) {
+			return err // a TLS or login setting: waiting cannot fix it
 		}
 		slog.Warn("waiting for clickhouse", "addr", cfg.ClickHouse.Addr, "retry_in", wait, "err", err)
 		select {

@@ -211,7 +211,7 @@ serving: {listen: %q}
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := gen.NewProducer([]string{b.Addr()}, "privileges-test")
+	p, err := gen.NewProducer(config.Kafka{Brokers: []string{b.Addr()}, Version: cfg.Kafka.Version}, "privileges-test")
 	if err != nil {
 		t.Fatal(err)
 	}

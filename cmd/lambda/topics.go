@@ -10,6 +10,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 )
 
 func init() {
@@ -38,10 +39,9 @@ func runTopics(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	sc := sarama.NewConfig()
-	sc.ClientID = cfg.Kafka.ClientID + "-topics"
-	if sc.Version, err = sarama.ParseKafkaVersion(cfg.Kafka.Version); err != nil {
-		return fmt.Errorf("kafka.version %q: %w", cfg.Kafka.Version, err)
+	sc, err := kafkaconn.Config(cfg.Kafka, cfg.Kafka.ClientID+"-topics")
+	if err != nil {
+		return err
 	}
 	var admin sarama.ClusterAdmin
 	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {

@@ -4,6 +4,8 @@
 package broker
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,7 +24,22 @@ type Options struct {
 	Topics []string
 	// DataDir, when set, persists the log so that a restarted broker keeps its data.
 	DataDir string
-	Logger  *slog.Logger
+	// Users are the SASL users a client may authenticate as (each a superuser).
+	Users []User
+	// RequireSASL refuses clients that do not authenticate as one of Users.
+	RequireSASL bool
+	// TLS, when set, makes the broker speak TLS only, with this server configuration (a
+	// certificate and its key).
+	TLS    *tls.Config
+	Logger *slog.Logger
+}
+
+// User is a SASL user of the broker.
+type User struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512: the one the user authenticates with.
+	Mechanism string
+	Name      string
+	Password  string
 }
 
 // Broker is a running embedded broker.
@@ -58,13 +75,30 @@ func Start(o Options) (*Broker, error) {
 	if o.DataDir != "" {
 		opts = append(opts, kfake.DataDir(o.DataDir))
 	}
+	if o.RequireSASL {
+		if len(o.Users) == 0 {
+			return nil, errors.New("a broker that requires SASL needs a user")
+		}
+		opts = append(opts, kfake.EnableSASL())
+	}
+	for _, u := range o.Users {
+		opts = append(opts, kfake.Superuser(u.Mechanism, u.Name, u.Password))
+	}
+	if o.TLS != nil {
+		opts = append(opts, kfake.TLS(o.TLS))
+	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot start broker on %s: %w", o.Listen, err)
 	}
 	b := &Broker{c: c, addr: c.ListenAddrs()[0]}
 	if o.Logger != nil {
-		o.Logger.Info("broker listening", "addr", b.addr, "partitions", o.Partitions, "topics", o.Topics)
+		var users []string
+		for _, u := range o.Users {
+			users = append(users, u.Name+" ("+u.Mechanism+")")
+		}
+		o.Logger.Info("broker listening", "addr", b.addr, "partitions", o.Partitions, "topics", o.Topics,
+			"tls", o.TLS != nil, "require_sasl", o.RequireSASL, "sasl_users", users)
 	}
 	return b, nil
 }

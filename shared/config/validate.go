@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -38,11 +37,21 @@ func SchedulePeriod(s cron.Schedule) time.Duration {
 	return longest
 }
 
-// Validate checks the configuration and returns every problem, each naming file and field.
+// Validate checks the configuration and returns every problem (Problems), each naming file and
+// field, for a configuration built in code; Load and Parse validate what they read, with lines.
 func (c *Config) Validate() error {
-	var errs []error
+	ps := append(c.secureProblems(false), c.problems()...)
+	if len(ps) == 0 {
+		return nil
+	}
+	return finish(c.File, nil, c, ps)
+}
+
+// problems checks the configuration; fields are paths without dataset names.
+func (c *Config) problems() []Problem {
+	var errs []Problem
 	add := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s: %s", c.File, field, fmt.Sprintf(format, args...)))
+		errs = append(errs, Problem{Field: field, Msg: fmt.Sprintf(format, args...)})
 	}
 	if len(c.ClickHouse.Addr) == 0 {
 		add("clickhouse.addr", "at least one address is required")
@@ -101,14 +110,11 @@ func (c *Config) Validate() error {
 		} else {
 			names[d.Name] = i
 		}
-		if d.Name != "" {
-			p = fmt.Sprintf("datasets[%d] (%s)", i, d.Name)
-		}
 		for _, e := range d.validate() {
 			add(p+"."+e.field, "%s", e.msg)
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 type fieldError struct{ field, msg string }
