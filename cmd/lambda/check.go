@@ -13,12 +13,21 @@ import (
 
 func init() {
 	register("check", "validate a config without connecting anywhere: every problem at once, with file, line and field", runCheck)
+	describe("check", helpText{
+		Usage: []string{"check [flags] [FILE]"},
+		Examples: []string{
+			"lambda check --config lambda.yaml",
+			"lambda check lambda.yaml --skip-files        # in CI, without the secret files",
+		},
+		Notes: "Exit 0 and a summary of what the config connects to and declares (secrets by source only), or every\n" +
+			"problem with file:line and field and exit 1. docs/configuration.md#checking-a-configuration.",
+	})
 }
 
 func runCheck(_ context.Context, args []string) error {
 	fs, path := flags("check")
 	skipFiles := fs.Bool("skip-files", false, "do not read password_file, ca_file, cert_file and key_file (a check without the secrets, e.g. in CI)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	switch {
@@ -27,7 +36,7 @@ func runCheck(_ context.Context, args []string) error {
 	case fs.NArg() > 0:
 		return fmt.Errorf("unexpected arguments %q: give the file with --config", fs.Args())
 	}
-	return checkConfig(os.Stdout, *path, os.LookupEnv, !*skipFiles)
+	return checkConfig(stdout, *path, os.LookupEnv, !*skipFiles)
 }
 
 // checkConfig writes every problem of the configuration at path (the demo's when empty), one

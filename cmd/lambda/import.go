@@ -26,6 +26,16 @@ import (
 
 func init() {
 	register("import", "load JSON-lines or CSV history (gzip too) into a dataset's raw table through the speed layer's decoder and rejects", runImport)
+	describe("import", helpText{
+		Usage: []string{"import [flags] FILE…"},
+		Examples: []string{
+			"lambda import --config lambda.yaml --dataset orders history-2026-10.jsonl.gz",
+			"lambda import --dataset orders a.csv b.csv --recompute   # make the days exact now",
+		},
+		Notes: "Rows go to <dataset>_raw as corrections (never to the speed view); ids missing from a record are derived\n" +
+			"from the file name and line, so importing a file twice changes nothing. The batch scheduler makes the\n" +
+			"touched days exact at its next tick, or --recompute does now. docs/your-own-events.md.",
+	})
 }
 
 func runImport(ctx context.Context, args []string) error {
@@ -36,7 +46,7 @@ func runImport(ctx context.Context, args []string) error {
 	// Flags may come after the files too: `lambda import --dataset D a.jsonl --recompute`.
 	var files []string
 	for rest := args; ; {
-		if err := fs.Parse(rest); err != nil {
+		if err := parseFlags(fs, rest); err != nil {
 			return err
 		}
 		if fs.NArg() == 0 {
@@ -63,11 +73,11 @@ func runImport(ctx context.Context, args []string) error {
 	}
 	defer conn.Close()
 	tty := isTerminal(os.Stdout)
-	st, err := importFiles(ctx, cfg, conn, d, files, importOptions{BatchRows: *batchRows, Progress: os.Stdout, TTY: tty})
+	st, err := importFiles(ctx, cfg, conn, d, files, importOptions{BatchRows: *batchRows, Progress: stdout, TTY: tty})
 	if err != nil && st.Records == 0 && st.Rejects == 0 {
 		return err
 	}
-	st.print(os.Stdout, cfg, d)
+	st.print(stdout, cfg, d)
 	if err != nil {
 		return err
 	}

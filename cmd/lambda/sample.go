@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,6 +23,14 @@ import (
 
 func init() {
 	register("sample", "show how a dataset's config decodes the newest records of its topic, per field, without committing anything", runSample)
+	describe("sample", helpText{
+		Examples: []string{
+			"lambda sample --config lambda.yaml --dataset orders -n 20",
+			"lambda sample --dataset orders --from-beginning",
+		},
+		Notes: "A plain consumer: no group, nothing committed. Per record, each dimension and metric field decoded or the\n" +
+			"reject reason; then how often each field is missing and the reasons counted.",
+	})
 }
 
 func runSample(ctx context.Context, args []string) error {
@@ -42,7 +49,7 @@ func runSample(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	return sample(ctx, os.Stdout, cfg, d, sampleOptions{N: *n, FromBeginning: *fromBeginning})
+	return sample(ctx, stdout, cfg, d, sampleOptions{N: *n, FromBeginning: *fromBeginning})
 }
 
 // sampleOptions say what to read.
