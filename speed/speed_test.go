@@ -565,6 +565,7 @@ func killed(t *testing.T, e *env, together bool) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("speed process output:\n%s", logs.String())
+			t.Logf("consumer group: %s", e.describeGroup())
 		}
 	})
 	start := func() *exec.Cmd {
@@ -612,6 +613,29 @@ func killed(t *testing.T, e *env, together bool) {
 	if err := second.Wait(); err != nil {
 		t.Fatalf("after SIGTERM the speed process exited with %v, want 0", err)
 	}
+}
+
+// describeGroup says who holds which partition of the dataset's consumer group, for the
+// output of a failed test.
+func (e *env) describeGroup() string {
+	adm, err := sarama.NewClusterAdmin(e.cfg.Kafka.Brokers, sarama.NewConfig())
+	if err != nil {
+		return err.Error()
+	}
+	defer adm.Close()
+	gs, err := adm.DescribeConsumerGroups([]string{e.cfg.Kafka.GroupPrefix + "-events"})
+	if err != nil || len(gs) == 0 {
+		return fmt.Sprint("cannot describe: ", err)
+	}
+	out := "state " + gs[0].State
+	for id, m := range gs[0].Members {
+		var parts []int32
+		if a, err := m.GetMemberAssignment(); err == nil && a != nil {
+			parts = a.Topics["events"]
+		}
+		out += fmt.Sprintf("; %s (%s) holds %v", id, m.ClientHost, parts)
+	}
+	return out
 }
 
 // TestHelperSpeedProcess is the speed layer as a process of its own for TestKilledAndRestarted.
