@@ -22,6 +22,7 @@ type buffer struct {
 	late   []uint8
 
 	rejects []reject
+	refused int // raw rows ClickHouse refused: counted in rows(), written as the last rejects
 	dups    int
 	lateN   int
 	maxTime time.Time
@@ -51,7 +52,7 @@ func (b *buffer) reset() {
 	}
 	clear(b.rejects)
 	b.rejects = b.rejects[:0]
-	b.dups, b.lateN, b.bytes, b.n = 0, 0, 0, 0
+	b.dups, b.lateN, b.bytes, b.n, b.refused = 0, 0, 0, 0, 0
 	b.maxTime = time.Time{}
 }
 
@@ -95,12 +96,12 @@ func (b *buffer) add(r *event.Row, offset int64, late bool, isKey []bool) {
 	}
 }
 
-// filter returns a copy of the buffer's rows whose day keep accepts (rejects and counts are
-// not copied).
-func (b *buffer) filter(keep func(day int64) bool, isKey []bool) *buffer {
+// filter returns a copy of the rows of the buffer keep accepts, by index (rejects and counts
+// are not copied).
+func (b *buffer) filter(keep func(i int) bool, isKey []bool) *buffer {
 	out := newBuffer(len(b.dims), len(isKey))
 	for i := range b.id {
-		if !keep(dayOf(b.time[i])) {
+		if !keep(i) {
 			continue
 		}
 		out.id = append(out.id, b.id[i])
