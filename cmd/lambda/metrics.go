@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,9 +21,32 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// serveMetrics serves /metrics, /healthz and /debug/pprof on addr until ctx is done. An empty addr serves
-// nothing.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+// healthCheck returns a layer's problems (one per line), nil when it has none.
+type healthCheck func() error
+
+// healthz answers 200 "ok" while every check passes, else 503 with every problem, one per
+// line: what an orchestrator's liveness probe restarts the process on.
+func healthz(checks []healthCheck) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		var problems []string
+		for _, check := range checks {
+			if err := check(); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(strings.Join(problems, "\n") + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	}
+}
+
+// serveMetrics serves /metrics, /healthz (healthy while every check passes) and /debug/pprof
+// on addr until ctx is done. An empty addr serves nothing.
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, checks ...healthCheck) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
@@ -33,7 +57,7 @@ func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) er
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/healthz", healthz(checks))
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
