@@ -40,6 +40,9 @@ type Options struct {
 	Conn driver.Conn
 	// Dashboards are static files served at / without authentication.
 	Dashboards fs.FS
+	// Health are checks of other layers in the same process (lambda dev): /healthz answers
+	// 503 with every problem while one fails.
+	Health []func() error
 }
 
 // Server is the HTTP API.
@@ -57,6 +60,7 @@ type Server struct {
 	engine  *gin.Engine
 	dash    fs.FS
 	keys    [][]byte
+	health  []func() error
 	m       *serverMetrics
 }
 
@@ -71,7 +75,7 @@ type serverMetrics struct {
 // New builds a server. It connects to ClickHouse when opts.Conn is nil (without creating
 // anything: run migrate first).
 func New(cfg *config.Config, opts Options) (*Server, error) {
-	s := &Server{cfg: cfg, log: opts.Logger, reg: opts.Registry, now: opts.Now, conn: opts.Conn, dash: opts.Dashboards}
+	s := &Server{cfg: cfg, log: opts.Logger, reg: opts.Registry, now: opts.Now, conn: opts.Conn, dash: opts.Dashboards, health: opts.Health}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -172,7 +176,19 @@ func (s *Server) routes() *gin.Engine {
 	// The access log comes first: it sees the final status of every request, a recovered
 	// panic's 500 included, and gives the request its id before anything can log.
 	e.Use(s.access, gin.CustomRecoveryWithWriter(io.Discard, s.recovered), s.observe, s.cors)
-	e.GET("/healthz", func(c *gin.Context) { c.String(http.StatusOK, "ok\n") })
+	e.GET("/healthz", func(c *gin.Context) {
+		var problems []string
+		for _, check := range s.health {
+			if err := check(); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+		if len(problems) > 0 {
+			c.String(http.StatusServiceUnavailable, strings.Join(problems, "\n")+"\n")
+			return
+		}
+		c.String(http.StatusOK, "ok\n")
+	})
 	e.GET("/readyz", s.readyz)
 	mh := promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{Registry: s.reg})
 	e.GET("/metrics", gin.WrapH(mh))

@@ -16,6 +16,7 @@ type buffer struct {
 	rawbatch.Columns
 
 	rejects []reject
+	refused int // raw rows ClickHouse refused: counted in rows(), written as the last rejects
 	dups    int
 	lateN   int
 	maxTime time.Time
@@ -38,7 +39,7 @@ func (b *buffer) reset() {
 	b.Columns.Reset()
 	clear(b.rejects)
 	b.rejects = b.rejects[:0]
-	b.dups, b.lateN, b.bytes, b.n = 0, 0, 0, 0
+	b.dups, b.lateN, b.bytes, b.n, b.refused = 0, 0, 0, 0, 0
 	b.maxTime = time.Time{}
 }
 
@@ -67,9 +68,9 @@ func (b *buffer) add(r *event.Row, offset int64, late bool, isKey []bool) {
 	}
 }
 
-// filter returns a copy of the buffer's rows whose day keep accepts (rejects and counts are
-// not copied).
-func (b *buffer) filter(keep func(day int64) bool, isKey []bool) *buffer {
+// filter returns a copy of the rows of the buffer keep accepts, by index (rejects and counts
+// are not copied).
+func (b *buffer) filter(keep func(i int) bool, isKey []bool) *buffer {
 	return &buffer{first: -1, last: -1, Columns: b.Columns.Filter(keep, isKey)}
 }
 

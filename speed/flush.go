@@ -2,6 +2,7 @@ package speed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/IBM/sarama"
 
+	"github.com/lambda-platform/lambda/shared/event"
 	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/rawbatch"
 )
@@ -28,8 +30,10 @@ const inFlight = 2
 
 // flushLoop flushes on the interval, when the buffers reach the flush size, and when a
 // released partition asks; after stop it flushes a last time, waits for the flushes in
-// flight and returns. A flush fails only when ctx is done (it retries until then); its rows
-// are then dropped uncommitted.
+// flight and returns. A flush fails when ctx is done (it retries until then) or when
+// ClickHouse refuses it for good, which stops the dataset; its rows are then dropped
+// uncommitted. Once the dataset stops, the loop waits for the flushes in flight and returns
+// why it stopped.
 func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 	tick := time.NewTicker(d.s.cfg.Speed.FlushInterval.D())
 	defer tick.Stop()
@@ -39,6 +43,9 @@ func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 		final := false
 		var waiting []chan struct{}
 		select {
+		case <-d.halted:
+			<-prev.done
+			return d.stopped()
 		case <-tick.C:
 		case <-d.kick:
 		case req := <-d.reqs:
@@ -137,13 +144,20 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 		d.gauges(now)
 		return nil
 	}
+	if err := d.stopped(); err != nil {
+		<-prev.done
+		return d.lose(pieces, err)
+	}
 	if rows > 0 {
-		if err := d.insertRaw(ctx, pieces); err != nil {
+		refused, err := d.insertRaw(ctx, pieces)
+		if err != nil {
 			<-prev.done
-			return d.lose(pieces, err)
+			return d.fail(pieces, err)
 		}
-		m.inserted.WithLabelValues(d.d.Name, "raw").Add(float64(rows))
+		d.addRefused(pieces, refused)
+		m.inserted.WithLabelValues(d.d.Name, "raw").Add(float64(rows - len(refused)))
 		m.batchRows.WithLabelValues(d.d.Name).Observe(float64(rows))
+		d.rejected[event.InsertRefused].Add(float64(len(refused)))
 	}
 	var rejects int
 	for _, pc := range pieces {
@@ -152,7 +166,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 	if rejects > 0 {
 		if err := d.retry(ctx, "rejects", func(ctx context.Context) error { return d.sendRejects(ctx, pieces) }); err != nil {
 			<-prev.done
-			return d.lose(pieces, err)
+			return d.fail(pieces, err)
 		}
 		m.inserted.WithLabelValues(d.d.Name, "rejects").Add(float64(rejects))
 	}
@@ -163,7 +177,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 		return d.lose(pieces, fmt.Errorf("an earlier flush was dropped: %w", prev.err))
 	}
 	if err := d.retry(ctx, "speed_flushes", func(ctx context.Context) error { return d.sendLedger(ctx, pieces, beats) }); err != nil {
-		return d.lose(pieces, err)
+		return d.fail(pieces, err)
 	}
 
 	// The rows are in ClickHouse: mark and commit their offsets, unless the partition was
@@ -176,6 +190,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 			p.sess.MarkOffset(p.topic, p.partition, pc.b.last+1, "")
 			sessions[p.sess] = true
 			p.committed = pc.b.last + 1
+			p.progress = d.s.now()
 			if pc.b.maxTime.After(p.maxTime) {
 				p.maxTime = pc.b.maxTime
 			}
@@ -209,6 +224,36 @@ func (d *dataset) lose(pieces []piece, err error) error {
 	return fmt.Errorf("flush of %d records abandoned: %w", n, err)
 }
 
+// fail is lose for an insert that failed: one ClickHouse refused for good stops the dataset.
+func (d *dataset) fail(pieces []piece, err error) error {
+	var stop *stopError
+	var refused *refusedError
+	if errors.As(err, &stop) || errors.As(err, &refused) {
+		d.halt(err)
+	}
+	return d.lose(pieces, err)
+}
+
+// addRefused moves the rows ClickHouse refused one by one to their pieces' rejects.
+func (d *dataset) addRefused(pieces []piece, refused []refusal) {
+	for _, r := range refused {
+		for _, pc := range pieces {
+			if pc.p == r.p {
+				pc.b.rejects = append(pc.b.rejects, r.reject)
+				pc.b.refused++
+				if r.late {
+					pc.b.lateN-- // late_rows counts rows written to raw
+				}
+				break
+			}
+		}
+	}
+	if len(refused) > 0 {
+		d.log.Warn("clickhouse refused rows one by one: written to rejects as insert_refused",
+			"rows", len(refused), "first_offset", refused[0].offset, "err", refused[0].reject.detail)
+	}
+}
+
 // gauges updates lag and the process's speed watermark.
 func (d *dataset) gauges(now time.Time) {
 	d.mu.Lock()
@@ -233,8 +278,8 @@ func (d *dataset) gauges(now time.Time) {
 	d.s.m.dedupIDs.WithLabelValues(d.d.Name).Set(float64(d.dedup.len()))
 }
 
-// retry runs op until it succeeds or ctx is done, with exponential backoff; each attempt is
-// bounded by the insert timeout.
+// retry runs op until it succeeds, ctx is done, or ClickHouse refuses it for good (a
+// *refusedError), with exponential backoff; each attempt is bounded by the insert timeout.
 func (d *dataset) retry(ctx context.Context, table string, op func(context.Context) error) error {
 	b := newBackoff(d.s.cfg.Speed.RetryMax.D())
 	for attempt := 1; ; attempt++ {
@@ -250,6 +295,13 @@ func (d *dataset) retry(ctx context.Context, table string, op func(context.Conte
 			return nil
 		}
 		d.s.m.insertErrs.WithLabelValues(d.d.Name, table).Inc()
+		msg := table + ": " + err.Error()
+		d.flushErr.Store(&msg)
+		if kind := classify(err); kind != transient {
+			// The caller says what it does about it: rejects rows, or stops the dataset.
+			d.log.Debug("clickhouse refused an insert for good", "table", table, "attempt", attempt, "err", err)
+			return &refusedError{table: table, kind: kind, err: err}
+		}
 		if ctx.Err() != nil {
 			return err
 		}
@@ -259,8 +311,21 @@ func (d *dataset) retry(ctx context.Context, table string, op func(context.Conte
 }
 
 // insertRaw writes the pieces' rows to raw, in as many inserts as it takes to keep each
-// under rawbatch.MaxDaysPerInsert days.
-func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
+// under rawbatch.MaxDaysPerInsert days. It returns the rows ClickHouse refused one by one, or a
+// *stopError when the refusal is not about some rows (see refuse.go), or ctx's error.
+func (d *dataset) insertRaw(ctx context.Context, pieces []piece) ([]refusal, error) {
+	var refused []refusal
+	err := d.insertDays(ctx, pieces, &refused)
+	if err != nil {
+		return nil, err
+	}
+	if n := countRows(pieces); len(refused) == n && n > 1 {
+		return nil, &stopError{fmt.Errorf("clickhouse refused every one of the %d rows of a flush into raw, the first with: %s", n, refused[0].reject.detail)}
+	}
+	return refused, nil
+}
+
+func (d *dataset) insertDays(ctx context.Context, pieces []piece, refused *[]refusal) error {
 	// Usually every row is within a few days: the span of days settles it without a set.
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, pc := range pieces {
@@ -270,7 +335,7 @@ func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
 		}
 	}
 	if hi-lo < rawbatch.MaxDaysPerInsert {
-		return d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, pieces) })
+		return d.insertRows(ctx, pieces, refused)
 	}
 	days := map[int64]bool{}
 	for _, pc := range pieces {
@@ -287,9 +352,12 @@ func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
 		lo, hi := sorted[i], sorted[min(i+rawbatch.MaxDaysPerInsert, len(sorted))-1]
 		sub := make([]piece, len(pieces))
 		for j, pc := range pieces {
-			sub[j] = piece{pc.p, pc.b.filter(func(day int64) bool { return day >= lo && day <= hi }, d.isKey)}
+			sub[j] = piece{pc.p, pc.b.filter(func(i int) bool {
+				day := dayOf(pc.b.Time[i])
+				return day >= lo && day <= hi
+			}, d.isKey)}
 		}
-		if err := d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, sub) }); err != nil {
+		if err := d.insertRows(ctx, sub, refused); err != nil {
 			return err
 		}
 	}
@@ -314,7 +382,7 @@ func (d *dataset) sendRejects(ctx context.Context, pieces []piece) (err error) {
 	for _, pc := range pieces {
 		for _, r := range pc.b.rejects {
 			if err := batch.Append(r.payload, r.reason, r.detail, pc.p.topic, pc.p.partition, r.offset); err != nil {
-				return err
+				return &rawbatch.BuildError{Err: err}
 			}
 		}
 	}
@@ -341,9 +409,10 @@ func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part)
 		if maxTime.Before(epoch) {
 			maxTime = epoch
 		}
+		// Refused rows are counted once, as rejects.
 		if err := batch.Append(d.d.Name, p.topic, p.partition, b.first, b.last, p.claim.HighWaterMarkOffset(),
-			uint64(b.rows()), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id); err != nil {
-			return err
+			uint64(b.rows()-b.refused), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id); err != nil {
+			return &rawbatch.BuildError{Err: err}
 		}
 	}
 	for _, p := range beats {
@@ -355,7 +424,7 @@ func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part)
 		}
 		if err := batch.Append(d.d.Name, p.topic, p.partition, committed, committed-1, p.claim.HighWaterMarkOffset(),
 			uint64(0), uint64(0), uint64(0), uint64(0), maxTime, d.s.id); err != nil {
-			return err
+			return &rawbatch.BuildError{Err: err}
 		}
 	}
 	return batch.Send()

@@ -18,6 +18,7 @@ type metrics struct {
 	watermark   *prometheus.GaugeVec     // dataset
 	dedupIDs    *prometheus.GaugeVec     // dataset
 	commits     *prometheus.CounterVec   // dataset
+	stopped     *prometheus.GaugeVec     // dataset
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -36,7 +37,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lambda_speed_insert_seconds", Help: "Duration of successful inserts.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"dataset", "table"}),
 		insertErrs: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "lambda_speed_insert_errors_total", Help: "Failed insert attempts (each is retried)."}, []string{"dataset", "table"}),
+			Name: "lambda_speed_insert_errors_total", Help: "Failed insert attempts (raw_lookup: reads of raw after a refusal), retried unless ClickHouse refused them for good."}, []string{"dataset", "table"}),
 		batchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "lambda_speed_batch_rows", Help: "Rows per flush to raw.",
 			Buckets: prometheus.ExponentialBuckets(10, 4, 9)}, []string{"dataset"}),
@@ -50,10 +51,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "lambda_speed_dedup_ids", Help: "Ids held by the dedup window."}, []string{"dataset"}),
 		commits: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "lambda_speed_commits_total", Help: "Offset commits after successful flushes."}, []string{"dataset"}),
+		stopped: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "lambda_speed_dataset_stopped", Help: "1 when the dataset stopped because ClickHouse refuses its flushes for good (nothing of them committed; restart after the fix), else 0."}, []string{"dataset"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.consumed, m.inserted, m.rejected, m.duplicates, m.corrections, m.insertSecs,
-			m.insertErrs, m.batchRows, m.buffered, m.lag, m.watermark, m.dedupIDs, m.commits)
+			m.insertErrs, m.batchRows, m.buffered, m.lag, m.watermark, m.dedupIDs, m.commits, m.stopped)
 	}
 	return m
 }

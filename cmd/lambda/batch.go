@@ -114,7 +114,7 @@ func runBatch(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	var stopping time.Time
 	g.Go(func() error { <-gctx.Done(); stopping = time.Now(); return nil })
-	g.Go(func() error { return serveMetrics(gctx, cfg.Batch.MetricsListen, reg, *askPprof) })
+	g.Go(func() error { return serveMetrics(gctx, cfg.Batch.MetricsListen, reg, *askPprof, layer.Health) })
 	g.Go(func() error { return layer.Run(gctx) })
 	err = g.Wait()
 	slog.Info("batch stopped", "took", time.Since(stopping).Round(time.Millisecond))

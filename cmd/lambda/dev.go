@@ -103,7 +103,8 @@ func runDev(ctx context.Context, args []string) error {
 		return err
 	}
 	defer bl.Close()
-	srv, err := newServer(cfg, reg, nil)
+	// One process: the API's /healthz tells the speed and batch layers' health too.
+	srv, err := newServer(cfg, reg, nil, sp.Health, bl.Health)
 	if err != nil {
 		return err
 	}

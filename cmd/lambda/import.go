@@ -417,7 +417,7 @@ func splitDays(c *rawbatch.Columns, isKey []bool) []*rawbatch.Columns {
 	var out []*rawbatch.Columns
 	for i := 0; i < len(sorted); i += rawbatch.MaxDaysPerInsert {
 		lo, hi := sorted[i], sorted[min(i+rawbatch.MaxDaysPerInsert, len(sorted))-1]
-		sub := c.Filter(func(day int64) bool { return day >= lo && day <= hi }, isKey)
+		sub := c.Filter(func(i int) bool { day := rawbatch.DayOf(c.Time[i]); return day >= lo && day <= hi }, isKey)
 		out = append(out, &sub)
 	}
 	return out

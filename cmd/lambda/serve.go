@@ -53,10 +53,10 @@ func runServe(ctx context.Context, args []string) error {
 // newServer builds the API with the dashboards: the embedded ones, or those under
 // serving.dashboards_dir when set. Its metrics go to reg, served at /metrics. With conn nil
 // the server opens a connection of its own.
-func newServer(cfg *config.Config, reg *prometheus.Registry, conn driver.Conn) (*serving.Server, error) {
+func newServer(cfg *config.Config, reg *prometheus.Registry, conn driver.Conn, health ...func() error) (*serving.Server, error) {
 	var dash fs.FS = dashboards.FS()
 	if dir := cfg.Serving.DashboardsDir; dir != "" {
 		dash = dashboards.DirFS(dir)
 	}
-	return serving.New(cfg, serving.Options{Logger: slog.Default(), Registry: reg, Dashboards: dash, Conn: conn})
+	return serving.New(cfg, serving.Options{Logger: slog.Default(), Registry: reg, Dashboards: dash, Conn: conn, Health: health})
 }

@@ -46,9 +46,9 @@ func runSpeed(ctx context.Context, args []string) error {
 		return err
 	}
 	// A metrics address that cannot be served stops the layer too (it flushes and commits
-	// before Run returns).
+	// before Run returns). /healthz fails while a dataset is stopped or stuck.
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serveMetrics(gctx, cfg.Speed.MetricsListen, reg, *askPprof) })
+	g.Go(func() error { return serveMetrics(gctx, cfg.Speed.MetricsListen, reg, *askPprof, layer.Health) })
 	g.Go(func() error { return layer.Run(gctx) })
 	return g.Wait()
 }

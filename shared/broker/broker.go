@@ -44,8 +44,9 @@ type User struct {
 
 // Broker is a running embedded broker.
 type Broker struct {
-	c    *kfake.Cluster
-	addr string
+	c      *kfake.Cluster
+	addr   string
+	reaper *sessionReaper
 }
 
 // Start starts the broker and returns once it accepts connections.
@@ -92,6 +93,11 @@ func Start(o Options) (*Broker, error) {
 		return nil, fmt.Errorf("cannot start broker on %s: %w", o.Listen, err)
 	}
 	b := &Broker{c: c, addr: c.ListenAddrs()[0]}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b.reaper = startSessionReaper(c, b.addr, log)
 	if o.Logger != nil {
 		var users []string
 		for _, u := range o.Users {
@@ -107,4 +113,7 @@ func Start(o Options) (*Broker, error) {
 func (b *Broker) Addr() string { return b.addr }
 
 // Close stops the broker.
-func (b *Broker) Close() { b.c.Close() }
+func (b *Broker) Close() {
+	b.reaper.close()
+	b.c.Close()
+}

@@ -75,11 +75,11 @@ func (c *Columns) Add(r *event.Row, offset int64, late bool, isKey []bool) {
 	c.Late = append(c.Late, l)
 }
 
-// Filter returns a copy of the rows whose day (DayOf) keep accepts.
-func (c *Columns) Filter(keep func(day int64) bool, isKey []bool) Columns {
+// Filter returns a copy of the rows keep accepts, by index.
+func (c *Columns) Filter(keep func(i int) bool, isKey []bool) Columns {
 	out := New(len(c.Dims), len(isKey))
 	for i := range c.ID {
-		if !keep(DayOf(c.Time[i])) {
+		if !keep(i) {
 			continue
 		}
 		out.ID = append(out.ID, c.ID[i])
@@ -112,6 +112,13 @@ func DayOf(t time.Time) int64 {
 // MaxDaysPerInsert keeps every insert under current ClickHouse's limit of 100 partitions per
 // insert block (raw and speed are partitioned by day).
 const MaxDaysPerInsert = 90
+
+// BuildError is an insert clickhouse-go could not build from the rows (a value its column
+// cannot hold): retrying the same rows cannot help.
+type BuildError struct{ Err error }
+
+func (e *BuildError) Error() string { return "cannot build the insert: " + e.Err.Error() }
+func (e *BuildError) Unwrap() error { return e.Err }
 
 // Part is rows from one source: a Kafka partition, or an imported file.
 type Part struct {
@@ -166,7 +173,7 @@ func (w *Writer) Send(ctx context.Context, conn driver.Conn, parts []Part) (err 
 				continue
 			}
 			if err := batch.Column(col).Append(get(p)); err != nil {
-				return fmt.Errorf("column %d: %w", col, err)
+				return &BuildError{fmt.Errorf("column %d: %w", col, err)}
 			}
 		}
 		col++
