@@ -251,6 +251,21 @@ func (s Spec) Combine(col string) string {
 	return ""
 }
 
+// Ratio is the one derived metric type: numerator / denominator, two metrics of the same
+// dataset. It is stored nowhere: every reader computes it from the two merged values of a row
+// (never by adding up ratios), so it is exact exactly where both parts are.
+const Ratio Type = "ratio"
+
+// RatioExpr is the value of a ratio over two value expressions (ValueType each): NULL where the
+// denominator is 0 or NULL, or the numerator NULL. nullIf, not if(d = 0, NULL, …): ClickHouse
+// 18.16 refuses a Nullable inside the Nullable that if(…, NULL, …) makes.
+func RatioExpr(num, den string) string {
+	return fmt.Sprintf("toFloat64(%s) / nullIf(toFloat64(%s), 0)", num, den)
+}
+
+// RatioType is the column type of a ratio's value.
+const RatioType = NumberType
+
 // quoteIdent quotes a ClickHouse identifier. Names are validated to [a-z][a-z0-9_]* by the
 // config, so this only guards against keywords.
 func quoteIdent(s string) string { return "`" + s + "`" }
