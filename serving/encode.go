@@ -147,7 +147,25 @@ func appendNumber(b []byte, f float64) []byte {
 	return strconv.AppendFloat(b, f, 'g', -1, 64)
 }
 
+// writeCSV writes the rows as CSV with a header line. What JSON says in meta goes into
+// headers, since CSV has no place for it: X-Lambda-Truncated (more rows follow the page),
+// X-Lambda-Complete (false: part of the range has no source), X-Lambda-Exact (every row is
+// exact) and X-Lambda-Batch-Watermark (the last exact day, empty when none).
 func writeCSV(c *gin.Context, resp *Response) {
+	exact := true
+	for _, row := range resp.Rows.Rows {
+		if b, _ := row[len(row)-1].(bool); !b {
+			exact = false
+		}
+	}
+	c.Header("X-Lambda-Truncated", strconv.FormatBool(resp.Meta.Truncated))
+	c.Header("X-Lambda-Complete", strconv.FormatBool(resp.Meta.Complete))
+	c.Header("X-Lambda-Exact", strconv.FormatBool(exact))
+	if wm := resp.Meta.BatchWatermark; wm != nil {
+		c.Header("X-Lambda-Batch-Watermark", *wm)
+	} else {
+		c.Header("X-Lambda-Batch-Watermark", "")
+	}
 	c.Header("Content-Type", "text/csv; charset=utf-8")
 	c.Status(http.StatusOK)
 	w := csv.NewWriter(c.Writer)
