@@ -190,6 +190,11 @@ func dashboardRequests(now time.Time) []namedReq {
 		}
 		for _, view := range []string{"24h", "7d", "30d"} {
 			for _, p := range d.Panels {
+				// The hand-written SQL knows the four stored demo metrics; a panel of a ratio
+				// (revenue_per_event) is left out, which keeps the query set of earlier runs.
+				if slices.ContainsFunc(p.Metrics, func(m string) bool { _, ok := handMetrics[m]; return !ok }) {
+					continue
+				}
 				rng := p.Range
 				if rng == "" {
 					rng = view
