@@ -327,6 +327,12 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 		return nil, err
 	}
 	defer rows.Close()
+	// Counts and distinct counts are UInt64; every other metric and every ratio Nullable(Float64).
+	isInt := make([]bool, len(q.Metrics))
+	for i, m := range q.Metrics {
+		sp, ok := q.spec(m)
+		isInt[i] = ok && sp.ValueType() == "UInt64"
+	}
 	for rows.Next() {
 		var t time.Time
 		dims := make([]string, len(q.Dimensions))
@@ -335,8 +341,8 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 		for i := range dims {
 			dest = append(dest, &dims[i])
 		}
-		for i, m := range q.Metrics {
-			if sp, ok := q.spec(m); ok && sp.ValueType() == "UInt64" {
+		for i := range q.Metrics {
+			if isInt[i] {
 				vals[i] = new(uint64)
 			} else {
 				vals[i] = new(*float64)
