@@ -175,7 +175,7 @@ func Check(t testing.TB, o Options) *Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("dashboard screenshot: %s (%d ms); export: %s; drill-down: %s", res.Screenshot, res.TookMS, res.Export, compact(res.DrillDown))
+	t.Logf("dashboard screenshot: %s (%d ms); export: %s; drill-down: %s", res.Screenshot, res.TookMS, compact(res.Export), compact(res.DrillDown))
 	for _, f := range res.Failures {
 		t.Errorf("dashboard %s: %s", res.URL, f)
 	}
@@ -188,7 +188,7 @@ func Check(t testing.TB, o Options) *Result {
 	return res
 }
 
-// compact shortens a report for the log: the drill-down's per-panel list is long.
+// compact shortens a report for the log: one line, without the drill-down's per-panel list.
 func compact(raw json.RawMessage) string {
 	var m map[string]any
 	if json.Unmarshal(raw, &m) != nil {
