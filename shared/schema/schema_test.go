@@ -82,12 +82,29 @@ func TestMigrateTwice(t *testing.T) {
 			t.Errorf("second migrate changed something: %s", s)
 		}
 	}
-	// Every view answers on an empty schema.
-	for _, name := range viewNames(cfg) {
-		q := "SELECT count() FROM `" + cfg.ClickHouse.Database + "`.`" + name + "`"
-		var n uint64
-		if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
-			t.Errorf("%s: %v", q, err)
+	// Every view answers on an empty schema, and with speed rows (every column computed,
+	// ratios included).
+	for _, rows := range []bool{false, true} {
+		if rows {
+			if err := conn.Exec(ctx, "INSERT INTO `"+cfg.ClickHouse.Database+"`.events_raw (id, time, event, country, device, user_id, value) SELECT 'a', now(), 'view', 'de', 'ios', 'u1', 1.5 UNION ALL SELECT 'b', now(), 'buy', 'fr', 'web', 'u2', NULL"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range viewNames(cfg) {
+			q := "SELECT * FROM `" + cfg.ClickHouse.Database + "`.`" + name + "`"
+			r, err := conn.Query(ctx, q)
+			if err != nil {
+				t.Errorf("%s: %v", q, err)
+				continue
+			}
+			n := 0
+			for r.Next() {
+				n++
+			}
+			if err := r.Err(); err != nil || (rows && n == 0) {
+				t.Errorf("%s: %d rows, %v", q, n, err)
+			}
+			r.Close()
 		}
 	}
 }
@@ -176,8 +193,10 @@ func containsCol(cols []schema.Column, name string) bool {
 // ClickHouse engine; 18.16 runs them in TestMigrateTwice.
 func TestStatementsOnCurrentClickHouse(t *testing.T) {
 	stmts := schema.Statements(demo(t))
+	stmts = append(stmts, "INSERT INTO lambda.events_raw (id, time, event, country, device, user_id, value) SELECT 'a', now(), 'view', 'de', 'ios', 'u1', 1.5 UNION ALL SELECT 'b', now(), 'buy', 'fr', 'web', 'u2', NULL")
 	for _, name := range viewNames(demo(t)) {
-		stmts = append(stmts, "SELECT count() FROM lambda.`"+name+"`")
+		// Every column, ratios included, over the speed rows the insert made.
+		stmts = append(stmts, "SELECT throwIf(count() = 0), groupArray(tuple(*)) FROM lambda.`"+name+"`")
 	}
 	chtest.RequireChDB(t, stmts)
 }
