@@ -271,7 +271,7 @@ datasets:
 		`many.yaml:5: speed.flush_interval: invalid duration "1 second" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
 		`many.yaml:11: datasets[0] (events).dimensions[1].name: "time" is reserved (reserved: id, time, day, minute, grouping, source, exact, dataset, run_id, payload, reason, topic, partition, offset, names starting with _ or ending in _state)`,
 		`many.yaml:14: datasets[0] (events).metrics[1].level: want a number, got "high"`,
-		`many.yaml:15: datasets[0] (events).metrics[2].type: unknown metric type "uniqq" (known: count, sum, min, max, avg, uniq, quantile)`,
+		`many.yaml:15: datasets[0] (events).metrics[2].type: unknown metric type "uniqq" (known: count, sum, min, max, avg, uniq, quantile, ratio)`,
 		`many.yaml:16: datasets[0] (events).raw_retention: invalid duration "90days" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
 		`many.yaml:17: datasets[0] (events).speed.dimensionz: unknown key "dimensionz" (did you mean "dimensions"?)`,
 	}
