@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/shopspring/decimal"
 )
 
 // Result is the rows of a query: one object per row with the columns in order.
@@ -84,6 +85,8 @@ func appendJSONValue(b []byte, v any) ([]byte, error) {
 		return append(b, "null"...), nil
 	case string:
 		return appendJSONString(b, x), nil
+	case decimal.Decimal:
+		return append(b, x.String()...), nil
 	case jsonFloat:
 		f := float64(x)
 		if f != f || math.IsInf(f, 0) {
@@ -180,6 +183,8 @@ func writeCSV(c *gin.Context, resp *Response) {
 				rec[i] = ""
 			case jsonFloat:
 				rec[i] = string(appendNumber(nil, float64(v)))
+			case decimal.Decimal:
+				rec[i] = v.String()
 			default:
 				rec[i] = fmt.Sprint(v)
 			}

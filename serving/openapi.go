@@ -175,7 +175,7 @@ func (s *Server) OpenAPI() map[string]any {
 				}),
 				"Column": object([]string{"name", "type", "nullable"}, obj{
 					"name":     str,
-					"type":     obj{"type": "string", "enum": []string{TypeTimestamp, TypeString, TypeInteger, TypeNumber, TypeBoolean}},
+					"type":     obj{"type": "string", "enum": []string{TypeTimestamp, TypeString, TypeInteger, TypeNumber, TypeDecimal, TypeBoolean}},
 					"nullable": boolean,
 				}),
 				"QueryResponse": object([]string{"rows", "meta"}, obj{

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/gin-gonic/gin"
+	"github.com/shopspring/decimal"
 )
 
 // Meta says where the numbers came from and how fresh they are.
@@ -54,6 +55,7 @@ const (
 	TypeString    = "string"
 	TypeInteger   = "integer" // unsigned, fits 64 bits
 	TypeNumber    = "number"  // a float64
+	TypeDecimal   = "decimal" // a JSON number written exactly (a sum with decimals: money)
 	TypeBoolean   = "boolean"
 )
 
@@ -218,9 +220,13 @@ func (q *Query) columnTypes() []Column {
 		out = append(out, Column{Name: d, Type: TypeString})
 	}
 	for _, m := range q.Metrics {
-		if sp, ok := q.spec(m); ok && sp.ValueType() == "UInt64" {
+		sp, ok := q.spec(m)
+		switch {
+		case ok && sp.ValueType() == "UInt64":
 			out = append(out, Column{Name: m, Type: TypeInteger})
-		} else {
+		case ok && sp.Decimals > 0:
+			out = append(out, Column{Name: m, Type: TypeDecimal, Nullable: true})
+		default:
 			out = append(out, Column{Name: m, Type: TypeNumber, Nullable: true})
 		}
 	}
@@ -292,6 +298,8 @@ func compareValues(a, b any, desc bool) int {
 		c = cmp.Compare(x, b.(uint64))
 	case jsonFloat:
 		c = cmp.Compare(x, b.(jsonFloat))
+	case decimal.Decimal:
+		c = x.Cmp(b.(decimal.Decimal))
 	case string:
 		c = strings.Compare(x, b.(string))
 	}
@@ -327,11 +335,19 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 		return nil, err
 	}
 	defer rows.Close()
-	// Counts and distinct counts are UInt64; every other metric and every ratio Nullable(Float64).
-	isInt := make([]bool, len(q.Metrics))
+	// Counts and distinct counts are UInt64, decimal sums Nullable(Decimal), every other metric
+	// and every ratio Nullable(Float64).
+	kind := make([]string, len(q.Metrics))
 	for i, m := range q.Metrics {
 		sp, ok := q.spec(m)
-		isInt[i] = ok && sp.ValueType() == "UInt64"
+		switch {
+		case ok && sp.ValueType() == "UInt64":
+			kind[i] = TypeInteger
+		case ok && sp.Decimals > 0:
+			kind[i] = TypeDecimal
+		default:
+			kind[i] = TypeNumber
+		}
 	}
 	for rows.Next() {
 		var t time.Time
@@ -342,9 +358,12 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 			dest = append(dest, &dims[i])
 		}
 		for i := range q.Metrics {
-			if isInt[i] {
+			switch kind[i] {
+			case TypeInteger:
 				vals[i] = new(uint64)
-			} else {
+			case TypeDecimal:
+				vals[i] = new(*decimal.Decimal)
+			default:
 				vals[i] = new(*float64)
 			}
 			dest = append(dest, vals[i])
@@ -369,6 +388,12 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 					row = append(row, nil)
 				} else {
 					row = append(row, jsonFloat(**v))
+				}
+			case **decimal.Decimal:
+				if *v == nil {
+					row = append(row, nil)
+				} else {
+					row = append(row, **v)
 				}
 			}
 		}

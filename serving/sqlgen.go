@@ -269,7 +269,8 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 	if len(q.Having) > 0 {
 		conds := make([]string, len(q.Having))
 		for i, h := range q.Having {
-			conds[i] = fmt.Sprintf("%s %s ?", value(h.Metric), havingSQL[h.Op])
+			// toFloat64: a decimal sum does not compare with a Float64 value on every version.
+			conds[i] = fmt.Sprintf("toFloat64(%s) %s ?", value(h.Metric), havingSQL[h.Op])
 			args = append(args, *h.Value)
 		}
 		having = "\nHAVING " + strings.Join(conds, " AND ")

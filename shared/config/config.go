@@ -165,6 +165,9 @@ type Metric struct {
 	Level       float64 `yaml:"level"`
 	Numerator   string  `yaml:"numerator,omitempty"`
 	Denominator string  `yaml:"denominator,omitempty"`
+	// Decimals makes a sum exact to that many decimals (money: 2): values rounded to them and
+	// summed as integers of that scale, the result a Decimal. 0: a Float64 sum.
+	Decimals int `yaml:"decimals,omitempty"`
 }
 
 // SpeedConf is a dataset's speed view.

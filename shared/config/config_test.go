@@ -50,6 +50,8 @@ func TestBadConfigs(t *testing.T) {
 		"ratio_unknown":  `datasets[0] (events).metrics[3].denominator: unknown metric "orders"`,
 		"ratio_nested":   `datasets[0] (events).metrics[4].numerator: "revenue_per_event" is a ratio itself`,
 		"ratio_parts":    "datasets[0] (events).metrics[3].numerator: only a ratio takes a numerator and a denominator",
+		"decimals_type":  "datasets[0] (events).metrics[3].decimals: only a sum takes decimals",
+		"decimals_range": "datasets[0] (events).metrics[2].decimals: decimals must be 1 to 9, got 12",
 		"view_names":     `datasets[0] (events).batch.grouping_sets: the grouping sets "country_device" and "country,device" both make the view <dataset>_lambda_by_country_device`,
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")

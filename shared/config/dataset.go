@@ -37,7 +37,7 @@ func (d *Dataset) Specs() []metric.Spec {
 		if m.Type == string(metric.Ratio) {
 			continue
 		}
-		s := metric.Spec{Name: m.Name, Type: metric.Type(m.Type), Level: m.Level}
+		s := metric.Spec{Name: m.Name, Type: metric.Type(m.Type), Level: m.Level, Decimals: m.Decimals}
 		if m.Type != string(metric.Count) {
 			s.Column = ColumnName(m.Field)
 		}

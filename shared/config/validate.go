@@ -128,6 +128,9 @@ func (d *Dataset) validateRatio(p string, m Metric, add func(field, format strin
 	if m.Level != 0 {
 		add(p+".level", "only a quantile takes a level")
 	}
+	if m.Decimals != 0 {
+		add(p+".decimals", "only a sum takes decimals (an exact decimal sum, e.g. 2 for money)")
+	}
 	for _, part := range []struct{ key, name string }{{"numerator", m.Numerator}, {"denominator", m.Denominator}} {
 		if part.name == "" {
 			add(p+"."+part.key, "a ratio needs a %s: the name of a metric of the dataset", part.key)
@@ -197,6 +200,12 @@ func (d *Dataset) validate() []fieldError {
 		}
 		if m.Numerator != "" || m.Denominator != "" {
 			add(p+".numerator", "only a ratio takes a numerator and a denominator")
+		}
+		switch {
+		case m.Decimals != 0 && m.Type != string(metric.Sum):
+			add(p+".decimals", "only a sum takes decimals (an exact decimal sum, e.g. 2 for money)")
+		case m.Decimals < 0 || m.Decimals > 9:
+			add(p+".decimals", "decimals must be 1 to 9, got %d (values are summed as 64-bit integers of that scale)", m.Decimals)
 		}
 		if m.Type == string(metric.Quantile) {
 			if m.Level <= 0 || m.Level >= 1 {
