@@ -81,6 +81,9 @@ type faultEnv struct {
 // dataset in a database of the test's own on ch.
 func newFaultEnv(t *testing.T, ch *clickhouse, datasets []string) *faultEnv {
 	t.Helper()
+	start := time.Now()
+	binary(t)
+	built := time.Now()
 	e := &faultEnv{t: t, ch: ch, dir: t.TempDir(), brokerAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t))}
 	cfg := chtest.Config(t, nil)
 	e.db = cfg.ClickHouse.Database
@@ -125,6 +128,8 @@ func newFaultEnv(t *testing.T, ch *clickhouse, datasets []string) *faultEnv {
 		_ = e.producer.Close()
 		_ = e.admin.Close() // closes the client
 	})
+	t.Logf("environment ready in %s (build %s): broker and schema of %d datasets in %s", time.Since(start).Round(time.Millisecond),
+		built.Sub(start).Round(time.Millisecond), len(datasets), e.db)
 	return e
 }
 
@@ -163,6 +168,7 @@ type stack struct {
 // (startBatch).
 func (e *faultEnv) stack(t *testing.T, seed uint64) *stack {
 	t.Helper()
+	clearOfMidnight(t, time.Minute)
 	ds := "f_" + path.Base(t.Name())
 	s := &stack{t: t, e: e, ds: ds, topic: ds, group: "faults-" + ds, log: &truthLog{}, gen: newOrderGen(seed, ds)}
 	s.cfgPath = e.writeConfig(ds, ds)
@@ -186,6 +192,16 @@ func (e *faultEnv) stack(t *testing.T, seed uint64) *stack {
 	})
 	waitPort(t, cfg.Serving.Listen)
 	return s
+}
+
+// clearOfMidnight waits for the next UTC day when it begins within d: a scenario names its days
+// relative to today, and they must not shift while it runs.
+func clearOfMidnight(t *testing.T, d time.Duration) {
+	next := dayOfT(time.Now()).AddDate(0, 0, 1)
+	if wait := time.Until(next); wait < d {
+		t.Logf("waiting %s for the UTC day to change first", wait.Round(time.Second))
+		time.Sleep(wait + 2*time.Second)
+	}
 }
 
 // startBatch starts the scheduler (every dataset on faultSchedule), or starts it again.

@@ -131,12 +131,15 @@ type truthLog struct {
 	// known to be in raw.
 	imported            []order
 	impStarted, impDone int
+	// cache holds the truths computed since the records last changed, by bounds.
+	cache map[string]map[groupKey]*agg
 }
 
 func (l *truthLog) add(recs []record) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.recs = append(l.recs, recs...)
+	l.cache = nil
 }
 
 // all is the bound that holds everything produced and imported so far.
@@ -208,17 +211,23 @@ func keyOf(o order, grouping string) groupKey {
 	return k
 }
 
-// agg is a group's orders.
+// agg is a group's orders, and the value of every metric over them once done.
 type agg struct {
 	orders    int
 	customers map[string]bool
 	amounts   []float64
+	vals      map[string]*float64
 }
 
-// truth aggregates the orders within b, each id once (duplicates carry the same content).
+// truth aggregates the orders within b, each id once (duplicates carry the same content). The
+// result is shared and must not be changed.
 func (l *truthLog) truth(b bounds) map[groupKey]*agg {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	key := b.String()
+	if out, ok := l.cache[key]; ok {
+		return out
+	}
 	out := map[groupKey]*agg{}
 	seen := map[string]bool{}
 	add := func(o order) {
@@ -250,52 +259,55 @@ func (l *truthLog) truth(b bounds) map[groupKey]*agg {
 	for _, o := range l.imported[:min(b.imp, len(l.imported))] {
 		add(o)
 	}
+	for _, a := range out {
+		a.done()
+	}
+	if l.cache == nil || len(l.cache) > 64 {
+		l.cache = map[string]map[groupKey]*agg{}
+	}
+	l.cache[key] = out
 	return out
 }
 
 // faultMetrics are the metrics of faultDataset, one of every type.
 var faultMetrics = []string{"orders", "customers", "revenue", "min_amount", "max_amount", "avg_amount", "p90_amount"}
 
+// done computes the value of every metric over the group.
+func (a *agg) done() {
+	f := func(v float64) *float64 { return &v }
+	a.vals = map[string]*float64{"orders": f(float64(a.orders)), "customers": f(float64(len(a.customers)))}
+	s := a.amounts
+	if len(s) == 0 {
+		return
+	}
+	slices.Sort(s)
+	var sum float64
+	for _, v := range s {
+		sum += v
+	}
+	a.vals["revenue"] = f(sum)
+	a.vals["min_amount"] = f(s[0])
+	a.vals["max_amount"] = f(s[len(s)-1])
+	a.vals["avg_amount"] = f(sum / float64(len(s)))
+	// quantileExact(0.9): the element at floor(0.9 * n) of the sorted values.
+	a.vals["p90_amount"] = f(s[int(0.9*float64(len(s)))])
+}
+
 // value is a metric's exact value over a group (nil: null); a nil agg is a group without
 // orders.
 func (a *agg) value(metric string) *float64 {
-	f := func(v float64) *float64 { return &v }
 	if a == nil {
-		a = &agg{}
-	}
-	switch metric {
-	case "orders":
-		return f(float64(a.orders))
-	case "customers":
-		return f(float64(len(a.customers)))
-	}
-	if len(a.amounts) == 0 {
+		switch metric {
+		case "orders", "customers":
+			zero := 0.0
+			return &zero
+		}
 		return nil
 	}
-	s := slices.Clone(a.amounts)
-	slices.Sort(s)
-	switch metric {
-	case "revenue":
-		var sum float64
-		for _, v := range s {
-			sum += v
-		}
-		return f(sum)
-	case "min_amount":
-		return f(s[0])
-	case "max_amount":
-		return f(s[len(s)-1])
-	case "avg_amount":
-		var sum float64
-		for _, v := range s {
-			sum += v
-		}
-		return f(sum / float64(len(s)))
-	case "p90_amount":
-		// quantileExact(0.9): the element at floor(0.9 * n) of the sorted values.
-		return f(s[int(0.9*float64(len(s)))])
+	if !slices.Contains(faultMetrics, metric) {
+		panic("unknown metric " + metric)
 	}
-	panic("unknown metric " + metric)
+	return a.vals[metric]
 }
 
 func fmtVal(v *float64) string {

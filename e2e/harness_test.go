@@ -186,14 +186,15 @@ func (w syncWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-// startProc starts `lambda args...` with extra environment variables env.
+// startProc starts `lambda args...` with extra environment variables env. Its log is printed
+// when the test fails, or always with LAMBDA_E2E_LOGS set.
 func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, env: env, args: args, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	p.start()
 	t.Cleanup(func() {
 		p.stop(syscall.SIGTERM)
-		if t.Failed() {
+		if t.Failed() || os.Getenv("LAMBDA_E2E_LOGS") != "" {
 			p.mu.Lock()
 			t.Logf("--- %s log (last 4 KiB) ---\n%s", p.name, tail(p.log.String(), 4096))
 			p.mu.Unlock()
