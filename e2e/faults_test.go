@@ -105,6 +105,15 @@ func faultDeadSpeed(t *testing.T, e *faultEnv) {
 	}
 	s.speed.start()
 	s.settle(90 * time.Second)
+	rows, _, err := s.query(context.Background(), apiQuery{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rows {
+		if r.key.day.Equal(y) && (r.vals["orders"] == nil || *r.vals["orders"] != 3400) {
+			t.Errorf("yesterday after recovery: %s orders, want the 3000 consumed before the kill and the 400 after", fmtVal(r.vals["orders"]))
+		}
+	}
 }
 
 // 2 and 3. Missing keys and values: kiosk orders never carry a customer, gift orders never an
@@ -435,7 +444,7 @@ func faultStuck(t *testing.T, e *faultEnv) {
 
 // 9. The batch process SIGKILLed during runs, repeatedly and at different moments: at random,
 // and just after a swap, before the run's `succeeded` is written (the process is stalled the
-// moment the day's new rows are seen in <ds>_daily, then killed). Days reruns are made due by
+// moment the day's new rows are seen in <ds>_daily, then killed). Reruns are made due by
 // late orders; one of them is an old day below the boundary without a run (a backfill), whose
 // rows swapped in by a run that never succeeded must not be taken as exact.
 func faultKilledBatch(t *testing.T, e *faultEnv) {
