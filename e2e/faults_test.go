@@ -46,6 +46,7 @@ func TestFaults(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault suite skipped in -short mode")
 	}
+	t.Parallel()
 	names := make([]string, len(faultScenarios))
 	for i, sc := range faultScenarios {
 		names[i] = "f_" + sc.name
@@ -648,6 +649,7 @@ func TestFaultClickHouseRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault suite skipped in -short mode")
 	}
+	t.Parallel()
 	clearOfMidnight(t, time.Minute)
 	ch := startClickHouse(t)
 	e := newFaultEnv(t, ch, []string{"f_clickhouse_restart"})
