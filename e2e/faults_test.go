@@ -501,27 +501,46 @@ func faultKilledBatch(t *testing.T, e *faultEnv) {
 			time.Sleep(1500 * time.Millisecond)
 		}
 	}
-	t.Logf("%d kills landed between a swap and its succeeded", hits)
+	t.Logf("%d of 3 kills landed between a swap and its succeeded", hits)
+	if hits == 0 {
+		t.Error("no kill landed between a swap and its succeeded: the scenario did not test what it is for")
+	}
 	if done, _ := s.batch.exited(); done {
 		s.startBatch()
 	}
 	s.settle(120 * time.Second)
 }
 
-// killAfterSwap waits for <ds>_daily to hold rows of day from a run that has not succeeded (a
-// swap whose success is not written yet), stalls the batch process at that moment and kills
-// it. It reports whether it found the moment (else it kills the process anyway at timeout).
+// killAfterSwap kills the batch process between the swap of day and its `succeeded`. The
+// window is milliseconds wide (the run drops its staging table in between), so it is widened:
+// once the run's staging table exists, a query holds it for 3 s (18.16 makes DROP TABLE wait
+// for the queries reading a table; REPLACE PARTITION from it does not). Then it waits for
+// <ds>_daily to hold rows of the day from a run that has not succeeded, stalls the process at
+// once (SIGSTOP), confirms, and SIGKILLs it. It reports whether the kill landed in the window
+// (it kills the process anyway at timeout).
 func (s *stack) killAfterSwap(day time.Time, timeout time.Duration) bool {
 	s.t.Helper()
-	q := fmt.Sprintf("SELECT count() FROM (SELECT DISTINCT run_id FROM `%s`.`%s_daily` WHERE day = toDate('%s')) WHERE run_id NOT IN (SELECT run_id FROM `%s`.batch_runs WHERE dataset = '%s' AND status = 'succeeded') FORMAT TabSeparated",
-		s.e.db, s.ds, day.Format(time.DateOnly), s.e.db, s.ds)
+	db := s.e.db
+	staging := fmt.Sprintf("SELECT name FROM system.tables WHERE database = '%s' AND name LIKE '%s_daily_stage_%%_%s_%%' FORMAT TabSeparated",
+		db, s.ds, day.Format("20060102"))
+	swapped := fmt.Sprintf("SELECT count() FROM (SELECT DISTINCT run_id FROM `%s`.`%s_daily` WHERE day = toDate('%s')) WHERE run_id NOT IN (SELECT run_id FROM `%s`.batch_runs WHERE dataset = '%s' AND status = 'succeeded') FORMAT TabSeparated",
+		db, s.ds, day.Format(time.DateOnly), db, s.ds)
+	held := map[string]bool{}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		out, err := s.e.ch.query(q)
+		if out, err := s.e.ch.query(staging); err == nil {
+			for _, name := range lines(out) {
+				if !held[name] {
+					held[name] = true
+					go func() { _, _ = s.e.ch.query(fmt.Sprintf("SELECT (SELECT sleep(3)), count() FROM `%s`.`%s`", db, name)) }()
+				}
+			}
+		}
+		out, err := s.e.ch.query(swapped)
 		if err == nil && out != "0" {
 			s.batch.signal(syscall.SIGSTOP)
 			// Confirm while it is stalled: the success may have been written meanwhile.
-			out, err = s.e.ch.query(q)
+			out, err = s.e.ch.query(swapped)
 			_ = s.batch.stop(syscall.SIGKILL)
 			return err == nil && out != "0"
 		}
