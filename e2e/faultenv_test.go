@@ -36,8 +36,9 @@ serving: {listen: "127.0.0.1:%d"}
 datasets:
 `
 
-// faultDataset has a metric of every type, over fields that some events lack, and a
-// dimension from a nested field. The batch schedule is overridden by --schedule.
+// faultDataset has a metric of every type (a sum of each kind: Float64 and exact decimals),
+// over fields that some events lack, and a dimension from a nested field. The batch schedule is
+// overridden by --schedule.
 const faultDataset = `  - name: %[1]s
     topic: %[1]s
     id_field: order_id
@@ -51,6 +52,8 @@ const faultDataset = `  - name: %[1]s
       - {name: max_amount, type: max, field: amount}
       - {name: avg_amount, type: avg, field: amount}
       - {name: p90_amount, type: quantile, field: amount, level: 0.9}
+      - {name: revenue_exact, type: sum, field: amount, decimals: 2}
+      - {name: revenue_per_order, type: ratio, numerator: revenue, denominator: orders}
     batch: {schedule: "@every 1h", grace: 1s, lookback: 240h}
     speed: {retention: 72h}
 `

@@ -132,7 +132,7 @@ func faultMissing(t *testing.T, e *faultEnv) {
 	s.settle(90 * time.Second)
 
 	truth := s.log.truth(s.log.all())
-	noValue := []string{"revenue", "min_amount", "max_amount", "avg_amount", "p90_amount"}
+	noValue := []string{"revenue", "min_amount", "max_amount", "avg_amount", "p90_amount", "revenue_exact", "revenue_per_order"}
 	// checkGroup checks the kiosk and gift rows of a source: customers of kiosk exactly 0 (an
 	// approximate distinct count of nothing is 0 too), gift's value metrics null.
 	checkGroup := func(what string, rows []row, day time.Time) {
@@ -161,8 +161,15 @@ func faultMissing(t *testing.T, e *faultEnv) {
 			t.Errorf("%s %s: %d of the kiosk and gift rows", what, day.Format(time.DateOnly), seen)
 		}
 	}
-	// <ds>_daily itself, sealed days.
-	out, err := e.ch.query(fmt.Sprintf("SELECT toString(day), channel, customers, toString(revenue), toString(min_amount), toString(max_amount), toString(avg_amount), toString(p90_amount) FROM `%s`.`%s_daily` WHERE grouping = 'channel' AND channel IN ('kiosk', 'gift') ORDER BY day, channel FORMAT TabSeparated", e.db, s.ds))
+	// <ds>_daily itself, sealed days: it holds the stored metrics (a ratio is computed by its
+	// readers).
+	stored := noValue[:len(noValue)-1]
+	cols := make([]string, len(stored))
+	for i, m := range stored {
+		cols[i] = "toString(" + m + ")"
+	}
+	out, err := e.ch.query(fmt.Sprintf("SELECT toString(day), channel, customers, %s FROM `%s`.`%s_daily` WHERE grouping = 'channel' AND channel IN ('kiosk', 'gift') ORDER BY day, channel FORMAT TabSeparated",
+		strings.Join(cols, ", "), e.db, s.ds))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +181,7 @@ func faultMissing(t *testing.T, e *faultEnv) {
 		if v, err := strconv.ParseFloat(f[2], 64); err == nil {
 			r.vals["customers"] = &v
 		}
-		for i, m := range noValue {
+		for i, m := range stored {
 			if f[3+i] != `\N` {
 				v, _ := strconv.ParseFloat(f[3+i], 64)
 				r.vals[m] = &v

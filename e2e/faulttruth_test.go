@@ -91,7 +91,7 @@ func (g *orderGen) day(day time.Time, n int) []order {
 			o.customer = fmt.Sprintf("c%03d", g.rng.IntN(300))
 		}
 		if o.channel != "gift" && g.rng.IntN(6) > 0 {
-			a := float64(1 + g.rng.IntN(999)) // whole units: sums are exact in float64
+			a := float64(100+g.rng.IntN(99900)) / 100 // 1.00 to 999.99
 			o.amount = &a
 		}
 		out[i] = o
@@ -270,7 +270,8 @@ func (l *truthLog) truth(b bounds) map[groupKey]*agg {
 }
 
 // faultMetrics are the metrics of faultDataset, one of every type.
-var faultMetrics = []string{"orders", "customers", "revenue", "min_amount", "max_amount", "avg_amount", "p90_amount"}
+var faultMetrics = []string{"orders", "customers", "revenue", "min_amount", "max_amount", "avg_amount", "p90_amount",
+	"revenue_exact", "revenue_per_order"}
 
 // done computes the value of every metric over the group.
 func (a *agg) done() {
@@ -282,10 +283,14 @@ func (a *agg) done() {
 	}
 	slices.Sort(s)
 	var sum float64
+	var cents int64
 	for _, v := range s {
 		sum += v
+		cents += int64(math.Round(v * 100))
 	}
 	a.vals["revenue"] = f(sum)
+	a.vals["revenue_exact"] = f(float64(cents) / 100)
+	a.vals["revenue_per_order"] = f(sum / float64(a.orders))
 	a.vals["min_amount"] = f(s[0])
 	a.vals["max_amount"] = f(s[len(s)-1])
 	a.vals["avg_amount"] = f(sum / float64(len(s)))
@@ -327,8 +332,8 @@ func sameVal(a, b *float64) bool {
 // within checks an exact value v of metric over a group against the truth at the bound
 // before the read (lo) and after it (hi). Counts, distinct counts, sums of the test's
 // non-negative amounts and max only grow as records are added (null below every value);
-// min only shrinks (null above every value); avg and quantile are checked only when the
-// group held the same records at both bounds.
+// min only shrinks (null above every value); avg, quantile and the ratio are checked only when
+// the group held the same records at both bounds.
 func within(metric string, v *float64, lo, hi *agg) error {
 	vlo, vhi := lo.value(metric), hi.value(metric)
 	less := func(a, b *float64) bool { // a <= b, null lowest
@@ -341,7 +346,7 @@ func within(metric string, v *float64, lo, hi *agg) error {
 	switch metric {
 	case "orders", "customers":
 		ok = v != nil && less(vlo, v) && less(v, vhi)
-	case "revenue", "max_amount":
+	case "revenue", "revenue_exact", "max_amount":
 		ok = less(vlo, v) && less(v, vhi)
 	case "min_amount":
 		// Reversed, null highest.
