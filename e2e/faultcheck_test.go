@@ -18,14 +18,11 @@ import (
 // ledger on every query) by what was committed just before the read.
 const apiStaleness = 2 * time.Second
 
-// rawExactIsFinal says whether rows the API reads from raw (exact:true requests, days below the
-// boundary without a successful run) may be flagged exact only when the day is complete and
-// has a successful run. Today they are flagged exact whatever the day's state: exact over what
-// raw holds, but raw may lack records the platform knows are unconsumed (a dead or stuck
-// consumer), and DESIGN says a day with raw rows and no successful run is never exact. Until
-// the product decides, such rows are collected apart and reported by the raw_rows_flagged_exact
-// subtest (a skip naming them) instead of failing the scenario; set it to true to enforce.
-const rawExactIsFinal = false
+// rawExactIsFinal: rows the API reads from raw (exact:true requests, days below the boundary
+// without a successful run) may be flagged exact only when the day is complete (before the
+// speed watermark) and, below the boundary, has a successful run: the product does so (serving
+// Decide), and the checker enforces it.
+const rawExactIsFinal = true
 
 // checker is assertion (a): it polls the API and the view of one dataset throughout a scenario
 // and records every exact:true value that lies outside the truth of the moment.

@@ -373,7 +373,6 @@ func fmtDay(s *string) string {
 // commits nothing; once the column is back and the speed layer restarted, every record is in
 // raw and in the ledger.
 func faultRefusedFlush(t *testing.T, e *faultEnv) {
-	t.Skip("needs the speed layer to stop a dataset whose flush ClickHouse refuses for good (error log, lambda_speed_dataset_stopped, unhealthy /healthz) instead of retrying for ever: not on main yet")
 	s := e.stack(t, 6)
 	c := s.check()
 	defer c.finish()

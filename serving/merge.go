@@ -84,21 +84,38 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		dec.Parts = append(dec.Parts, pt)
 	}
 	oldestRaw := ledger.DayOf(now.Add(-ds.RawRetention.D()))
-	addRaw := func(from, to time.Time) *APIError {
+	unrun := daySet(st.Unrun)
+	// Deduplicated raw is exact for what it holds; the row is exact only where raw is known to
+	// hold everything: up to the speed watermark (Kafka has nothing older unconsumed, late
+	// data aside), and never for a day below the boundary with raw rows and no successful run
+	// (history being loaded: nothing says all of it is there yet).
+	complete := st.SpeedWatermark.Truncate(time.Minute) // raw is complete before it
+	var addRaw func(from, to time.Time) *APIError
+	addRaw = func(from, to time.Time) *APIError {
 		if !from.Before(to) {
 			return nil
 		}
 		if from.Before(oldestRaw) {
 			return rawTooOld(from, oldestRaw)
 		}
-		add(Part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Table: TableRaw, Exact: true}})
+		if from.Before(complete) && complete.Before(to) {
+			if err := addRaw(from, complete); err != nil {
+				return err
+			}
+			return addRaw(complete, to)
+		}
+		exact := !st.SpeedWatermark.IsZero() && !to.After(complete)
+		for d := ledger.DayOf(from); d.Before(to); d = d.AddDate(0, 0, 1) {
+			exact = exact && !unrun[d]
+		}
+		add(Part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Table: TableRaw, Exact: exact}})
 		return nil
 	}
 	bound := dec.Boundary
 
 	// The batch side, day by day.
 	if batchEnd := minT(q.To, bound); q.From.Before(batchEnd) {
-		dirty, unrun := daySet(st.Dirty), daySet(st.Unrun)
+		dirty := daySet(st.Dirty)
 		for d := ledger.DayOf(q.From); d.Before(batchEnd); d = d.AddDate(0, 0, 1) {
 			s, e := maxT(q.From, d), minT(batchEnd, d.AddDate(0, 0, 1))
 			day := sealedDay{d: d, dirty: dirty[d], run: st.Runs[d], sets: p.setsOf(ds, st, d)}

@@ -26,9 +26,8 @@ const stateTTL = time.Second
 type snapshot struct {
 	State
 	// days is the ledger's word on every day (raw rows, runs), for cache keys.
-	days           ledger.Days
-	SpeedWatermark time.Time
-	Partitions     []ledger.Partition
+	days       ledger.Days
+	Partitions []ledger.Partition
 	ReadAt         time.Time
 }
 
