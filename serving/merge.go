@@ -89,6 +89,7 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 	// hold everything: up to the speed watermark (Kafka has nothing older unconsumed, late
 	// data aside), and never for a day below the boundary with raw rows and no successful run
 	// (history being loaded: nothing says all of it is there yet).
+	bound := dec.Boundary
 	complete := st.SpeedWatermark.Truncate(time.Minute) // raw is complete before it
 	var addRaw func(from, to time.Time) *APIError
 	addRaw = func(from, to time.Time) *APIError {
@@ -106,12 +107,13 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		}
 		exact := !st.SpeedWatermark.IsZero() && !to.After(complete)
 		for d := ledger.DayOf(from); d.Before(to); d = d.AddDate(0, 0, 1) {
-			exact = exact && !unrun[d]
+			// Below the boundary only a day with a successful run is known complete (the state
+			// may be a second old: a day it believes empty may be receiving history now).
+			exact = exact && !unrun[d] && (!d.Before(bound) || st.Runs[d].ID != "")
 		}
 		add(Part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Table: TableRaw, Exact: exact}})
 		return nil
 	}
-	bound := dec.Boundary
 
 	// The batch side, day by day.
 	if batchEnd := minT(q.To, bound); q.From.Before(batchEnd) {

@@ -53,7 +53,12 @@ var planCases = []struct{ name, req string }{
 // planState is the state the golden plans are made with: watermark 2024-03-08 (effective
 // 2024-03-07, as 2024-03-08 is dirty), speed from 2024-03-06.
 func planState() *State {
-	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: []time.Time{mustDay("2024-03-08")}, SpeedOldest: mustDay("2024-03-06"), SpeedWatermark: testNow}
+	runs := map[time.Time]Run{}
+	for d := mustDay("2023-12-01"); !d.After(mustDay("2024-03-08")); d = d.AddDate(0, 0, 1) {
+		runs[d] = Run{ID: "run-1", Rows: 1, Read: 1, RawRows: 1}
+	}
+	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: []time.Time{mustDay("2024-03-08")}, SpeedOldest: mustDay("2024-03-06"),
+		SpeedWatermark: testNow, Runs: runs}
 }
 
 func planFor(t *testing.T, cfg *config.Config, req string, st *State) *Plan {
