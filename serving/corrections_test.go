@@ -286,3 +286,31 @@ func TestCacheFollowsDaily(t *testing.T) {
 		t.Error("not cached once daily holds the runs batch_runs names")
 	}
 }
+
+// TestUnrunDayNeverExact: history loaded into raw for a day below the boundary that no batch run
+// has read is read from raw (daily holds nothing for it) and never flagged exact, whether exact
+// was asked for or not; it is listed as a pending correction.
+func TestUnrunDayNeverExact(t *testing.T) {
+	e := newEnv(t, nil)
+	old := genEvents(mustDay("2024-03-02"), mustDay("2024-03-03"), 10, 9)
+	insertRaw(t, e.conn, e.cfg, old)
+	for _, exact := range []string{"false", "true"} {
+		r := e.query(t, `{"dataset":"events","metrics":["events","users"],"from":"2024-02-28","to":"2024-03-11","granularity":"day","exact":`+exact+`}`)
+		seen := false
+		for _, row := range r.Rows {
+			if row["time"].(string)[:10] != "2024-03-02" {
+				continue
+			}
+			seen = true
+			if row["source"] != SourceRaw || row["exact"] != false {
+				t.Errorf("exact:%s: the unrun day %v, want from raw, not exact", exact, row)
+			}
+		}
+		if !seen {
+			t.Errorf("exact:%s: no row for the unrun day", exact)
+		}
+		if !slices.Contains(r.Meta.Pending, "2024-03-02") {
+			t.Errorf("pending corrections %v lack the unrun day", r.Meta.Pending)
+		}
+	}
+}
