@@ -314,3 +314,23 @@ func TestUnrunDayNeverExact(t *testing.T) {
 		}
 	}
 }
+
+// TestRawExactOnlyWhenComplete: rows read from raw are exact only for ranges the speed layer has
+// consumed: exact:true over a day that is not over reads raw and flags it approximate.
+func TestRawExactOnlyWhenComplete(t *testing.T) {
+	e := newEnv(t, nil)
+	g := schema.NewGenerator(e.cfg)
+	// The speed layer is caught up (a fresh ledger row saying lag 0): the speed watermark is now.
+	if err := e.conn.Exec(context.Background(), fmt.Sprintf(`INSERT INTO %s (dataset, topic, partition, first_offset, last_offset, high_watermark, raw_rows, rejected_rows, duplicate_rows, late_rows, max_event_time, consumer)
+SELECT 'events', 'events', 0, 0, 99, 100, 100, 0, 0, 0, toDateTime('2024-03-10 11:59:00', 'UTC'), 'test'`, g.T(schema.SpeedFlushes))); err != nil {
+		t.Fatal(err)
+	}
+	r := e.query(t, `{"dataset":"events","metrics":["events","users"],"from":"2024-03-09","to":"2024-03-11","granularity":"day","exact":true}`)
+	got := map[string]string{}
+	for _, row := range r.Rows {
+		got[row["time"].(string)[:10]] = fmt.Sprintf("%v %v", row["source"], row["exact"])
+	}
+	if got["2024-03-09"] != "raw true" || got["2024-03-10"] != "raw false" {
+		t.Errorf("exact:true over a complete day and today: %v, want 03-09 raw exact, 03-10 raw approximate", got)
+	}
+}

@@ -99,17 +99,28 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		if from.Before(oldestRaw) {
 			return rawTooOld(from, oldestRaw)
 		}
+		if !bound.IsZero() && from.Before(bound) && bound.Before(to) {
+			if err := addRaw(from, bound); err != nil {
+				return err
+			}
+			return addRaw(bound, to)
+		}
 		if from.Before(complete) && complete.Before(to) {
 			if err := addRaw(from, complete); err != nil {
 				return err
 			}
 			return addRaw(complete, to)
 		}
-		exact := !st.SpeedWatermark.IsZero() && !to.After(complete)
-		for d := ledger.DayOf(from); d.Before(to); d = d.AddDate(0, 0, 1) {
-			// Below the boundary only a day with a successful run is known complete (the state
-			// may be a second old: a day it believes empty may be receiving history now).
-			exact = exact && !unrun[d] && (!d.Before(bound) || st.Runs[d].ID != "")
+		// Below the boundary a day is complete when a run of it succeeded (it was sealed, or an
+		// operator ran it): not an unrun day, nor one the state (a second old) believes empty,
+		// which may be receiving history now. After it, up to the speed watermark.
+		exact := true
+		if bound.IsZero() || to.After(bound) {
+			exact = !st.SpeedWatermark.IsZero() && !to.After(complete)
+		} else {
+			for d := ledger.DayOf(from); d.Before(to); d = d.AddDate(0, 0, 1) {
+				exact = exact && !unrun[d] && st.Runs[d].ID != ""
+			}
 		}
 		add(Part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Table: TableRaw, Exact: exact}})
 		return nil
@@ -338,6 +349,26 @@ func (q *Query) bucketOf(t time.Time) time.Time {
 		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
 	}
 	return q.From
+}
+
+// bucketEnd is the end of the bucket starting at b (clipped to the query's range).
+func (q *Query) bucketEnd(b time.Time) time.Time {
+	var end time.Time
+	switch q.Granularity {
+	case "minute":
+		end = b.Add(time.Minute)
+	case "hour":
+		end = b.Add(time.Hour)
+	case "day":
+		end = b.AddDate(0, 0, 1)
+	case "week":
+		end = b.AddDate(0, 0, 7)
+	case "month":
+		end = b.AddDate(0, 1, 0)
+	default:
+		end = q.To
+	}
+	return minT(end, q.To)
 }
 
 func floorTo(t time.Time, d time.Duration) time.Time { return t.Truncate(d) }

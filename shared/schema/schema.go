@@ -675,7 +675,13 @@ func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, 
 		}
 		return s.Cast(in.ExactExpr())
 	})...)
-	outer = append(outer, "'raw' AS source", "materialize(toUInt8(1)) AS exact")
+	// Exact where the speed layer has consumed the whole bucket (what comes after may still be
+	// arriving), as the API flags its raw rows.
+	end := "toDateTime(day, 'UTC') + 86400"
+	if gr == "hour" {
+		end = "hour + 3600"
+	}
+	outer = append(outer, "'raw' AS source", fmt.Sprintf("toUInt8(%s <= toStartOfMinute(%s)) AS exact", end, ledger.SpeedWatermarkSQL(g.DB, d.Name)))
 	arrayJoin := ""
 	if !perSet {
 		arrayJoin = "\nARRAY JOIN " + GroupingArray(sets) + " AS gd"
