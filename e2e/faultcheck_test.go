@@ -32,8 +32,8 @@ type checker struct {
 	done chan struct{}
 
 	mu sync.Mutex
-	// watch: days that must not be exact while records of theirs are produced but not committed
-	// (the consumer is dead or stuck).
+	// watch: days that must not be exact while records of theirs are produced, in order, but
+	// not consumed (the consumer is dead or stuck; see truthLog.unconsumed).
 	watch map[time.Time]bool
 	// needRun: days that must not be exact before a run of theirs succeeded.
 	needRun map[time.Time]bool
@@ -256,8 +256,11 @@ func (c *checker) once() {
 		if r.source == "raw" && !rawExactIsFinal {
 			report = c.gap
 		}
-		if watch[r.key.day] && s.log.uncommitted(r.key.day, committed) {
-			report("%s %s: exact:true (source %s) while records of the day are produced and not consumed (committed %v)", what, r.key, r.source, committed)
+		if watch[r.key.day] {
+			if rec, ok := s.log.unconsumed(r.key.day, hi.off, apiStart.Add(-apiStaleness)); ok {
+				report("%s %s: exact:true (source %s) while records of the day are produced and not consumed, in order (e.g. partition %d offset %d at %s; consumed %v, committed %v)",
+					what, r.key, r.source, rec.part, rec.off, rec.o.t.Format(time.RFC3339), hi.off, committed)
+			}
 		}
 		if needRun[r.key.day] && !runs[r.key.day] {
 			report("%s %s: exact:true (source %s) before any run of the day succeeded", what, r.key, r.source)

@@ -250,9 +250,9 @@ func (s *stack) produce(orders []order, dups int) {
 		if err := s.e.producer.SendMessages(msgs); err != nil {
 			s.t.Fatalf("produce to %s: %v", s.topic, err)
 		}
-		recs := make([]record, n)
+		recs, acked := make([]record, n), time.Now()
 		for i, m := range msgs {
-			recs[i] = record{part: m.Partition, off: m.Offset, o: all[i]}
+			recs[i] = record{part: m.Partition, off: m.Offset, o: all[i], acked: acked}
 		}
 		s.log.add(recs)
 		all = all[n:]

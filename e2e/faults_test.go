@@ -85,13 +85,16 @@ func faultDeadSpeed(t *testing.T, e *faultEnv) {
 	c := s.check()
 	defer c.finish()
 	_, y := days()
-	s.produce(append(append(s.gen.day(y.AddDate(0, 0, -2), 300), s.gen.day(y.AddDate(0, 0, -1), 500)...), s.gen.day(y, 3000)...), 40)
+	// Yesterday's first 3000 orders are of its first 20 hours, the 400 more of its last 4, so
+	// that they are in order (see truthLog.unconsumed): the checker holds every one of them
+	// against an exact yesterday.
+	s.produce(append(append(s.gen.day(y.AddDate(0, 0, -2), 300), s.gen.day(y.AddDate(0, 0, -1), 500)...), s.gen.span(y, 0, 20*time.Hour, 3000)...), 40)
 	s.waitCaughtUp(time.Minute)
 	if err := s.speed.stop(syscall.SIGKILL); err == nil {
 		t.Fatal("speed exited cleanly on SIGKILL")
 	}
 	c.setWatch(y, true)
-	s.produce(s.gen.day(y, 400), 0)
+	s.produce(s.gen.span(y, 20*time.Hour, 24*time.Hour, 400), 0)
 	s.startBatch()
 	// The scheduler seals the day before yesterday (every partition's newest committed order
 	// is of yesterday), proof that it ticks; yesterday it must not seal.
@@ -429,12 +432,13 @@ func faultStuck(t *testing.T, e *faultEnv) {
 	c := s.check()
 	defer c.finish()
 	today, y := days()
-	s.produce(append(append(s.gen.day(y.AddDate(0, 0, -2), 400), s.gen.day(y.AddDate(0, 0, -1), 600)...), s.gen.day(y, 600)...), 10)
+	s.produce(append(append(s.gen.day(y.AddDate(0, 0, -2), 400), s.gen.day(y.AddDate(0, 0, -1), 600)...), s.gen.span(y, 0, 16*time.Hour, 600)...), 10)
 	s.waitCaughtUp(time.Minute)
 	s.speed.signal(syscall.SIGSTOP)
 	c.setWatch(y, true)
 	c.setWatch(today, true)
-	s.produce(append(s.gen.day(y, 800), s.gen.day(today, 200)...), 10)
+	// In order after what was consumed (see truthLog.unconsumed): yesterday's last 8 hours.
+	s.produce(append(s.gen.span(y, 16*time.Hour, 24*time.Hour, 800), s.gen.day(today, 200)...), 10)
 	s.startBatch()
 	eventually(t, 30*time.Second, "the day before yesterday sealed", func() error { return s.dayExact(y.AddDate(0, 0, -1)) })
 	time.Sleep(9 * time.Second) // stopped 11 s or more: past the group's session timeout (10 s)

@@ -75,10 +75,14 @@ func newOrderGen(seed uint64, prefix string) *orderGen {
 }
 
 // day returns n orders at times within day, never after now (today's orders are in the past).
-func (g *orderGen) day(day time.Time, n int) []order {
+func (g *orderGen) day(day time.Time, n int) []order { return g.span(day, 0, 24*time.Hour, n) }
+
+// span returns n orders at times within [day+from, day+to), never after now.
+func (g *orderGen) span(day time.Time, from, to time.Duration, n int) []order {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	span := 24 * time.Hour
+	day = day.Add(from)
+	span := to - from
 	if now := time.Now().UTC(); now.Sub(day) < span {
 		span = max(now.Sub(day)-time.Second, time.Second)
 	}
@@ -104,6 +108,8 @@ type record struct {
 	part int32
 	off  int64
 	o    order
+	// acked is when the broker's acknowledgement reached the test: the record was in Kafka by then.
+	acked time.Time
 }
 
 // bounds is a point of knowledge: per partition, the records below an offset, and the first
@@ -172,16 +178,31 @@ func (l *truthLog) days() []time.Time {
 	return out
 }
 
-// uncommitted reports whether a record of day d lies at or past the committed offsets.
-func (l *truthLog) uncommitted(day time.Time, committed map[int32]int64) bool {
+// unconsumed returns a record of day d that the platform had not consumed although it must
+// have known of it, or false. Such a record: was acknowledged before known (records acknowledged
+// later may be missing from what the API read, see apiStaleness: not knowing of them yet is no
+// lie); lies at or past consumed on its partition (the committed offset, or past it what the
+// speed layer already inserted into raw); and is in order, no older than the newest event of
+// its partition below consumed. The speed watermark is an event-time watermark (DESIGN:
+// per partition the newest consumed event, or now when caught up): a record older than what
+// its partition already delivered is late, and a late record makes a day dirty, it does not
+// make an earlier answer a lie. An in-order one holds its partition's watermark below its
+// day's end, so its day must not be exact.
+func (l *truthLog) unconsumed(day time.Time, consumed map[int32]int64, known time.Time) (record, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	newest := map[int32]time.Time{}
 	for _, r := range l.recs {
-		if r.off >= committed[r.part] && dayOfT(r.o.t).Equal(day) {
-			return true
+		if r.off < consumed[r.part] && r.o.t.After(newest[r.part]) {
+			newest[r.part] = r.o.t
 		}
 	}
-	return false
+	for _, r := range l.recs {
+		if r.off >= consumed[r.part] && r.acked.Before(known) && !r.o.t.Before(newest[r.part]) && dayOfT(r.o.t).Equal(day) {
+			return r, true
+		}
+	}
+	return record{}, false
 }
 
 func dayOfT(t time.Time) time.Time { return t.UTC().Truncate(24 * time.Hour) }
