@@ -33,6 +33,7 @@ func TestBadConfigs(t *testing.T) {
 		"not_yaml":       "did not find expected",
 		"metric_field":   `datasets[0] (events).metrics[2].name: "value" is also the raw column of a metric field`,
 		"lease":          `batch.lease.path: "lambda/lease/" is not a ZooKeeper path`,
+		"max_memory":     "batch.max_memory: must be at least 1MiB, got 512KiB",
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")
 	if err != nil {
@@ -127,6 +128,41 @@ func TestParseDuration(t *testing.T) {
 	f("-1d", 0, false)
 	f("soon", 0, false)
 }
+
+func TestParseByteSize(t *testing.T) {
+	f := func(s string, want int64, ok bool) {
+		t.Helper()
+		got, err := ParseByteSize(s)
+		if (err == nil) != ok || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v", s, got, err)
+		}
+	}
+	f("2GiB", 2<<30, true)
+	f("512 MiB", 512<<20, true)
+	f("1.5GB", 1_500_000_000, true)
+	f("4096", 4096, true)
+	f("10B", 10, true)
+	f("lots", 0, false)
+	f("-1MiB", 0, false)
+	f("2GiBs", 0, false)
+	if got := ByteSize(2 << 30).String(); got != "2GiB" {
+		t.Errorf("String: %s", got)
+	}
+	if got := ByteSize(1000).String(); got != "1000B" {
+		t.Errorf("String: %s", got)
+	}
+	cfg, err := Parse("t.yaml", []byte("batch: {max_memory: 3GiB}\n"+minimalYAML), nil)
+	if err != nil || cfg.Batch.MaxMemory != 3<<30 {
+		t.Errorf("max_memory from YAML: %v, %v", cfg.Batch.MaxMemory, err)
+	}
+	if cfg, err := Parse("t.yaml", []byte(minimalYAML), nil); err != nil || cfg.Batch.MaxMemory != 2<<30 {
+		t.Errorf("default max_memory: %v, %v", cfg.Batch.MaxMemory, err)
+	}
+}
+
+const minimalYAML = `datasets:
+  - {name: events, topic: events, id_field: id, time_field: ts, dimensions: [{name: country}], metrics: [{name: events, type: count}]}
+`
 
 func TestConfigFileMissing(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))
