@@ -187,11 +187,10 @@ func (s Spec) ExactExpr() string {
 // ExactStateExpr is the -State of the exact aggregate over raw columns for the metrics whose
 // exact value cannot be combined from partial values (uniq and quantile: uniqExactStateIf over
 // the present keys, quantileExactStateIf over the present values): ExactMergeExpr over such
-// states of any partition of the
-// rows gives what ExactExpr gives over all of them (a quantile's NaN over no values is NULL
-// after Cast). It is "" for the other metrics, whose partial values combine with Combine. The
-// batch layer computes a day in two levels with it: states per hour and all dimensions, merged
-// into every grouping set.
+// states of any partition of the rows gives what ExactExpr gives over all of them (a
+// quantile's NaN over no values is NULL after Cast). It is "" for the other metrics, whose
+// partial values combine with Combine. The batch layer computes a day in two levels with it:
+// states per hour and all dimensions, merged into every grouping set.
 func (s Spec) ExactStateExpr() string {
 	switch s.Type {
 	case Uniq:
