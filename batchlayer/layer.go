@@ -36,7 +36,6 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/ledger"
-	"github.com/lambda-platform/lambda/shared/metric"
 )
 
 // Options are the dependencies of the batch layer. Every field is optional.
@@ -377,7 +376,7 @@ func (l *Layer) Tick(ctx context.Context, name string) error {
 			errs = append(errs, ctx.Err())
 			break
 		}
-		if _, err := l.runDay(ctx, d, day); err != nil {
+		if _, err := l.runDay(ctx, d, day, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -389,12 +388,18 @@ func (l *Layer) Tick(ctx context.Context, name string) error {
 	return errors.Join(errs...)
 }
 
-// Progress reports a backfill after each day.
+// Progress reports a backfill: during a day, at every pass of its run (Phase set), and after
+// the day (Phase empty).
 type Progress struct {
 	Dataset string
 	Day     time.Time
-	Done    int // days finished, this one included
+	Done    int // days finished, this one included once it is done
 	Total   int
+	// Phase is the step of the day's run in progress (PhaseDedup, PhaseAggregate,
+	// PhaseDistinct, PhaseQuantile, PhaseAssemble, PhaseSwap), "" once the day is done; Step of
+	// Steps passes of the phase are done.
+	Phase       string
+	Step, Steps int
 	// Rows of the day just finished: in raw, after dedup, written to <ds>_daily.
 	RowsRaw, RowsDedup, RowsOut uint64
 	Elapsed                     time.Duration // since the backfill began
@@ -403,7 +408,8 @@ type Progress struct {
 
 // RunDays recomputes every day from from to to (inclusive, UTC days) in order, whether sealed
 // or not (an explicit backfill is the operator's call), then updates the watermark. It stops at
-// the first failure and returns it. progress, when not nil, is called after each day.
+// the first failure and returns it. progress, when not nil, is called at every pass of a day's
+// run and after each day; it must not block.
 func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, progress func(Progress)) error {
 	d, err := l.dataset(name)
 	if err != nil {
@@ -437,7 +443,14 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 	defer d.mu.Unlock()
 	var runErr error
 	for i, day := 0, from; !day.After(to); i, day = i+1, day.AddDate(0, 0, 1) {
-		res, err := l.runDay(ctx, d, day)
+		var pass func(phase string, step, steps int)
+		if progress != nil {
+			pass = func(phase string, step, steps int) {
+				progress(Progress{Dataset: name, Day: day, Done: i, Total: total, Phase: phase, Step: step, Steps: steps,
+					Elapsed: time.Since(start)})
+			}
+		}
+		res, err := l.runDay(ctx, d, day, pass)
 		if progress != nil {
 			progress(Progress{Dataset: name, Day: day, Done: i + 1, Total: total, RowsRaw: res.rowsRaw,
 				RowsDedup: res.rowsDedup, RowsOut: res.rowsOut, Elapsed: time.Since(start), Err: err})
@@ -459,12 +472,6 @@ type cronLogger struct{ log *slog.Logger }
 func (c cronLogger) Info(msg string, kv ...any) { c.log.Debug("cron "+msg, kv...) }
 func (c cronLogger) Error(err error, msg string, kv ...any) {
 	c.log.Error("cron "+msg, append(kv, "err", err)...)
-}
-
-// hasCount returns the index of a count metric, whose day total is the number of deduplicated
-// rows, or -1.
-func hasCount(specs []metric.Spec) int {
-	return slices.IndexFunc(specs, func(s metric.Spec) bool { return s.Type == metric.Count })
 }
 
 func sortDays(days []time.Time) []time.Time {

@@ -1,0 +1,568 @@
+package batchlayer
+
+// The SQL of the passes a run makes over a day (see engine.go for the plan that sequences them).
+//
+// A run first writes the day's deduplicated rows into plain Log tables (one per id bucket, read
+// through a Merge table: the run's "dedup" table, with raw's column names). Every later pass
+// reads those rows, never raw again.
+//
+// The aggregation passes work in two levels. Level 1 groups the rows by hour and every
+// dimension (the finest key of any grouping set); level 2 ARRAY JOINs the level-1 rows with the
+// grouping sets at both grains (day and hour) and merges them into each set's groups. A row's
+// strings are hashed once, at level 1, instead of once per grouping set and grain. A group of
+// level 2 is identified by _t (the day's or the hour's start), _g (a mask: bit i for the i-th
+// dimension, bit hourBit for the hour grain) and the dimension values _o<i> ('' for dimensions
+// outside the set).
+//
+// Every pass writes its partial results into the run's parts table (_p) with only its own
+// columns set; assemble merges them per group into the day's rows and the hour rows:
+//
+//   - count, sum, min, max: partial values combined with metric.Combine (the aggregate pass may
+//     run in time chunks);
+//   - avg and every sketch state: states, merged;
+//   - uniq (exact): counts over disjoint sets of keys (key-hash buckets), added up;
+//   - quantile (exact): one value per group, from the one pass that computed it.
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// hourBit marks the hour grain in a group mask.
+const hourBit = 62
+
+// Names of a run's tables, all starting with its staging name (so dropLeftovers finds them).
+func dedupTable(stage string, b int) string { return fmt.Sprintf("%s_s%d", stage, b) }
+func dedupMerge(stage string) string        { return stage + "_s" }
+func partsTable(stage string) string        { return stage + "_p" }
+func hourlyStage(stage string) string       { return stage + "_h" }
+func speedStage(stage string) string        { return stage + "_m" }
+func qCountsTable(stage string) string      { return stage + "_qc" }
+func qTargetsTable(stage string) string     { return stage + "_qt" }
+
+// dedupColumns are the columns of the run's dedup tables: raw's names and types, without the
+// bookkeeping columns.
+func (q *queries) dedupColumns() []schema.Column {
+	cols := []schema.Column{{Name: "time", Type: "DateTime('UTC')"}}
+	for _, n := range q.d.DimensionNames() {
+		cols = append(cols, schema.Column{Name: n, Type: "String"})
+	}
+	for _, c := range q.d.ValueColumns() {
+		cols = append(cols, schema.Column{Name: c.Name, Type: c.Type})
+	}
+	return cols
+}
+
+func columnList(cols []schema.Column) string {
+	var b strings.Builder
+	for i, c := range cols {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		b.WriteString(schema.Q(c.Name) + " " + c.Type)
+	}
+	return b.String()
+}
+
+func columnNames(cols []schema.Column) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = c.Name
+	}
+	return out
+}
+
+// createLog creates a plain Log table (no sorting, no merges: written once, read in full).
+func (q *queries) createLog(table string, cols []schema.Column) string {
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = Log", q.g.T(table), columnList(cols))
+}
+
+// createDedupMerge creates the Merge table over a run's dedup tables.
+func (q *queries) createDedupMerge(stage string) string {
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = Merge(%s, %s)", q.g.T(dedupMerge(stage)), columnList(q.dedupColumns()),
+		schema.Q(q.db), strLit("^"+stage+"_s[0-9]+$"))
+}
+
+// idBucket is the dedup bucket of an id among n. Raw is sharded by cityHash64(id), so the hash
+// is mixed again: on a shard that holds only even hashes, cityHash64(id) % 2 would be one bucket.
+func idBucket(n, b int) string {
+	return fmt.Sprintf("intHash64(cityHash64(id)) %% %d = %d", n, b)
+}
+
+// dedupInsert writes bucket b of n of the day's deduplicated rows of raw (a table) into table:
+// the first-ingested copy of each id, exactly as the single-query recompute keeps it. Every copy
+// of an id is in the same bucket.
+func (q *queries) dedupInsert(table, raw string, day time.Time, b, n int) string {
+	cols := quoteAll(columnNames(q.dedupColumns()))
+	where := rawDayWhere(day)
+	if n > 1 {
+		where += " AND " + idBucket(n, b)
+	}
+	return fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT %s
+FROM
+(
+    SELECT id, %s
+    FROM %s
+    WHERE %s
+    ORDER BY _ingested_at, _partition, _offset
+    LIMIT 1 BY id
+)`, q.g.T(table), cols, cols, cols, raw, where)
+}
+
+// partsColumns are the columns of the parts table: _p (the plan generation that wrote the
+// row: a pass retried with more buckets writes a new one), the group (_t, _g, the dimensions by
+// name), then per metric i: _v<i> (partial value), _s<i> (state) and _n<i> (present values, for
+// quantiles).
+func (q *queries) partsColumns() []schema.Column {
+	cols := []schema.Column{{Name: "_p", Type: "UInt32"}, {Name: "_t", Type: "DateTime('UTC')"}, {Name: "_g", Type: "UInt64"}}
+	for _, n := range q.d.DimensionNames() {
+		cols = append(cols, schema.Column{Name: n, Type: "String"})
+	}
+	for i, s := range q.d.Specs() {
+		if s.Type != metric.Avg {
+			cols = append(cols, schema.Column{Name: valueCol(i), Type: s.ValueType()})
+		}
+		if s.HasDailyState() {
+			cols = append(cols, schema.Column{Name: stateCol(i), Type: s.StateType()})
+		}
+		if s.Type == metric.Quantile {
+			cols = append(cols, schema.Column{Name: presentCol(i), Type: "UInt64"})
+		}
+	}
+	return cols
+}
+
+func valueCol(i int) string   { return fmt.Sprintf("_v%d", i) }
+func stateCol(i int) string   { return fmt.Sprintf("_s%d", i) }
+func presentCol(i int) string { return fmt.Sprintf("_n%d", i) }
+
+// createParts creates the parts table: a MergeTree, so that passes running at once insert
+// without waiting for each other.
+func (q *queries) createParts(table string) string {
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_t, _g)", q.g.T(table), columnList(q.partsColumns()))
+}
+
+// masks returns the group masks of the grouping sets (in GroupingSets order) and their names.
+func (q *queries) masks() ([]uint64, []string) {
+	dims := q.d.DimensionNames()
+	var masks []uint64
+	var names []string
+	for _, set := range q.d.GroupingSets() {
+		var m uint64
+		for _, n := range set {
+			for i, d := range dims {
+				if d == n {
+					m |= 1 << i
+				}
+			}
+		}
+		masks = append(masks, m)
+		names = append(names, strings.Join(set, ","))
+	}
+	return masks, names
+}
+
+// maskArray is the ARRAY JOIN literal of every grouping set at both grains.
+func (q *queries) maskArray() string {
+	masks, _ := q.masks()
+	parts := []string{}
+	for _, hour := range []bool{false, true} {
+		for _, m := range masks {
+			if hour {
+				m |= 1 << hourBit
+			}
+			parts = append(parts, strconv.FormatUint(m, 10))
+		}
+	}
+	parts[0] = "toUInt64(" + parts[0] + ")"
+	return "[" + strings.Join(parts, ", ") + "]"
+}
+
+// rollup is a two-level aggregation over deduplicated rows.
+type rollup struct {
+	src   string   // table expression of the deduplicated rows
+	where []string // conditions on the rows
+	// keys are extra grouping keys, aliased, kept by both levels (e.g. a value range).
+	keys   []string
+	level1 []string // aggregates over rows; their results are _a0, _a1, …
+	level2 []string // expressions over _a<i> per group; their results are _b0, _b1, …
+	// filter, when set, is a condition on the level-2 group (_t, _g, _o<i>) applied before
+	// level 2 aggregates.
+	filter string
+}
+
+// keyAliases returns the alias of every extra key of the rollup.
+func (r rollup) keyAliases() []string {
+	var out []string
+	for _, k := range r.keys {
+		i := strings.LastIndex(k, " AS ")
+		out = append(out, strings.TrimSpace(k[i+4:]))
+	}
+	return out
+}
+
+// groupCols are the level-2 group columns: _t, _g and _o<i> for every dimension.
+func (q *queries) groupCols() []string {
+	out := []string{"_t", "_g"}
+	for i := range q.d.DimensionNames() {
+		out = append(out, fmt.Sprintf("_o%d", i))
+	}
+	return out
+}
+
+// rollupSelect is the SELECT of a rollup: columns _t, _g, _o<i>, the extra keys, _b<i>.
+func (q *queries) rollupSelect(r rollup, day time.Time) string {
+	dims := q.d.DimensionNames()
+	l1 := []string{"toStartOfHour(time) AS _h"}
+	g1 := []string{"_h"}
+	for i, n := range dims {
+		l1 = append(l1, fmt.Sprintf("%s AS _d%d", schema.Q(n), i))
+		g1 = append(g1, fmt.Sprintf("_d%d", i))
+	}
+	l1 = append(l1, r.keys...)
+	g1 = append(g1, r.keyAliases()...)
+	for i, a := range r.level1 {
+		l1 = append(l1, fmt.Sprintf("%s AS _a%d", a, i))
+	}
+	l2 := []string{fmt.Sprintf("if(bitTest(_m, %d), _h, %s) AS _t", hourBit, timeLit(day)), "_m AS _g"}
+	for i := range dims {
+		l2 = append(l2, fmt.Sprintf("if(bitTest(_m, %d), _d%d, '') AS _o%d", i, i, i))
+	}
+	l2 = append(l2, r.keyAliases()...)
+	for i, a := range r.level2 {
+		l2 = append(l2, fmt.Sprintf("%s AS _b%d", a, i))
+	}
+	g2 := append(q.groupCols(), r.keyAliases()...)
+	where := ""
+	if len(r.where) > 0 {
+		where = "\n    WHERE " + strings.Join(r.where, " AND ")
+	}
+	filter := ""
+	if r.filter != "" {
+		filter = "\nWHERE " + r.filter
+	}
+	return fmt.Sprintf(`SELECT
+    %s
+FROM
+(
+    SELECT
+        %s
+    FROM %s%s
+    GROUP BY %s
+)
+ARRAY JOIN %s AS _m%s
+GROUP BY %s`, strings.Join(l2, ",\n    "), strings.Join(l1, ",\n        "), r.src, where, strings.Join(g1, ", "),
+		q.maskArray(), filter, strings.Join(g2, ", "))
+}
+
+// partsInsert inserts the rollup's results into the parts table: the group and, per _b<i>, the
+// column cols[i].
+func (q *queries) partsInsert(table string, gen int, r rollup, cols []string, day time.Time) string {
+	into := append([]string{"_p", "_t", "_g"}, q.d.DimensionNames()...)
+	into = append(into, cols...)
+	sel := append([]string{strconv.Itoa(gen)}, q.groupCols()...)
+	for i := range cols {
+		sel = append(sel, fmt.Sprintf("_b%d", i))
+	}
+	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM\n(\n%s\n)", q.g.T(table), quoteAll(into), strings.Join(sel, ", "),
+		indent(q.rollupSelect(r, day)))
+}
+
+func indent(s string) string { return "    " + strings.ReplaceAll(s, "\n", "\n    ") }
+
+// timeChunk selects chunk c of n of the day by minute (n ≤ 1440): whole minutes, so that a
+// speed minute is never split.
+func timeChunk(day time.Time, n, c int) string {
+	return fmt.Sprintf("intDiv(intDiv(toUInt32(time) - %d, 60) * %d, 1440) = %d", day.Unix(), n, c)
+}
+
+// keyBucket selects key-hash bucket b of n of a distinct-count key column.
+func keyBucket(col string, n, b int) string {
+	return fmt.Sprintf("cityHash64(%s) %% %d = %d", schema.Q(col), n, b)
+}
+
+// aggregatePass is the main pass (or chunk c of n of it): count, sum, min and max as partial
+// values, avg and every sketch as states, the present values of every quantile column; with
+// exact, also the exact distinct counts and quantiles (the plan does that when they fit).
+func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c int, exact bool) string {
+	r := rollup{src: src}
+	if n > 1 {
+		r.where = append(r.where, timeChunk(day, n, c))
+	}
+	var cols []string
+	add := func(l1, l2, col string) {
+		r.level2 = append(r.level2, fmt.Sprintf(l2, fmt.Sprintf("_a%d", len(r.level1))))
+		r.level1 = append(r.level1, l1)
+		cols = append(cols, col)
+	}
+	for i, s := range q.d.Specs() {
+		switch s.Type {
+		case metric.Count, metric.Sum, metric.Min, metric.Max:
+			add(s.ExactExpr(), s.Combine("%s"), valueCol(i))
+		case metric.Uniq, metric.Quantile:
+			if exact {
+				add(s.ExactStateExpr(), s.ExactMergeExpr("%s"), valueCol(i))
+			}
+		}
+		if s.HasDailyState() {
+			add(s.StateExpr(), s.MergeStateExpr("%s"), stateCol(i))
+		}
+		if s.Type == metric.Quantile {
+			add("count("+schema.Q(s.Column)+")", "sum(%s)", presentCol(i))
+		}
+	}
+	return q.partsInsert(table, gen, r, cols, day)
+}
+
+// distinctPass computes the exact distinct counts of the uniq metrics reading column col over
+// the keys in bucket b of n (n > 1: counts over disjoint key sets add up to the whole).
+func (q *queries) distinctPass(table, src string, gen int, day time.Time, col string, n, b int) string {
+	r := rollup{src: src, where: []string{keyBucket(col, n, b)}}
+	var cols []string
+	for i, s := range q.d.Specs() {
+		if s.Type == metric.Uniq && s.Column == col {
+			r.level2 = append(r.level2, s.ExactMergeExpr(fmt.Sprintf("_a%d", len(r.level1))))
+			r.level1 = append(r.level1, s.ExactStateExpr())
+			cols = append(cols, valueCol(i))
+		}
+	}
+	return q.partsInsert(table, gen, r, cols, day)
+}
+
+// quantilePass computes the exact quantile of metric i over every group at once.
+func (q *queries) quantilePass(table, src string, gen int, day time.Time, i int) string {
+	s := q.d.Specs()[i]
+	r := rollup{src: src, level1: []string{s.ExactStateExpr()}, level2: []string{s.ExactMergeExpr("_a0")}}
+	return q.partsInsert(table, gen, r, []string{valueCol(i)}, day)
+}
+
+// Quantiles of groups too large to hold at once are selected by value range: the present values
+// of the metric's column are cut into ranges by boundaries; a counting pass counts every group's
+// values per range; the rank quantileExact takes (metric.ExactRank) then names, per group, the
+// range holding the wanted value and its rank within the range (the targets table); one pass per
+// range selects those values. A range whose lower bound repeats among the sampled boundaries (a
+// value that alone holds a large share) is a range of that one value, resolved without a pass.
+
+// valueBounds samples boundaries: approximate quantiles of the present values of a column.
+func (q *queries) valueBounds(src, col string, levels []float64) string {
+	ls := make([]string, len(levels))
+	for i, l := range levels {
+		ls[i] = strconv.FormatFloat(l, 'g', -1, 64)
+	}
+	return fmt.Sprintf("SELECT quantiles(%s)(toFloat64(assumeNotNull(%s))) FROM %s WHERE isNotNull(%s)",
+		strings.Join(ls, ", "), schema.Q(col), src, schema.Q(col))
+}
+
+func floatLit(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+// rangeIndex is the range of a present value among bounds (sorted, distinct): the number of
+// bounds at or below it.
+func rangeIndex(col string, bounds []float64) string {
+	lits := make([]string, len(bounds))
+	for i, b := range bounds {
+		lits[i] = floatLit(b)
+	}
+	return fmt.Sprintf("arrayCount(x -> x <= toFloat64(assumeNotNull(%s)), [%s])", schema.Q(col), strings.Join(lits, ", "))
+}
+
+// inRange selects the present values of range k among bounds.
+func inRange(col string, bounds []float64, k int) string {
+	v := "toFloat64(assumeNotNull(" + schema.Q(col) + "))"
+	c := []string{"isNotNull(" + schema.Q(col) + ")"}
+	if k > 0 {
+		c = append(c, v+" >= "+floatLit(bounds[k-1]))
+	}
+	if k < len(bounds) {
+		c = append(c, v+" < "+floatLit(bounds[k]))
+	}
+	return strings.Join(c, " AND ")
+}
+
+// qTablesColumns are the group columns of the counts and targets tables.
+func (q *queries) qGroupColumns() []schema.Column {
+	cols := []schema.Column{{Name: "_q", Type: "UInt32"}, {Name: "_t", Type: "DateTime('UTC')"}, {Name: "_g", Type: "UInt64"}}
+	for i := range q.d.DimensionNames() {
+		cols = append(cols, schema.Column{Name: fmt.Sprintf("_o%d", i), Type: "String"})
+	}
+	return append(cols, schema.Column{Name: "_k", Type: "UInt32"})
+}
+
+func (q *queries) createQCounts(table string) string {
+	cols := append(q.qGroupColumns(), schema.Column{Name: "_c", Type: "UInt64"})
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_q, _t, _g)", q.g.T(table), columnList(cols))
+}
+
+func (q *queries) createQTargets(table string) string {
+	cols := append(q.qGroupColumns(), schema.Column{Name: "_r", Type: "UInt64"})
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_q, _k, _t, _g)", q.g.T(table), columnList(cols))
+}
+
+// quantileCounts counts the present values of metric i's column per group and range.
+func (q *queries) quantileCounts(table, src string, day time.Time, i int, bounds []float64) string {
+	s := q.d.Specs()[i]
+	r := rollup{src: src, where: []string{"isNotNull(" + schema.Q(s.Column) + ")"},
+		keys:   []string{rangeIndex(s.Column, bounds) + " AS _k"},
+		level1: []string{"count()"}, level2: []string{"sum(_a0)"}}
+	into := append([]string{"_q"}, q.groupCols()...)
+	into = append(into, "_k", "_c")
+	sel := append([]string{strconv.Itoa(i)}, q.groupCols()...)
+	sel = append(sel, "_k", "_b0")
+	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM\n(\n%s\n)", q.g.T(table), strings.Join(into, ", "), strings.Join(sel, ", "),
+		indent(q.rollupSelect(r, day)))
+}
+
+// quantileTargets works out, from the counts (a table expression), the range and the rank
+// within it of metric i's exact quantile of every group.
+func (q *queries) quantileTargets(table, counts string, i int) string {
+	s := q.d.Specs()[i]
+	g := q.groupCols()
+	into := append([]string{"_q"}, g...)
+	into = append(into, "_k", "_r")
+	return fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT _q, %s, arrayElement(_ks, _pos), _rank - if(_pos = 1, 0, arrayElement(_cum, _pos - 1))
+FROM
+(
+    SELECT
+        _q, %s,
+        arraySort(groupArray((_k, _c))) AS _kc,
+        arrayMap(x -> x.1, _kc) AS _ks,
+        arrayCumSum(arrayMap(x -> x.2, _kc)) AS _cum,
+        %s AS _rank,
+        arrayFirstIndex(x -> x > _rank, _cum) AS _pos
+    FROM %s
+    WHERE _q = %d
+    GROUP BY _q, %s
+)`, q.g.T(table), strings.Join(into, ", "), strings.Join(g, ", "), strings.Join(g, ", "),
+		s.ExactRankExpr("arrayElement(_cum, length(_cum))"), counts, i, strings.Join(g, ", "))
+}
+
+// quantileSelect selects, for the groups whose quantile of metric i lies in range k, the value
+// at their rank within the range, into the parts table; targets is the targets table (a table
+// expression readable where the pass runs).
+func (q *queries) quantileSelect(table, src, targets string, gen int, day time.Time, i, k int, bounds []float64) string {
+	s := q.d.Specs()[i]
+	g := q.groupCols()
+	pick := fmt.Sprintf("SELECT %s FROM %s WHERE _q = %d AND _k = %d", strings.Join(g, ", "), targets, i, k)
+	r := rollup{src: src, where: []string{inRange(s.Column, bounds, k)},
+		level1: []string{"groupArray(toFloat64(assumeNotNull(" + schema.Q(s.Column) + ")))"},
+		level2: []string{"groupArrayArray(_a0)"},
+		filter: "(" + strings.Join(g, ", ") + ") IN (" + pick + ")"}
+	into := append([]string{"_p", "_t", "_g"}, q.d.DimensionNames()...)
+	into = append(into, valueCol(i))
+	return fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT %d, %s, arrayElement(arraySort(_b0), _r + 1)
+FROM
+(
+%s
+)
+ALL INNER JOIN
+(
+    SELECT %s, _r FROM %s WHERE _q = %d AND _k = %d
+) USING (%s)`, q.g.T(table), quoteAll(into), gen, strings.Join(g, ", "), indent(q.rollupSelect(r, day)),
+		strings.Join(g, ", "), targets, i, k, strings.Join(g, ", "))
+}
+
+// quantilePoint writes value v as metric i's quantile of every group whose target is range k,
+// a range holding only v.
+func (q *queries) quantilePoint(table, targets string, gen int, i, k int, v float64) string {
+	into := append([]string{"_p", "_t", "_g"}, q.d.DimensionNames()...)
+	into = append(into, valueCol(i))
+	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %d, %s, %s FROM %s WHERE _q = %d AND _k = %d", q.g.T(table), quoteAll(into), gen,
+		strings.Join(q.groupCols(), ", "), floatLit(v), targets, i, k)
+}
+
+// assemble merges the parts of the generations gens into the day's rows (hour false: into a
+// table shaped like <ds>_daily) or the hour rows (into one shaped like <ds>_hourly).
+func (q *queries) assemble(table, parts string, gens []int, hour bool, runID string) string {
+	masks, names := q.masks()
+	ms := make([]string, len(masks))
+	ns := make([]string, len(names))
+	for i := range masks {
+		ms[i] = strconv.FormatUint(masks[i], 10)
+		ns[i] = strLit(names[i])
+	}
+	ms[0] = "toUInt64(" + ms[0] + ")"
+	first := "toDate(_t)"
+	cols := q.dailyColumns()
+	if hour {
+		first = "_t"
+		cols = append([]string{"hour"}, cols[1:]...)
+	}
+	sel := []string{first, fmt.Sprintf("transform(bitAnd(_g, %d), [%s], [%s], '')", uint64(1)<<hourBit-1, strings.Join(ms, ", "), strings.Join(ns, ", "))}
+	dims := q.d.DimensionNames()
+	for _, n := range dims {
+		sel = append(sel, schema.Q(n))
+	}
+	specs := q.d.Specs()
+	for i, s := range specs {
+		var v string
+		switch s.Type {
+		case metric.Count, metric.Sum, metric.Min, metric.Max:
+			v = s.Combine(valueCol(i))
+		case metric.Uniq:
+			v = "sum(" + valueCol(i) + ")" // counts over disjoint key buckets
+		case metric.Quantile:
+			v = "any(" + valueCol(i) + ")" // one pass gives a group's value
+		case metric.Avg:
+			v = s.MergeExpr(stateCol(i))
+		}
+		sel = append(sel, s.Cast(v))
+	}
+	for i, s := range specs {
+		if s.HasDailyState() {
+			sel = append(sel, s.MergeStateExpr(stateCol(i)))
+		}
+	}
+	sel = append(sel, strLit(runID))
+	gs := make([]string, len(gens))
+	for i, g := range gens {
+		gs[i] = strconv.Itoa(g)
+	}
+	grain := "NOT bitTest(_g, %d)"
+	if hour {
+		grain = "bitTest(_g, %d)"
+	}
+	return fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT
+    %s
+FROM %s
+WHERE _p IN (%s) AND %s
+GROUP BY _t, _g, %s`, q.g.T(table), quoteAll(cols), strings.Join(sel, ",\n    "), parts, strings.Join(gs, ", "),
+		fmt.Sprintf(grain, hourBit), quoteAll(dims))
+}
+
+// createHourlyStaging creates a staging table shaped like <ds>_hourly (a plain MergeTree also in
+// cluster mode, where <ds>_hourly is replicated).
+func (q *queries) createHourlyStaging(table string) string {
+	return fmt.Sprintf("CREATE TABLE %s AS %s ENGINE = %s", q.g.T(table), q.g.T(schema.Hourly(q.d.Name)), schema.HourlyStagingEngine(q.d))
+}
+
+// createSpeedStaging creates a staging table shaped like <ds>_speed on a node (like its
+// <ds>_speed_local in cluster mode).
+func (q *queries) createSpeedStaging(table string) string {
+	return fmt.Sprintf("CREATE TABLE %s AS %s ENGINE = %s", q.g.T(table), q.g.LocalT(schema.Speed(q.d.Name)), schema.SpeedStagingEngine(q.d))
+}
+
+// speedPass rewrites chunk c of n of the day's minutes from the deduplicated rows (every row of
+// the day, late ones included) with the speed view's own query.
+func (q *queries) speedPass(table, src string, day time.Time, n, c int) string {
+	where := "1"
+	if n > 1 {
+		where = timeChunk(day, n, c)
+	}
+	return q.g.SpeedSelect(q.d, fmt.Sprintf("INSERT INTO %s ", q.g.T(table)), where, src)
+}
+
+// countRows counts a table's rows.
+func (q *queries) countRows(table string) string { return "SELECT count() FROM " + table }
+
+// swapTo replaces a day's partition of target (qualified) with table's.
+func (q *queries) swapTo(target, table string, day time.Time) string {
+	return fmt.Sprintf("ALTER TABLE %s REPLACE PARTITION %s FROM %s", target, partitionID(day), q.g.T(table))
+}
