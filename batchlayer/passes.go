@@ -94,17 +94,12 @@ func idBucket(n, b int) string {
 	return fmt.Sprintf("intHash64(cityHash64(id)) %% %d = %d", n, b)
 }
 
-// dedupInsert writes bucket b of n of the day's deduplicated rows of raw (a table) into table:
-// the first-ingested copy of each id, exactly as the single-query recompute keeps it. Every copy
-// of an id is in the same bucket.
-func (q *queries) dedupInsert(table, raw string, day time.Time, b, n int) string {
+// dedupRows reads the day's deduplicated rows of raw (a table) where the extra conditions hold,
+// with raw's column names: the first-ingested copy of each id, exactly as the single-query
+// recompute keeps it.
+func (q *queries) dedupRows(raw string, day time.Time, where ...string) string {
 	cols := quoteAll(columnNames(q.dedupColumns()))
-	where := rawDayWhere(day)
-	if n > 1 {
-		where += " AND " + idBucket(n, b)
-	}
-	return fmt.Sprintf(`INSERT INTO %s (%s)
-SELECT %s
+	return fmt.Sprintf(`SELECT %s
 FROM
 (
     SELECT id, %s
@@ -112,7 +107,17 @@ FROM
     WHERE %s
     ORDER BY _ingested_at, _partition, _offset
     LIMIT 1 BY id
-)`, q.g.T(table), cols, cols, cols, raw, where)
+)`, cols, cols, raw, strings.Join(append([]string{rawDayWhere(day)}, where...), " AND "))
+}
+
+// dedupInsert writes bucket b of n of the day's deduplicated rows of raw into table. Every copy
+// of an id is in the same bucket, so each bucket dedups on its own.
+func (q *queries) dedupInsert(table, raw string, day time.Time, b, n int) string {
+	var where []string
+	if n > 1 {
+		where = append(where, idBucket(n, b))
+	}
+	return fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(table), quoteAll(columnNames(q.dedupColumns())), q.dedupRows(raw, day, where...))
 }
 
 // partsColumns are the columns of the parts table: _p (the plan generation that wrote the
@@ -323,7 +328,10 @@ func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c 
 // distinctPass computes the exact distinct counts of the uniq metrics reading column col over
 // the keys in bucket b of n (n > 1: counts over disjoint key sets add up to the whole).
 func (q *queries) distinctPass(table, src string, gen int, day time.Time, col string, n, b int) string {
-	r := rollup{src: src, where: []string{keyBucket(col, n, b)}}
+	r := rollup{src: src}
+	if n > 1 {
+		r.where = append(r.where, keyBucket(col, n, b))
+	}
 	var cols []string
 	for i, s := range q.d.Specs() {
 		if s.Type == metric.Uniq && s.Column == col {
@@ -460,11 +468,11 @@ SELECT %d, %s, arrayElement(arraySort(_b0), _r + 1)
 FROM
 (
 %s
-)
+) AS _sel
 ALL INNER JOIN
 (
     SELECT %s, _r FROM %s WHERE _q = %d AND _k = %d
-) USING (%s)`, q.g.T(table), quoteAll(into), gen, strings.Join(g, ", "), indent(q.rollupSelect(r, day)),
+) AS _tgt USING (%s)`, q.g.T(table), quoteAll(into), gen, strings.Join(g, ", "), indent(q.rollupSelect(r, day)),
 		strings.Join(g, ", "), targets, i, k, strings.Join(g, ", "))
 }
 
