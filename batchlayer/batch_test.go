@@ -67,6 +67,7 @@ type event struct {
 	part                int32
 	off                 int64
 	ing                 time.Time
+	late                bool // a correction for a sealed day: raw only (_late = 1)
 }
 
 var (
@@ -132,7 +133,11 @@ func (e *env) insertRaw(evs []event) {
 			e.t.Fatal(err)
 		}
 		for _, ev := range evs {
-			if err := b.Append(ev.id, ev.t, ev.ev, ev.country, ev.device, ev.user, ev.value, "events", ev.part, ev.off, uint8(0), ev.ing); err != nil {
+			var late uint8
+			if ev.late {
+				late = 1
+			}
+			if err := b.Append(ev.id, ev.t, ev.ev, ev.country, ev.device, ev.user, ev.value, "events", ev.part, ev.off, late, ev.ing); err != nil {
 				e.t.Fatal(err)
 			}
 		}
@@ -213,7 +218,9 @@ func expected(evs []event, day time.Time) map[string]row {
 				accs[key] = a
 			}
 			a.n++
-			a.users[e.user] = true
+			if e.user != "" { // a missing key adds nothing
+				a.users[e.user] = true
+			}
 			if e.value != nil {
 				a.vals = append(a.vals, *e.value)
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -127,7 +128,7 @@ func newEnvYAML(t *testing.T, yaml string, cluster bool) *env {
 }
 
 // rawSQL generates n raw rows of a day for any dataset, the same on every server: skewed
-// dimensions with '' among them, distinct-count keys missing one time in ten, numbers NULL one
+// dimensions with ” among them, distinct-count keys missing one time in ten, numbers NULL one
 // time in seventeen and in quarters (sums are exact in any order), one number column holding 5
 // a third of the time (hot), every 25th row a second copy of an id seven rows back with other
 // content, ingested earlier (so the copy wins) or in the same second at a later offset, and
@@ -388,3 +389,258 @@ func TestMemoryRetry(t *testing.T) {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// allTypesYAML is the demo dataset with every metric type, for the ground truth of hours and
+// minutes.
+const allTypesYAML = `
+datasets:
+  - name: events
+    topic: events
+    id_field: event_id
+    time_field: ts
+    dimensions: [{name: event, field: event}, {name: country, field: country}, {name: device, field: device}]
+    metrics:
+      - {name: events, type: count}
+      - {name: users, type: uniq, field: user_id}
+      - {name: revenue, type: sum, field: value}
+      - {name: low, type: min, field: value}
+      - {name: high, type: max, field: value}
+      - {name: mean, type: avg, field: value}
+      - {name: value_p95, type: quantile, field: value, level: 0.95}
+`
+
+// bucket is the truth of one group of a time bucket.
+type bucket struct {
+	n             uint64
+	users         map[string]bool
+	sum, min, max float64
+	present       uint64
+	hasVal        bool
+}
+
+func (b *bucket) add(e event) {
+	b.n++
+	if e.user != "" {
+		b.users[e.user] = true
+	}
+	if e.value != nil {
+		v := *e.value
+		if !b.hasVal || v < b.min {
+			b.min = v
+		}
+		if !b.hasVal || v > b.max {
+			b.max = v
+		}
+		b.sum += v
+		b.present++
+		b.hasVal = true
+	}
+}
+
+func (b *bucket) String(withUsers bool) string {
+	f := func(v float64) string {
+		if !b.hasVal {
+			return "NULL"
+		}
+		return fmt.Sprint(v)
+	}
+	s := fmt.Sprintf("n=%d sum=%s min=%s max=%s avg=%s", b.n, f(b.sum), f(b.min), f(b.max), f(b.sum/float64(max(b.present, 1))))
+	if withUsers {
+		s += fmt.Sprintf(" users=%d", len(b.users))
+	}
+	return s
+}
+
+// truth computes, from the events of a day (the first-ingested copy of each id), every hour
+// bucket of every grouping set and every minute bucket of every dimension value.
+func truth(evs []event, day time.Time) (hours, minutes map[string]*bucket) {
+	first := map[string]event{}
+	for _, e := range evs {
+		if !e.t.Truncate(24 * time.Hour).Equal(day) {
+			continue
+		}
+		f, ok := first[e.id]
+		if !ok || e.ing.Before(f.ing) || (e.ing.Equal(f.ing) && (e.part < f.part || (e.part == f.part && e.off < f.off))) {
+			first[e.id] = e
+		}
+	}
+	hours, minutes = map[string]*bucket{}, map[string]*bucket{}
+	get := func(m map[string]*bucket, k string) *bucket {
+		if m[k] == nil {
+			m[k] = &bucket{users: map[string]bool{}}
+		}
+		return m[k]
+	}
+	sets := [][]string{{}, {"event"}, {"country"}, {"device"}, {"event", "country", "device"}}
+	for _, e := range first {
+		dims := map[string]string{"event": e.ev, "country": e.country, "device": e.device}
+		for _, s := range sets {
+			k := []string{e.t.Truncate(time.Hour).Format(time.DateTime), strings.Join(s, ",")}
+			for _, n := range []string{"event", "country", "device"} {
+				if slices.Contains(s, n) {
+					k = append(k, dims[n])
+				} else {
+					k = append(k, "")
+				}
+			}
+			get(hours, strings.Join(k, "|")).add(e)
+		}
+		get(minutes, strings.Join([]string{e.t.Truncate(time.Minute).Format(time.DateTime), e.ev, e.country, e.device}, "|")).add(e)
+	}
+	return hours, minutes
+}
+
+// requireHoursAndMinutes checks every hour row of <ds>_hourly and every minute of <ds>_speed
+// of a day against the truth: count, sum, min, max, avg and (hours) distinct users, exactly;
+// the hours all of run runID, and batch_runs' rows_hourly and rows_speed of the run equal to
+// what the tables hold.
+func (e *env) requireHoursAndMinutes(evs []event, day time.Time, runID string) {
+	e.t.Helper()
+	hours, minutes := truth(evs, day)
+	got := map[string]string{}
+	runs := map[string]bool{}
+	rows, err := e.conn.Query(context.Background(), fmt.Sprintf(`SELECT toString(hour), grouping, event, country, device, events, users,
+    revenue, low, high, mean, run_id FROM %s WHERE toDate(hour) = %s`, e.g.T(schema.Hourly("events")), dateLit(day)))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for rows.Next() {
+		var h, g, ev, c, dv, run string
+		var n, users uint64
+		var sum, lo, hi, mean *float64
+		if err := rows.Scan(&h, &g, &ev, &c, &dv, &n, &users, &sum, &lo, &hi, &mean, &run); err != nil {
+			e.t.Fatal(err)
+		}
+		f := func(p *float64) string {
+			if p == nil {
+				return "NULL"
+			}
+			return fmt.Sprint(*p)
+		}
+		got[strings.Join([]string{h, g, ev, c, dv}, "|")] = fmt.Sprintf("n=%d sum=%s min=%s max=%s avg=%s users=%d", n, f(sum), f(lo), f(hi), f(mean), users)
+		runs[run] = true
+	}
+	rows.Close()
+	if len(runs) != 1 || !runs[runID] {
+		e.t.Errorf("%s: hours of runs %v, want only %s", day.Format(time.DateOnly), runs, runID)
+	}
+	compareBuckets(e.t, "hour", got, hours, true)
+
+	got = map[string]string{}
+	rows, err = e.conn.Query(context.Background(), fmt.Sprintf(`SELECT toString(minute), event, country, device, countMerge(events),
+    if(sumMerge(_n_value) = 0, NULL, sumMerge(revenue)), if(sumMerge(_n_value) = 0, NULL, minMerge(low)), if(sumMerge(_n_value) = 0, NULL, maxMerge(high)),
+    if(isNaN(avgMerge(mean)), NULL, avgMerge(mean))
+FROM %s WHERE toDate(minute) = %s GROUP BY minute, event, country, device`, e.g.T(schema.Speed("events")), dateLit(day)))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for rows.Next() {
+		var m, ev, c, dv string
+		var n uint64
+		var sum, lo, hi, mean *float64
+		if err := rows.Scan(&m, &ev, &c, &dv, &n, &sum, &lo, &hi, &mean); err != nil {
+			e.t.Fatal(err)
+		}
+		f := func(p *float64) string {
+			if p == nil {
+				return "NULL"
+			}
+			return fmt.Sprint(*p)
+		}
+		got[strings.Join([]string{m, ev, c, dv}, "|")] = fmt.Sprintf("n=%d sum=%s min=%s max=%s avg=%s", n, f(sum), f(lo), f(hi), f(mean))
+	}
+	rows.Close()
+	compareBuckets(e.t, "minute", got, minutes, false)
+
+	var hourly, speed, inHourly, inSpeed uint64
+	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT argMax(rows_hourly, at_us), argMax(rows_speed, at_us) FROM %s WHERE run_id = '%s'",
+		e.g.T(schema.BatchRuns), runID)).Scan(&hourly, &speed); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s WHERE toDate(hour) = %s", e.g.T(schema.Hourly("events")), dateLit(day))).Scan(&inHourly); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s WHERE toDate(minute) = %s", e.g.T(schema.Speed("events")), dateLit(day))).Scan(&inSpeed); err != nil {
+		e.t.Fatal(err)
+	}
+	if hourly == 0 || hourly != inHourly || speed == 0 || speed != inSpeed {
+		e.t.Errorf("batch_runs of %s: rows_hourly %d (table %d), rows_speed %d (table %d)", runID, hourly, inHourly, speed, inSpeed)
+	}
+}
+
+func compareBuckets(t *testing.T, what string, got map[string]string, want map[string]*bucket, users bool) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Errorf("%d %s buckets, want %d", len(got), what, len(want))
+	}
+	bad := 0
+	for k, w := range want {
+		if g := got[k]; g != w.String(users) {
+			if bad++; bad <= 5 {
+				t.Errorf("%s [%s]: got %q, want %q", what, k, g, w.String(users))
+			}
+		}
+	}
+}
+
+// lastRun is the newest successful run of a day.
+func (e *env) lastRun(day time.Time) string {
+	e.t.Helper()
+	k, ok := e.days().Get(day)
+	if !ok || k.Run == "" {
+		e.t.Fatalf("no successful run of %s", day.Format(time.DateOnly))
+	}
+	return k.Run
+}
+
+// TestHoursAndMinutesGroundTruth checks every hour bucket and every speed minute of sealed days
+// against the truth computed in Go (duplicates removed, first-ingested copy kept), with the
+// default and a tiny batch.max_memory; then late events (raw only, as the speed layer writes
+// them for sealed days) make a day dirty, and its rerun replaces its hours and its minutes,
+// which now count the late events.
+func TestHoursAndMinutesGroundTruth(t *testing.T) {
+	for _, memory := range []config.ByteSize{2 << 30, 1 << 20} {
+		t.Run(memory.String(), func(t *testing.T) {
+			e := newEnvYAML(t, allTypesYAML, false)
+			e.cfg.Batch.MaxMemory = memory
+			rng := rand.New(rand.NewPCG(21, 22))
+			evs := append(gen(rng, d1, 3000, 0.05, "h"), gen(rng, d2, 2000, 0.05, "h")...)
+			for i := range evs {
+				if i%13 == 0 {
+					evs[i].user = "" // a missing key adds nothing to uniq
+				}
+			}
+			e.insertRaw(evs)
+			e.flush(0, 10, 11, d3)
+			l := e.layer(Options{})
+			e.setNow(d3.Add(time.Hour))
+			ctx := context.Background()
+			if err := l.Tick(ctx, "events"); err != nil {
+				t.Fatal(err)
+			}
+			e.requireHoursAndMinutes(evs, d1, e.lastRun(d1))
+			e.requireHoursAndMinutes(evs, d2, e.lastRun(d2))
+			first := e.lastRun(d1)
+			d2Hours := e.strings(rowStrings(e.g, &e.cfg.Datasets[0], e.g.T(schema.Hourly("events")), "hourly", d2))
+
+			late := gen(rng, d1, 200, 0.05, "late")
+			for i := range late {
+				late[i].late, late[i].ing = true, d3.Add(2*time.Hour)
+			}
+			e.insertRaw(late)
+			evs = append(evs, late...)
+			e.setNow(d3.Add(3 * time.Hour))
+			if err := l.Tick(ctx, "events"); err != nil {
+				t.Fatal(err)
+			}
+			if e.lastRun(d1) == first {
+				t.Fatal("day 1 was not rerun after late events")
+			}
+			e.requireHoursAndMinutes(evs, d1, e.lastRun(d1))
+			e.requireExact(evs, d1)
+			if got := e.strings(rowStrings(e.g, &e.cfg.Datasets[0], e.g.T(schema.Hourly("events")), "hourly", d2)); !slices.Equal(got, d2Hours) {
+				t.Error("the hours of day 2 changed with the rerun of day 1")
+			}
+		})
+	}
+}
