@@ -184,15 +184,19 @@ func rowStrings(g *schema.Generator, d *config.Dataset, table, kind string, day 
 			}
 		}
 	case "speed":
+		// Merged per minute and dimensions: the rows of a key may sit in several parts, or
+		// on several shards.
 		where = fmt.Sprintf("toDate(minute) = %s", dateLit(day))
 		cols = append(cols, "toString(minute)")
 		cols = append(cols, d.SpeedDimensions()...)
 		for _, s := range d.Specs() {
-			cols = append(cols, fmt.Sprintf("toString(finalizeAggregation(%s))", schema.Q(s.Name)))
+			cols = append(cols, fmt.Sprintf("toString(%s)", s.MergeExpr(schema.Q(s.Name))))
 		}
 		for _, c := range d.PresenceColumns() {
-			cols = append(cols, fmt.Sprintf("toString(finalizeAggregation(%s))", schema.Q(metric.PresenceColumn(c))))
+			cols = append(cols, fmt.Sprintf("toString(sumMerge(%s))", schema.Q(metric.PresenceColumn(c))))
 		}
+		return fmt.Sprintf("SELECT arrayStringConcat([%s], '|') AS r FROM %s WHERE %s GROUP BY minute, %s ORDER BY r", strings.Join(cols, ", "),
+			table, where, quoteAll(d.SpeedDimensions()))
 	}
 	return fmt.Sprintf("SELECT arrayStringConcat([%s], '|') AS r FROM %s WHERE %s ORDER BY r", strings.Join(cols, ", "), table, where)
 }
