@@ -479,12 +479,23 @@ func sortDays(days []time.Time) []time.Time {
 	return slices.CompactFunc(days, func(a, b time.Time) bool { return a.Equal(b) })
 }
 
-// RecomputeSQL is the INSERT … SELECT a run executes for one day of a dataset into table (a
-// table created AS <ds>_daily). The benchmark runs it by hand as the floor a run is compared to.
-func (l *Layer) RecomputeSQL(name string, day time.Time, table, runID string) (string, error) {
+// RecomputeSQL is the single INSERT … SELECT that recomputes one day of a dataset in memory into
+// table (created AS <ds>_daily for grain "day", AS <ds>_hourly for "hour", AS <ds>_speed for
+// "minute"): the query runs used before they were bounded in memory, and the reference the
+// benchmark compares runs to (its floor).
+func (l *Layer) RecomputeSQL(name string, day time.Time, grain, table, runID string) (string, error) {
 	d, err := l.dataset(name)
 	if err != nil {
 		return "", err
 	}
-	return d.q.recompute(table, ledger.DayOf(day), runID), nil
+	day = ledger.DayOf(day)
+	switch grain {
+	case "day":
+		return d.q.recompute(table, day, runID), nil
+	case "hour":
+		return d.q.recomputeHourly(table, day, runID), nil
+	case "minute":
+		return d.q.recomputeSpeed(table, day), nil
+	}
+	return "", fmt.Errorf("unknown grain %q: want day, hour or minute", grain)
 }
