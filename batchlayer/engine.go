@@ -39,6 +39,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -52,15 +53,21 @@ import (
 // Memory estimates, in bytes, measured on ClickHouse 18.16 with the demo dataset (see
 // BENCHMARKS.md, "Batch layer"), rounded up.
 const (
-	dedupPerRawByte   = 6  // the dedup's sort and LIMIT BY set, per uncompressed byte of raw read
-	aggregatePerRow   = 64 // the aggregate pass's level-1 and level-2 sketch states, per row
-	speedPerRow       = 64 // the speed rewrite's states, per row
-	distinctPerKey    = 40 // uniqExact's hash set, per distinct key of a group, both levels
-	quantilePerValue  = 12 // quantileExact's array, per present value of a group, growth included
-	maxSplit          = 4096
-	memoryRetries     = 3
-	queryMemoryFloor  = 128 << 20 // a query's own buffers: tiny batch.max_memory still plans tiny passes
-	workerConcurrency = 2         // passes at once on a single server
+	dedupPerRawByte  = 6  // the dedup's sort and LIMIT BY set, per uncompressed byte of raw read
+	aggregatePerRow  = 64 // the aggregate pass's level-1 and level-2 sketch states, per row
+	speedPerRow      = 64 // the speed rewrite's states, per row
+	distinctPerKey   = 40 // uniqExact's hash set, per distinct key of a group, both levels
+	quantilePerValue = 12 // quantileExact's array, per present value of a group, growth included
+	// quantileRangePerValue is quantilePerValue for a pass selecting in a value range: arrays
+	// of values, concatenated and padded.
+	quantileRangePerValue = 48
+	maxSplit              = 4096
+	memoryRetries         = 3
+	queryMemoryFloor      = 128 << 20 // a query's own buffers: tiny batch.max_memory still plans tiny passes
+	workerConcurrency     = 2         // passes at once on a single server
+	// splitFrom is the number of dedup buckets from which the day's raw rows are first split
+	// into a table per bucket (one read of raw instead of one per bucket).
+	splitFrom = 3
 )
 
 // Phases of a run, as progress and metrics name them.
@@ -85,10 +92,11 @@ type worker struct {
 
 // split is how a run splits its day (see the package comment of engine.go).
 type split struct {
-	dedup    int // id buckets per worker
-	chunks   int // time chunks of the aggregate pass
-	speed    int // time chunks of the speed rewrite
-	fast     bool
+	dedup  int // id buckets per worker
+	chunks int // time chunks of the aggregate pass
+	speed  int // time chunks of the speed rewrite
+	// inA are the exact metrics (uniq, quantile) computed in the aggregate pass.
+	inA      map[int]bool
 	distinct map[string]int // key buckets per distinct-count column
 	quantile map[int]int    // value ranges per quantile metric (1: all values at once)
 }
@@ -108,7 +116,8 @@ type job struct {
 	plan    split
 	gen     int // last plan generation handed out
 	gens    map[string]int
-	rows    []uint64 // deduplicated rows per worker
+	queries atomic.Int64 // passes sent, for their query ids
+	rows    []uint64     // deduplicated rows per worker
 	res     *runResult
 	report  func(phase string, step, steps int)
 	// rewriteSpeed is false for a day older than the speed retention: its partition would go
@@ -116,8 +125,12 @@ type job struct {
 	rewriteSpeed bool
 }
 
+// settings are those of every pass: the memory limit, and the query log (the run's passes are
+// in system.query_log under query ids starting with the run id, with their memory and CPU).
 func (j *job) settings() clickhouse.Settings {
-	s := clickhouse.Settings{"max_memory_usage": int(j.limit)}
+	// Inserts into the run's tables need not gather blocks of a million rows first.
+	s := clickhouse.Settings{"max_memory_usage": int(j.limit), "log_queries": 1,
+		"min_insert_block_size_rows": 65536, "min_insert_block_size_bytes": 16 << 20}
 	if n := j.l.cfg.Batch.MaxThreads; n > 0 {
 		s["max_threads"] = n
 	}
@@ -125,7 +138,8 @@ func (j *job) settings() clickhouse.Settings {
 }
 
 func (j *job) exec(ctx context.Context, w worker, sql string) error {
-	return w.conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(j.settings())), sql)
+	id := fmt.Sprintf("%s-%d", j.runID, j.queries.Add(1))
+	return w.conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(j.settings()), clickhouse.WithQueryID(id)), sql)
 }
 
 func (j *job) nextGen(family string) int {
@@ -283,19 +297,62 @@ func (j *job) dedup(ctx context.Context) error {
 	j.plan.dedup = j.split(float64(most) * dedupPerRawByte)
 	raw := j.q.g.LocalT(schema.Raw(j.d.d.Name))
 	run := func() error {
-		if err := j.dropTables(ctx, func(name string) bool { return strings.HasPrefix(name, j.stage+"_s") }); err != nil {
+		if err := j.dropTables(ctx, func(name string) bool {
+			return strings.HasPrefix(name, j.stage+"_s") || strings.HasPrefix(name, j.stage+"_r") || strings.HasPrefix(name, j.stage+"_v") || name == splitNull(j.stage)
+		}); err != nil {
 			return err
+		}
+		n := j.plan.dedup
+		split := n >= splitFrom
+		if split {
+			// One read of raw for as many buckets as the limit lets the split write at once
+			// (every bucket's table holds buffers per column).
+			fan := int(max(2, min(64, j.limit/2/int64(splitBufferBytes*len(j.q.splitColumns())))))
+			if err := j.forEachWorker(ctx, func(w worker) error {
+				for first := 0; first < n; first += fan {
+					last := min(first+fan, n) - 1
+					for _, stmt := range j.q.splitStatements(j.stage, first, last) {
+						if err := w.conn.Exec(ctx, stmt); err != nil {
+							return fmt.Errorf("cannot split the day into %d buckets: %w", n, err)
+						}
+					}
+					err := j.exec(ctx, w, j.q.splitInsert(j.stage, raw, j.day, n, first, last))
+					for b := first; b <= last; b++ {
+						if derr := w.conn.Exec(ctx, j.q.dropTable(splitView(j.stage, b))); derr != nil && err == nil {
+							err = derr
+						}
+					}
+					if derr := w.conn.Exec(ctx, j.q.dropTable(splitNull(j.stage))); derr != nil && err == nil {
+						err = derr
+					}
+					if err != nil {
+						return fmt.Errorf("cannot split the day into %d buckets (%d to %d): %w", n, first+1, last+1, err)
+					}
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
 		}
 		var tasks []task
 		for w := range j.workers {
-			for b := range j.plan.dedup {
+			for b := range n {
 				tasks = append(tasks, task{w: w, run: func(ctx context.Context, w int) error {
 					t := dedupTable(j.stage, b)
 					if err := j.exec(ctx, j.workers[w], j.q.createLog(t, j.q.dedupColumns())); err != nil {
 						return fmt.Errorf("cannot create %s on %s: %w", t, j.workers[w].name, err)
 					}
-					if err := j.exec(ctx, j.workers[w], j.q.dedupInsert(t, raw, j.day, b, j.plan.dedup)); err != nil {
-						return fmt.Errorf("cannot deduplicate bucket %d of %d into %s on %s: %w", b+1, j.plan.dedup, t, j.workers[w].name, err)
+					src := raw
+					if split {
+						src = j.q.g.T(splitTable(j.stage, b))
+					}
+					if err := j.exec(ctx, j.workers[w], j.q.dedupInsert(t, src, j.day, b, n, split)); err != nil {
+						return fmt.Errorf("cannot deduplicate bucket %d of %d into %s on %s: %w", b+1, n, t, j.workers[w].name, err)
+					}
+					if split {
+						if err := j.workers[w].conn.Exec(ctx, j.q.dropTable(splitTable(j.stage, b))); err != nil {
+							return fmt.Errorf("cannot drop %s on %s: %w", splitTable(j.stage, b), j.workers[w].name, err)
+						}
 					}
 					return nil
 				}})
@@ -321,22 +378,48 @@ func (j *job) dedup(ctx context.Context) error {
 }
 
 // aggregate runs the aggregate pass (in time chunks) and the speed rewrite, and plans the exact
-// passes from what the aggregate pass found.
+// passes from what the aggregate pass found. Before it runs, the memory of an exact metric is
+// known only as a bound (every row a distinct key or value in every group); metrics whose bound
+// fits beside the aggregate pass are computed in it, the cheapest first, so a day that fits is
+// one pass as in a single query.
 func (j *job) aggregate(ctx context.Context) error {
 	specs := j.d.d.Specs()
-	sets := float64(1 + 2*len(j.d.d.GroupingSets()))
+	entries := float64(j.res.rowsDedup) * float64(1+2*len(j.d.d.GroupingSets()))
 	rows := float64(j.res.rowsDedup)
-	exact := 0.0
-	for _, s := range specs {
-		switch s.Type {
-		case metric.Uniq:
-			exact += rows * sets * distinctPerKey
-		case metric.Quantile:
-			exact += rows * sets * quantilePerValue
+	j.plan.chunks = j.split(rows * aggregatePerRow)
+	j.plan.inA = map[int]bool{}
+	if j.plan.chunks == 1 {
+		room := float64(j.target) - rows*aggregatePerRow
+		type cand struct {
+			idx  []int
+			cost float64
+		}
+		var cands []cand
+		byCol := map[string]int{}
+		for i, s := range specs {
+			switch s.Type {
+			case metric.Quantile:
+				cands = append(cands, cand{[]int{i}, entries * quantilePerValue})
+			case metric.Uniq:
+				if k, ok := byCol[s.Column]; ok {
+					cands[k].idx = append(cands[k].idx, i) // the same keys: the same sets
+					continue
+				}
+				byCol[s.Column] = len(cands)
+				cands = append(cands, cand{[]int{i}, entries * distinctPerKey})
+			}
+		}
+		slices.SortStableFunc(cands, func(a, b cand) int { return int(a.cost - b.cost) })
+		for _, c := range cands {
+			if c.cost > room {
+				break
+			}
+			room -= c.cost
+			for _, i := range c.idx {
+				j.plan.inA[i] = true
+			}
 		}
 	}
-	j.plan.chunks = j.split(rows * aggregatePerRow)
-	j.plan.fast = j.plan.chunks == 1 && rows*aggregatePerRow+exact <= float64(j.target)
 	most := slices.Max(j.rows)
 	j.plan.speed = j.split(float64(most) * speedPerRow)
 	if err := j.forEachWorker(ctx, func(w worker) error {
@@ -349,7 +432,7 @@ func (j *job) aggregate(ctx context.Context) error {
 		var tasks []task
 		for c := range j.plan.chunks {
 			tasks = append(tasks, task{w: -1, run: func(ctx context.Context, w int) error {
-				if err := j.exec(ctx, j.workers[w], j.q.aggregatePass(partsTable(j.stage), j.src(), gen, j.day, j.plan.chunks, c, j.plan.fast)); err != nil {
+				if err := j.exec(ctx, j.workers[w], j.q.aggregatePass(partsTable(j.stage), j.src(), gen, j.day, j.plan.chunks, c, j.plan.inA)); err != nil {
 					return fmt.Errorf("cannot run the aggregate pass (chunk %d of %d) on %s: %w", c+1, j.plan.chunks, j.workers[w].name, err)
 				}
 				return nil
@@ -380,12 +463,9 @@ func (j *job) aggregate(ctx context.Context) error {
 	if err := j.retry(ctx, PhaseAggregate, run, func() {
 		j.plan.chunks = min(2*j.plan.chunks, maxSplit)
 		j.plan.speed = min(2*j.plan.speed, maxSplit)
-		j.plan.fast = false
+		j.plan.inA = map[int]bool{}
 	}); err != nil {
 		return err
-	}
-	if j.plan.fast {
-		return nil
 	}
 	return j.planExact(ctx)
 }
@@ -404,6 +484,9 @@ func (j *job) planExact(ctx context.Context) error {
 	var ests []est
 	seen := map[string]bool{}
 	for i, s := range specs {
+		if j.plan.inA[i] {
+			continue
+		}
 		switch {
 		case s.Type == metric.Uniq && !seen[s.Column]:
 			seen[s.Column] = true
@@ -434,10 +517,14 @@ func (j *job) planExact(ctx context.Context) error {
 	}
 	for k, e := range ests {
 		entries := vals[2*k] + vals[2*k+1] // every group's, plus level 1's held at the same time
-		if e.col != "" {
+		switch {
+		case e.col != "":
 			j.plan.distinct[e.col] = j.split(entries * distinctPerKey)
-		} else {
-			j.plan.quantile[e.i] = j.split(entries * quantilePerValue)
+		case j.split(entries*quantilePerValue) == 1:
+			j.plan.quantile[e.i] = 1
+		default:
+			// By value range, a range's values held as arrays.
+			j.plan.quantile[e.i] = max(2, j.split(entries*quantileRangePerValue))
 		}
 	}
 	return nil
@@ -650,8 +737,17 @@ func (j *job) dropTables(ctx context.Context, match func(string) bool) error {
 			}
 		}
 		rows.Close()
-		// Merge tables first: they read the others.
-		slices.SortFunc(names, func(a, b string) int { return len(a) - len(b) })
+		// Views and the Merge table before the tables they read.
+		rank := func(n string) int {
+			switch {
+			case strings.HasPrefix(n, j.stage+"_v"):
+				return 0
+			case n == dedupMerge(j.stage):
+				return 1
+			}
+			return 2
+		}
+		slices.SortFunc(names, func(a, b string) int { return rank(a) - rank(b) })
 		for _, n := range names {
 			if err := w.conn.Exec(ctx, j.q.dropTable(n)); err != nil {
 				return err
@@ -665,8 +761,13 @@ func (j *job) dropTables(ctx context.Context, match func(string) bool) error {
 func (p split) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "dedup %d, aggregate %d, speed %d", p.dedup, p.chunks, p.speed)
-	if p.fast {
-		b.WriteString(", exact in the aggregate pass")
+	if len(p.inA) > 0 {
+		idx := make([]int, 0, len(p.inA))
+		for i := range p.inA {
+			idx = append(idx, i)
+		}
+		slices.Sort(idx)
+		fmt.Fprintf(&b, ", exact in the aggregate pass %v", idx)
 	}
 	cols := make([]string, 0, len(p.distinct))
 	for c := range p.distinct {

@@ -111,14 +111,70 @@ FROM
 }
 
 // dedupInsert writes bucket b of n of the day's deduplicated rows of raw into table. Every copy
-// of an id is in the same bucket, so each bucket dedups on its own.
-func (q *queries) dedupInsert(table, raw string, day time.Time, b, n int) string {
+// of an id is in the same bucket, so each bucket dedups on its own. With split, raw is the
+// bucket's own copy of the raw rows (splitRaw), already of the day and the bucket.
+func (q *queries) dedupInsert(table, raw string, day time.Time, b, n int, split bool) string {
+	cols := quoteAll(columnNames(q.dedupColumns()))
+	if split {
+		return fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT %s
+FROM
+(
+    SELECT id, %s
+    FROM %s
+    ORDER BY _ingested_at, _partition, _offset
+    LIMIT 1 BY id
+)`, q.g.T(table), cols, cols, cols, raw)
+	}
 	var where []string
 	if n > 1 {
 		where = append(where, idBucket(n, b))
 	}
-	return fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(table), quoteAll(columnNames(q.dedupColumns())), q.dedupRows(raw, day, where...))
+	return fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(table), cols, q.dedupRows(raw, day, where...))
 }
+
+// Reading raw once per dedup bucket costs a read of the whole day per bucket; with many
+// buckets the run first splits the day's raw rows into a Log table per bucket in one read: an
+// INSERT into a Null table whose materialized views, one per bucket, keep their bucket's rows.
+
+func splitNull(stage string) string         { return stage + "_n" }
+func splitTable(stage string, b int) string { return fmt.Sprintf("%s_r%d", stage, b) }
+func splitView(stage string, b int) string  { return fmt.Sprintf("%s_v%d", stage, b) }
+
+// splitColumns are the raw columns a dedup reads.
+func (q *queries) splitColumns() []schema.Column {
+	cols := []schema.Column{{Name: "id", Type: "String"}}
+	cols = append(cols, q.dedupColumns()...)
+	return append(cols, schema.Column{Name: "_ingested_at", Type: "DateTime('UTC')"},
+		schema.Column{Name: "_partition", Type: "Int32"}, schema.Column{Name: "_offset", Type: "Int64"})
+}
+
+// splitStatements create the Null table and, per bucket from first to last, its Log table and
+// the view feeding it.
+func (q *queries) splitStatements(stage string, first, last int) []string {
+	cols := q.splitColumns()
+	out := []string{fmt.Sprintf("CREATE TABLE %s (%s, `_b` UInt32) ENGINE = Null", q.g.T(splitNull(stage)), columnList(cols))}
+	names := quoteAll(columnNames(cols))
+	for b := first; b <= last; b++ {
+		out = append(out, q.createLog(splitTable(stage, b), cols),
+			fmt.Sprintf("CREATE MATERIALIZED VIEW %s TO %s AS SELECT %s FROM %s WHERE _b = %d", q.g.T(splitView(stage, b)),
+				q.g.T(splitTable(stage, b)), names, q.g.T(splitNull(stage)), b))
+	}
+	return out
+}
+
+// splitInsert sends the day's raw rows (of raw, a table) of the buckets from first to last of n
+// through the Null table.
+func (q *queries) splitInsert(stage, raw string, day time.Time, n, first, last int) string {
+	names := quoteAll(columnNames(q.splitColumns()))
+	b := fmt.Sprintf("intHash64(cityHash64(id)) %% %d", n)
+	return fmt.Sprintf("INSERT INTO %s (%s, `_b`)\nSELECT %s, %s AS _b\nFROM %s\nWHERE %s AND _b BETWEEN %d AND %d",
+		q.g.T(splitNull(stage)), names, names, b, raw, rawDayWhere(day), first, last)
+}
+
+// splitBufferBytes is what a Log table being written holds per column (its compression and
+// file buffers): a split writing many buckets at once needs it for every one.
+const splitBufferBytes = 2 << 20
 
 // partsColumns are the columns of the parts table: _p (the plan generation that wrote the
 // row: a pass retried with more buckets writes a new one), the group (_t, _g, the dimensions by
@@ -293,9 +349,10 @@ func keyBucket(col string, n, b int) string {
 }
 
 // aggregatePass is the main pass (or chunk c of n of it): count, sum, min and max as partial
-// values, avg and every sketch as states, the present values of every quantile column; with
-// exact, also the exact distinct counts and quantiles (the plan does that when they fit).
-func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c int, exact bool) string {
+// values, avg and every sketch as states, the present values of every quantile column; and the
+// exact distinct counts and quantiles of the metrics in exact (the plan puts them there when
+// they fit).
+func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c int, exact map[int]bool) string {
 	r := rollup{src: src}
 	if n > 1 {
 		r.where = append(r.where, timeChunk(day, n, c))
@@ -311,7 +368,7 @@ func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c 
 		case metric.Count, metric.Sum, metric.Min, metric.Max:
 			add(s.ExactExpr(), s.Combine("%s"), valueCol(i))
 		case metric.Uniq, metric.Quantile:
-			if exact {
+			if exact[i] {
 				add(s.ExactStateExpr(), s.ExactMergeExpr("%s"), valueCol(i))
 			}
 		}
@@ -456,15 +513,22 @@ FROM
 func (q *queries) quantileSelect(table, src, targets string, gen int, day time.Time, i, k int, bounds []float64) string {
 	s := q.d.Specs()[i]
 	g := q.groupCols()
-	pick := fmt.Sprintf("SELECT %s FROM %s WHERE _q = %d AND _k = %d", strings.Join(g, ", "), targets, i, k)
+	groups := fmt.Sprintf("SELECT %s FROM %s WHERE _q = %d AND _k = %d", strings.Join(g, ", "), targets, i, k)
 	r := rollup{src: src, where: []string{inRange(s.Column, bounds, k)},
 		level1: []string{"groupArray(toFloat64(assumeNotNull(" + schema.Q(s.Column) + ")))"},
 		level2: []string{"groupArrayArray(_a0)"},
-		filter: "(" + strings.Join(g, ", ") + ") IN (" + pick + ")"}
+		filter: "(" + strings.Join(g, ", ") + ") IN (" + groups + ")"}
 	into := append([]string{"_p", "_t", "_g"}, q.d.DimensionNames()...)
 	into = append(into, valueCol(i))
+	// The value at rank _r of a group's _n values of the range, without sorting them: padded
+	// with -inf or +inf so that it is the median quantileExact(0.5) takes (the element at
+	// floor(m / 2) of m values), found by selection.
+	n := "length(_b0)"
+	low := fmt.Sprintf("toUInt64(if(2 * _r + 1 < %s, %s - 2 * _r - 1, 0))", n, n)
+	high := fmt.Sprintf("toUInt64(if(2 * _r + 1 < %s, 0, 2 * _r + 1 - %s))", n, n)
+	pick := fmt.Sprintf("arrayReduce('quantileExact(0.5)', arrayConcat(arrayResize(emptyArrayFloat64(), %s, -inf), _b0, arrayResize(emptyArrayFloat64(), %s, inf)))", low, high)
 	return fmt.Sprintf(`INSERT INTO %s (%s)
-SELECT %d, %s, arrayElement(arraySort(_b0), _r + 1)
+SELECT %d, %s, %s
 FROM
 (
 %s
@@ -472,7 +536,7 @@ FROM
 ALL INNER JOIN
 (
     SELECT %s, _r FROM %s WHERE _q = %d AND _k = %d
-) AS _tgt USING (%s)`, q.g.T(table), quoteAll(into), gen, strings.Join(g, ", "), indent(q.rollupSelect(r, day)),
+) AS _tgt USING (%s)`, q.g.T(table), quoteAll(into), gen, strings.Join(g, ", "), pick, indent(q.rollupSelect(r, day)),
 		strings.Join(g, ", "), targets, i, k, strings.Join(g, ", "))
 }
 
