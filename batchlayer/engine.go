@@ -67,7 +67,7 @@ const (
 	workerConcurrency     = 2         // passes at once on a single server
 	// splitFrom is the number of dedup buckets from which the day's raw rows are first split
 	// into a table per bucket (one read of raw instead of one per bucket).
-	splitFrom = 3
+	splitFrom = 5
 )
 
 // Phases of a run, as progress and metrics name them.
@@ -423,7 +423,10 @@ func (j *job) aggregate(ctx context.Context) error {
 	most := slices.Max(j.rows)
 	j.plan.speed = j.split(float64(most) * speedPerRow)
 	if err := j.forEachWorker(ctx, func(w worker) error {
-		return j.exec(ctx, w, j.q.createParts(partsTable(j.stage)))
+		if err := j.exec(ctx, w, j.q.createParts(partsTable(j.stage), false)); err != nil {
+			return err
+		}
+		return j.exec(ctx, w, j.q.createParts(exactTable(j.stage), true))
 	}); err != nil {
 		return err
 	}
@@ -544,7 +547,7 @@ func (j *job) distinct(ctx context.Context) error {
 			var tasks []task
 			for b := range n {
 				tasks = append(tasks, task{w: -1, run: func(ctx context.Context, w int) error {
-					if err := j.exec(ctx, j.workers[w], j.q.distinctPass(partsTable(j.stage), j.src(), gen, j.day, col, n, b)); err != nil {
+					if err := j.exec(ctx, j.workers[w], j.q.distinctPass(exactTable(j.stage), j.src(), gen, j.day, col, n, b)); err != nil {
 						return fmt.Errorf("cannot count the distinct %s (bucket %d of %d) on %s: %w", col, b+1, n, j.workers[w].name, err)
 					}
 					return nil
@@ -571,7 +574,7 @@ func (j *job) quantiles(ctx context.Context) error {
 			gen := j.nextGen(fmt.Sprintf("quantile %d", i))
 			if j.plan.quantile[i] == 1 {
 				return j.runTasks(ctx, PhaseQuantile, []task{{w: -1, run: func(ctx context.Context, w int) error {
-					if err := j.exec(ctx, j.workers[w], j.q.quantilePass(partsTable(j.stage), j.src(), gen, j.day, i)); err != nil {
+					if err := j.exec(ctx, j.workers[w], j.q.quantilePass(exactTable(j.stage), j.src(), gen, j.day, i)); err != nil {
 						return fmt.Errorf("cannot compute the quantile %s on %s: %w", j.d.d.Specs()[i].Name, j.workers[w].name, err)
 					}
 					return nil
@@ -632,13 +635,13 @@ func (j *job) quantileRanges(ctx context.Context, gen, i, n int) error {
 	var tasks []task
 	for _, k := range ks {
 		if v, ok := points[int(k)]; ok {
-			if err := w0.conn.Exec(ctx, j.q.quantilePoint(partsTable(j.stage), j.q.g.T(qt), gen, i, int(k), v)); err != nil {
+			if err := w0.conn.Exec(ctx, j.q.quantilePoint(exactTable(j.stage), j.q.g.T(qt), gen, i, int(k), v)); err != nil {
 				return fmt.Errorf("cannot write the quantile %s of range %d: %w", s.Name, k, err)
 			}
 			continue
 		}
 		tasks = append(tasks, task{w: -1, run: func(ctx context.Context, w int) error {
-			sql := j.q.quantileSelect(partsTable(j.stage), j.src(), j.on(0, w, qt), gen, j.day, i, int(k), bounds)
+			sql := j.q.quantileSelect(exactTable(j.stage), j.src(), j.on(0, w, qt), gen, j.day, i, int(k), bounds)
 			if err := j.exec(ctx, j.workers[w], sql); err != nil {
 				return fmt.Errorf("cannot select the quantile %s in range %d of %d on %s: %w", s.Name, k+1, len(bounds)+1, j.workers[w].name, err)
 			}
@@ -679,27 +682,38 @@ func rangeBounds(sample []float64) ([]float64, map[int]float64) {
 }
 
 // assemble merges the parts into the staging tables of the day and of its hours (on the first
-// worker).
+// worker). The hours go in as many chunks as the aggregate pass had: their sketch states are
+// as large as they were there.
 func (j *job) assemble(ctx context.Context, staging string) error {
-	j.report(PhaseAssemble, 0, 2)
-	gens := make([]int, 0, len(j.gens))
-	for _, g := range j.gens {
-		gens = append(gens, g)
+	var gens []int
+	for family, g := range j.gens {
+		if family != "aggregate" {
+			gens = append(gens, g)
+		}
 	}
 	slices.Sort(gens)
 	w0 := j.workers[0]
-	parts := j.everywhere(partsTable(j.stage))
-	if err := j.exec(ctx, w0, j.q.assemble(staging, parts, gens, false, j.runID)); err != nil {
+	parts, exact := j.everywhere(partsTable(j.stage)), j.everywhere(exactTable(j.stage))
+	chunks := min(j.plan.chunks, 24)
+	j.report(PhaseAssemble, 0, 1+chunks)
+	if err := j.exec(ctx, w0, j.q.assemble(staging, parts, exact, j.gens["aggregate"], gens, j.plan.inA, false, "", j.runID)); err != nil {
 		return fmt.Errorf("cannot assemble the day into %s: %w", staging, err)
 	}
-	j.report(PhaseAssemble, 1, 2)
+	j.report(PhaseAssemble, 1, 1+chunks)
 	if err := w0.conn.Exec(ctx, j.q.createHourlyStaging(hourlyStage(j.stage))); err != nil {
 		return fmt.Errorf("cannot create %s: %w", hourlyStage(j.stage), err)
 	}
-	if err := j.exec(ctx, w0, j.q.assemble(hourlyStage(j.stage), parts, gens, true, j.runID)); err != nil {
-		return fmt.Errorf("cannot assemble the hours into %s: %w", hourlyStage(j.stage), err)
+	for c := range chunks {
+		from, to := j.day.Add(time.Duration(24*c/chunks)*time.Hour), j.day.Add(time.Duration(24*(c+1)/chunks)*time.Hour)
+		cond := ""
+		if chunks > 1 {
+			cond = fmt.Sprintf("_t >= %s AND _t < %s", timeLit(from), timeLit(to))
+		}
+		if err := j.exec(ctx, w0, j.q.assemble(hourlyStage(j.stage), parts, exact, j.gens["aggregate"], gens, j.plan.inA, true, cond, j.runID)); err != nil {
+			return fmt.Errorf("cannot assemble the hours into %s: %w", hourlyStage(j.stage), err)
+		}
+		j.report(PhaseAssemble, 2+c, 1+chunks)
 	}
-	j.report(PhaseAssemble, 2, 2)
 	return nil
 }
 

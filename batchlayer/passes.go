@@ -40,6 +40,7 @@ const hourBit = 62
 func dedupTable(stage string, b int) string { return fmt.Sprintf("%s_s%d", stage, b) }
 func dedupMerge(stage string) string        { return stage + "_s" }
 func partsTable(stage string) string        { return stage + "_p" }
+func exactTable(stage string) string        { return stage + "_x" }
 func hourlyStage(stage string) string       { return stage + "_h" }
 func speedStage(stage string) string        { return stage + "_m" }
 func qCountsTable(stage string) string      { return stage + "_qc" }
@@ -203,10 +204,27 @@ func valueCol(i int) string   { return fmt.Sprintf("_v%d", i) }
 func stateCol(i int) string   { return fmt.Sprintf("_s%d", i) }
 func presentCol(i int) string { return fmt.Sprintf("_n%d", i) }
 
-// createParts creates the parts table: a MergeTree, so that passes running at once insert
-// without waiting for each other.
-func (q *queries) createParts(table string) string {
-	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_t, _g)", q.g.T(table), columnList(q.partsColumns()))
+// exactColumns are the columns of the exact table, where the exact passes write: the group
+// and _v<i> of every distinct count and quantile. Apart from the parts table, whose states
+// every row would carry (empty ones cost as much to read as full ones).
+func (q *queries) exactColumns() []schema.Column {
+	cols := q.partsColumns()[:3+len(q.d.DimensionNames())]
+	for i, s := range q.d.Specs() {
+		if s.Type == metric.Uniq || s.Type == metric.Quantile {
+			cols = append(cols, schema.Column{Name: valueCol(i), Type: s.ValueType()})
+		}
+	}
+	return cols
+}
+
+// createParts creates the parts table (exact false) or the exact table: MergeTrees, so that
+// passes running at once insert without waiting for each other.
+func (q *queries) createParts(table string, exact bool) string {
+	cols := q.partsColumns()
+	if exact {
+		cols = q.exactColumns()
+	}
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_t, _g)", q.g.T(table), columnList(cols))
 }
 
 // masks returns the group masks of the grouping sets (in GroupingSets order) and their names.
@@ -549,9 +567,11 @@ func (q *queries) quantilePoint(table, targets string, gen int, i, k int, v floa
 		strings.Join(q.groupCols(), ", "), floatLit(v), targets, i, k)
 }
 
-// assemble merges the parts of the generations gens into the day's rows (hour false: into a
-// table shaped like <ds>_daily) or the hour rows (into one shaped like <ds>_hourly).
-func (q *queries) assemble(table, parts string, gens []int, hour bool, runID string) string {
+// assemble merges the parts (of the aggregate pass's generation gen) and the exact values (of
+// the exact passes' generations gens) into the day's rows (hour false: into a table shaped like
+// <ds>_daily) or the hour rows (into one shaped like <ds>_hourly), those where cond holds when
+// it is set. inA are the exact metrics the aggregate pass computed.
+func (q *queries) assemble(table, parts, exact string, gen int, gens []int, inA map[int]bool, hour bool, cond, runID string) string {
 	masks, names := q.masks()
 	ms := make([]string, len(masks))
 	ns := make([]string, len(names))
@@ -566,47 +586,56 @@ func (q *queries) assemble(table, parts string, gens []int, hour bool, runID str
 		first = "_t"
 		cols = append([]string{"hour"}, cols[1:]...)
 	}
-	sel := []string{first, fmt.Sprintf("transform(bitAnd(_g, %d), [%s], [%s], '')", uint64(1)<<hourBit-1, strings.Join(ms, ", "), strings.Join(ns, ", "))}
-	dims := q.d.DimensionNames()
-	for _, n := range dims {
-		sel = append(sel, schema.Q(n))
-	}
+	dims := quoteAll(q.d.DimensionNames())
+	sel := []string{first, fmt.Sprintf("transform(bitAnd(_g, %d), [%s], [%s], '')", uint64(1)<<hourBit-1, strings.Join(ms, ", "), strings.Join(ns, ", ")), dims}
+	var fromParts, fromExact []string
 	specs := q.d.Specs()
 	for i, s := range specs {
-		var v string
-		switch s.Type {
-		case metric.Count, metric.Sum, metric.Min, metric.Max:
-			v = s.Combine(valueCol(i))
-		case metric.Uniq:
-			v = "sum(" + valueCol(i) + ")" // counts over disjoint key buckets
-		case metric.Quantile:
-			v = "any(" + valueCol(i) + ")" // one pass gives a group's value
-		case metric.Avg:
-			v = s.MergeExpr(stateCol(i))
+		f := fmt.Sprintf("_f%d", i)
+		switch {
+		case s.Type == metric.Avg:
+			fromParts = append(fromParts, s.MergeExpr(stateCol(i))+" AS "+f)
+		case s.Type == metric.Uniq && inA[i]:
+			fromParts = append(fromParts, "sum("+valueCol(i)+") AS "+f)
+		case s.Type == metric.Quantile && inA[i]:
+			fromParts = append(fromParts, "any("+valueCol(i)+") AS "+f)
+		case s.Type == metric.Uniq:
+			fromExact = append(fromExact, "sum("+valueCol(i)+") AS "+f) // counts over disjoint key buckets
+		case s.Type == metric.Quantile:
+			fromExact = append(fromExact, "any("+valueCol(i)+") AS "+f) // one pass gives a group's value
+		default:
+			fromParts = append(fromParts, s.Combine(valueCol(i))+" AS "+f)
 		}
-		sel = append(sel, s.Cast(v))
+		sel = append(sel, s.Cast(f))
 	}
 	for i, s := range specs {
 		if s.HasDailyState() {
-			sel = append(sel, s.MergeStateExpr(stateCol(i)))
+			fromParts = append(fromParts, s.MergeStateExpr(stateCol(i))+fmt.Sprintf(" AS _z%d", i))
+			sel = append(sel, fmt.Sprintf("_z%d", i))
 		}
 	}
 	sel = append(sel, strLit(runID))
-	gs := make([]string, len(gens))
-	for i, g := range gens {
-		gs[i] = strconv.Itoa(g)
-	}
-	grain := "NOT bitTest(_g, %d)"
+	grain := fmt.Sprintf("NOT bitTest(_g, %d)", hourBit)
 	if hour {
-		grain = "bitTest(_g, %d)"
+		grain = fmt.Sprintf("bitTest(_g, %d)", hourBit)
 	}
-	return fmt.Sprintf(`INSERT INTO %s (%s)
-SELECT
-    %s
-FROM %s
-WHERE _p IN (%s) AND %s
-GROUP BY _t, _g, %s`, q.g.T(table), quoteAll(cols), strings.Join(sel, ",\n    "), parts, strings.Join(gs, ", "),
-		fmt.Sprintf(grain, hourBit), quoteAll(dims))
+	if cond != "" {
+		grain += " AND " + cond
+	}
+	keys := "_t, _g, " + dims
+	from := fmt.Sprintf("(\n    SELECT %s, %s\n    FROM %s\n    WHERE _p = %d AND %s\n    GROUP BY %s\n)", keys, strings.Join(fromParts, ", "),
+		parts, gen, grain, keys)
+	if len(fromExact) > 0 {
+		gs := make([]string, len(gens))
+		for i, g := range gens {
+			gs[i] = strconv.Itoa(g)
+		}
+		// Every group has a row of the aggregate pass; a group without present keys or values
+		// has none of the exact passes, and gets the join's defaults: 0 and NULL.
+		from += fmt.Sprintf(" AS _a\nANY LEFT JOIN\n(\n    SELECT %s, %s\n    FROM %s\n    WHERE _p IN (%s) AND %s\n    GROUP BY %s\n) AS _x USING (%s)",
+			keys, strings.Join(fromExact, ", "), exact, strings.Join(gs, ", "), grain, keys, keys)
+	}
+	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT\n    %s\nFROM %s", q.g.T(table), quoteAll(cols), strings.Join(sel, ",\n    "), from)
 }
 
 // createHourlyStaging creates a staging table shaped like <ds>_hourly (a plain MergeTree also in
