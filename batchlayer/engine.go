@@ -54,6 +54,7 @@ import (
 // BENCHMARKS.md, "Batch layer"), rounded up.
 const (
 	dedupPerRawByte  = 6  // the dedup's sort and LIMIT BY set, per uncompressed byte of raw read
+	dupHashPerRow    = 48 // the hash table of id hashes, per row
 	aggregatePerRow  = 64 // the aggregate pass's level-1 and level-2 sketch states, per row
 	speedPerRow      = 64 // the speed rewrite's states, per row
 	distinctPerKey   = 40 // uniqExact's hash set, per distinct key of a group, both levels
@@ -65,9 +66,6 @@ const (
 	memoryRetries         = 3
 	queryMemoryFloor      = 128 << 20 // a query's own buffers: tiny batch.max_memory still plans tiny passes
 	workerConcurrency     = 2         // passes at once on a single server
-	// splitFrom is the number of dedup buckets from which the day's raw rows are first split
-	// into a table per bucket (one read of raw instead of one per bucket).
-	splitFrom = 5
 )
 
 // Phases of a run, as progress and metrics name them.
@@ -92,9 +90,10 @@ type worker struct {
 
 // split is how a run splits its day (see the package comment of engine.go).
 type split struct {
-	dedup  int // id buckets per worker
-	chunks int // time chunks of the aggregate pass
-	speed  int // time chunks of the speed rewrite
+	dupHashes int // buckets of id hashes when finding the repeated ids, per worker
+	dedup     int // id buckets of the rows of repeated ids, per worker
+	chunks    int // time chunks of the aggregate pass
+	speed     int // time chunks of the speed rewrite
 	// inA are the exact metrics (uniq, quantile) computed in the aggregate pass.
 	inA      map[int]bool
 	distinct map[string]int // key buckets per distinct-count column
@@ -284,75 +283,41 @@ func (j *job) rawSize(ctx context.Context, w worker) (rows, bytes uint64, err er
 	return rows, bytes, nil
 }
 
-// dedup writes the day's deduplicated rows on every worker (in id buckets) and counts them.
+// dedup writes the day's deduplicated rows on every worker and counts them (see dupHashes in
+// passes.go): the repeated id hashes in hash buckets, the rows of unique ids as they are, the
+// others sorted in id buckets.
 func (j *job) dedup(ctx context.Context) error {
-	var most uint64
+	var rows, bytes uint64
 	for _, w := range j.workers {
-		_, b, err := j.rawSize(ctx, w)
+		r, b, err := j.rawSize(ctx, w)
 		if err != nil {
 			return err
 		}
-		most = max(most, b)
+		rows, bytes = max(rows, r), max(bytes, b)
 	}
-	j.plan.dedup = j.split(float64(most) * dedupPerRawByte)
+	j.plan.dupHashes = j.split(float64(rows) * dupHashPerRow)
+	perRow := float64(bytes) / float64(max(rows, 1)) * dedupPerRawByte
 	raw := j.q.g.LocalT(schema.Raw(j.d.d.Name))
-	run := func() error {
-		if err := j.dropTables(ctx, func(name string) bool {
-			return strings.HasPrefix(name, j.stage+"_s") || strings.HasPrefix(name, j.stage+"_r") || strings.HasPrefix(name, j.stage+"_v") || name == splitNull(j.stage)
-		}); err != nil {
+	dups := dupTable(j.stage)
+	stage := func() error {
+		return j.dropTables(ctx, func(name string) bool {
+			return strings.HasPrefix(name, j.stage+"_s") || name == dups
+		})
+	}
+	// The repeated id hashes, and how many rows they hold on the busiest worker.
+	hashes := func() error {
+		if err := stage(); err != nil {
 			return err
-		}
-		n := j.plan.dedup
-		split := n >= splitFrom
-		if split {
-			// One read of raw for as many buckets as the limit lets the split write at once
-			// (every bucket's table holds buffers per column).
-			fan := int(max(2, min(64, j.limit/2/int64(splitBufferBytes*len(j.q.splitColumns())))))
-			if err := j.forEachWorker(ctx, func(w worker) error {
-				for first := 0; first < n; first += fan {
-					last := min(first+fan, n) - 1
-					for _, stmt := range j.q.splitStatements(j.stage, first, last) {
-						if err := w.conn.Exec(ctx, stmt); err != nil {
-							return fmt.Errorf("cannot split the day into %d buckets: %w", n, err)
-						}
-					}
-					err := j.exec(ctx, w, j.q.splitInsert(j.stage, raw, j.day, n, first, last))
-					for b := first; b <= last; b++ {
-						if derr := w.conn.Exec(ctx, j.q.dropTable(splitView(j.stage, b))); derr != nil && err == nil {
-							err = derr
-						}
-					}
-					if derr := w.conn.Exec(ctx, j.q.dropTable(splitNull(j.stage))); derr != nil && err == nil {
-						err = derr
-					}
-					if err != nil {
-						return fmt.Errorf("cannot split the day into %d buckets (%d to %d): %w", n, first+1, last+1, err)
-					}
-				}
-				return nil
-			}); err != nil {
-				return err
-			}
 		}
 		var tasks []task
 		for w := range j.workers {
-			for b := range n {
+			if err := j.exec(ctx, j.workers[w], j.q.createDupTable(dups)); err != nil {
+				return fmt.Errorf("cannot create %s on %s: %w", dups, j.workers[w].name, err)
+			}
+			for b := range j.plan.dupHashes {
 				tasks = append(tasks, task{w: w, run: func(ctx context.Context, w int) error {
-					t := dedupTable(j.stage, b)
-					if err := j.exec(ctx, j.workers[w], j.q.createLog(t, j.q.dedupColumns())); err != nil {
-						return fmt.Errorf("cannot create %s on %s: %w", t, j.workers[w].name, err)
-					}
-					src := raw
-					if split {
-						src = j.q.g.T(splitTable(j.stage, b))
-					}
-					if err := j.exec(ctx, j.workers[w], j.q.dedupInsert(t, src, j.day, b, n, split)); err != nil {
-						return fmt.Errorf("cannot deduplicate bucket %d of %d into %s on %s: %w", b+1, n, t, j.workers[w].name, err)
-					}
-					if split {
-						if err := j.workers[w].conn.Exec(ctx, j.q.dropTable(splitTable(j.stage, b))); err != nil {
-							return fmt.Errorf("cannot drop %s on %s: %w", splitTable(j.stage, b), j.workers[w].name, err)
-						}
+					if err := j.exec(ctx, j.workers[w], j.q.dupHashes(dups, raw, j.day, j.plan.dupHashes, b)); err != nil {
+						return fmt.Errorf("cannot find the repeated ids (bucket %d of %d) on %s: %w", b+1, j.plan.dupHashes, j.workers[w].name, err)
 					}
 					return nil
 				}})
@@ -360,7 +325,46 @@ func (j *job) dedup(ctx context.Context) error {
 		}
 		return j.runTasks(ctx, PhaseDedup, tasks)
 	}
-	if err := j.retry(ctx, PhaseDedup, run, func() { j.plan.dedup = min(2*j.plan.dedup, maxSplit) }); err != nil {
+	if err := j.retry(ctx, PhaseDedup, hashes, func() { j.plan.dupHashes = min(2*j.plan.dupHashes, maxSplit) }); err != nil {
+		return err
+	}
+	var repeated uint64
+	for _, w := range j.workers {
+		var n uint64
+		if err := w.conn.QueryRow(ctx, fmt.Sprintf("SELECT sum(c) FROM %s", j.q.g.T(dups))).Scan(&n); err != nil {
+			return fmt.Errorf("cannot count the repeated ids on %s: %w", w.name, err)
+		}
+		repeated = max(repeated, n)
+	}
+	j.plan.dedup = j.split(float64(repeated) * perRow)
+	rowsRun := func() error {
+		if err := j.dropTables(ctx, func(name string) bool { return strings.HasPrefix(name, j.stage+"_s") }); err != nil {
+			return err
+		}
+		var tasks []task
+		for w := range j.workers {
+			for b := range 1 + j.plan.dedup {
+				tasks = append(tasks, task{w: w, run: func(ctx context.Context, w int) error {
+					t := dedupTable(j.stage, b)
+					if err := j.exec(ctx, j.workers[w], j.q.createLog(t, j.q.dedupColumns())); err != nil {
+						return fmt.Errorf("cannot create %s on %s: %w", t, j.workers[w].name, err)
+					}
+					if b == 0 {
+						if err := j.exec(ctx, j.workers[w], j.q.dedupUnique(t, raw, dups, j.day)); err != nil {
+							return fmt.Errorf("cannot copy the rows of unique ids into %s on %s: %w", t, j.workers[w].name, err)
+						}
+						return nil
+					}
+					if err := j.exec(ctx, j.workers[w], j.q.dedupRepeated(t, raw, dups, j.day, j.plan.dedup, b-1)); err != nil {
+						return fmt.Errorf("cannot deduplicate the repeated ids (bucket %d of %d) into %s on %s: %w", b, j.plan.dedup, t, j.workers[w].name, err)
+					}
+					return nil
+				}})
+			}
+		}
+		return j.runTasks(ctx, PhaseDedup, tasks)
+	}
+	if err := j.retry(ctx, PhaseDedup, rowsRun, func() { j.plan.dedup = min(2*j.plan.dedup, maxSplit) }); err != nil {
 		return err
 	}
 	j.rows = make([]uint64, len(j.workers))
@@ -493,16 +497,16 @@ func (j *job) planExact(ctx context.Context) error {
 		switch {
 		case s.Type == metric.Uniq && !seen[s.Column]:
 			seen[s.Column] = true
-			inner = append(inner, fmt.Sprintf("uniqMerge(%s) AS _e%d", stateCol(i), len(ests)))
+			inner = append(inner, fmt.Sprintf("sum(%s) AS _x%d", estimateCol(i), len(ests)))
 			ests = append(ests, est{col: s.Column, i: i})
 		case s.Type == metric.Quantile:
-			inner = append(inner, fmt.Sprintf("sum(%s) AS _e%d", presentCol(i), len(ests)))
+			inner = append(inner, fmt.Sprintf("sum(%s) AS _x%d", presentCol(i), len(ests)))
 			ests = append(ests, est{i: i})
 		default:
 			continue
 		}
 		k := len(ests) - 1
-		outer = append(outer, fmt.Sprintf("toFloat64(sum(_e%d))", k), fmt.Sprintf("toFloat64(sumIf(_e%d, _g = %d))", k, all))
+		outer = append(outer, fmt.Sprintf("toFloat64(sum(_x%d))", k), fmt.Sprintf("toFloat64(sumIf(_x%d, _g = %d))", k, all))
 	}
 	j.plan.distinct, j.plan.quantile = map[string]int{}, map[int]int{}
 	if len(ests) == 0 {
@@ -751,17 +755,10 @@ func (j *job) dropTables(ctx context.Context, match func(string) bool) error {
 			}
 		}
 		rows.Close()
-		// Views and the Merge table before the tables they read.
-		rank := func(n string) int {
-			switch {
-			case strings.HasPrefix(n, j.stage+"_v"):
-				return 0
-			case n == dedupMerge(j.stage):
-				return 1
-			}
-			return 2
-		}
-		slices.SortFunc(names, func(a, b string) int { return rank(a) - rank(b) })
+		// The Merge table before the tables it reads.
+		slices.SortFunc(names, func(a, b string) int {
+			return cmpBool(b == dedupMerge(j.stage), a == dedupMerge(j.stage))
+		})
 		for _, n := range names {
 			if err := w.conn.Exec(ctx, j.q.dropTable(n)); err != nil {
 				return err
@@ -774,7 +771,7 @@ func (j *job) dropTables(ctx context.Context, match func(string) bool) error {
 // String says how the run split its day, for the log.
 func (p split) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "dedup %d, aggregate %d, speed %d", p.dedup, p.chunks, p.speed)
+	fmt.Fprintf(&b, "repeated ids %d, dedup %d, aggregate %d, speed %d", p.dupHashes, p.dedup, p.chunks, p.speed)
 	if len(p.inA) > 0 {
 		idx := make([]int, 0, len(p.inA))
 		for i := range p.inA {
@@ -800,4 +797,14 @@ func (p split) String() string {
 		fmt.Fprintf(&b, ", quantile #%d %d", i, p.quantile[i])
 	}
 	return b.String()
+}
+
+func cmpBool(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
 }

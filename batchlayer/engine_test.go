@@ -130,13 +130,13 @@ func newEnvYAML(t *testing.T, yaml string, cluster bool) *env {
 // rawSQL generates n raw rows of a day for any dataset, the same on every server: skewed
 // dimensions with ” among them, distinct-count keys missing one time in ten, numbers NULL one
 // time in seventeen and in quarters (sums are exact in any order), one number column holding 5
-// a third of the time (hot), every 25th row a second copy of an id seven rows back with other
-// content, ingested earlier (so the copy wins) or in the same second at a later offset, and
-// every 50th row late (_late = 1).
+// a third of the time (hot), every 5th row a second copy of an id two rows back with other
+// content, ingested earlier (so the copy wins) or in the same second or later at a later offset,
+// and every 50th row late (_late = 1).
 func rawSQL(g *schema.Generator, d *config.Dataset, day time.Time, n, seed int) string {
 	cols := []string{"id", "time"}
 	exprs := []string{
-		fmt.Sprintf("concat('s%d-', toString(if(number %% 25 = 7, toUInt64(number - 7), number)))", seed),
+		fmt.Sprintf("concat('s%d-', toString(if(number %% 5 = 2, toUInt64(number - 2), number)))", seed),
 		fmt.Sprintf("toDateTime('%s 00:00:00', 'UTC') + intDiv(number * 86399, %d)", day.Format(time.DateOnly), n),
 	}
 	for i, name := range d.DimensionNames() {
@@ -157,7 +157,7 @@ func rawSQL(g *schema.Generator, d *config.Dataset, day time.Time, n, seed int) 
 	}
 	cols = append(cols, "_topic", "_partition", "_offset", "_late", "_ingested_at")
 	exprs = append(exprs, "'t'", "toInt32(number % 4)", fmt.Sprintf("toInt64(intDiv(number, 4) + %d)", seed*1_000_000), "toUInt8(number % 50 = 3)",
-		fmt.Sprintf("toDateTime('%s 00:00:00', 'UTC') + intDiv(if(number %% 25 = 7 AND number %% 2 = 0, toUInt64(number - 9), number), 3)", day.Format(time.DateOnly)))
+		fmt.Sprintf("toDateTime('%s 00:00:00', 'UTC') + intDiv(if(number %% 5 = 2 AND number %% 2 = 0, toUInt64(number - 4), number), 3)", day.Format(time.DateOnly)))
 	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM system.numbers LIMIT %d", g.T(schema.Raw(d.Name)), quoteAll(cols), strings.Join(exprs, ", "), n)
 }
 

@@ -66,6 +66,9 @@ func columnList(cols []schema.Column) string {
 			b.WriteString(", ")
 		}
 		b.WriteString(schema.Q(c.Name) + " " + c.Type)
+		if c.Default != "" {
+			b.WriteString(" DEFAULT " + c.Default)
+		}
 	}
 	return b.String()
 }
@@ -89,12 +92,6 @@ func (q *queries) createDedupMerge(stage string) string {
 		schema.Q(q.db), strLit("^"+stage+"_s[0-9]+$"))
 }
 
-// idBucket is the dedup bucket of an id among n. Raw is sharded by cityHash64(id), so the hash
-// is mixed again: on a shard that holds only even hashes, cityHash64(id) % 2 would be one bucket.
-func idBucket(n, b int) string {
-	return fmt.Sprintf("intHash64(cityHash64(id)) %% %d = %d", n, b)
-}
-
 // dedupRows reads the day's deduplicated rows of raw (a table) where the extra conditions hold,
 // with raw's column names: the first-ingested copy of each id, exactly as the single-query
 // recompute keeps it.
@@ -111,81 +108,63 @@ FROM
 )`, cols, cols, raw, strings.Join(append([]string{rawDayWhere(day)}, where...), " AND "))
 }
 
-// dedupInsert writes bucket b of n of the day's deduplicated rows of raw into table. Every copy
-// of an id is in the same bucket, so each bucket dedups on its own. With split, raw is the
-// bucket's own copy of the raw rows (splitRaw), already of the day and the bucket.
-func (q *queries) dedupInsert(table, raw string, day time.Time, b, n int, split bool) string {
-	cols := quoteAll(columnNames(q.dedupColumns()))
-	if split {
-		return fmt.Sprintf(`INSERT INTO %s (%s)
-SELECT %s
-FROM
-(
-    SELECT id, %s
-    FROM %s
-    ORDER BY _ingested_at, _partition, _offset
-    LIMIT 1 BY id
-)`, q.g.T(table), cols, cols, cols, raw)
-	}
-	var where []string
+// The dedup reads raw twice, and sorts only the rows of ids that occur more than once. Most ids
+// occur once: first the hashes of ids seen more than once are found (reading only the ids,
+// in buckets of hashes: dupHashes), then every row whose id hash is not among them goes to the
+// deduplicated rows as it is (dedupUnique), and only the rows whose id hash is (duplicates, and
+// ids that merely share a hash with another) are sorted by ingestion and cut to the first copy
+// of each id (dedupRepeated), in id buckets when they are many. An id's copies share a hash, so
+// the result is exactly the first-ingested copy of every id.
+
+func dupTable(stage string) string { return stage + "_d" }
+
+// idHash is the hash the dedup finds repeated ids by. Raw is sharded by cityHash64(id), so its
+// buckets mix it again: on a shard that holds only even hashes, hash % 2 would be one bucket.
+const idHash = "cityHash64(id)"
+
+func hashBucket(hash string, n, b int) string {
+	return fmt.Sprintf("intHash64(%s) %% %d = %d", hash, n, b)
+}
+
+func (q *queries) createDupTable(table string) string {
+	return q.createLog(table, []schema.Column{{Name: "h", Type: "UInt64"}, {Name: "c", Type: "UInt64"}})
+}
+
+// dupHashes writes, for bucket b of n of the id hashes, those seen more than once and how often.
+func (q *queries) dupHashes(table, raw string, day time.Time, n, b int) string {
+	where := rawDayWhere(day)
 	if n > 1 {
-		where = append(where, idBucket(n, b))
+		where += " AND " + hashBucket(idHash, n, b)
 	}
-	return fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(table), cols, q.dedupRows(raw, day, where...))
+	return fmt.Sprintf("INSERT INTO %s (h, c)\nSELECT %s AS h, count() AS c\nFROM %s\nWHERE %s\nGROUP BY h\nHAVING c > 1",
+		q.g.T(table), idHash, raw, where)
 }
 
-// Reading raw once per dedup bucket costs a read of the whole day per bucket; with many
-// buckets the run first splits the day's raw rows into a Log table per bucket in one read: an
-// INSERT into a Null table whose materialized views, one per bucket, keep their bucket's rows.
-
-func splitNull(stage string) string         { return stage + "_n" }
-func splitTable(stage string, b int) string { return fmt.Sprintf("%s_r%d", stage, b) }
-func splitView(stage string, b int) string  { return fmt.Sprintf("%s_v%d", stage, b) }
-
-// splitColumns are the raw columns a dedup reads.
-func (q *queries) splitColumns() []schema.Column {
-	cols := []schema.Column{{Name: "id", Type: "String"}}
-	cols = append(cols, q.dedupColumns()...)
-	return append(cols, schema.Column{Name: "_ingested_at", Type: "DateTime('UTC')"},
-		schema.Column{Name: "_partition", Type: "Int32"}, schema.Column{Name: "_offset", Type: "Int64"})
+// dedupUnique writes the rows of ids whose hash occurs once (their only copy) into table.
+func (q *queries) dedupUnique(table, raw, dups string, day time.Time) string {
+	cols := quoteAll(columnNames(q.dedupColumns()))
+	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s AND %s NOT IN (SELECT h FROM %s)",
+		q.g.T(table), cols, cols, raw, rawDayWhere(day), idHash, q.g.T(dups))
 }
 
-// splitStatements create the Null table and, per bucket from first to last, its Log table and
-// the view feeding it.
-func (q *queries) splitStatements(stage string, first, last int) []string {
-	cols := q.splitColumns()
-	out := []string{fmt.Sprintf("CREATE TABLE %s (%s, `_b` UInt32) ENGINE = Null", q.g.T(splitNull(stage)), columnList(cols))}
-	names := quoteAll(columnNames(cols))
-	for b := first; b <= last; b++ {
-		out = append(out, q.createLog(splitTable(stage, b), cols),
-			fmt.Sprintf("CREATE MATERIALIZED VIEW %s TO %s AS SELECT %s FROM %s WHERE _b = %d", q.g.T(splitView(stage, b)),
-				q.g.T(splitTable(stage, b)), names, q.g.T(splitNull(stage)), b))
+// dedupRepeated writes bucket b of n of the rows whose id hash occurs more than once,
+// deduplicated, into table.
+func (q *queries) dedupRepeated(table, raw, dups string, day time.Time, n, b int) string {
+	where := []string{idHash + " IN (SELECT h FROM " + q.g.T(dups) + ")"}
+	if n > 1 {
+		where = append(where, hashBucket(idHash, n, b))
 	}
-	return out
+	return fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(table), quoteAll(columnNames(q.dedupColumns())), q.dedupRows(raw, day, where...))
 }
-
-// splitInsert sends the day's raw rows (of raw, a table) of the buckets from first to last of n
-// through the Null table.
-func (q *queries) splitInsert(stage, raw string, day time.Time, n, first, last int) string {
-	names := quoteAll(columnNames(q.splitColumns()))
-	b := fmt.Sprintf("intHash64(cityHash64(id)) %% %d", n)
-	return fmt.Sprintf("INSERT INTO %s (%s, `_b`)\nSELECT %s, %s AS _b\nFROM %s\nWHERE %s AND _b BETWEEN %d AND %d",
-		q.g.T(splitNull(stage)), names, names, b, raw, rawDayWhere(day), first, last)
-}
-
-// splitBufferBytes is what a Log table being written holds per column (its compression and
-// file buffers): a split writing many buckets at once needs it for every one.
-const splitBufferBytes = 2 << 20
 
 // partsColumns are the columns of the parts table: _p (the plan generation that wrote the
 // row: a pass retried with more buckets writes a new one), the group (_t, _g, the dimensions by
-// name), then per metric i: _v<i> (partial value), _s<i> (state) and _n<i> (present values, for
-// quantiles).
+// name), then per metric i: _v<i> (partial value), _s<i> (state), _n<i> (present values, for
+// quantiles) and _e<i> (the sketch's distinct count, for distinct counts: the plan of the exact
+// passes reads it without reading the states). _hr (1 for the hour grain) leads the sorting key,
+// so that assemble reads the day's rows or a chunk of hours only.
 func (q *queries) partsColumns() []schema.Column {
-	cols := []schema.Column{{Name: "_p", Type: "UInt32"}, {Name: "_t", Type: "DateTime('UTC')"}, {Name: "_g", Type: "UInt64"}}
-	for _, n := range q.d.DimensionNames() {
-		cols = append(cols, schema.Column{Name: n, Type: "String"})
-	}
+	cols := q.groupColumns()
 	for i, s := range q.d.Specs() {
 		if s.Type != metric.Avg {
 			cols = append(cols, schema.Column{Name: valueCol(i), Type: s.ValueType()})
@@ -193,22 +172,36 @@ func (q *queries) partsColumns() []schema.Column {
 		if s.HasDailyState() {
 			cols = append(cols, schema.Column{Name: stateCol(i), Type: s.StateType()})
 		}
-		if s.Type == metric.Quantile {
+		switch s.Type {
+		case metric.Quantile:
 			cols = append(cols, schema.Column{Name: presentCol(i), Type: "UInt64"})
+		case metric.Uniq:
+			cols = append(cols, schema.Column{Name: estimateCol(i), Type: "UInt64"})
 		}
 	}
 	return cols
 }
 
-func valueCol(i int) string   { return fmt.Sprintf("_v%d", i) }
-func stateCol(i int) string   { return fmt.Sprintf("_s%d", i) }
-func presentCol(i int) string { return fmt.Sprintf("_n%d", i) }
+// groupColumns are the first columns of the parts and exact tables.
+func (q *queries) groupColumns() []schema.Column {
+	cols := []schema.Column{{Name: "_p", Type: "UInt32"}, {Name: "_t", Type: "DateTime('UTC')"}, {Name: "_g", Type: "UInt64"},
+		{Name: "_hr", Type: "UInt8", Default: fmt.Sprintf("bitTest(_g, %d)", hourBit)}}
+	for _, n := range q.d.DimensionNames() {
+		cols = append(cols, schema.Column{Name: n, Type: "String"})
+	}
+	return cols
+}
+
+func valueCol(i int) string    { return fmt.Sprintf("_v%d", i) }
+func stateCol(i int) string    { return fmt.Sprintf("_s%d", i) }
+func presentCol(i int) string  { return fmt.Sprintf("_n%d", i) }
+func estimateCol(i int) string { return fmt.Sprintf("_e%d", i) }
 
 // exactColumns are the columns of the exact table, where the exact passes write: the group
 // and _v<i> of every distinct count and quantile. Apart from the parts table, whose states
 // every row would carry (empty ones cost as much to read as full ones).
 func (q *queries) exactColumns() []schema.Column {
-	cols := q.partsColumns()[:3+len(q.d.DimensionNames())]
+	cols := q.groupColumns()
 	for i, s := range q.d.Specs() {
 		if s.Type == metric.Uniq || s.Type == metric.Quantile {
 			cols = append(cols, schema.Column{Name: valueCol(i), Type: s.ValueType()})
@@ -224,7 +217,7 @@ func (q *queries) createParts(table string, exact bool) string {
 	if exact {
 		cols = q.exactColumns()
 	}
-	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_t, _g)", q.g.T(table), columnList(cols))
+	return fmt.Sprintf("CREATE TABLE %s (%s) ENGINE = MergeTree ORDER BY (_hr, _t, _g) SETTINGS index_granularity = 256", q.g.T(table), columnList(cols))
 }
 
 // masks returns the group masks of the grouping sets (in GroupingSets order) and their names.
@@ -393,8 +386,13 @@ func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c 
 		if s.HasDailyState() {
 			add(s.StateExpr(), s.MergeStateExpr("%s"), stateCol(i))
 		}
-		if s.Type == metric.Quantile {
+		switch s.Type {
+		case metric.Quantile:
 			add("count("+schema.Q(s.Column)+")", "sum(%s)", presentCol(i))
+		case metric.Uniq:
+			// The same level-1 states, merged into a count as well.
+			r.level2 = append(r.level2, s.MergeExpr(fmt.Sprintf("_a%d", len(r.level1)-1)))
+			cols = append(cols, estimateCol(i))
 		}
 	}
 	return q.partsInsert(table, gen, r, cols, day)
@@ -445,13 +443,17 @@ func (q *queries) valueBounds(src, col string, levels []float64) string {
 func floatLit(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 // rangeIndex is the range of a present value among bounds (sorted, distinct): the number of
-// bounds at or below it.
+// bounds at or below it, as a sum of comparisons (vectorized; a lambda over a constant array
+// would copy the array for every row).
 func rangeIndex(col string, bounds []float64) string {
-	lits := make([]string, len(bounds))
-	for i, b := range bounds {
-		lits[i] = floatLit(b)
+	if len(bounds) == 0 {
+		return "toUInt32(0)"
 	}
-	return fmt.Sprintf("arrayCount(x -> x <= toFloat64(assumeNotNull(%s)), [%s])", schema.Q(col), strings.Join(lits, ", "))
+	terms := make([]string, len(bounds))
+	for i, b := range bounds {
+		terms[i] = fmt.Sprintf("toUInt32(toFloat64(assumeNotNull(%s)) >= %s)", schema.Q(col), floatLit(b))
+	}
+	return "(" + strings.Join(terms, " + ") + ")"
 }
 
 // inRange selects the present values of range k among bounds.
@@ -615,9 +617,9 @@ func (q *queries) assemble(table, parts, exact string, gen int, gens []int, inA 
 		}
 	}
 	sel = append(sel, strLit(runID))
-	grain := fmt.Sprintf("NOT bitTest(_g, %d)", hourBit)
+	grain := "_hr = 0"
 	if hour {
-		grain = fmt.Sprintf("bitTest(_g, %d)", hourBit)
+		grain = "_hr = 1"
 	}
 	if cond != "" {
 		grain += " AND " + cond
