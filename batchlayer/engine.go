@@ -35,6 +35,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -54,7 +55,6 @@ import (
 // BENCHMARKS.md, "Batch layer"), rounded up.
 const (
 	dedupPerRawByte  = 6  // the dedup's sort and LIMIT BY set, per uncompressed byte of raw read
-	dupHashPerRow    = 48 // the hash table of id hashes, per row
 	aggregatePerRow  = 64 // the aggregate pass's level-1 and level-2 sketch states, per row
 	speedPerRow      = 64 // the speed rewrite's states, per row
 	distinctPerKey   = 40 // uniqExact's hash set, per distinct key of a group, both levels
@@ -137,8 +137,15 @@ func (j *job) settings() clickhouse.Settings {
 }
 
 func (j *job) exec(ctx context.Context, w worker, sql string) error {
+	return j.execWith(ctx, w, sql, nil)
+}
+
+// execWith is exec with more settings.
+func (j *job) execWith(ctx context.Context, w worker, sql string, more clickhouse.Settings) error {
 	id := fmt.Sprintf("%s-%d", j.runID, j.queries.Add(1))
-	return w.conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(j.settings()), clickhouse.WithQueryID(id)), sql)
+	s := j.settings()
+	maps.Copy(s, more)
+	return w.conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(s), clickhouse.WithQueryID(id)), sql)
 }
 
 func (j *job) nextGen(family string) int {
@@ -295,7 +302,10 @@ func (j *job) dedup(ctx context.Context) error {
 		}
 		rows, bytes = max(rows, r), max(bytes, b)
 	}
-	j.plan.dupHashes = j.split(float64(rows) * dupHashPerRow)
+	// One pass whose hash table spills to disk past its share (ClickHouse's external GROUP BY
+	// costs a fifth more CPU here, reading the ids once); buckets of hashes only if it still
+	// does not fit.
+	j.plan.dupHashes = 1
 	perRow := float64(bytes) / float64(max(rows, 1)) * dedupPerRawByte
 	raw := j.q.g.LocalT(schema.Raw(j.d.d.Name))
 	dups := dupTable(j.stage)
@@ -316,7 +326,8 @@ func (j *job) dedup(ctx context.Context) error {
 			}
 			for b := range j.plan.dupHashes {
 				tasks = append(tasks, task{w: w, run: func(ctx context.Context, w int) error {
-					if err := j.exec(ctx, j.workers[w], j.q.dupHashes(dups, raw, j.day, j.plan.dupHashes, b)); err != nil {
+					spill := clickhouse.Settings{"max_bytes_before_external_group_by": int(j.target / 2)}
+					if err := j.execWith(ctx, j.workers[w], j.q.dupHashes(dups, raw, j.day, j.plan.dupHashes, b), spill); err != nil {
 						return fmt.Errorf("cannot find the repeated ids (bucket %d of %d) on %s: %w", b+1, j.plan.dupHashes, j.workers[w].name, err)
 					}
 					return nil

@@ -390,8 +390,8 @@ func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c 
 		case metric.Quantile:
 			add("count("+schema.Q(s.Column)+")", "sum(%s)", presentCol(i))
 		case metric.Uniq:
-			// The same level-1 states, merged into a count as well.
-			r.level2 = append(r.level2, s.MergeExpr(fmt.Sprintf("_a%d", len(r.level1)-1)))
+			// The count of the merged sketch (the level-2 state just added).
+			r.level2 = append(r.level2, fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1))
 			cols = append(cols, estimateCol(i))
 		}
 	}
