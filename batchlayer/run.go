@@ -102,9 +102,10 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	if l.cl != nil {
 		j.conc = 1
 	}
-	// Passes at once on a node share the limit, each planned for half its share; in cluster
-	// mode the shards share it too, so that each node holds its share of the day.
-	j.target = max(int64(l.cfg.Batch.MaxMemory)/int64(2*j.conc*len(workers)), 1)
+	// Two passes at once on a server share the limit, each planned for half its share. In
+	// cluster mode the shards share what one server would use: each runs one pass at a time,
+	// planned for half of that, so a node holds about half what the server would.
+	j.target = max(int64(l.cfg.Batch.MaxMemory)/int64(2*workerConcurrency*len(workers)), 1)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()

@@ -52,8 +52,8 @@ pids() {
 	echo "${out[@]}"
 }
 
-# sample PIDS… > FILE: resident memory (kB) of every pid every 0.5 s, one line per sample.
-sample() { while :; do ps -o rss= -p "$(echo "$@" | tr ' ' ,)" | tr '\n' ' '; echo; sleep 0.5; done; }
+# sample PIDS… > FILE: resident memory (kB) of every pid, in order, every 0.5 s, one line per sample.
+sample() { while :; do for p in "$@"; do printf '%s ' "$(ps -o rss= -p "$p" | tr -d ' ')"; done; echo; sleep 0.5; done; }
 peak_rss() { awk -v i="$2" '{ if ($i > m) m = $i } END { printf "%.2f", m / 1048576 }' "$1"; } # GiB
 cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 
@@ -61,6 +61,10 @@ cpu_ticks() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/
 # query_log matching WHERE, on the server at PORT.
 query_stats() {
 	clickhouse-client --port "$1" -q "SYSTEM FLUSH LOGS"
+	if [ "$(clickhouse-client --port "$1" -q "EXISTS TABLE system.query_log")" != 1 ]; then
+		echo "0 0" # a node that ran no query of the run yet has no query log
+		return
+	fi
 	clickhouse-client --port "$1" -q "SELECT round(sum(ProfileEvents.Values[indexOf(ProfileEvents.Names, 'UserTimeMicroseconds')] + ProfileEvents.Values[indexOf(ProfileEvents.Names, 'SystemTimeMicroseconds')]) / 1e6, 1), round(max(memory_usage) / 1073741824, 2) FROM system.query_log WHERE type = 2 AND ($2)" | tr '\t' ' '
 }
 
@@ -171,7 +175,7 @@ cluster_run() { # cluster_run EVENTS: the same day on the local cluster
 }
 
 export LAMBDA_CLICKHOUSE_DATABASE="$DB" LAMBDA_CLICKHOUSE_ADDR="127.0.0.1:$PORT"
-last=""
+last="" reference=""
 for n in $SIZES; do
 	if [ "$n" -ge 50000000 ]; then
 		echo "disk before generating $n events: $(df -h /work | tail -1)" >&2
@@ -187,9 +191,11 @@ for n in $SIZES; do
 	last=$n
 	if [ "$REFERENCE" = 1 ] && [ "$n" = "$(echo "$SIZES" | tr ' ' '\n' | sort -n | tail -1)" ]; then
 		t0=$(now)
-		check=$(clickhouse-client --port "$PORT" --multiquery < <(sed "s/{db}/$DB/g; s/{day}/$DAY/g" bench/batch_reference.sql) | tail -1)
-		echo "reference check of $n events ($(since "$t0")s): $check" >&2
-		[ "$(echo "$check" | cut -f1)" = 0 ] || { echo "the run and the reference disagree: $check" >&2; exit 1; }
+		check=$(bench/batch_reference.sh "$DB" "$DAY" | clickhouse-client --port "$PORT" --multiquery | tail -1)
+		read -r bad found ref daily <<<"$check"
+		reference="the run's $daily rows of events_daily against a reference computed in bounded chunks (bench/batch_reference.sh, $(since "$t0") s): $bad differ, $found of the reference's $ref found"
+		echo "$reference" >&2
+		[ "$bad" = 0 ] && [ "$found" = "$ref" ] && [ "$ref" = "$daily" ] || { echo "the run and the reference disagree" >&2; exit 1; }
 	fi
 	clickhouse-client --port "$PORT" -q "DROP DATABASE IF EXISTS $DB"
 	if [ "$CLUSTER" = 1 ] && [ "$n" -le "$CLUSTER_MAX" ]; then
@@ -203,5 +209,7 @@ cat <<MD
 |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|
 $(printf '%s\n' "${results[@]}")
 
-$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB, ClickHouse $(clickhouse-client --port "$PORT" -q 'SELECT version()'). In cluster rows, the peak memory column is, per node (s1r1 s1r2 s2r1 s2r2), the largest query / the peak RSS.
+$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GB, ClickHouse $(clickhouse-client --port "$PORT" -q 'SELECT version()'). In cluster rows, the peak memory column is, per node (s1r1 s1r2 s2r1 s2r2), the largest query / the peak RSS (GiB).
+${reference:+
+Exactness: $reference.}
 MD
