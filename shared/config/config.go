@@ -428,6 +428,13 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 			*p = list(v)
 		}
 	}
+	if v, ok := lookup("LAMBDA_BATCH_MAX_MEMORY"); ok {
+		n, err := ParseByteSize(v)
+		if err != nil {
+			return fmt.Errorf("LAMBDA_BATCH_MAX_MEMORY: %w", err)
+		}
+		c.Batch.MaxMemory = ByteSize(n)
+	}
 	return nil
 }
 

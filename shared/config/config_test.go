@@ -158,6 +158,15 @@ func TestParseByteSize(t *testing.T) {
 	if cfg, err := Parse("t.yaml", []byte(minimalYAML), nil); err != nil || cfg.Batch.MaxMemory != 2<<30 {
 		t.Errorf("default max_memory: %v, %v", cfg.Batch.MaxMemory, err)
 	}
+	env := func(v string) func(string) (string, bool) {
+		return func(k string) (string, bool) { return v, k == "LAMBDA_BATCH_MAX_MEMORY" }
+	}
+	if cfg, err := Parse("t.yaml", []byte(minimalYAML), env("4GiB")); err != nil || cfg.Batch.MaxMemory != 4<<30 {
+		t.Errorf("max_memory from LAMBDA_BATCH_MAX_MEMORY: %v, %v", cfg.Batch.MaxMemory, err)
+	}
+	if _, err := Parse("t.yaml", []byte(minimalYAML), env("much")); err == nil || !strings.Contains(err.Error(), "LAMBDA_BATCH_MAX_MEMORY") {
+		t.Errorf("bad LAMBDA_BATCH_MAX_MEMORY: %v", err)
+	}
 }
 
 const minimalYAML = `datasets:
