@@ -15,7 +15,8 @@
 #
 # Environment:
 #   BENCH_SIZES        events per day, space-separated (default "5000000 20000000 50000000 100000000")
-#   BENCH_FLOOR_MAX    largest day the floor runs on (default 20000000: it needs ~0.45 GB a million)
+#   BENCH_FLOOR_MAX    largest day the floor runs on (default 20000000: it needs ~0.35 GB a million)
+#   BENCH_FULL_FLOOR_MAX  largest day the floor also computes the hours and minutes on (default 5000000)
 #   BENCH_MAX_MEMORY   batch.max_memory of the runs (default 2GiB)
 #   BENCH_BIG_MEMORY   batch.max_memory from 50M events on (default 4GiB: the issue's 4 GiB limit)
 #   BENCH_REPEAT       rounds per size up to BENCH_FLOOR_MAX (default 1)
@@ -26,6 +27,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES="${BENCH_SIZES:-5000000 20000000 50000000 100000000}"
 FLOOR_MAX="${BENCH_FLOOR_MAX:-20000000}"
+FULL_FLOOR_MAX="${BENCH_FULL_FLOOR_MAX:-5000000}"
 MAX_MEMORY="${BENCH_MAX_MEMORY:-2GiB}"
 BIG_MEMORY="${BENCH_BIG_MEMORY:-4GiB}"
 REPEAT="${BENCH_REPEAT:-1}"
@@ -98,7 +100,9 @@ single_run() { # single_run EVENTS ROUND: floor (if it fits) and run on the sing
 	local floor="-" fcpu="-" fmem="-" ffull="-"
 	if [ "$n" -le "$FLOOR_MAX" ]; then
 		local t0 fid="bench-floor-$n-$2-$RANDOM" tf=0
-		for g in day hour minute; do
+		local grains="day"
+		[ "$n" -le "$FULL_FLOOR_MAX" ] && grains="day hour minute" || ffull="-"
+		for g in $grains; do
 			local table=floor_$g
 			case $g in day) like=events_daily ;; hour) like=events_hourly ;; minute) like=events_speed ;; esac
 			clickhouse-client --port "$PORT" -q "DROP TABLE IF EXISTS $DB.$table"
@@ -110,7 +114,7 @@ single_run() { # single_run EVENTS ROUND: floor (if it fits) and run on the sing
 			[ $g = day ] && floor=$took
 			tf=$(echo "$tf + $took" | bc)
 		done
-		ffull=$tf
+		[ "$n" -le "$FULL_FLOOR_MAX" ] && ffull=$tf
 		read -r fcpu fmem <<<"$(query_stats "$PORT" "query_id = '$fid-day'")"
 	fi
 	local sf; sf=$(mktemp)
