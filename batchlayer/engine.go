@@ -768,7 +768,7 @@ func (j *job) dropTables(ctx context.Context, match func(string) bool) error {
 		rows.Close()
 		// The Merge table before the tables it reads.
 		slices.SortFunc(names, func(a, b string) int {
-			return cmpBool(b == dedupMerge(j.stage), a == dedupMerge(j.stage))
+			return cmpBool(a != dedupMerge(j.stage), b != dedupMerge(j.stage))
 		})
 		for _, n := range names {
 			if err := w.conn.Exec(ctx, j.q.dropTable(n)); err != nil {
@@ -810,6 +810,7 @@ func (p split) String() string {
 	return b.String()
 }
 
+// cmpBool orders false before true.
 func cmpBool(a, b bool) int {
 	switch {
 	case a == b:

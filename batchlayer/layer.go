@@ -327,8 +327,8 @@ func dropLeftoversOn(ctx context.Context, l *Layer, d *dataset, conn driver.Conn
 		}
 	}
 	rows.Close()
-	// Distributed tables before the views they read, views before nothing.
-	slices.SortFunc(names, func(a, b string) int { return leftoverOrder(a) - leftoverOrder(b) })
+	// A run's Merge table (…_s) before the tables it reads.
+	slices.SortFunc(names, func(a, b string) int { return cmpBool(!strings.HasSuffix(a, "_s"), !strings.HasSuffix(b, "_s")) })
 	for _, n := range names {
 		if err := conn.Exec(ctx, d.q.dropTable(n)); err != nil {
 			l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", n, "err", err)
@@ -336,16 +336,6 @@ func dropLeftoversOn(ctx context.Context, l *Layer, d *dataset, conn driver.Conn
 		}
 		l.log.Info("dropped leftover staging table", "dataset", d.d.Name, "table", n, "node", node)
 	}
-}
-
-func leftoverOrder(name string) int {
-	switch {
-	case strings.HasSuffix(name, "_dist"):
-		return 0
-	case strings.HasSuffix(name, "_dedup"):
-		return 2
-	}
-	return 1
 }
 
 // Tick does one scheduler tick for a dataset: it recomputes every sealed day after the

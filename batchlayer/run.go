@@ -97,15 +97,26 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 	}
 	j := &job{l: l, d: d, q: q, day: day, stage: staging, runID: res.runID, workers: workers, gens: map[string]int{},
 		res: res, report: report}
-	j.limit = max(int64(l.cfg.Batch.MaxMemory), queryMemoryFloor)
+	// The run's budget: batch.max_memory, never above what the server allows the user (its
+	// profile's max_memory_usage; 0: no limit). Every query carries it as its limit (at least
+	// queryMemoryFloor: a tiny budget still plans tiny passes, but a query needs its buffers).
+	budget := int64(l.cfg.Batch.MaxMemory)
+	var server uint64
+	if err := workers[0].conn.QueryRow(ctx, "SELECT toUInt64(value) FROM system.settings WHERE name = 'max_memory_usage'").Scan(&server); err != nil {
+		return fmt.Errorf("cannot read the server's max_memory_usage: %w", err)
+	}
+	if server > 0 && int64(server) < budget {
+		budget = int64(server)
+	}
+	j.limit = max(budget, queryMemoryFloor)
 	j.conc = workerConcurrency
 	if l.cl != nil {
 		j.conc = 1
 	}
-	// Two passes at once on a server share the limit, each planned for half its share. In
+	// Two passes at once on a server share the budget, each planned for half its share. In
 	// cluster mode the shards share what one server would use: each runs one pass at a time,
 	// planned for half of that, so a node holds about half what the server would.
-	j.target = max(int64(l.cfg.Batch.MaxMemory)/int64(2*workerConcurrency*len(workers)), 1)
+	j.target = max(budget/int64(2*workerConcurrency*len(workers)), 1)
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
