@@ -77,7 +77,7 @@ func TestClusterSameAsSingleNode(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if memory < 2<<20 && (steps[PhaseDistinct] < 4 || steps[PhaseDedup] < 4) {
+			if memory < 2<<20 && (steps[PhaseExact] < 4 || steps[PhaseDedup] < 4) {
 				t.Errorf("passes on the cluster with 1 MiB: %v", steps)
 			}
 			c.requireExact(evs, d1)

@@ -72,13 +72,12 @@ const (
 const (
 	PhaseDedup     = "dedup"
 	PhaseAggregate = "aggregate"
-	PhaseDistinct  = "distinct"
-	PhaseQuantile  = "quantile"
+	PhaseExact     = "exact" // exact distinct counts and quantiles
 	PhaseAssemble  = "assemble"
 	PhaseSwap      = "swap"
 )
 
-var phases = []string{PhaseDedup, PhaseAggregate, PhaseDistinct, PhaseQuantile, PhaseAssemble, PhaseSwap}
+var phases = []string{PhaseDedup, PhaseAggregate, PhaseExact, PhaseAssemble, PhaseSwap}
 
 // worker is where a run works on a shard's rows: the server in single mode, one live replica of
 // each shard in cluster mode.
@@ -537,7 +536,13 @@ func (j *job) planExact(ctx context.Context) error {
 		entries := vals[2*k] + vals[2*k+1] // every group's, plus level 1's held at the same time
 		switch {
 		case e.col != "":
-			j.plan.distinct[e.col] = j.split(entries * distinctPerKey)
+			// A multiple of the passes that run at once, so that none runs alone.
+			at := j.conc * len(j.workers)
+			n := j.split(entries * distinctPerKey)
+			if n > 1 {
+				n = min((n+at-1)/at*at, maxSplit)
+			}
+			j.plan.distinct[e.col] = n
 		case j.split(entries*quantilePerValue) == 1:
 			j.plan.quantile[e.i] = 1
 		default:
@@ -548,16 +553,35 @@ func (j *job) planExact(ctx context.Context) error {
 	return nil
 }
 
-// distinct runs the exact distinct counts, per key column in key-hash buckets.
-func (j *job) distinct(ctx context.Context) error {
-	cols := make([]string, 0, len(j.plan.distinct))
-	for c := range j.plan.distinct {
-		cols = append(cols, c)
-	}
-	slices.Sort(cols)
+// family is the passes of one exact metric family: the distinct counts of a key column, or a
+// quantile metric.
+type family struct {
+	name string
+	// passes prepares the family's passes for plan generation gen (a quantile by value range
+	// first works out its ranges) and returns them.
+	passes func(ctx context.Context, gen int) ([]task, error)
+	double func()
+}
+
+// familyError is a pass's error with the family it belongs to.
+type familyError struct {
+	f   *family
+	err error
+}
+
+func (e *familyError) Error() string { return e.err.Error() }
+func (e *familyError) Unwrap() error { return e.err }
+
+// exact runs the exact distinct counts (per key column, in key-hash buckets) and quantiles (all
+// values at once, or by value range) as one pool of passes, so that they keep every worker
+// busy. A family ClickHouse refuses for memory is planned again with twice the buckets, and
+// run again with the families that did not finish.
+func (j *job) exact(ctx context.Context) error {
+	var pending []*family
+	cols := slices.Sorted(maps.Keys(j.plan.distinct))
 	for _, col := range cols {
-		run := func() error {
-			gen := j.nextGen("distinct " + col)
+		f := &family{name: "distinct " + col}
+		f.passes = func(ctx context.Context, gen int) ([]task, error) {
 			n := j.plan.distinct[col]
 			var tasks []task
 			for b := range n {
@@ -568,45 +592,85 @@ func (j *job) distinct(ctx context.Context) error {
 					return nil
 				}})
 			}
-			return j.runTasks(ctx, PhaseDistinct, tasks)
+			return tasks, nil
 		}
-		if err := j.retry(ctx, PhaseDistinct+" "+col, run, func() { j.plan.distinct[col] = min(2*j.plan.distinct[col], maxSplit) }); err != nil {
-			return err
-		}
+		f.double = func() { j.plan.distinct[col] = min(2*j.plan.distinct[col], maxSplit) }
+		pending = append(pending, f)
 	}
-	return nil
-}
-
-// quantiles runs the exact quantiles: all values at once, or by value range.
-func (j *job) quantiles(ctx context.Context) error {
-	idx := make([]int, 0, len(j.plan.quantile))
-	for i := range j.plan.quantile {
-		idx = append(idx, i)
-	}
-	slices.Sort(idx)
-	for _, i := range idx {
-		run := func() error {
-			gen := j.nextGen(fmt.Sprintf("quantile %d", i))
-			if j.plan.quantile[i] == 1 {
-				return j.runTasks(ctx, PhaseQuantile, []task{{w: -1, run: func(ctx context.Context, w int) error {
-					if err := j.exec(ctx, j.workers[w], j.q.quantilePass(exactTable(j.stage), j.src(), gen, j.day, i)); err != nil {
-						return fmt.Errorf("cannot compute the quantile %s on %s: %w", j.d.d.Specs()[i].Name, j.workers[w].name, err)
-					}
-					return nil
-				}}})
+	for _, i := range slices.Sorted(maps.Keys(j.plan.quantile)) {
+		name := j.d.d.Specs()[i].Name
+		f := &family{name: "quantile " + name}
+		f.passes = func(ctx context.Context, gen int) ([]task, error) {
+			if j.plan.quantile[i] > 1 {
+				return j.quantileRanges(ctx, gen, i, j.plan.quantile[i])
 			}
-			return j.quantileRanges(ctx, gen, i, j.plan.quantile[i])
+			return []task{{w: -1, run: func(ctx context.Context, w int) error {
+				if err := j.exec(ctx, j.workers[w], j.q.quantilePass(exactTable(j.stage), j.src(), gen, j.day, i)); err != nil {
+					return fmt.Errorf("cannot compute the quantile %s on %s: %w", name, j.workers[w].name, err)
+				}
+				return nil
+			}}}, nil
 		}
-		if err := j.retry(ctx, PhaseQuantile+" "+j.d.d.Specs()[i].Name, run, func() { j.plan.quantile[i] = min(2*j.plan.quantile[i], maxSplit) }); err != nil {
+		f.double = func() { j.plan.quantile[i] = min(max(2, 2*j.plan.quantile[i]), maxSplit) }
+		pending = append(pending, f)
+	}
+	return j.runFamilies(ctx, pending)
+}
+
+// runFamilies runs the passes of families as one pool; a family ClickHouse refuses for memory
+// is split further and run again, with the families that did not finish.
+func (j *job) runFamilies(ctx context.Context, pending []*family) error {
+	for attempt := 0; len(pending) > 0; attempt++ {
+		var tasks []task
+		left := map[*family]int{}
+		var mu sync.Mutex
+		for _, f := range pending {
+			ts, err := f.passes(ctx, j.nextGen(f.name))
+			if err != nil {
+				return err
+			}
+			left[f] = len(ts)
+			for _, t := range ts {
+				run := t.run
+				t.run = func(ctx context.Context, w int) error {
+					if err := run(ctx, w); err != nil {
+						return &familyError{f: f, err: err}
+					}
+					mu.Lock()
+					left[f]--
+					mu.Unlock()
+					return nil
+				}
+				tasks = append(tasks, t)
+			}
+		}
+		err := j.runTasks(ctx, PhaseExact, tasks)
+		var fe *familyError
+		if err == nil {
+			return nil
+		}
+		if !memoryLimited(err) || attempt == memoryRetries || ctx.Err() != nil || !errors.As(err, &fe) {
 			return err
 		}
+		fe.f.double()
+		j.l.log.Warn("a pass exceeded the memory limit: splitting it further", "dataset", j.d.d.Name,
+			"day", j.day.Format(time.DateOnly), "pass", fe.f.name, "max_memory", j.limit, "err", err)
+		// Families whose passes all finished keep their generation; the others run again.
+		var next []*family
+		for _, f := range pending {
+			if left[f] > 0 {
+				next = append(next, f)
+			}
+		}
+		pending = next
 	}
 	return nil
 }
 
-// quantileRanges computes metric i's exact quantile of every group by value range (about n of
-// them): boundaries, counts, targets, then one pass per range that holds a target.
-func (j *job) quantileRanges(ctx context.Context, gen, i, n int) error {
+// quantileRanges prepares metric i's exact quantile of every group by value range (about n of
+// them): boundaries, counts, targets, the values of the ranges of one value; it returns one
+// pass per other range that holds a target.
+func (j *job) quantileRanges(ctx context.Context, gen, i, n int) ([]task, error) {
 	s := j.d.d.Specs()[i]
 	w0 := j.workers[0]
 	levels := make([]float64, 0, 2*n-1)
@@ -615,43 +679,43 @@ func (j *job) quantileRanges(ctx context.Context, gen, i, n int) error {
 	}
 	var sample []float64
 	if err := w0.conn.QueryRow(ctx, j.q.valueBounds(j.src(), s.Column, levels)).Scan(&sample); err != nil {
-		return fmt.Errorf("cannot sample the values of %s: %w", s.Column, err)
+		return nil, fmt.Errorf("cannot sample the values of %s: %w", s.Column, err)
 	}
 	bounds, points := rangeBounds(sample)
-	qc, qt := qCountsTable(j.stage), qTargetsTable(j.stage)
+	qc, qt := qCountsTable(j.stage, i), qTargetsTable(j.stage, i)
 	for _, stmt := range []string{j.q.dropTable(qc), j.q.dropTable(qt), j.q.createQCounts(qc), j.q.createQTargets(qt)} {
 		if err := w0.conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("cannot create the tables of the quantile %s: %w", s.Name, err)
+			return nil, fmt.Errorf("cannot create the tables of the quantile %s: %w", s.Name, err)
 		}
 	}
 	if err := j.exec(ctx, w0, j.q.quantileCounts(qc, j.src(), j.day, i, bounds)); err != nil {
-		return fmt.Errorf("cannot count the values of %s per range: %w", s.Column, err)
+		return nil, fmt.Errorf("cannot count the values of %s per range: %w", s.Column, err)
 	}
 	if err := j.exec(ctx, w0, j.q.quantileTargets(qt, j.q.g.T(qc), i)); err != nil {
-		return fmt.Errorf("cannot work out the ranges of the quantile %s: %w", s.Name, err)
+		return nil, fmt.Errorf("cannot work out the ranges of the quantile %s: %w", s.Name, err)
 	}
 	rows, err := w0.conn.Query(ctx, fmt.Sprintf("SELECT DISTINCT _k FROM %s WHERE _q = %d ORDER BY _k", j.q.g.T(qt), i))
 	if err != nil {
-		return fmt.Errorf("cannot read the ranges of the quantile %s: %w", s.Name, err)
+		return nil, fmt.Errorf("cannot read the ranges of the quantile %s: %w", s.Name, err)
 	}
 	var ks []uint32
 	for rows.Next() {
 		var k uint32
 		if err := rows.Scan(&k); err != nil {
 			rows.Close()
-			return fmt.Errorf("cannot read the ranges of the quantile %s: %w", s.Name, err)
+			return nil, fmt.Errorf("cannot read the ranges of the quantile %s: %w", s.Name, err)
 		}
 		ks = append(ks, k)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return fmt.Errorf("cannot read the ranges of the quantile %s: %w", s.Name, err)
+		return nil, fmt.Errorf("cannot read the ranges of the quantile %s: %w", s.Name, err)
 	}
 	var tasks []task
 	for _, k := range ks {
 		if v, ok := points[int(k)]; ok {
 			if err := w0.conn.Exec(ctx, j.q.quantilePoint(exactTable(j.stage), j.q.g.T(qt), gen, i, int(k), v)); err != nil {
-				return fmt.Errorf("cannot write the quantile %s of range %d: %w", s.Name, k, err)
+				return nil, fmt.Errorf("cannot write the quantile %s of range %d: %w", s.Name, k, err)
 			}
 			continue
 		}
@@ -663,7 +727,7 @@ func (j *job) quantileRanges(ctx context.Context, gen, i, n int) error {
 			return nil
 		}})
 	}
-	return j.runTasks(ctx, PhaseQuantile, tasks)
+	return tasks, nil
 }
 
 // rangeBounds turns sampled quantiles (ascending) into the boundaries of value ranges: every
@@ -697,8 +761,8 @@ func rangeBounds(sample []float64) ([]float64, map[int]float64) {
 }
 
 // assemble merges the parts into the staging tables of the day and of its hours (on the first
-// worker). The hours go in as many chunks as the aggregate pass had: their sketch states are
-// as large as they were there.
+// worker), the hours in chunks of hours (at least as many as the aggregate pass had: their
+// sketch states are as large as they were there), all as passes at once.
 func (j *job) assemble(ctx context.Context, staging string) error {
 	var gens []int
 	for family, g := range j.gens {
@@ -708,28 +772,31 @@ func (j *job) assemble(ctx context.Context, staging string) error {
 	}
 	slices.Sort(gens)
 	w0 := j.workers[0]
-	parts, exact := j.everywhere(partsTable(j.stage)), j.everywhere(exactTable(j.stage))
-	chunks := min(j.plan.chunks, 24)
-	j.report(PhaseAssemble, 0, 1+chunks)
-	if err := j.exec(ctx, w0, j.q.assemble(staging, parts, exact, j.gens["aggregate"], gens, j.plan.inA, false, "", j.runID)); err != nil {
-		return fmt.Errorf("cannot assemble the day into %s: %w", staging, err)
-	}
-	j.report(PhaseAssemble, 1, 1+chunks)
 	if err := w0.conn.Exec(ctx, j.q.createHourlyStaging(hourlyStage(j.stage))); err != nil {
 		return fmt.Errorf("cannot create %s: %w", hourlyStage(j.stage), err)
 	}
+	parts, exact := j.everywhere(partsTable(j.stage)), j.everywhere(exactTable(j.stage))
+	tasks := []task{{w: 0, run: func(ctx context.Context, w int) error {
+		if err := j.exec(ctx, w0, j.q.assemble(staging, parts, exact, j.gens["aggregate"], gens, j.plan.inA, false, "", j.runID)); err != nil {
+			return fmt.Errorf("cannot assemble the day into %s: %w", staging, err)
+		}
+		return nil
+	}}}
+	chunks := min(max(j.plan.chunks, j.conc), 24)
 	for c := range chunks {
 		from, to := j.day.Add(time.Duration(24*c/chunks)*time.Hour), j.day.Add(time.Duration(24*(c+1)/chunks)*time.Hour)
 		cond := ""
 		if chunks > 1 {
 			cond = fmt.Sprintf("_t >= %s AND _t < %s", timeLit(from), timeLit(to))
 		}
-		if err := j.exec(ctx, w0, j.q.assemble(hourlyStage(j.stage), parts, exact, j.gens["aggregate"], gens, j.plan.inA, true, cond, j.runID)); err != nil {
-			return fmt.Errorf("cannot assemble the hours into %s: %w", hourlyStage(j.stage), err)
-		}
-		j.report(PhaseAssemble, 2+c, 1+chunks)
+		tasks = append(tasks, task{w: 0, run: func(ctx context.Context, w int) error {
+			if err := j.exec(ctx, w0, j.q.assemble(hourlyStage(j.stage), parts, exact, j.gens["aggregate"], gens, j.plan.inA, true, cond, j.runID)); err != nil {
+				return fmt.Errorf("cannot assemble the hours into %s: %w", hourlyStage(j.stage), err)
+			}
+			return nil
+		}})
 	}
-	return nil
+	return j.runTasks(ctx, PhaseAssemble, tasks)
 }
 
 // forEachWorker runs f on every worker at once.

@@ -289,12 +289,12 @@ func TestGoldenAgainstSingleQuery(t *testing.T) {
 			t.Fatal(err)
 		}
 		if memory < 2<<20 {
-			for _, ph := range []string{PhaseDedup, PhaseAggregate, PhaseDistinct, PhaseQuantile} {
+			for _, ph := range []string{PhaseDedup, PhaseAggregate, PhaseExact} {
 				if phaseOf(d, ph) && steps[ph] < 3 {
 					t.Errorf("phase %s ran %d passes with batch.max_memory %s, want several", ph, steps[ph], memory)
 				}
 			}
-		} else if steps[PhaseDistinct] != 0 || steps[PhaseQuantile] != 0 {
+		} else if steps[PhaseExact] != 0 {
 			t.Errorf("passes with the default batch.max_memory: %v, want the exact values in the aggregate pass", steps)
 		}
 		q := newQueries(e.cfg, d)
@@ -340,7 +340,7 @@ func TestGoldenAgainstSingleQuery(t *testing.T) {
 // phaseOf reports whether a dataset's runs have passes of a phase.
 func phaseOf(d *config.Dataset, phase string) bool {
 	for _, s := range d.Specs() {
-		if (phase == PhaseDistinct && s.Type == metric.Uniq) || (phase == PhaseQuantile && s.Type == metric.Quantile) {
+		if phase == PhaseExact && (s.Type == metric.Uniq || s.Type == metric.Quantile) {
 			return true
 		}
 	}
@@ -646,5 +646,44 @@ func TestHoursAndMinutesGroundTruth(t *testing.T) {
 				t.Error("the hours of day 2 changed with the rerun of day 1")
 			}
 		})
+	}
+}
+
+// TestFamiliesRetry runs two families of passes as one pool: one ClickHouse refuses for memory
+// until it is split in four; it is split further and run again with the family whose pass was
+// cancelled, while a family that finished keeps its generation.
+func TestFamiliesRetry(t *testing.T) {
+	j := &job{l: &Layer{log: discardLog()}, d: &dataset{d: &config.Dataset{Name: "x"}}, day: d1, gens: map[string]int{},
+		workers: []worker{{name: "test"}}, conc: 1, report: func(string, int, int) {}}
+	var mu sync.Mutex
+	runs := map[string][]int{} // family -> generations its passes ran with
+	split := 1
+	mk := func(name string, fail func() bool, n func() int) *family {
+		return &family{name: name, double: func() { split *= 2 }, passes: func(ctx context.Context, gen int) ([]task, error) {
+			var ts []task
+			for range n() {
+				ts = append(ts, task{w: 0, run: func(ctx context.Context, w int) error {
+					mu.Lock()
+					runs[name] = append(runs[name], gen)
+					mu.Unlock()
+					if fail() {
+						return &proto.Exception{Code: 241, Message: "Memory limit (for query) exceeded"}
+					}
+					return nil
+				}})
+			}
+			return ts, nil
+		}}
+	}
+	ok := mk("ok", func() bool { return false }, func() int { return 1 })
+	big := mk("big", func() bool { return split < 4 }, func() int { return split })
+	if err := j.runFamilies(context.Background(), []*family{ok, big}); err != nil {
+		t.Fatal(err)
+	}
+	if split != 4 || !slices.Equal(runs["ok"], []int{1}) || len(runs["big"]) == 0 || runs["big"][len(runs["big"])-1] != j.gens["big"] {
+		t.Errorf("split %d, runs %v, gens %v", split, runs, j.gens)
+	}
+	if err := j.runFamilies(context.Background(), []*family{mk("never", func() bool { return true }, func() int { return 1 })}); !memoryLimited(err) {
+		t.Errorf("a family that never fits: %v", err)
 	}
 }

@@ -386,7 +386,7 @@ type Progress struct {
 	Done    int // days finished, this one included once it is done
 	Total   int
 	// Phase is the step of the day's run in progress (PhaseDedup, PhaseAggregate,
-	// PhaseDistinct, PhaseQuantile, PhaseAssemble, PhaseSwap), "" once the day is done; Step of
+	// PhaseExact, PhaseAssemble, PhaseSwap), "" once the day is done; Step of
 	// Steps passes of the phase are done.
 	Phase       string
 	Step, Steps int

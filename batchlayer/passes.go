@@ -37,14 +37,14 @@ import (
 const hourBit = 62
 
 // Names of a run's tables, all starting with its staging name (so dropLeftovers finds them).
-func dedupTable(stage string, b int) string { return fmt.Sprintf("%s_s%d", stage, b) }
-func dedupMerge(stage string) string        { return stage + "_s" }
-func partsTable(stage string) string        { return stage + "_p" }
-func exactTable(stage string) string        { return stage + "_x" }
-func hourlyStage(stage string) string       { return stage + "_h" }
-func speedStage(stage string) string        { return stage + "_m" }
-func qCountsTable(stage string) string      { return stage + "_qc" }
-func qTargetsTable(stage string) string     { return stage + "_qt" }
+func dedupTable(stage string, b int) string    { return fmt.Sprintf("%s_s%d", stage, b) }
+func dedupMerge(stage string) string           { return stage + "_s" }
+func partsTable(stage string) string           { return stage + "_p" }
+func exactTable(stage string) string           { return stage + "_x" }
+func hourlyStage(stage string) string          { return stage + "_h" }
+func speedStage(stage string) string           { return stage + "_m" }
+func qCountsTable(stage string, i int) string  { return fmt.Sprintf("%s_qc%d", stage, i) }
+func qTargetsTable(stage string, i int) string { return fmt.Sprintf("%s_qt%d", stage, i) }
 
 // dedupColumns are the columns of the run's dedup tables: raw's names and types, without the
 // bookkeeping columns.

@@ -375,7 +375,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m.exact = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_exact_watermark_timestamp_seconds",
 		Help: "End of the exact watermark day (every day up to it exact; dirty and unrun days hold it back) as a Unix time; 0 when none."}, []string{"dataset"})
 	m.phase = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_phase",
-		Help: "1 for the phase the dataset's running batch run is in (dedup, aggregate, distinct, quantile, assemble, swap), 0 for the others and between runs."}, []string{"dataset", "phase"})
+		Help: "1 for the phase the dataset's running batch run is in (dedup, aggregate, exact, assemble, swap), 0 for the others and between runs."}, []string{"dataset", "phase"})
 	m.phaseDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lambda_batch_run_phase_duration_seconds",
 		Help:    "Duration of each phase of batch runs.",
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 16)}, []string{"dataset", "phase"})

@@ -143,7 +143,7 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 		return err
 	}
 	if res.rowsDedup > 0 {
-		for _, step := range []func(context.Context) error{j.aggregate, j.distinct, j.quantiles} {
+		for _, step := range []func(context.Context) error{j.aggregate, j.exact} {
 			if err := step(ctx); err != nil {
 				return err
 			}
