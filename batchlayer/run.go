@@ -114,9 +114,13 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 		j.conc = 1
 	}
 	// Two passes at once on a server share the budget, each planned for half its share. In
-	// cluster mode the shards share what one server would use: each runs one pass at a time,
-	// planned for half of that, so a node holds about half what the server would.
-	j.target = max(budget/int64(2*workerConcurrency*len(workers)), 1)
+	// cluster mode the shards share what one server would use, so that a node holds about half
+	// of it: each runs one pass at a time, and a node running a pass also holds its own shard's
+	// part of it (remote() reads its own rows too), hence one share more than there are shards.
+	j.target = max(budget/int64(2*workerConcurrency), 1)
+	if l.cl != nil {
+		j.target = max(budget/int64(2*workerConcurrency*(len(workers)+1)), 1)
+	}
 	defer func() {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 		defer cancel()
