@@ -2,34 +2,37 @@ package batchlayer
 
 // The engine of a run: how one day is recomputed within batch.max_memory, whatever its size.
 //
-// A run's queries each carry max_memory_usage = batch.max_memory, and the run plans every pass
-// so that its estimated memory stays within a share of it (unitTarget): two passes run at once
-// on a single server, each planned for a quarter of the limit, so a pass may be twice its
-// estimate before ClickHouse refuses it. Memory grows with the day along four lines, each split
-// by a plan count:
+// A run's queries each carry max_memory_usage = batch.max_memory (never above the server's own
+// limit), and the run plans every pass so that its estimated memory stays within a share of it
+// (job.target): two passes run at once on a single server, each planned for a quarter of the
+// limit, so a pass may be twice its estimate before ClickHouse refuses it. Memory grows with
+// the day along these lines, each bounded:
 //
-//  1. dedup: the sort and the LIMIT 1 BY set of the day's rows: split into id-hash buckets
-//     (every copy of an id is in one bucket, so each bucket dedups on its own);
+//  1. dedup: the hashes of repeated ids (one pass with ClickHouse's external GROUP BY, spilling
+//     past its share), then the rows of unique ids copied as they are, and the sort and LIMIT 1
+//     BY of the rows of repeated ids only, in id-hash buckets (every copy of an id is in one
+//     bucket);
 //  2. the aggregate pass: sketch states of the groups: split into time chunks (the parts of a
-//     day's group merge in assemble);
+//     day's group merge in assemble); the speed rewrite likewise;
 //  3. exact distinct counts: every key of every group: split into key-hash buckets (counts over
 //     disjoint key sets add up exactly);
 //  4. exact quantiles: every value of every group: split into value ranges, after a counting
 //     pass that says which range holds each group's quantile (see passes.go).
 //
-// Estimates come from the day itself: raw's uncompressed bytes for the dedup, the deduplicated
-// row count for the aggregate and speed passes, and the aggregate pass's own sketches (distinct
-// keys per group) and present-value counts for the exact passes. A day whose exact passes fit
-// at once computes everything in one pass, as one query would. A pass that ClickHouse still
-// refuses for memory is planned again with twice the buckets and run again, up to three times.
+// Estimates come from the day itself: raw's size for the dedup, the deduplicated row count for
+// the aggregate and speed passes, and the aggregate pass's own sketches (distinct keys per
+// group) and present-value counts for the exact passes. Exact metrics whose bound fits beside
+// the aggregate pass are computed in it, so a small day is a few passes, as one query would be.
+// A pass that ClickHouse still refuses for memory is planned again with twice the buckets and
+// run again, up to three times.
 //
 // In cluster mode every shard works at once on its own rows (its replica with the least
 // replication delay, within clickhouse.insert_timeout): the dedup and the speed rewrite stay on
 // the shard; the aggregation passes are spread over the shards' nodes, each reading every
 // shard's deduplicated rows through remote(), which sends level 1 to the shards; the node that
-// runs a pass merges only that pass's bucket. The plan is made with the limit shared by the
-// shards (unitTarget divided by their number), so that no node holds more than its share of the
-// day's keys and values.
+// runs a pass merges only that pass's bucket. The plan is made for the memory a single server
+// would use, shared by the shards (see compute), so that no node holds more than its share of
+// the day's keys and values.
 
 import (
 	"context"
