@@ -13,7 +13,9 @@ package batchlayer
 //     BY of the rows of repeated ids only, in id-hash buckets (every copy of an id is in one
 //     bucket);
 //  2. the aggregate pass: sketch states of the groups: split into time chunks (the parts of a
-//     day's group merge in assemble); the speed rewrite likewise;
+//     day's group merge in assemble); the speed rewrite likewise. When the speed view keeps
+//     every dimension, the aggregate pass reads the speed minutes just rewritten (every value
+//     and sketch per minute) instead of the rows;
 //  3. exact distinct counts: every key of every group: split into key-hash buckets (counts over
 //     disjoint key sets add up exactly);
 //  4. exact quantiles: every value of every group: split into value ranges, after a counting
@@ -58,8 +60,8 @@ import (
 // BENCHMARKS.md, "Batch layer"), rounded up.
 const (
 	dedupPerRawByte  = 6  // the dedup's sort and LIMIT BY set, per uncompressed byte of raw read
-	aggregatePerRow  = 64 // the aggregate pass's level-1 and level-2 sketch states, per row
-	speedPerRow      = 64 // the speed rewrite's states, per row
+	aggregatePerRow  = 48 // the aggregate pass's level-1 and level-2 sketch states, per row
+	speedPerRow      = 48 // the speed rewrite's states, per row
 	distinctPerKey   = 40 // uniqExact's hash set, per distinct key of a group, both levels
 	quantilePerValue = 12 // quantileExact's array, per present value of a group, growth included
 	// quantileRangePerValue is quantilePerValue for a pass selecting in a value range: arrays
@@ -97,9 +99,11 @@ type split struct {
 	chunks    int // time chunks of the aggregate pass
 	speed     int // time chunks of the speed rewrite
 	// inA are the exact metrics (uniq, quantile) computed in the aggregate pass.
-	inA      map[int]bool
-	distinct map[string]int // key buckets per distinct-count column
-	quantile map[int]int    // value ranges per quantile metric (1: all values at once)
+	inA map[int]bool
+	// fromSpeed: the aggregate pass read the rewritten speed minutes.
+	fromSpeed bool
+	distinct  map[string]int // key buckets per distinct-count column
+	quantile  map[int]int    // value ranges per quantile metric (1: all values at once)
 }
 
 // job is one run's computation.
@@ -449,19 +453,11 @@ func (j *job) aggregate(ctx context.Context) error {
 	}
 	run := func() error {
 		gen := j.nextGen("aggregate")
-		var tasks []task
-		for c := range j.plan.chunks {
-			tasks = append(tasks, task{w: -1, run: func(ctx context.Context, w int) error {
-				if err := j.exec(ctx, j.workers[w], j.q.aggregatePass(partsTable(j.stage), j.src(), gen, j.day, j.plan.chunks, c, j.plan.inA)); err != nil {
-					return fmt.Errorf("cannot run the aggregate pass (chunk %d of %d) on %s: %w", c+1, j.plan.chunks, j.workers[w].name, err)
-				}
-				return nil
-			}})
-		}
+		var speed, tasks []task
 		if j.rewriteSpeed {
 			for w := range j.workers {
 				for c := range j.plan.speed {
-					tasks = append(tasks, task{w: w, run: func(ctx context.Context, w int) error {
+					speed = append(speed, task{w: w, run: func(ctx context.Context, w int) error {
 						if err := j.exec(ctx, j.workers[w], j.q.speedPass(speedStage(j.stage), j.q.g.T(dedupMerge(j.stage)), j.day, j.plan.speed, c)); err != nil {
 							return fmt.Errorf("cannot rewrite the speed rows (chunk %d of %d) on %s: %w", c+1, j.plan.speed, j.workers[w].name, err)
 						}
@@ -470,6 +466,22 @@ func (j *job) aggregate(ctx context.Context) error {
 				}
 			}
 		}
+		// The aggregate pass reads the speed minutes just rewritten when it can (they hold
+		// every value and sketch of the day per minute), the deduplicated rows otherwise.
+		fromSpeed := j.rewriteSpeed && len(j.plan.inA) == 0 && j.q.canAggregateSpeed()
+		j.plan.fromSpeed = fromSpeed
+		for c := range j.plan.chunks {
+			tasks = append(tasks, task{w: -1, run: func(ctx context.Context, w int) error {
+				sql := j.q.aggregatePass(partsTable(j.stage), j.src(), gen, j.day, j.plan.chunks, c, j.plan.inA)
+				if fromSpeed {
+					sql = j.q.aggregateSpeedPass(partsTable(j.stage), j.everywhere(speedStage(j.stage)), gen, j.day, j.plan.chunks, c)
+				}
+				if err := j.exec(ctx, j.workers[w], sql); err != nil {
+					return fmt.Errorf("cannot run the aggregate pass (chunk %d of %d) on %s: %w", c+1, j.plan.chunks, j.workers[w].name, err)
+				}
+				return nil
+			}})
+		}
 		if err := j.forEachWorker(ctx, func(w worker) error {
 			if err := w.conn.Exec(ctx, j.q.dropTable(speedStage(j.stage))); err != nil {
 				return err
@@ -477,6 +489,12 @@ func (j *job) aggregate(ctx context.Context) error {
 			return w.conn.Exec(ctx, j.q.createSpeedStaging(speedStage(j.stage)))
 		}); err != nil {
 			return fmt.Errorf("cannot create %s: %w", speedStage(j.stage), err)
+		}
+		if !fromSpeed {
+			return j.runTasks(ctx, PhaseAggregate, append(tasks, speed...))
+		}
+		if err := j.runTasks(ctx, PhaseAggregate, speed); err != nil {
+			return err
 		}
 		return j.runTasks(ctx, PhaseAggregate, tasks)
 	}
@@ -853,6 +871,9 @@ func (j *job) dropTables(ctx context.Context, match func(string) bool) error {
 func (p split) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "repeated ids %d, dedup %d, aggregate %d, speed %d", p.dupHashes, p.dedup, p.chunks, p.speed)
+	if p.fromSpeed {
+		b.WriteString(" (aggregate from the speed minutes)")
+	}
 	if len(p.inA) > 0 {
 		idx := make([]int, 0, len(p.inA))
 		for i := range p.inA {

@@ -25,6 +25,7 @@ package batchlayer
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -256,9 +257,11 @@ func (q *queries) maskArray() string {
 	return "[" + strings.Join(parts, ", ") + "]"
 }
 
-// rollup is a two-level aggregation over deduplicated rows.
+// rollup is a two-level aggregation over deduplicated rows (or the speed minutes rewritten
+// from them).
 type rollup struct {
 	src   string   // table expression of the deduplicated rows
+	time  string   // their time column ("time" when empty)
 	where []string // conditions on the rows
 	// keys are extra grouping keys, aliased, kept by both levels (e.g. a value range).
 	keys   []string
@@ -291,7 +294,11 @@ func (q *queries) groupCols() []string {
 // rollupSelect is the SELECT of a rollup: columns _t, _g, _o<i>, the extra keys, _b<i>.
 func (q *queries) rollupSelect(r rollup, day time.Time) string {
 	dims := q.d.DimensionNames()
-	l1 := []string{"toStartOfHour(time) AS _h"}
+	tc := r.time
+	if tc == "" {
+		tc = "time"
+	}
+	l1 := []string{"toStartOfHour(" + tc + ") AS _h"}
 	g1 := []string{"_h"}
 	for i, n := range dims {
 		l1 = append(l1, fmt.Sprintf("%s AS _d%d", schema.Q(n), i))
@@ -348,10 +355,10 @@ func (q *queries) partsInsert(table string, gen int, r rollup, cols []string, da
 
 func indent(s string) string { return "    " + strings.ReplaceAll(s, "\n", "\n    ") }
 
-// timeChunk selects chunk c of n of the day by minute (n ≤ 1440): whole minutes, so that a
-// speed minute is never split.
-func timeChunk(day time.Time, n, c int) string {
-	return fmt.Sprintf("intDiv(intDiv(toUInt32(time) - %d, 60) * %d, 1440) = %d", day.Unix(), n, c)
+// timeChunk selects chunk c of n of the day by minute (n ≤ 1440) of the time column tc: whole
+// minutes, so that a speed minute is never split.
+func timeChunk(tc string, day time.Time, n, c int) string {
+	return fmt.Sprintf("intDiv(intDiv(toUInt32(%s) - %d, 60) * %d, 1440) = %d", tc, day.Unix(), n, c)
 }
 
 // keyBucket selects key-hash bucket b of n of a distinct-count key column.
@@ -366,7 +373,7 @@ func keyBucket(col string, n, b int) string {
 func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c int, exact map[int]bool) string {
 	r := rollup{src: src}
 	if n > 1 {
-		r.where = append(r.where, timeChunk(day, n, c))
+		r.where = append(r.where, timeChunk("time", day, n, c))
 	}
 	var cols []string
 	add := func(l1, l2, col string) {
@@ -391,6 +398,64 @@ func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c 
 			add("count("+schema.Q(s.Column)+")", "sum(%s)", presentCol(i))
 		case metric.Uniq:
 			// The count of the merged sketch (the level-2 state just added).
+			r.level2 = append(r.level2, fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1))
+			cols = append(cols, estimateCol(i))
+		}
+	}
+	return q.partsInsert(table, gen, r, cols, day)
+}
+
+// canAggregateSpeed reports whether the aggregate pass can read the day's rewritten speed
+// minutes (speed, a table expression) instead of its deduplicated rows: when the speed view
+// keeps every dimension, and every quantile column's present values can be bounded (its
+// presence state, or the count).
+func (q *queries) canAggregateSpeed() bool {
+	if len(q.d.SpeedDimensions()) != len(q.d.DimensionNames()) {
+		return false
+	}
+	for _, s := range q.d.Specs() {
+		if s.Type == metric.Quantile && !slices.Contains(q.d.PresenceColumns(), s.Column) && q.countSpec() < 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (q *queries) countSpec() int {
+	return slices.IndexFunc(q.d.Specs(), func(s metric.Spec) bool { return s.Type == metric.Count })
+}
+
+// aggregateSpeedPass is aggregatePass (without exact metrics) over the day's speed minutes just
+// rewritten from the deduplicated rows (speed, a table expression): every value and sketch of
+// a group is the merge of its minutes' states. It spares reading and hashing the rows again.
+func (q *queries) aggregateSpeedPass(table, speed string, gen int, day time.Time, n, c int) string {
+	r := rollup{src: speed, time: "minute"}
+	if n > 1 {
+		r.where = append(r.where, timeChunk("minute", day, n, c))
+	}
+	var cols []string
+	add := func(l1, l2, col string) {
+		r.level2 = append(r.level2, fmt.Sprintf(l2, fmt.Sprintf("_a%d", len(r.level1))))
+		r.level1 = append(r.level1, l1)
+		cols = append(cols, col)
+	}
+	for i, s := range q.d.Specs() {
+		state := schema.Q(s.Name)
+		switch s.Type {
+		case metric.Count, metric.Sum, metric.Min, metric.Max:
+			add(s.ValueFromStates(state, schema.Q(metric.PresenceColumn(s.Column))), s.Combine("%s"), valueCol(i))
+		}
+		if s.HasDailyState() {
+			add(s.MergeStateExpr(state), s.MergeStateExpr("%s"), stateCol(i))
+		}
+		switch s.Type {
+		case metric.Quantile:
+			present := "countMerge(" + schema.Q(q.d.Specs()[max(q.countSpec(), 0)].Name) + ")" // a bound
+			if slices.Contains(q.d.PresenceColumns(), s.Column) {
+				present = "sumMerge(" + schema.Q(metric.PresenceColumn(s.Column)) + ")"
+			}
+			add(present, "sum(%s)", presentCol(i))
+		case metric.Uniq:
 			r.level2 = append(r.level2, fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1))
 			cols = append(cols, estimateCol(i))
 		}
@@ -657,7 +722,7 @@ func (q *queries) createSpeedStaging(table string) string {
 func (q *queries) speedPass(table, src string, day time.Time, n, c int) string {
 	where := "1"
 	if n > 1 {
-		where = timeChunk(day, n, c)
+		where = timeChunk("time", day, n, c)
 	}
 	return q.g.SpeedSelect(q.d, fmt.Sprintf("INSERT INTO %s ", q.g.T(table)), where, src)
 }
