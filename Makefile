@@ -10,7 +10,7 @@ export LAMBDA_TEST_CLICKHOUSE_ADDR ?= 127.0.0.1:9000
 export LAMBDA_TEST_CLUSTER_ADDR ?= 127.0.0.1:19001,127.0.0.1:19002,127.0.0.1:19003,127.0.0.1:19004
 export LAMBDA_TEST_ZOOKEEPER ?= 127.0.0.1:12181
 
-.PHONY: all build run test e2e bench bench-speed bench-batch bench-serving lint fmt ch-start ch-stop cluster-start cluster-stop chdb test-deps clean
+.PHONY: all build run test e2e bench bench-speed bench-batch bench-serving bench-volume bench-import lint fmt ch-start ch-stop cluster-start cluster-stop chdb test-deps clean
 
 all: build
 
@@ -43,12 +43,14 @@ run: build ch-start
 test: ch-start cluster-start test-deps
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 20m ./...
+	# The import of a million lines (200k under the race detector above).
+	$(GO) test -count=1 -timeout 10m -run '^TestImport$$' ./cmd/lambda
 
 # The end-to-end test alone (also part of `make test`).
 e2e: ch-start test-deps
 	$(GO) test -count=1 -timeout 15m -v -run TestEndToEnd ./e2e
 
-bench: build ch-start chdb bench-speed bench-batch bench-serving
+bench: build ch-start chdb bench-speed bench-batch bench-serving bench-volume bench-import
 
 bench-speed:
 	bash bench/speed.sh
@@ -58,6 +60,14 @@ bench-batch:
 
 bench-serving:
 	bash bench/serving.sh
+
+# Dashboards at volume: 7 days x 5M events, every dashboard query, against the pre-rollup build.
+bench-volume: build
+	bash bench/volume.sh
+
+# lambda import of a million JSON lines against a bare clickhouse-client INSERT … FORMAT JSONEachRow.
+bench-import:
+	bash bench/import.sh
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }

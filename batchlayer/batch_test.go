@@ -730,7 +730,7 @@ func TestFailingRunIsRetried(t *testing.T) {
 		}
 	}
 	if got["lambda_batch_runs_total/succeeded"] != 3 || got["lambda_batch_runs_total/failed"] != 1 ||
-		got["lambda_batch_watermark_seconds"] != float64(d4.Unix()) {
+		got["lambda_batch_watermark_timestamp_seconds"] != float64(d4.Unix()) {
 		t.Errorf("metrics: %v", got)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/robfig/cron/v3"
+
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 )
 
 // tickLog remembers, per dataset, when the scheduler last started a tick and whether one is
@@ -106,14 +108,14 @@ func (l *Layer) Health() error {
 	return l.ticks.check(time.Now(), func(name string) bool { return l.lease != nil && !l.lease.Held(name) })
 }
 
-// saramaConfig is the Kafka client configuration for reading the consumer group's offsets.
-func (l *Layer) saramaConfig() *sarama.Config {
-	sc := sarama.NewConfig()
-	if v, err := sarama.ParseKafkaVersion(l.cfg.Kafka.Version); err == nil {
-		sc.Version = v
+// saramaConfig is the Kafka client configuration (TLS and SASL included) for reading the
+// consumer group's offsets.
+func (l *Layer) saramaConfig() (*sarama.Config, error) {
+	sc, err := kafkaconn.Config(l.cfg.Kafka, l.cfg.Kafka.ClientID+"-batch")
+	if err != nil {
+		return nil, err
 	}
-	sc.ClientID = l.cfg.Kafka.ClientID
 	sc.Net.DialTimeout = 5 * time.Second
 	sc.Metadata.Retry.Max = 1
-	return sc
+	return sc, nil
 }

@@ -141,8 +141,10 @@ func (l *Layer) speedWatermark(ctx context.Context, d *dataset, now time.Time, k
 	var offsets map[int32]ledger.KafkaOffsets
 	if kafka && len(l.cfg.Kafka.Brokers) > 0 {
 		kctx, cancel := context.WithTimeout(ctx, kafkaTimeout)
-		var err error
-		offsets, err = ledger.ReadKafka(kctx, l.cfg.Kafka.Brokers, l.saramaConfig(), d.d.Topic, l.cfg.Kafka.GroupPrefix+"-"+d.d.Name)
+		sc, err := l.saramaConfig()
+		if err == nil {
+			offsets, err = ledger.ReadKafka(kctx, l.cfg.Kafka.Brokers, sc, d.d.Topic, l.cfg.Kafka.GroupPrefix+"-"+d.d.Name)
+		}
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -365,11 +367,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.05, 2, 16)}, []string{"dataset"}),
 		rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lambda_batch_rows_written_total",
 			Help: "Rows swapped into <ds>_daily."}, []string{"dataset"}),
-		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_watermark_seconds",
+		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_watermark_timestamp_seconds",
 			Help: "End of the last exact day (the batch boundary) as a Unix time; 0 when no day is exact."}, []string{"dataset"}),
 		due: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_due_days",
 			Help: "Days due at the last tick (sealed days after the watermark plus dirty days)."}, []string{"dataset"}),
-		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_drift_relative_error",
+		drift: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_drift_ratio",
 			Help: "Relative error of the speed view against the exact value for the last sealed day."}, []string{"dataset", "metric"}),
 	}
 	m.exact = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_exact_watermark_timestamp_seconds",
@@ -381,7 +383,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Buckets: prometheus.ExponentialBuckets(0.05, 2, 16)}, []string{"dataset", "phase"})
 	m.progress = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_phase_progress_ratio",
 		Help: "Share of the passes of the running run's phase that are done (0 between runs)."}, []string{"dataset"})
-	m.started = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_start_time_seconds",
+	m.started = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_start_timestamp_seconds",
 		Help: "Start of the dataset's running batch run as a Unix time (0 between runs): its duration so far is time() minus this."}, []string{"dataset"})
 	m.health = newHealthMetrics()
 	if reg != nil {

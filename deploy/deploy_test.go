@@ -1,8 +1,11 @@
 // Package deploy_test checks the deployment artifacts without a Docker engine or a Kubernetes
 // cluster: every YAML file parses, the Kubernetes manifests have what a rollout needs
-// (resources, probes, one batch scheduler, several serve replicas), the lambda configs load,
-// the Grafana dashboards query objects the schema generator creates and their SQL runs on a
-// current ClickHouse (chDB), and docker-compose accepts the compose file when it is installed.
+// (resources, probes, one batch scheduler, several serve replicas, a ClickHouse user per
+// command), the lambda configs load, the Grafana dashboards query objects the schema generator
+// creates and their SQL runs on a current ClickHouse (chDB), the least-privilege ClickHouse
+// users agree across their three forms, the compose file runs the demo by default with topics
+// from the config and pinned images and plugin, and docker-compose accepts it (Debian's, which
+// deploy/local/test-deps.sh installs).
 package deploy_test
 
 import (
@@ -153,6 +156,7 @@ type container struct {
 	LivenessProbe  *probe `yaml:"livenessProbe"`
 	Env            []struct {
 		Name      string `yaml:"name"`
+		Value     string `yaml:"value"`
 		ValueFrom *struct {
 			SecretKeyRef *struct {
 				Name string `yaml:"name"`
@@ -328,6 +332,22 @@ func TestKubernetesManifests(t *testing.T) {
 					t.Errorf("%s: envFrom ConfigMap %s is not declared", where, e.ConfigMapRef.Name)
 				}
 			}
+			// Each command connects as its own least-privilege ClickHouse user; only migrate
+			// changes the schema.
+			if len(c.Args) > 0 {
+				user := ""
+				for _, e := range c.Env {
+					if e.Name == "LAMBDA_CLICKHOUSE_USERNAME" {
+						user = e.Value
+					}
+				}
+				if want := "lambda_" + c.Args[0]; user != want {
+					t.Errorf("%s: LAMBDA_CLICKHOUSE_USERNAME %q, want %s (deploy/config/clickhouse/lambda-users.sql)", where, user, want)
+				}
+				if (c.Args[0] == "speed" || c.Args[0] == "batch") && !slices.Contains(c.Args, "--migrate=false") {
+					t.Errorf("%s: args %q without --migrate=false: its user may not change the schema", where, c.Args)
+				}
+			}
 			if !strings.HasPrefix(id, "Deployment/") {
 				continue
 			}
@@ -361,6 +381,12 @@ func TestKubernetesManifests(t *testing.T) {
 			return 1
 		}
 		return *w.Spec.Replicas
+	}
+	for _, c := range templates["Deployment/lambda-serve"].Spec.Containers {
+		// serve does not migrate: it is ready once ClickHouse and the schema are there.
+		if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil || c.ReadinessProbe.HTTPGet.Path != "/readyz" {
+			t.Errorf("Deployment lambda-serve container %s: the readiness probe must be /readyz", c.Name)
+		}
 	}
 	if n := replicas("lambda-serve"); n < 2 {
 		t.Errorf("Deployment lambda-serve: %d replicas, want more than one (it is stateless)", n)
@@ -453,24 +479,36 @@ func hasPort(c container, port any) bool {
 	return false
 }
 
-// partitions is the topic's partition count docker-compose creates (deploy/.env).
-func partitions(t *testing.T) int {
+// dotEnv returns the variables of deploy/.env, which docker-compose reads.
+func dotEnv(t *testing.T) map[string]string {
 	t.Helper()
 	b, err := os.ReadFile(".env")
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := regexp.MustCompile(`(?m)^EVENTS_PARTITIONS=(\d+)$`).FindSubmatch(b)
-	if m == nil {
-		t.Fatal(".env: no EVENTS_PARTITIONS")
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(strings.TrimSpace(line), "#") {
+			env[strings.TrimSpace(k)] = v
+		}
 	}
-	n, _ := strconv.Atoi(string(m[1]))
+	return env
+}
+
+// partitions is the topics' partition count docker-compose creates (deploy/.env).
+func partitions(t *testing.T) int {
+	t.Helper()
+	n, err := strconv.Atoi(dotEnv(t)["TOPIC_PARTITIONS"])
+	if err != nil {
+		t.Fatalf(".env: TOPIC_PARTITIONS: %v", err)
+	}
 	return n
 }
 
 type composeService struct {
 	Image       string         `yaml:"image"`
 	Command     []string       `yaml:"command"`
+	Entrypoint  []string       `yaml:"entrypoint"`
 	Environment map[string]any `yaml:"environment"`
 	DependsOn   map[string]struct {
 		Condition string `yaml:"condition"`
@@ -536,8 +574,59 @@ func TestComposeFile(t *testing.T) {
 	if v := fmt.Sprint(s["kafka"].Environment["KAFKA_AUTO_CREATE_TOPICS_ENABLE"]); v != "false" {
 		t.Errorf("service kafka: KAFKA_AUTO_CREATE_TOPICS_ENABLE=%s, want false", v)
 	}
-	if v := fmt.Sprint(s["grafana"].Environment["GF_INSTALL_PLUGINS"]); !strings.Contains(v, "grafana-clickhouse-datasource") {
-		t.Errorf("service grafana: GF_INSTALL_PLUGINS=%q does not install grafana-clickhouse-datasource", v)
+	if v := fmt.Sprint(s["grafana"].Environment["GF_INSTALL_PLUGINS"]); !regexp.MustCompile(`^grafana-clickhouse-datasource \d+\.\d+\.\d+$`).MatchString(v) {
+		t.Errorf("service grafana: GF_INSTALL_PLUGINS=%q: want grafana-clickhouse-datasource with a pinned version (\"grafana-clickhouse-datasource 4.10.2\")", v)
+	}
+	for name, svc := range s {
+		if svc.Image == "" || (!strings.HasPrefix(svc.Image, "lambda-platform/") && (!strings.Contains(svc.Image, ":") || strings.HasSuffix(svc.Image, ":latest"))) {
+			t.Errorf("service %s: image %q is not pinned to a version", name, svc.Image)
+		}
+	}
+
+	// Each lambda command as its own ClickHouse user (config/clickhouse/users.d/lambda-users.xml);
+	// only migrate may change the schema, so speed and batch do not migrate at start.
+	for _, name := range []string{"migrate", "speed", "batch", "serve"} {
+		svc := s[name]
+		if u := fmt.Sprint(svc.Environment["LAMBDA_CLICKHOUSE_USERNAME"]); u != "lambda_"+name {
+			t.Errorf("service %s: LAMBDA_CLICKHOUSE_USERNAME %q, want lambda_%s", name, u, name)
+		}
+		want := "${CLICKHOUSE_" + strings.ToUpper(name) + "_PASSWORD"
+		if p := fmt.Sprint(svc.Environment["LAMBDA_CLICKHOUSE_PASSWORD"]); !strings.HasPrefix(p, want) {
+			t.Errorf("service %s: LAMBDA_CLICKHOUSE_PASSWORD %q, want %s…}", name, p, want)
+		}
+		if env := fmt.Sprint(s["clickhouse"].Environment[strings.TrimPrefix(want, "${")]); !strings.HasPrefix(env, want) {
+			t.Errorf("service clickhouse: %s is not set (the user's password, read by lambda-users.xml)", strings.TrimPrefix(want, "${"))
+		}
+		if migrates := !slices.Contains(svc.Command, "--migrate=false"); (name == "speed" || name == "batch") && migrates {
+			t.Errorf("service %s: command %q migrates at start, which its user may not", name, svc.Command)
+		}
+	}
+	if !slices.Contains(s["clickhouse"].Volumes, "./config/clickhouse/users.d/lambda-users.xml:/etc/clickhouse-server/users.d/lambda-users.xml:ro") {
+		t.Errorf("service clickhouse: config/clickhouse/users.d/lambda-users.xml is not mounted in users.d")
+	}
+
+	// Topics come from the lambda config (lambda topics), not from the compose file.
+	if c := s["kafka-init"].Command; len(c) == 0 || c[0] != "topics" {
+		t.Errorf("service kafka-init: command %q, want lambda topics (the config's topics)", c)
+	}
+	for name, svc := range s {
+		for _, a := range append(append([]string{}, svc.Command...), svc.Entrypoint...) {
+			if a == "--topic" || strings.Contains(a, "kafka-topics") {
+				t.Errorf("service %s: names a topic itself (%q): topics come from the lambda config", name, a)
+			}
+		}
+	}
+
+	// The demo is on by default: the generator (profile demo) and a short batch schedule.
+	env := dotEnv(t)
+	if !slices.Contains(s["gen"].Profiles, "demo") || !slices.Contains(strings.Split(env["COMPOSE_PROFILES"], ","), "demo") {
+		t.Errorf("the demo profile is not on by default: gen profiles %v, .env COMPOSE_PROFILES=%q", s["gen"].Profiles, env["COMPOSE_PROFILES"])
+	}
+	if !slices.Contains(s["gen"].Command, "--history-once") {
+		t.Errorf("service gen: command %q without --history-once: a second up would add the history again", s["gen"].Command)
+	}
+	if env["BATCH_SCHEDULE"] == "" || !strings.Contains(fmt.Sprint(s["batch"].Environment["LAMBDA_BATCH_SCHEDULE"]), "${BATCH_SCHEDULE") {
+		t.Errorf("service batch: the demo's short schedule (.env BATCH_SCHEDULE=%q) does not reach LAMBDA_BATCH_SCHEDULE (%v)", env["BATCH_SCHEDULE"], s["batch"].Environment["LAMBDA_BATCH_SCHEDULE"])
 	}
 	// Grafana reads dashboards from where the provider looks.
 	var prov struct {
@@ -558,10 +647,29 @@ func TestComposeFile(t *testing.T) {
 	if err != nil {
 		t.Skip("docker-compose is not installed; `apt-get install docker-compose` to validate the file with it")
 	}
-	cmd := exec.Command(bin, "-f", "deploy/docker-compose.yml", "config", "-q")
+	cmd := exec.Command(bin, "-f", "deploy/docker-compose.yml", "config")
 	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("docker-compose config: %v\n%s", err, out)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("docker-compose config: %v\n%s", err, stderr.String())
+	}
+	// What docker-compose resolved, deploy/.env included.
+	var resolved struct {
+		Services map[string]struct {
+			Environment map[string]any `yaml:"environment"`
+			Command     []string       `yaml:"command"`
+		} `yaml:"services"`
+	}
+	if err := yaml.Unmarshal(out, &resolved); err != nil {
+		t.Fatalf("docker-compose config output: %v", err)
+	}
+	if v := fmt.Sprint(resolved.Services["batch"].Environment["LAMBDA_BATCH_SCHEDULE"]); v != env["BATCH_SCHEDULE"] {
+		t.Errorf("docker-compose config: batch LAMBDA_BATCH_SCHEDULE=%q, want %q from .env", v, env["BATCH_SCHEDULE"])
+	}
+	if c := resolved.Services["kafka-init"].Command; !slices.Contains(c, env["TOPIC_PARTITIONS"]) {
+		t.Errorf("docker-compose config: kafka-init command %q does not carry TOPIC_PARTITIONS=%s", c, env["TOPIC_PARTITIONS"])
 	}
 }
 
@@ -584,9 +692,81 @@ type grafanaPanel struct {
 }
 
 type grafanaDashboard struct {
-	UID    string         `json:"uid"`
-	Title  string         `json:"title"`
-	Panels []grafanaPanel `json:"panels"`
+	UID        string         `json:"uid"`
+	Title      string         `json:"title"`
+	Panels     []grafanaPanel `json:"panels"`
+	Templating struct {
+		List []grafanaVar `json:"list"`
+	} `json:"templating"`
+}
+
+// grafanaVar is a template variable; Query is the SQL of a query variable (the plugin takes a
+// string or an object with rawSql).
+type grafanaVar struct {
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	Datasource *struct {
+		Type string `json:"type"`
+		UID  string `json:"uid"`
+	} `json:"datasource"`
+	Query      json.RawMessage `json:"query"`
+	Definition string          `json:"definition"`
+	Refresh    int             `json:"refresh"`
+	Multi      bool            `json:"multi"`
+	IncludeAll bool            `json:"includeAll"`
+	Current    struct {
+		Value any `json:"value"`
+	} `json:"current"`
+}
+
+func (v grafanaVar) sql() string {
+	var s string
+	if json.Unmarshal(v.Query, &s) == nil {
+		return s
+	}
+	var o struct {
+		RawSQL string `json:"rawSql"`
+	}
+	_ = json.Unmarshal(v.Query, &o)
+	return o.RawSQL
+}
+
+// grafanaVars are the template variables every Grafana dashboard has, with the values the
+// checks expand them to (a demo dataset, metric, dimension and two of its values). "Range" is
+// the dashboard's time range, which the macros take.
+var grafanaVars = map[string][]string{
+	"dataset":   {"events"},
+	"metric":    {"events"},
+	"dimension": {"country"},
+	"value":     {"de", "fr"},
+}
+
+var (
+	conditionalAllRE = regexp.MustCompile(`\$__conditionalAll\((.*), \$\{?([A-Za-z_][A-Za-z0-9_]*)\}?\)`)
+	varRefRE         = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}|\$([A-Za-z_][A-Za-z0-9_]*)`)
+)
+
+// expandVars substitutes the template variables as Grafana does for the chosen values:
+// ${v:singlequote} quotes each value, ${v} and $v join them with commas, and
+// $__conditionalAll(cond, $v) is cond (a value is chosen, not All).
+func expandVars(sql string) string {
+	sql = conditionalAllRE.ReplaceAllString(sql, "$1")
+	return varRefRE.ReplaceAllStringFunc(sql, func(m string) string {
+		sm := varRefRE.FindStringSubmatch(m)
+		name, format := sm[1]+sm[3], sm[2]
+		vals, ok := grafanaVars[name]
+		if !ok {
+			return m // a macro, or unknown: left for the checks
+		}
+		if format == "singlequote" {
+			q := make([]string, len(vals))
+			for i, v := range vals {
+				q[i] = "'" + strings.ReplaceAll(v, "'", "\\'") + "'"
+			}
+			return strings.Join(q, ",")
+		}
+		return strings.Join(vals, ",")
+	})
 }
 
 // macros are the grafana-clickhouse-datasource macros the dashboards may use, with what
@@ -601,6 +781,7 @@ var macros = []struct {
 }
 
 func expandMacros(sql string) string {
+	sql = expandVars(sql)
 	for _, m := range macros {
 		sql = m.re.ReplaceAllString(sql, m.repl)
 	}
@@ -628,6 +809,7 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 	lambdaViews := map[string]bool{}
 	for _, d := range cfg.Datasets {
 		lambdaViews[schema.Lambda(d.Name)] = true
+		lambdaViews[schema.LambdaHourly(d.Name)] = true
 	}
 
 	var ds struct {
@@ -644,6 +826,7 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 
 	refRE := regexp.MustCompile("\\b`?" + db + "`?\\.`?([A-Za-z0-9_]+)`?")
 	varRE := regexp.MustCompile(`\$\{?[A-Za-z_][A-Za-z0-9_]*`)
+	hardRE := regexp.MustCompile("dataset\\s*=\\s*'|" + db + "\\.`?[a-z0-9_]+_(raw|speed|daily|hourly|drift|rejects|lambda)")
 	groupingRE := regexp.MustCompile(`\bgrouping\s*(=|IN\b)`)
 	files, _ := filepath.Glob(filepath.Join(root, "dashboards", "grafana", "*.json"))
 	if len(files) == 0 {
@@ -666,6 +849,43 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 			t.Errorf("%s: uid %q is also used by %s", f, d.UID, other)
 		}
 		uids[d.UID] = f
+		// The template variables: a dataset, its metrics, its dimensions and their values,
+		// each a query of the provisioned datasource that names only objects the schema
+		// creates and runs on a current ClickHouse.
+		vars := map[string]grafanaVar{}
+		for _, v := range d.Templating.List {
+			vars[v.Name] = v
+		}
+		for name := range grafanaVars {
+			v, ok := vars[name]
+			where := fmt.Sprintf("%s: variable %s", filepath.Base(f), name)
+			switch {
+			case !ok:
+				t.Errorf("%s: missing (every dashboard has the variables dataset, metric, dimension and value)", where)
+				continue
+			case v.Type != "query" || v.Datasource == nil || v.Datasource.UID != uid:
+				t.Errorf("%s: want a query of the provisioned datasource %q, got type %q", where, uid, v.Type)
+			case strings.TrimSpace(v.sql()) == "" || v.sql() != v.Definition:
+				t.Errorf("%s: query %q and definition %q must be the same SQL", where, v.sql(), v.Definition)
+			}
+			if name == "value" && (!v.Multi || !v.IncludeAll || v.Refresh != 2) {
+				t.Errorf("%s: want multi-value with All, refreshed on time range change (refresh 2)", where)
+			}
+			if name != "value" && fmt.Sprint(v.Current.Value) != grafanaVars[name][0] {
+				t.Errorf("%s: default %v, want %s (the demo)", where, v.Current.Value, grafanaVars[name][0])
+			}
+			sql := expandMacros(v.sql())
+			for _, r := range refRE.FindAllStringSubmatch(sql, -1) {
+				if !objects[r[1]] {
+					t.Errorf("%s: %s.%s is not an object the schema creates", where, db, r[1])
+				}
+			}
+			if x := varRE.FindString(sql); x != "" {
+				t.Errorf("%s: %s is neither a known macro nor a variable", where, x)
+			}
+			queries = append(queries, sql)
+			names = append(names, where)
+		}
 		var walk func(ps []grafanaPanel)
 		n := 0
 		walk = func(ps []grafanaPanel) {
@@ -690,7 +910,10 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 						t.Errorf("%s target %s: no rawSql", where, tg.RefID)
 						continue
 					}
-					refs := refRE.FindAllStringSubmatch(tg.RawSQL, -1)
+					if hardRE.MatchString(tg.RawSQL) {
+						t.Errorf("%s target %s: hard-codes a dataset (%s); use ${dataset}", where, tg.RefID, hardRE.FindString(tg.RawSQL))
+					}
+					refs := refRE.FindAllStringSubmatch(expandVars(tg.RawSQL), -1)
 					if len(refs) == 0 {
 						t.Errorf("%s target %s: queries no %s.<object>: %s", where, tg.RefID, db, tg.RawSQL)
 					}
@@ -756,7 +979,8 @@ func TestDockerfile(t *testing.T) {
 	df := string(b)
 	for _, want := range []*regexp.Regexp{
 		regexp.MustCompile(`(?m)^FROM golang:\S+ AS build$`),
-		regexp.MustCompile(`CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /lambda \./cmd/lambda`),
+		regexp.MustCompile(`CGO_ENABLED=0 go build -trimpath -ldflags="-s -w -X main\.buildVersion=\$\{LAMBDA_VERSION\} -X main\.buildRevision=\$\{LAMBDA_REVISION\}" -o /lambda \./cmd/lambda`),
+		regexp.MustCompile(`(?m)^ARG LAMBDA_REVISION=$`),
 		regexp.MustCompile(`(?m)^COPY --from=build /lambda /lambda$`),
 		regexp.MustCompile(`(?m)^USER [1-9][0-9]*(:[0-9]+)?$`), // numeric and not root
 		regexp.MustCompile(`(?m)^ENTRYPOINT \["/lambda"\]$`),

@@ -82,6 +82,7 @@ func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test skipped in -short mode")
 	}
+	t.Parallel()
 	ch := startClickHouse(t)
 	dir := t.TempDir()
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
@@ -111,7 +112,7 @@ func TestEndToEnd(t *testing.T) {
 	base := fmt.Sprintf("http://127.0.0.1:%d", servePort)
 
 	tr := newTruth()
-	producer, err := gen.NewProducer([]string{brokerAddr}, "e2e")
+	producer, err := gen.NewProducer(config.Kafka{Brokers: []string{brokerAddr}}, "e2e")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,7 +154,7 @@ func TestEndToEnd(t *testing.T) {
 	_ = brk.stop(syscall.SIGTERM)
 	brk.start()
 	waitPort(t, brokerAddr)
-	producer, err = gen.NewProducer([]string{brokerAddr}, "e2e")
+	producer, err = gen.NewProducer(config.Kafka{Brokers: []string{brokerAddr}}, "e2e")
 	if err != nil {
 		t.Fatal(err)
 	}

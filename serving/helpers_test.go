@@ -126,50 +126,84 @@ func insertRaw(t testing.TB, conn driver.Conn, cfg *config.Config, evs []event) 
 	}
 }
 
-// seal computes <ds>_daily for [from, to) days the way the batch layer does (same catalogue
-// fragments, dedup and grouping sets), then records succeeded runs and the watermark.
+// seal computes <ds>_daily and <ds>_hourly for [from, to) days and rewrites their <ds>_speed
+// partitions from deduplicated raw, the way the batch layer does (same catalogue fragments,
+// dedup and grouping sets), then records succeeded runs and the watermark.
 func seal(t testing.TB, conn driver.Conn, cfg *config.Config, from, to time.Time, runID string, wm time.Time) {
 	t.Helper()
 	ctx := context.Background()
 	g := schema.NewGenerator(cfg)
 	ds, _ := cfg.Dataset("events")
 	dims := ds.DimensionNames()
-	cols := []string{"day", "grouping"}
-	sel := []string{"toDate(time) AS day", schema.GroupingExpr + " AS grouping"}
-	inner := []string{"time", "id"}
-	for _, d := range dims {
-		cols = append(cols, schema.Q(d))
-		sel = append(sel, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", d, schema.Q("d_"+d), schema.Q("o_"+d)))
-		inner = append(inner, schema.Q(d)+" AS "+schema.Q("d_"+d))
-	}
-	for _, c := range ds.ValueColumns() {
-		inner = append(inner, schema.Q(c.Name))
-	}
-	for _, s := range ds.Specs() {
-		cols = append(cols, schema.Q(s.Name))
-		sel = append(sel, s.Cast(s.ExactExpr()))
-	}
-	for _, s := range ds.Specs() {
-		if s.HasDailyState() {
-			cols = append(cols, schema.Q(s.StateColumn()))
-			sel = append(sel, s.StateExpr())
+	rollup := func(table, grain string) string {
+		cols := []string{grain, "grouping"}
+		sel := []string{"toDate(time) AS o_t", schema.GroupingExpr + " AS o_grouping"}
+		if grain == "hour" {
+			sel[0] = "toStartOfHour(time) AS o_t"
 		}
-	}
-	cols = append(cols, "run_id")
-	sel = append(sel, "?")
-	group := []string{"day", "grouping"}
-	for _, d := range dims {
-		group = append(group, schema.Q("o_"+d))
-	}
-	for d := from; d.Before(to); d = d.AddDate(0, 0, 1) {
-		q := fmt.Sprintf(`INSERT INTO %s (%s)
+		inner := []string{"time", "id"}
+		for _, d := range dims {
+			cols = append(cols, schema.Q(d))
+			sel = append(sel, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", d, schema.Q("d_"+d), schema.Q("o_"+d)))
+			inner = append(inner, schema.Q(d)+" AS "+schema.Q("d_"+d))
+		}
+		for _, c := range ds.ValueColumns() {
+			inner = append(inner, schema.Q(c.Name))
+		}
+		for _, s := range ds.Specs() {
+			cols = append(cols, schema.Q(s.Name))
+			sel = append(sel, s.Cast(s.ExactExpr()))
+		}
+		for _, s := range ds.Specs() {
+			if s.HasDailyState() {
+				cols = append(cols, schema.Q(s.StateColumn()))
+				sel = append(sel, s.StateExpr())
+			}
+		}
+		cols = append(cols, "run_id")
+		sel = append(sel, "?")
+		group := []string{"o_t", "o_grouping"}
+		for _, d := range dims {
+			group = append(group, schema.Q("o_"+d))
+		}
+		return fmt.Sprintf(`INSERT INTO %s (%s)
 SELECT %s
 FROM (SELECT %s FROM %s WHERE time >= toDateTime(?) AND time < toDateTime(?) ORDER BY _ingested_at, _partition, _offset LIMIT 1 BY toDate(time), id)
 ARRAY JOIN %s AS gd
-GROUP BY %s`, g.T(schema.Daily("events")), strings.Join(cols, ", "), strings.Join(sel, ", "), strings.Join(inner, ", "),
+GROUP BY %s`, g.T(table), strings.Join(cols, ", "), strings.Join(sel, ", "), strings.Join(inner, ", "),
 			g.T(schema.Raw("events")), schema.GroupingArray(ds.GroupingSets()), strings.Join(group, ", "))
-		if err := conn.Exec(ctx, q, runID, d.Unix(), d.AddDate(0, 0, 1).Unix()); err != nil {
-			t.Fatalf("cannot seal %s: %v\n%s", d, err, q)
+	}
+	// The speed partition of a sealed day, rewritten from deduplicated raw.
+	speedCols := []string{"minute"}
+	speedSel := []string{"toStartOfMinute(time) AS minute"}
+	for _, d := range ds.SpeedDimensions() {
+		speedCols = append(speedCols, schema.Q(d))
+		speedSel = append(speedSel, schema.Q(d))
+	}
+	for _, s := range ds.Specs() {
+		speedCols = append(speedCols, schema.Q(s.Name))
+		speedSel = append(speedSel, s.StateExpr())
+	}
+	for _, c := range ds.PresenceColumns() {
+		speedCols = append(speedCols, schema.Q(metric.PresenceColumn(c)))
+		speedSel = append(speedSel, metric.PresenceStateExpr(c))
+	}
+	speed := fmt.Sprintf(`INSERT INTO %s (%s)
+SELECT %s
+FROM (SELECT * FROM %s WHERE time >= toDateTime(?) AND time < toDateTime(?) ORDER BY _ingested_at, _partition, _offset LIMIT 1 BY toDate(time), id)
+GROUP BY %s`, g.T(schema.Speed("events")), strings.Join(speedCols, ", "), strings.Join(speedSel, ", "), g.T(schema.Raw("events")),
+		strings.Join(speedCols[:1+len(ds.SpeedDimensions())], ", "))
+	for d := from; d.Before(to); d = d.AddDate(0, 0, 1) {
+		for _, q := range []string{rollup(schema.Daily("events"), "day"), rollup(schema.Hourly("events"), "hour")} {
+			if err := conn.Exec(ctx, q, runID, d.Unix(), d.AddDate(0, 0, 1).Unix()); err != nil {
+				t.Fatalf("cannot seal %s: %v\n%s", d, err, q)
+			}
+		}
+		if err := conn.Exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP PARTITION %s", g.T(schema.Speed("events")), d.Format("20060102"))); err != nil {
+			t.Fatal(err)
+		}
+		if err := conn.Exec(ctx, speed, d.Unix(), d.AddDate(0, 0, 1).Unix()); err != nil {
+			t.Fatalf("cannot rewrite speed of %s: %v\n%s", d, err, speed)
 		}
 		recordRun(t, conn, cfg, d, runID, 0)
 	}
@@ -177,6 +211,19 @@ GROUP BY %s`, g.T(schema.Daily("events")), strings.Join(cols, ", "), strings.Joi
 	if err := conn.Exec(ctx, wq, wm.Format("2006-01-02"), runID, time.Now().UnixMicro()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// reseal recomputes one sealed day with a new run: its rows of <ds>_daily and <ds>_hourly are
+// dropped and written again, its speed partition rewritten, the run recorded.
+func reseal(t testing.TB, conn driver.Conn, cfg *config.Config, day time.Time, runID string, wm time.Time) {
+	t.Helper()
+	g := schema.NewGenerator(cfg)
+	for _, table := range []string{schema.Daily("events"), schema.Hourly("events")} {
+		if err := conn.Exec(context.Background(), fmt.Sprintf("ALTER TABLE %s DROP PARTITION %s", g.T(table), day.Format("20060102"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seal(t, conn, cfg, day, day.AddDate(0, 0, 1), runID, wm)
 }
 
 // recordRun appends a successful run of a day to batch_runs as the newest run of the day,
@@ -195,9 +242,19 @@ func recordRun(t testing.TB, conn driver.Conn, cfg *config.Config, day time.Time
 	if rowsOut == 0 {
 		rowsOut = out
 	}
+	var hourly, speed uint64
+	if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s WHERE toDate(hour) = toDate(?) AND run_id = ?", g.T(schema.Hourly("events"))), day.Format(time.DateOnly), runID).Scan(&hourly); err != nil {
+		t.Fatal(err)
+	}
+	if hourly > 0 {
+		if err := conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM %s WHERE toDate(minute) = toDate(?)", g.T(schema.Speed("events"))), day.Format(time.DateOnly)).Scan(&speed); err != nil {
+			t.Fatal(err)
+		}
+	}
 	now := time.Now()
 	if err := ledger.RecordRun(ctx, conn, g.DB, ledger.Run{Dataset: "events", Day: day, RunID: runID, Status: ledger.StatusSucceeded,
-		At: now, AtUS: uint64(now.UnixMicro()), StartedAt: now, FinishedAt: now, RowsRead: read, RowsOut: rowsOut, Host: "test"}); err != nil {
+		At: now, AtUS: uint64(now.UnixMicro()), StartedAt: now, FinishedAt: now, RowsRead: read, RowsOut: rowsOut,
+		RowsHourly: hourly, RowsSpeed: speed, Host: "test"}); err != nil {
 		t.Fatal(err)
 	}
 }

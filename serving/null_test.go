@@ -150,12 +150,14 @@ func TestNullSemanticsEveryLayer(t *testing.T) {
 	// Deduplicated raw for every day.
 	check("exact", fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-11","granularity":"day","exact":true}`, metrics),
 		func(string) ([]any, bool) { return nil, false })
-	viewAgreesAll(t, e)
+	viewAgreesAll(t, e, "day", "2024-03-05", "2024-03-11")
+	viewAgreesAll(t, e, "hour", "2024-03-08 06:00:00", "2024-03-09 18:00:00")
 }
 
-// viewAgreesAll compares <ds>_lambda with the API for every metric and every grouping set
-// (those the speed view keeps and those it does not), per day, batch and speed days alike.
-func viewAgreesAll(t *testing.T, e *testEnv) {
+// viewAgreesAll compares <ds>_lambda (grain day) or <ds>_lambda_hourly (grain hour) with the
+// API for every metric and every grouping set (those the speed view keeps and those it does
+// not), per bucket of [from, to), batch and speed side alike.
+func viewAgreesAll(t *testing.T, e *testEnv, grain, from, to string) {
 	t.Helper()
 	ds, _ := e.cfg.Dataset("events")
 	g := schema.NewGenerator(e.cfg)
@@ -169,26 +171,39 @@ func viewAgreesAll(t *testing.T, e *testEnv) {
 		for _, s := range specs {
 			names = append(names, `"`+s.Name+`"`)
 		}
-		r := e.query(t, fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":%s,"from":"2024-03-05","to":"2024-03-11","granularity":"day","limit":100000}`,
-			strings.Join(names, ","), dimsJSON))
+		apiTime := func(s string) string {
+			if grain == "hour" {
+				return strings.Replace(s, " ", "T", 1) + "Z"
+			}
+			return s
+		}
+		r := e.query(t, fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":%s,"from":"%s","to":"%s","granularity":"%s","limit":100000}`,
+			strings.Join(names, ","), dimsJSON, apiTime(from), apiTime(to), grain))
 		api := map[string]map[string]any{}
 		for _, row := range r.Rows {
 			k := row["time"].(string)[:10]
+			if grain == "hour" {
+				k = strings.Replace(strings.TrimSuffix(row["time"].(string), "Z"), "T", " ", 1)
+			}
 			for _, d := range set {
 				k += "|" + row[d].(string)
 			}
 			api[k] = row
 		}
-		key := "toString(day)"
+		key := "toString(" + grain + ")"
 		if len(set) > 0 {
-			key = "concat(toString(day), '|', arrayStringConcat([" + strings.Join(set, ", ") + "], '|'))"
+			key = "concat(toString(" + grain + "), '|', arrayStringConcat([" + strings.Join(set, ", ") + "], '|'))"
 		}
 		cols := []string{key}
 		for _, s := range specs {
 			cols = append(cols, "toNullable(toFloat64("+schema.Q(s.Name)+"))")
 		}
-		q := fmt.Sprintf("SELECT %s, source, exact FROM %s WHERE grouping = ? AND day >= '2024-03-05' AND day < '2024-03-11'",
-			strings.Join(cols, ", "), g.T(schema.Lambda("events")))
+		view := schema.Lambda("events")
+		if grain == "hour" {
+			view = schema.LambdaHourly("events")
+		}
+		q := fmt.Sprintf("SELECT %s, source, exact FROM %s WHERE grouping = ? AND %s >= '%s' AND %s < '%s'",
+			strings.Join(cols, ", "), g.T(view), grain, from, grain, to)
 		rows, err := e.conn.Query(context.Background(), q, config.GroupingName(set))
 		if err != nil {
 			t.Fatal(err)
@@ -237,6 +252,94 @@ func viewAgreesAll(t *testing.T, e *testEnv) {
 			}
 			slices.Sort(keys)
 			t.Errorf("grouping %q: view has %d rows, api %d", config.GroupingName(set), n, len(api))
+		}
+	}
+}
+
+// TestSubDayFromRollups: sub-day buckets of sealed days come from the batch layer's rollups,
+// not from raw. Every hour bucket equals the truth for every metric and stored set (exact from
+// <ds>_hourly); minute buckets come from the rewritten <ds>_speed partition, exact for count,
+// sum, min, max and avg, flagged approximate when a distinct count or quantile is asked; hours
+// rolled up from another set than the one asked are approximate for distinct counts; a day
+// bucket that starts mid-day combines hours and minutes; exact:true reads raw.
+func TestSubDayFromRollups(t *testing.T) {
+	e := newEnvWith(t, allTypes, nullEvents())
+	hourTruth := map[string][]any{}
+	groups := map[string][]event{}
+	for _, ev := range e.evs {
+		k := ev.t.Truncate(time.Hour).Format(time.RFC3339) + "|" + ev.country
+		groups[k] = append(groups[k], ev)
+	}
+	for k, evs := range groups {
+		hourTruth[k] = expect(evs, true)
+	}
+	metrics := `"events","users","revenue","lo","hi","mean","value_p95"`
+	r := e.query(t, fmt.Sprintf(`{"dataset":"events","metrics":[%s],"dimensions":["country"],"from":"2024-03-06T05:00:00Z","to":"2024-03-08T19:00:00Z","granularity":"hour","limit":10000}`, metrics))
+	if len(r.Rows) != 62*4 {
+		t.Fatalf("%d hour rows, want 62 hours x 4 countries", len(r.Rows))
+	}
+	for _, row := range r.Rows {
+		k := row["time"].(string) + "|" + row["country"].(string)
+		if row["source"] != SourceBatch || row["exact"] != true {
+			t.Errorf("%s: source %v exact %v, want exact from batch", k, row["source"], row["exact"])
+		}
+		for i, m := range allMetrics {
+			if !sameValue(row[m], hourTruth[k][i], 1e-9) {
+				t.Errorf("%s %s: %v, want %v", k, m, row[m], hourTruth[k][i])
+			}
+		}
+	}
+	for _, src := range r.Meta.Sources {
+		if src.Table != TableHourly {
+			t.Errorf("hour buckets read %+v, want only %s", src, TableHourly)
+		}
+	}
+	// Minutes: exact for the additive metrics, approximate with a distinct count.
+	minuteTruth := map[string][]any{}
+	groups = map[string][]event{}
+	for _, ev := range e.evs {
+		k := ev.t.Truncate(time.Minute).Format(time.RFC3339)
+		groups[k] = append(groups[k], ev)
+	}
+	for k, evs := range groups {
+		minuteTruth[k] = expect(evs, true)
+	}
+	r = e.query(t, `{"dataset":"events","metrics":["events","revenue","lo","hi","mean"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T13:00:00Z","granularity":"minute","limit":10000}`)
+	if len(r.Rows) == 0 {
+		t.Fatal("no minute rows")
+	}
+	for _, row := range r.Rows {
+		k := row["time"].(string)
+		w := minuteTruth[k]
+		if row["source"] != SourceBatch || row["exact"] != true || !sameValue(row["events"], w[0], 0) || !sameValue(row["revenue"], w[2], 1e-9) ||
+			!sameValue(row["lo"], w[3], 0) || !sameValue(row["hi"], w[4], 0) || !sameValue(row["mean"], w[5], 1e-9) {
+			t.Errorf("minute %s: %v, want %v exact from batch", k, row, w)
+		}
+	}
+	r = e.query(t, `{"dataset":"events","metrics":["events","users"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T10:10:00Z","granularity":"minute"}`)
+	for _, row := range r.Rows {
+		if row["exact"] != false {
+			t.Errorf("minute with a distinct count flagged exact: %v", row)
+		}
+	}
+	// Hours by device filtered to one country roll the full set up: users approximate.
+	r = e.query(t, `{"dataset":"events","metrics":["events","users"],"dimensions":["device"],"filters":[{"dimension":"country","op":"in","values":["DE","FR"]}],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T12:00:00Z","granularity":"hour"}`)
+	for _, row := range r.Rows {
+		if row["exact"] != false {
+			t.Errorf("rolled-up distinct count flagged exact: %v", row)
+		}
+	}
+	// A day bucket from 10:30: minutes 10:30-11:00, then hours: events exact.
+	r = e.query(t, `{"dataset":"events","metrics":["events","revenue"],"from":"2024-03-07T10:30:00Z","to":"2024-03-08T00:00:00Z","granularity":"day"}`)
+	tr := e.truth(mustDay("2024-03-07").Add(10*time.Hour+30*time.Minute), mustDay("2024-03-08"), nil)
+	if len(r.Rows) != 1 || num(r.Rows[0]["events"]) != float64(tr.events) || r.Rows[0]["exact"] != true || r.Rows[0]["source"] != SourceBatch {
+		t.Errorf("partial day: %v, want %d events exact", r.Rows, tr.events)
+	}
+	// exact:true reads raw.
+	r = e.query(t, `{"dataset":"events","metrics":["users"],"dimensions":["device"],"filters":[{"dimension":"country","op":"in","values":["DE","FR"]}],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T12:00:00Z","granularity":"hour","exact":true}`)
+	for _, row := range r.Rows {
+		if row["exact"] != true || row["source"] != SourceRaw {
+			t.Errorf("exact:true: %v", row)
 		}
 	}
 }

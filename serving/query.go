@@ -1,138 +1,21 @@
 package serving
 
 import (
-	"container/list"
+	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/csv"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
+	"io"
+	"net"
 	"net/http"
-	"strconv"
+	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/gin-gonic/gin"
+	"github.com/shopspring/decimal"
 )
-
-// Result is the rows of a query: one object per row with the columns in order.
-type Result struct {
-	Columns []string
-	Rows    [][]any
-}
-
-// MarshalJSON writes the rows as objects whose keys keep the column order.
-func (r *Result) MarshalJSON() ([]byte, error) { return r.appendJSON(nil) }
-
-// appendJSON appends the rows as a JSON array. Keys are encoded once, and the common value
-// types without reflection: encoding rows was half the API's CPU time (bench/servingload
-// -cpuprofile).
-func (r *Result) appendJSON(b []byte) ([]byte, error) {
-	keys := make([][]byte, len(r.Columns))
-	for j, c := range r.Columns {
-		keys[j] = append(appendJSONString(nil, c), ':')
-	}
-	b = append(b, '[')
-	var err error
-	for i, row := range r.Rows {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, '{')
-		for j, v := range row {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, keys[j]...)
-			if b, err = appendJSONValue(b, v); err != nil {
-				return nil, err
-			}
-		}
-		b = append(b, '}')
-	}
-	return append(b, ']'), nil
-}
-
-// encodeJSON is the response body: what encoding/json would write for resp, without its
-// second pass over the rows a json.Marshaler returns.
-func (resp *Response) encodeJSON() ([]byte, error) {
-	b := make([]byte, 0, 256+64*len(resp.rows()))
-	b = append(b, `{"rows":`...)
-	var err error
-	if resp.Rows == nil {
-		b = append(b, "null"...)
-	} else if b, err = resp.Rows.appendJSON(b); err != nil {
-		return nil, err
-	}
-	meta, err := json.Marshal(resp.Meta)
-	if err != nil {
-		return nil, err
-	}
-	b = append(b, `,"meta":`...)
-	b = append(b, meta...)
-	return append(b, '}'), nil
-}
-
-func (resp *Response) rows() [][]any {
-	if resp.Rows == nil {
-		return nil
-	}
-	return resp.Rows.Rows
-}
-
-// appendJSONValue encodes one value as encoding/json does.
-func appendJSONValue(b []byte, v any) ([]byte, error) {
-	switch x := v.(type) {
-	case nil:
-		return append(b, "null"...), nil
-	case string:
-		return appendJSONString(b, x), nil
-	case jsonFloat:
-		f := float64(x)
-		if f != f || math.IsInf(f, 0) {
-			return append(b, "null"...), nil
-		}
-		return strconv.AppendFloat(b, f, 'g', -1, 64), nil
-	case bool:
-		return strconv.AppendBool(b, x), nil
-	case time.Time:
-		if y := x.Year(); y < 0 || y > 9999 {
-			break
-		}
-		b = append(b, '"')
-		b = x.AppendFormat(b, time.RFC3339Nano)
-		return append(b, '"'), nil
-	case uint64:
-		return strconv.AppendUint(b, x, 10), nil
-	case int64:
-		return strconv.AppendInt(b, x, 10), nil
-	case uint8:
-		return strconv.AppendUint(b, uint64(x), 10), nil
-	case int:
-		return strconv.AppendInt(b, int64(x), 10), nil
-	}
-	enc, err := json.Marshal(v)
-	return append(b, enc...), err
-}
-
-// appendJSONString appends s quoted; strings with anything encoding/json escapes (quotes,
-// backslashes, control characters, <, >, &, non-ASCII) go through encoding/json.
-func appendJSONString(b []byte, s string) []byte {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
-			enc, _ := json.Marshal(s)
-			return append(b, enc...)
-		}
-	}
-	b = append(b, '"')
-	b = append(b, s...)
-	return append(b, '"')
-}
 
 // Meta says where the numbers came from and how fresh they are.
 type Meta struct {
@@ -149,10 +32,32 @@ type Meta struct {
 	// PendingCorrections are the days waiting for a batch run: dirty days (late events
 	// arrived after their run) and days with raw rows and no run yet.
 	PendingCorrections []string `json:"pending_corrections"`
-	Truncated          bool     `json:"truncated"`
-	Cached             bool     `json:"cached"`
-	TookMs             float64  `json:"took_ms"`
+	// Truncated is true when more rows follow the page (offset + limit): raise the limit,
+	// page on with offset, or narrow the request.
+	Truncated bool `json:"truncated"`
+	// Columns are the rows' columns in order, with their types.
+	Columns []Column `json:"columns"`
+	Cached  bool     `json:"cached"`
+	TookMs  float64  `json:"took_ms"`
 }
+
+// Column is a result column: its name and type (timestamp, string, integer, number or
+// boolean); nullable columns hold null where no value exists.
+type Column struct {
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Nullable bool   `json:"nullable"`
+}
+
+// Column types of meta.columns.
+const (
+	TypeTimestamp = "timestamp" // RFC 3339, UTC
+	TypeString    = "string"
+	TypeInteger   = "integer" // unsigned, fits 64 bits
+	TypeNumber    = "number"  // a float64
+	TypeDecimal   = "decimal" // a JSON number written exactly (a sum with decimals: money)
+	TypeBoolean   = "boolean"
+)
 
 // Response is the answer of /api/v1/query.
 type Response struct {
@@ -188,7 +93,7 @@ func (s *Server) query(c *gin.Context) {
 	}
 	format := c.Query("format")
 	if format != "" && format != "json" && format != "csv" {
-		s.fail(c, badRequest("format", "unknown format %q (want json or csv)", format))
+		s.fail(c, badRequest(CodeUnknownFormat, "format", "unknown format %q (want json or csv)", format))
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.Serving.QueryTimeout.D())
@@ -205,27 +110,37 @@ func (s *Server) query(c *gin.Context) {
 	}
 	body, err := resp.encodeJSON()
 	if err != nil {
-		s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: "cannot encode the result: " + err.Error()})
+		s.log.Error("encode the result", "request_id", RequestID(c.Request.Context()), "err", err)
+		s.fail(c, internalError(c.Request.Context(), "cannot encode the result"))
 		return
 	}
 	c.Data(http.StatusOK, "application/json; charset=utf-8", body)
 }
 
-// Query answers a request. Cancelling ctx cancels the ClickHouse query; its deadline becomes
+// Query answers a request. Cancelling ctx cancels the ClickHouse queries; a deadline becomes
 // ClickHouse's max_execution_time and a 504.
+//
+// The parts before the batch boundary and after it are computed apart when no bucket
+// straddles the boundary (minute, hour and day buckets): the batch side is cached, keyed by
+// the runs it read, so a dashboard refresh costs only the part after the boundary.
 func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError) {
 	now := s.now().UTC()
 	q, apiErr := Check(s.cfg, req, Limits{MaxRows: s.cfg.Serving.MaxRows, MaxBuckets: s.cfg.Serving.MaxBuckets}, now)
 	if apiErr != nil {
 		return nil, apiErr
 	}
+	return s.answer(ctx, q, now)
+}
+
+// answer plans and runs a checked query.
+func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response, *APIError) {
 	st, err := s.state.get(ctx, q.DS, now)
 	if err != nil {
 		return nil, s.dbError(ctx, "cannot read the watermarks", err)
 	}
 	rs := st.State
 	consistent := true
-	if from, to := s.planner.DailyDays(q, &rs); from.Before(to) {
+	if from, to := s.planner.BatchDays(q, &rs); from.Before(to) {
 		rs.Sets, consistent, err = s.sets.get(ctx, s.conn, s.planner.g, q.DS.Name, from, to, st.Runs)
 		if err != nil {
 			return nil, s.dbError(ctx, "cannot read the grouping sets", err)
@@ -237,111 +152,254 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 	}
 	resp := &Response{Meta: Meta{
 		BatchWatermark: day(st.Effective), PersistedBatchWatermark: day(st.Watermark),
-		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: []string{},
+		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: st.pending(), Columns: q.columnTypes(),
 	}}
 	if !st.SpeedWatermark.IsZero() {
 		w := st.SpeedWatermark
 		resp.Meta.SpeedWatermark = &w
 		resp.Meta.LagSeconds = max(0, now.Sub(w).Seconds())
 	}
-	resp.Meta.PendingCorrections = st.pending()
-	var key string
-	if pl.DailyOnly && consistent {
-		key = s.cacheKey(q, st, pl)
-		if r, ok := s.cache.get(key); ok {
-			s.m.cacheHits.Inc()
-			resp.Rows, resp.Meta.Cached = r, true
-			resp.Meta.Truncated = len(r.Rows) > q.Limit
-			if resp.Meta.Truncated {
-				resp.Rows = &Result{Columns: r.Columns, Rows: r.Rows[:q.Limit]}
-			}
-			return resp, nil
+	var parts []*Result
+	if pl.Batch != nil {
+		var key string
+		if consistent {
+			key = s.cacheKey(q, st, pl)
 		}
-		s.m.cacheMisses.Inc()
+		r, ok := s.cache.get(key)
+		switch {
+		case key == "":
+		case ok:
+			s.m.cacheHits.Inc()
+			resp.Meta.Cached = true
+		default:
+			s.m.cacheMisses.Inc()
+		}
+		if !ok {
+			if r, err = s.run(ctx, q, pl.Batch); err != nil {
+				return nil, s.dbError(ctx, "cannot run the query", err)
+			}
+			if key != "" {
+				s.cache.put(key, r)
+			}
+		}
+		parts = append(parts, r)
 	}
-	res, err := s.run(ctx, q, pl)
-	if err != nil {
-		return nil, s.dbError(ctx, "cannot run the query", err)
+	for _, sql := range []*SQL{pl.Speed, pl.All} {
+		if sql == nil {
+			continue
+		}
+		r, err := s.run(ctx, q, sql)
+		if err != nil {
+			return nil, s.dbError(ctx, "cannot run the query", err)
+		}
+		parts = append(parts, r)
 	}
-	if key != "" {
-		s.cache.put(key, res)
-	}
-	resp.Rows = res
-	if len(res.Rows) > q.Limit {
+	res := mergeResults(q, parts)
+	res = flagPartial(q, pl.Sources, res)
+	// The page: each statement returned up to offset+limit+1 rows in the query's order, and
+	// the merge kept as many, so the rows before offset and one after the page are known.
+	rows := res.Rows[min(q.Offset, len(res.Rows)):]
+	if len(rows) > q.Limit {
 		resp.Meta.Truncated = true
-		resp.Rows = &Result{Columns: res.Columns, Rows: res.Rows[:q.Limit]}
+		rows = rows[:q.Limit]
 	}
+	resp.Rows = &Result{Columns: res.Columns, Rows: rows}
 	return resp, nil
 }
 
+// flagPartial marks approximate every row whose bucket an approximate part (or a range no
+// source covers) overlaps, even when that part gave the row nothing: a bucket is exact only
+// where every source of every instant of it is. (Rows are copied before they change: results
+// are shared with the cache.)
+func flagPartial(q *Query, sources []SourceRange, res *Result) *Result {
+	var inexact []SourceRange
+	for _, s := range sources {
+		if !s.Exact {
+			inexact = append(inexact, s)
+		}
+	}
+	if len(inexact) == 0 || len(res.Rows) == 0 {
+		return res
+	}
+	ex := len(res.Columns) - 1
+	out := &Result{Columns: res.Columns, Rows: make([][]any, len(res.Rows))}
+	for i, row := range res.Rows {
+		out.Rows[i] = row
+		if row[ex] != true {
+			continue
+		}
+		from := row[0].(time.Time)
+		to := q.bucketEnd(from)
+		for _, s := range inexact {
+			if s.From.Before(to) && from.Before(s.To) {
+				r := slices.Clone(row)
+				r[ex] = false
+				out.Rows[i] = r
+				break
+			}
+		}
+	}
+	return out
+}
+
+// columns are the columns of a query's result rows.
+func (q *Query) columns() []string {
+	cols := append([]string{"time"}, q.Dimensions...)
+	cols = append(cols, q.Metrics...)
+	return append(cols, "source", "exact")
+}
+
+// columnTypes are the columns with their types, for meta.columns.
+func (q *Query) columnTypes() []Column {
+	out := []Column{{Name: "time", Type: TypeTimestamp}}
+	for _, d := range q.Dimensions {
+		out = append(out, Column{Name: d, Type: TypeString})
+	}
+	for _, m := range q.Metrics {
+		sp, ok := q.spec(m)
+		switch {
+		case ok && sp.ValueType() == "UInt64":
+			out = append(out, Column{Name: m, Type: TypeInteger})
+		case ok && sp.Decimals > 0:
+			out = append(out, Column{Name: m, Type: TypeDecimal, Nullable: true})
+		default:
+			out = append(out, Column{Name: m, Type: TypeNumber, Nullable: true})
+		}
+	}
+	return append(out, Column{Name: "source", Type: TypeString}, Column{Name: "exact", Type: TypeBoolean})
+}
+
+// mergeResults combines the results of the two sides of a split plan (whose buckets differ) in
+// the query's order, at most Offset+Limit+1 rows (each side was cut there already). A single
+// result is returned as it is; none gives an empty one.
+func mergeResults(q *Query, parts []*Result) *Result {
+	switch len(parts) {
+	case 0:
+		return &Result{Columns: q.columns(), Rows: [][]any{}}
+	case 1:
+		return parts[0]
+	}
+	out := &Result{Columns: q.columns()}
+	for _, p := range parts {
+		out.Rows = append(out.Rows, p.Rows...)
+	}
+	key := slices.Index(out.Columns, q.OrderBy)
+	slices.SortStableFunc(out.Rows, func(a, b []any) int { return q.compareRows(key, a, b) })
+	if n := q.Offset + q.Limit + 1; len(out.Rows) > n {
+		out.Rows = out.Rows[:n]
+	}
+	return out
+}
+
+// compareRows orders result rows as the outer query's ORDER BY does: the order column (NULLs
+// last in either direction), then time (descending when ordered by time descending), then the
+// dimensions.
+func (q *Query) compareRows(key int, a, b []any) int {
+	if q.OrderBy != "time" {
+		if c := compareValues(a[key], b[key], q.Desc); c != 0 {
+			return c
+		}
+	}
+	c := a[0].(time.Time).Compare(b[0].(time.Time))
+	if q.OrderBy == "time" && q.Desc {
+		c = -c
+	}
+	if c != 0 {
+		return c
+	}
+	for i, d := range q.Dimensions {
+		if d == q.OrderBy {
+			continue
+		}
+		if c := strings.Compare(a[1+i].(string), b[1+i].(string)); c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
+// compareValues compares two values of one result column; nil (NULL) sorts last whatever desc.
+func compareValues(a, b any, desc bool) int {
+	switch {
+	case a == nil && b == nil:
+		return 0
+	case a == nil:
+		return 1
+	case b == nil:
+		return -1
+	}
+	var c int
+	switch x := a.(type) {
+	case uint64:
+		c = cmp.Compare(x, b.(uint64))
+	case jsonFloat:
+		c = cmp.Compare(x, b.(jsonFloat))
+	case decimal.Decimal:
+		c = x.Cmp(b.(decimal.Decimal))
+	case string:
+		c = strings.Compare(x, b.(string))
+	}
+	if desc {
+		c = -c
+	}
+	return c
+}
+
+// dbError is the answer to a failed ClickHouse call: 504 when the query's time ran out, 503
+// when ClickHouse cannot be reached (a client may retry), 500 otherwise. Only what failed is
+// said; the cause goes to the log with the request id.
 func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
 	var ex *clickhouse.Exception
 	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || (errors.As(err, &ex) && ex.Code == 159) {
-		return &APIError{Status: http.StatusGatewayTimeout, Message: fmt.Sprintf("query timed out after %s (serving.query_timeout)", s.cfg.Serving.QueryTimeout.D())}
+		return &APIError{Status: http.StatusGatewayTimeout, Code: CodeTimeout, Message: fmt.Sprintf("query timed out after %s (serving.query_timeout)", s.cfg.Serving.QueryTimeout.D())}
 	}
-	s.log.Error(strings.TrimPrefix(msg, "cannot "), "err", err)
-	return &APIError{Status: http.StatusInternalServerError, Message: msg + ": " + err.Error()}
+	s.log.Error(strings.TrimPrefix(msg, "cannot "), "request_id", RequestID(ctx), "err", err)
+	var netErr net.Error
+	if ex == nil && (errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, clickhouse.ErrAcquireConnTimeout) || errors.Is(err, clickhouse.ErrConnectionClosed)) {
+		return &APIError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: fmt.Sprintf("%s: ClickHouse cannot be reached (request id %s); retry later", msg, RequestID(ctx))}
+	}
+	return internalError(ctx, msg)
 }
 
-// cacheKey identifies a result read wholly from <ds>_daily: the checked request, the config
-// version and, per day read, its newest successful run and whether it is dirty, so a new exact
-// day, a day turning dirty and a recomputed day each change it. (The boundary does not matter:
-// such a result lies wholly before it.)
-func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
-	h := sha256.New()
-	canon := struct {
-		DS, Gran, Order string
-		Metrics, Dims   []string
-		Filters         []Filter
-		From, To        int64
-		Desc, Exact     bool
-		Limit           int
-	}{q.DS.Name, q.Granularity, q.OrderBy, nil, q.Dimensions, q.Filters, q.From.Unix(), q.To.Unix(), q.Desc, q.Exact, q.Limit}
-	for _, sp := range q.Specs {
-		canon.Metrics = append(canon.Metrics, sp.Name)
-	}
-	b, _ := json.Marshal(canon)
-	h.Write(b)
-	fmt.Fprintf(h, "|%s|", s.cfg.Version)
-	dirty := map[time.Time]bool{}
-	for _, d := range st.Dirty {
-		dirty[d] = true
-	}
-	for d := pl.DailyFrom; d.Before(pl.DailyTo); d = d.AddDate(0, 0, 1) {
-		fmt.Fprintf(h, "%s:%v,", st.Runs[d].ID, dirty[d])
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
-// run executes a plan and reads its rows.
-func (s *Server) run(ctx context.Context, q *Query, pl *Plan) (*Result, error) {
-	res := &Result{Columns: []string{"time"}}
-	res.Columns = append(res.Columns, q.Dimensions...)
-	for _, sp := range q.Specs {
-		res.Columns = append(res.Columns, sp.Name)
-	}
-	res.Columns = append(res.Columns, "source", "exact")
-	res.Rows = [][]any{}
-	if pl.SQL == "" {
-		return res, nil
-	}
-	rows, err := s.conn.Query(ctx, pl.SQL, pl.Args...)
+// run executes one statement of a plan and reads its rows.
+func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
+	res := &Result{Columns: q.columns(), Rows: [][]any{}}
+	rows, err := s.conn.Query(ctx, sql.Text, sql.Args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
+	// Counts and distinct counts are UInt64, decimal sums Nullable(Decimal), every other metric
+	// and every ratio Nullable(Float64).
+	kind := make([]string, len(q.Metrics))
+	for i, m := range q.Metrics {
+		sp, ok := q.spec(m)
+		switch {
+		case ok && sp.ValueType() == "UInt64":
+			kind[i] = TypeInteger
+		case ok && sp.Decimals > 0:
+			kind[i] = TypeDecimal
+		default:
+			kind[i] = TypeNumber
+		}
+	}
 	for rows.Next() {
 		var t time.Time
 		dims := make([]string, len(q.Dimensions))
-		vals := make([]any, len(q.Specs))
+		vals := make([]any, len(q.Metrics))
 		dest := []any{&t}
 		for i := range dims {
 			dest = append(dest, &dims[i])
 		}
-		for i, sp := range q.Specs {
-			if sp.ValueType() == "UInt64" {
+		for i := range q.Metrics {
+			switch kind[i] {
+			case TypeInteger:
 				vals[i] = new(uint64)
-			} else {
+			case TypeDecimal:
+				vals[i] = new(*decimal.Decimal)
+			default:
 				vals[i] = new(*float64)
 			}
 			dest = append(dest, vals[i])
@@ -367,6 +425,12 @@ func (s *Server) run(ctx context.Context, q *Query, pl *Plan) (*Result, error) {
 				} else {
 					row = append(row, jsonFloat(**v))
 				}
+			case **decimal.Decimal:
+				if *v == nil {
+					row = append(row, nil)
+				} else {
+					row = append(row, **v)
+				}
 			}
 		}
 		row = append(row, src, exact == 1)
@@ -374,86 +438,4 @@ func (s *Server) run(ctx context.Context, q *Query, pl *Plan) (*Result, error) {
 		s.m.rows.WithLabelValues(src).Inc()
 	}
 	return res, rows.Err()
-}
-
-// jsonFloat is a float64 that encodes NaN and infinities as null, which JSON cannot hold.
-type jsonFloat float64
-
-func (f jsonFloat) MarshalJSON() ([]byte, error) {
-	v := float64(f)
-	if v != v || v > 1.7976931348623157e308 || v < -1.7976931348623157e308 {
-		return []byte("null"), nil
-	}
-	return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
-}
-
-func writeCSV(c *gin.Context, resp *Response) {
-	c.Header("Content-Type", "text/csv; charset=utf-8")
-	c.Status(http.StatusOK)
-	w := csv.NewWriter(c.Writer)
-	_ = w.Write(resp.Rows.Columns)
-	rec := make([]string, len(resp.Rows.Columns))
-	for _, row := range resp.Rows.Rows {
-		for i, v := range row {
-			switch v := v.(type) {
-			case time.Time:
-				rec[i] = v.Format(time.RFC3339)
-			case nil:
-				rec[i] = ""
-			case jsonFloat:
-				rec[i] = strconv.FormatFloat(float64(v), 'g', -1, 64)
-			default:
-				rec[i] = fmt.Sprint(v)
-			}
-		}
-		_ = w.Write(rec)
-	}
-	w.Flush()
-}
-
-// resultCache is an LRU of results read wholly from <ds>_daily.
-type resultCache struct {
-	mu  sync.Mutex
-	max int
-	ll  *list.List
-	m   map[string]*list.Element
-}
-
-type cacheEntry struct {
-	key string
-	res *Result
-}
-
-func newResultCache(n int) *resultCache {
-	return &resultCache{max: n, ll: list.New(), m: map[string]*list.Element{}}
-}
-
-func (c *resultCache) get(key string) (*Result, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[key]
-	if !ok {
-		return nil, false
-	}
-	c.ll.MoveToFront(e)
-	return e.Value.(*cacheEntry).res, true
-}
-
-func (c *resultCache) put(key string, r *Result) {
-	if c.max <= 0 {
-		return
-	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.m[key]; ok {
-		e.Value.(*cacheEntry).res = r
-		c.ll.MoveToFront(e)
-		return
-	}
-	c.m[key] = c.ll.PushFront(&cacheEntry{key: key, res: r})
-	for c.ll.Len() > c.max {
-		e := c.ll.Back()
-		c.ll.Remove(e)
-		delete(c.m, e.Value.(*cacheEntry).key)
-	}
 }

@@ -49,3 +49,28 @@ func TestResultJSONMatchesEncodingJSON(t *testing.T) {
 		t.Fatal("invalid JSON")
 	}
 }
+
+// TestNumbersAsPeopleWriteThem: money and counts without exponent notation, in JSON and CSV.
+func TestNumbersAsPeopleWriteThem(t *testing.T) {
+	for _, c := range []struct {
+		f    float64
+		want string
+	}{
+		{1.8338664300000012e+07, "18338664.300000012"},
+		{350889.99, "350889.99"},
+		{0.000123, "0.000123"},
+		{1e20, "100000000000000000000"},
+		{-42.5, "-42.5"},
+		{0, "0"},
+		{1e21, "1e+21"},
+		{1e-7, "1e-07"},
+	} {
+		if got := string(appendNumber(nil, c.f)); got != c.want {
+			t.Errorf("%v: %s, want %s", c.f, got, c.want)
+		}
+		var back float64
+		if err := json.Unmarshal([]byte(c.want), &back); err != nil || back != c.f {
+			t.Errorf("%s reads back as %v (%v)", c.want, back, err)
+		}
+	}
+}

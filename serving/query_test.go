@@ -80,7 +80,7 @@ func TestBatchSideExact(t *testing.T) {
 	if len(r.Rows) != 1 || num(r.Rows[0]["users"]) != float64(len(tr.users)) || r.Rows[0]["exact"] != true {
 		t.Errorf("all exact: %v, want users %d exact", r.Rows, len(tr.users))
 	}
-	// Hours on the batch side come from raw, exact.
+	// Hours on the batch side come from <ds>_hourly, exact (see TestSubDayFromRollups).
 	r = e.query(t, `{"dataset":"events","metrics":["events","users"],"from":"2024-03-06T10:00:00Z","to":"2024-03-06T12:00:00Z","granularity":"hour"}`)
 	if len(r.Rows) != 2 {
 		t.Fatalf("want 2 hours, got %v", r.Rows)
@@ -88,8 +88,8 @@ func TestBatchSideExact(t *testing.T) {
 	for _, row := range r.Rows {
 		h, _ := time.Parse(time.RFC3339, row["time"].(string))
 		tr := e.truth(h, h.Add(time.Hour), nil)
-		if num(row["events"]) != float64(tr.events) || num(row["users"]) != float64(len(tr.users)) || row["source"] != "raw" || row["exact"] != true {
-			t.Errorf("hour %s: %v, want %d events %d users from raw", h, row, tr.events, len(tr.users))
+		if num(row["events"]) != float64(tr.events) || num(row["users"]) != float64(len(tr.users)) || row["source"] != "batch" || row["exact"] != true {
+			t.Errorf("hour %s: %v, want %d events %d users, exact from batch", h, row, tr.events, len(tr.users))
 		}
 	}
 }

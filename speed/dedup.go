@@ -10,7 +10,7 @@ import (
 // hashes, not the ids: 2M ids take about 60 MB instead of several hundred. Two distinct ids
 // collide with probability about n²/2⁶⁵ (1e-7 for a full window of 2M ids), which would drop
 // one event from the speed view and from raw; the batch layer's exact tables would then miss
-// it too, so the risk is stated in the README rather than hidden.
+// it too, so the risk is stated in docs/architecture.md rather than hidden.
 //
 // It is sharded so that the consumer goroutines of several partitions rarely contend.
 type dedup struct {

@@ -2,7 +2,7 @@ package speed
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -12,7 +12,9 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/IBM/sarama"
 
+	"github.com/lambda-platform/lambda/shared/event"
 	"github.com/lambda-platform/lambda/shared/ledger"
+	"github.com/lambda-platform/lambda/shared/rawbatch"
 )
 
 // piece is one partition's buffer taken by a flush.
@@ -28,8 +30,10 @@ const inFlight = 2
 
 // flushLoop flushes on the interval, when the buffers reach the flush size, and when a
 // released partition asks; after stop it flushes a last time, waits for the flushes in
-// flight and returns. A flush fails only when ctx is done (it retries until then); its rows
-// are then dropped uncommitted.
+// flight and returns. A flush fails when ctx is done (it retries until then) or when
+// ClickHouse refuses it for good, which stops the dataset; its rows are then dropped
+// uncommitted. Once the dataset stops, the loop waits for the flushes in flight and returns
+// why it stopped.
 func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 	tick := time.NewTicker(d.s.cfg.Speed.FlushInterval.D())
 	defer tick.Stop()
@@ -39,6 +43,9 @@ func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 		final := false
 		var waiting []chan struct{}
 		select {
+		case <-d.halted:
+			<-prev.done
+			return d.stopped()
 		case <-tick.C:
 		case <-d.kick:
 		case req := <-d.reqs:
@@ -137,13 +144,20 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 		d.gauges(now)
 		return nil
 	}
+	if err := d.stopped(); err != nil {
+		<-prev.done
+		return d.lose(pieces, err)
+	}
 	if rows > 0 {
-		if err := d.insertRaw(ctx, pieces); err != nil {
+		refused, err := d.insertRaw(ctx, pieces)
+		if err != nil {
 			<-prev.done
-			return d.lose(pieces, err)
+			return d.fail(pieces, err)
 		}
-		m.inserted.WithLabelValues(d.d.Name, "raw").Add(float64(rows))
+		d.addRefused(pieces, refused)
+		m.inserted.WithLabelValues(d.d.Name, "raw").Add(float64(rows - len(refused)))
 		m.batchRows.WithLabelValues(d.d.Name).Observe(float64(rows))
+		d.rejected[event.InsertRefused].Add(float64(len(refused)))
 	}
 	var rejects int
 	for _, pc := range pieces {
@@ -152,7 +166,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 	if rejects > 0 {
 		if err := d.retry(ctx, "rejects", func(ctx context.Context) error { return d.sendRejects(ctx, pieces) }); err != nil {
 			<-prev.done
-			return d.lose(pieces, err)
+			return d.fail(pieces, err)
 		}
 		m.inserted.WithLabelValues(d.d.Name, "rejects").Add(float64(rejects))
 	}
@@ -163,7 +177,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 		return d.lose(pieces, fmt.Errorf("an earlier flush was dropped: %w", prev.err))
 	}
 	if err := d.retry(ctx, "speed_flushes", func(ctx context.Context) error { return d.sendLedger(ctx, pieces, beats) }); err != nil {
-		return d.lose(pieces, err)
+		return d.fail(pieces, err)
 	}
 
 	// The rows are in ClickHouse: mark and commit their offsets, unless the partition was
@@ -176,6 +190,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 			p.sess.MarkOffset(p.topic, p.partition, pc.b.last+1, "")
 			sessions[p.sess] = true
 			p.committed = pc.b.last + 1
+			p.progress = d.s.now()
 			if pc.b.maxTime.After(p.maxTime) {
 				p.maxTime = pc.b.maxTime
 			}
@@ -202,11 +217,41 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 func (d *dataset) lose(pieces []piece, err error) error {
 	n := 0
 	for _, pc := range pieces {
-		d.dedup.forget(pc.b.id)
+		d.dedup.forget(pc.b.ID)
 		n += pc.b.n
 	}
 	d.dropped.Add(int64(n))
 	return fmt.Errorf("flush of %d records abandoned: %w", n, err)
+}
+
+// fail is lose for an insert that failed: one ClickHouse refused for good stops the dataset.
+func (d *dataset) fail(pieces []piece, err error) error {
+	var stop *stopError
+	var refused *refusedError
+	if errors.As(err, &stop) || errors.As(err, &refused) {
+		d.halt(err)
+	}
+	return d.lose(pieces, err)
+}
+
+// addRefused moves the rows ClickHouse refused one by one to their pieces' rejects.
+func (d *dataset) addRefused(pieces []piece, refused []refusal) {
+	for _, r := range refused {
+		for _, pc := range pieces {
+			if pc.p == r.p {
+				pc.b.rejects = append(pc.b.rejects, r.reject)
+				pc.b.refused++
+				if r.late {
+					pc.b.lateN-- // late_rows counts rows written to raw
+				}
+				break
+			}
+		}
+	}
+	if len(refused) > 0 {
+		d.log.Warn("clickhouse refused rows one by one: written to rejects as insert_refused",
+			"rows", len(refused), "first_offset", refused[0].offset, "err", refused[0].reject.detail)
+	}
 }
 
 // gauges updates lag and the process's speed watermark.
@@ -233,8 +278,8 @@ func (d *dataset) gauges(now time.Time) {
 	d.s.m.dedupIDs.WithLabelValues(d.d.Name).Set(float64(d.dedup.len()))
 }
 
-// retry runs op until it succeeds or ctx is done, with exponential backoff; each attempt is
-// bounded by the insert timeout.
+// retry runs op until it succeeds, ctx is done, or ClickHouse refuses it for good (a
+// *refusedError), with exponential backoff; each attempt is bounded by the insert timeout.
 func (d *dataset) retry(ctx context.Context, table string, op func(context.Context) error) error {
 	b := newBackoff(d.s.cfg.Speed.RetryMax.D())
 	for attempt := 1; ; attempt++ {
@@ -250,6 +295,13 @@ func (d *dataset) retry(ctx context.Context, table string, op func(context.Conte
 			return nil
 		}
 		d.s.m.insertErrs.WithLabelValues(d.d.Name, table).Inc()
+		msg := table + ": " + err.Error()
+		d.flushErr.Store(&msg)
+		if kind := classify(err); kind != transient {
+			// The caller says what it does about it: rejects rows, or stops the dataset.
+			d.log.Debug("clickhouse refused an insert for good", "table", table, "attempt", attempt, "err", err)
+			return &refusedError{table: table, kind: kind, err: err}
+		}
 		if ctx.Err() != nil {
 			return err
 		}
@@ -259,22 +311,35 @@ func (d *dataset) retry(ctx context.Context, table string, op func(context.Conte
 }
 
 // insertRaw writes the pieces' rows to raw, in as many inserts as it takes to keep each
-// under maxDaysPerInsert days.
-func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
+// under rawbatch.MaxDaysPerInsert days. It returns the rows ClickHouse refused one by one, or a
+// *stopError when the refusal is not about some rows (see refuse.go), or ctx's error.
+func (d *dataset) insertRaw(ctx context.Context, pieces []piece) ([]refusal, error) {
+	var refused []refusal
+	err := d.insertDays(ctx, pieces, &refused)
+	if err != nil {
+		return nil, err
+	}
+	if n := countRows(pieces); len(refused) == n && n > 1 {
+		return nil, &stopError{fmt.Errorf("clickhouse refused every one of the %d rows of a flush into raw, the first with: %s", n, refused[0].reject.detail)}
+	}
+	return refused, nil
+}
+
+func (d *dataset) insertDays(ctx context.Context, pieces []piece, refused *[]refusal) error {
 	// Usually every row is within a few days: the span of days settles it without a set.
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, pc := range pieces {
-		for _, t := range pc.b.time {
+		for _, t := range pc.b.Time {
 			day := dayOf(t)
 			lo, hi = min(lo, day), max(hi, day)
 		}
 	}
-	if hi-lo < maxDaysPerInsert {
-		return d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, pieces) })
+	if hi-lo < rawbatch.MaxDaysPerInsert {
+		return d.insertRows(ctx, pieces, refused)
 	}
 	days := map[int64]bool{}
 	for _, pc := range pieces {
-		for _, t := range pc.b.time {
+		for _, t := range pc.b.Time {
 			days[dayOf(t)] = true
 		}
 	}
@@ -283,87 +348,29 @@ func (d *dataset) insertRaw(ctx context.Context, pieces []piece) error {
 		sorted = append(sorted, day)
 	}
 	slices.Sort(sorted)
-	for i := 0; i < len(sorted); i += maxDaysPerInsert {
-		lo, hi := sorted[i], sorted[min(i+maxDaysPerInsert, len(sorted))-1]
+	for i := 0; i < len(sorted); i += rawbatch.MaxDaysPerInsert {
+		lo, hi := sorted[i], sorted[min(i+rawbatch.MaxDaysPerInsert, len(sorted))-1]
 		sub := make([]piece, len(pieces))
 		for j, pc := range pieces {
-			sub[j] = piece{pc.p, pc.b.filter(func(day int64) bool { return day >= lo && day <= hi }, d.isKey)}
+			sub[j] = piece{pc.p, pc.b.filter(func(i int) bool {
+				day := dayOf(pc.b.Time[i])
+				return day >= lo && day <= hi
+			}, d.isKey)}
 		}
-		if err := d.retry(ctx, "raw", func(ctx context.Context) error { return d.sendRaw(ctx, sub) }); err != nil {
+		if err := d.insertRows(ctx, sub, refused); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// sendRaw is one columnar insert into raw: id, time, dimensions, value columns, _topic,
-// _partition, _offset, _late.
-func (d *dataset) sendRaw(ctx context.Context, pieces []piece) (err error) {
-	batch, err := d.s.conn.PrepareBatch(ctx, d.rawSQL)
-	if err != nil {
-		return err
+// sendRaw is one columnar insert of the pieces' rows into raw.
+func (d *dataset) sendRaw(ctx context.Context, pieces []piece) error {
+	parts := make([]rawbatch.Part, len(pieces))
+	for i, pc := range pieces {
+		parts[i] = rawbatch.Part{Topic: pc.p.topic, Partition: pc.p.partition, Rows: &pc.b.Columns}
 	}
-	defer abortOnError(batch, &err)
-	col := 0
-	each := func(get func(pc piece) any) error {
-		for _, pc := range pieces {
-			if pc.b.rows() == 0 {
-				continue
-			}
-			if err := batch.Column(col).Append(get(pc)); err != nil {
-				return fmt.Errorf("column %d: %w", col, err)
-			}
-		}
-		col++
-		return nil
-	}
-	appends := []func(pc piece) any{
-		func(pc piece) any { return pc.b.id },
-		func(pc piece) any { return pc.b.time },
-	}
-	for i := range d.ndims {
-		appends = append(appends, func(pc piece) any { return pc.b.dims[i] })
-	}
-	for i, key := range d.isKey {
-		if key {
-			appends = append(appends, func(pc piece) any { return pc.b.keys[i] })
-		} else {
-			// []*float64, not []sql.NullFloat64: clickhouse-go v2.50 writes an invalid
-			// sql.NullFloat64 in a slice as 0, not NULL.
-			appends = append(appends, func(pc piece) any { return nullable(pc.b.nums[i]) })
-		}
-	}
-	appends = append(appends,
-		func(pc piece) any { return repeat(pc.p.topic, pc.b.rows()) },
-		func(pc piece) any { return repeat(pc.p.partition, pc.b.rows()) },
-		func(pc piece) any { return pc.b.offset },
-		func(pc piece) any { return pc.b.late },
-	)
-	for _, get := range appends {
-		if err := each(get); err != nil {
-			return err
-		}
-	}
-	return batch.Send()
-}
-
-// nullable points into the buffer's values, nil for the invalid ones.
-func nullable(v []sql.NullFloat64) []*float64 {
-	out := make([]*float64, len(v))
-	for i := range v {
-		if v[i].Valid {
-			out[i] = &v[i].Float64
-		}
-	}
-	return out
-}
-
-func repeat[T any](v T, n int) []T {
-	out := make([]T, n)
-	for i := range out {
-		out[i] = v
-	}
-	return out
+	return d.raw.Send(ctx, d.s.conn, parts)
 }
 
 func (d *dataset) sendRejects(ctx context.Context, pieces []piece) (err error) {
@@ -375,7 +382,7 @@ func (d *dataset) sendRejects(ctx context.Context, pieces []piece) (err error) {
 	for _, pc := range pieces {
 		for _, r := range pc.b.rejects {
 			if err := batch.Append(r.payload, r.reason, r.detail, pc.p.topic, pc.p.partition, r.offset); err != nil {
-				return err
+				return &rawbatch.BuildError{Err: err}
 			}
 		}
 	}
@@ -402,9 +409,10 @@ func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part)
 		if maxTime.Before(epoch) {
 			maxTime = epoch
 		}
+		// Refused rows are counted once, as rejects.
 		if err := batch.Append(d.d.Name, p.topic, p.partition, b.first, b.last, p.claim.HighWaterMarkOffset(),
-			uint64(b.rows()), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id); err != nil {
-			return err
+			uint64(b.rows()-b.refused), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id); err != nil {
+			return &rawbatch.BuildError{Err: err}
 		}
 	}
 	for _, p := range beats {
@@ -416,7 +424,7 @@ func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part)
 		}
 		if err := batch.Append(d.d.Name, p.topic, p.partition, committed, committed-1, p.claim.HighWaterMarkOffset(),
 			uint64(0), uint64(0), uint64(0), uint64(0), maxTime, d.s.id); err != nil {
-			return err
+			return &rawbatch.BuildError{Err: err}
 		}
 	}
 	return batch.Send()

@@ -10,6 +10,11 @@
 // flusher retries with backoff and the consumers stop fetching once the buffers hold twice
 // the flush size. A revoked partition's rows are flushed and committed before the claim is
 // given up, or, if that cannot be done in time, dropped without committing.
+//
+// An insert ClickHouse refuses for good (refuse.go) sends the rows it refuses one by one to
+// <ds>_rejects, or, when the refusal is about the schema rather than some rows, stops the
+// dataset without committing: the other datasets go on, and Health reports it until a
+// restart after the fix resumes from the committed offsets.
 package speed
 
 import (
@@ -32,8 +37,9 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 	"github.com/lambda-platform/lambda/shared/ledger"
-	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/rawbatch"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -59,6 +65,9 @@ type Speed struct {
 	conn     driver.Conn
 	ownsConn bool
 	sets     []*dataset
+	// stallAfter is how long a partition may lag without a committed flush before Health
+	// reports it.
+	stallAfter time.Duration
 }
 
 const (
@@ -70,17 +79,26 @@ const (
 	// releaseTimeout bounds how long a revoked partition waits for its rows to be flushed
 	// before it drops them uncommitted; the group's rebalance timeout is 10 s longer.
 	releaseTimeout = 20 * time.Second
+	// rebalanceTimeout is how long a rebalance waits for every member to rejoin, also for one
+	// that died during it: long enough for a member to flush and commit its revoked
+	// partitions, short enough that a crash mid-rebalance stalls the group for half a minute,
+	// not sarama's minute.
+	rebalanceTimeout = releaseTimeout + 10*time.Second
+	// sessionTimeout is how long the group waits for a silent member (sarama's default).
+	sessionTimeout = 10 * time.Second
+	// minStall is the least time a lagging partition may go without a committed flush, and a
+	// dataset without a consumer group session, before Health reports it: more than a few
+	// retries of a failed insert.
+	minStall = 30 * time.Second
 	// shutdownTimeout bounds the final flush after SIGTERM when ClickHouse fails.
 	shutdownTimeout = 30 * time.Second
-	// maxDaysPerInsert keeps every insert under current ClickHouse's limit of 100 partitions
-	// per insert block (raw and speed are partitioned by day).
-	maxDaysPerInsert = 90
 )
 
 // New returns the speed layer of a configuration. It does not connect: Run waits for
 // ClickHouse and Kafka to be reachable.
 func New(cfg *config.Config, o Options) (*Speed, error) {
-	s := &Speed{cfg: cfg, log: o.Logger, now: o.Now, id: o.ConsumerID, conn: o.Conn}
+	s := &Speed{cfg: cfg, log: o.Logger, now: o.Now, id: o.ConsumerID, conn: o.Conn,
+		stallAfter: max(5*cfg.Speed.FlushInterval.D(), minStall)}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
@@ -109,14 +127,22 @@ func New(cfg *config.Config, o Options) (*Speed, error) {
 }
 
 // Run consumes until ctx is done, then flushes and commits what it holds and returns nil. It
-// returns an error only when rows could not be flushed at shutdown (they stay uncommitted and
-// will be consumed again).
+// returns an error when Kafka refuses the TLS handshake or the SASL authentication at start
+// (kafkaconn.Check; an unreachable Kafka is retried), and when rows could not be flushed at
+// shutdown (they stay uncommitted and will be consumed again).
 func (s *Speed) Run(ctx context.Context) error {
 	defer func() {
 		if s.ownsConn {
 			_ = s.conn.Close()
 		}
 	}()
+	// A TLS or SASL failure is a setting: say it once and stop, rather than retry forever.
+	// An unreachable broker is retried by every dataset.
+	if sc, err := kafkaconn.Config(s.cfg.Kafka, s.cfg.Kafka.ClientID); err != nil {
+		return err
+	} else if err := kafkaconn.Check(ctx, s.cfg.Kafka, sc); kafkaconn.IsPermanent(err) {
+		return fmt.Errorf("speed: %w", err)
+	}
 	var g errgroup.Group
 	for _, d := range s.sets {
 		g.Go(func() error { return d.run(ctx) })
@@ -133,10 +159,13 @@ type dataset struct {
 	lim     event.Limits
 	isKey   []bool
 	ndims   int
-	rawSQL  string
+	raw     *rawbatch.Writer
 	rejSQL  string
 	ledgSQL string
 	dedup   *dedup
+	// Raw's name and its dimension and value column names, for the rows ClickHouse refuses.
+	rawTable           string
+	dimNames, valNames []string
 	// The per-message counters, resolved once: a label lookup per message is a hash on the
 	// hot path.
 	consumed, duplicates, corrections prometheus.Counter
@@ -153,6 +182,20 @@ type dataset struct {
 	dropped     atomic.Int64
 	client      sarama.Client
 	free        chan *buffer // buffers to reuse, keeping their capacity
+
+	// A dataset stops (halt) when ClickHouse refuses its flushes for good: halted is closed,
+	// stopErr says why and cancelConsume ends its consumer group session.
+	haltOnce      sync.Once
+	halted        chan struct{}
+	stopErr       atomic.Pointer[error]
+	cancelConsume context.CancelFunc
+
+	// For Health: whether the consumer group session is up, since when it is down, and the
+	// last errors of the group and of a flush.
+	inSession atomic.Bool
+	downSince atomic.Int64 // Unix nanoseconds
+	groupErr  atomic.Pointer[string]
+	flushErr  atomic.Pointer[string]
 }
 
 // part is an owned partition.
@@ -167,6 +210,7 @@ type part struct {
 	committed int64 // next offset to consume, as committed; -1 unknown
 	maxTime   time.Time
 	lastFlush time.Time
+	progress  time.Time // when committed last moved, or the partition was assigned
 	revoked   bool
 }
 
@@ -176,14 +220,17 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 		group: s.cfg.Kafka.GroupPrefix + "-" + d.Name,
 		lim: event.Limits{MaxBytes: s.cfg.Speed.MaxEventBytes, FutureSkew: s.cfg.Speed.FutureSkew.D(),
 			MaxAge: d.RawRetention.D()},
-		ndims: len(d.Dimensions),
-		dedup: newDedup(s.cfg.Speed.DedupWindow.D(), s.cfg.Speed.DedupMaxIDs),
-		parts: map[int32]*part{},
-		kick:  make(chan struct{}, 1),
-		reqs:  make(chan chan struct{}, 64),
-		free:  make(chan *buffer, 16),
+		ndims:  len(d.Dimensions),
+		dedup:  newDedup(s.cfg.Speed.DedupWindow.D(), s.cfg.Speed.DedupMaxIDs),
+		parts:  map[int32]*part{},
+		kick:   make(chan struct{}, 1),
+		reqs:   make(chan chan struct{}, 64),
+		free:   make(chan *buffer, 16),
+		halted: make(chan struct{}),
 	}
 	ds.wm.Store(-1)
+	ds.downSince.Store(s.now().UnixNano())
+	s.m.stopped.WithLabelValues(d.Name).Set(0)
 	ds.consumed = s.m.consumed.WithLabelValues(d.Name)
 	ds.duplicates = s.m.duplicates.WithLabelValues(d.Name)
 	ds.corrections = s.m.corrections.WithLabelValues(d.Name)
@@ -191,16 +238,13 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 	for _, r := range event.Reasons {
 		ds.rejected[r] = s.m.rejected.WithLabelValues(d.Name, string(r))
 	}
+	ds.raw = rawbatch.NewWriter(g.T(schema.Raw(d.Name)), d)
+	ds.isKey = ds.raw.IsKey()
 	for _, c := range d.ValueColumns() {
-		ds.isKey = append(ds.isKey, c.Type == metric.KeyType)
+		ds.valNames = append(ds.valNames, c.Name)
 	}
-	var cols []string
-	for _, c := range schema.RawColumns(d) {
-		if c.Name != "_ingested_at" {
-			cols = append(cols, schema.Q(c.Name))
-		}
-	}
-	ds.rawSQL = insertSQL(g.T(schema.Raw(d.Name)), cols)
+	ds.dimNames = d.DimensionNames()
+	ds.rawTable = g.T(schema.Raw(d.Name))
 	ds.rejSQL = insertSQL(g.T(schema.Rejects(d.Name)), []string{"payload", "reason", "detail", "_topic", "_partition", "_offset"})
 	ds.ledgSQL = insertSQL(g.T(schema.SpeedFlushes), []string{"dataset", "topic", "partition", "first_offset", "last_offset",
 		"high_watermark", "raw_rows", "rejected_rows", "duplicate_rows", "late_rows", "max_event_time", "consumer"})
@@ -219,14 +263,10 @@ func insertSQL(table string, cols []string) string {
 }
 
 func (d *dataset) saramaConfig() (*sarama.Config, error) {
-	k := d.s.cfg.Kafka
-	sc := sarama.NewConfig()
-	v, err := sarama.ParseKafkaVersion(k.Version)
+	sc, err := kafkaconn.Config(d.s.cfg.Kafka, d.s.cfg.Kafka.ClientID)
 	if err != nil {
-		return nil, fmt.Errorf("kafka.version: %w", err)
+		return nil, err
 	}
-	sc.Version = v
-	sc.ClientID = k.ClientID
 	sc.Consumer.Offsets.Initial = sarama.OffsetOldest
 	// Offsets are committed by the flusher after the inserts that hold them, never on a timer.
 	sc.Consumer.Offsets.AutoCommit.Enable = false
@@ -235,15 +275,15 @@ func (d *dataset) saramaConfig() (*sarama.Config, error) {
 	sc.Consumer.Fetch.Max = 64 << 20
 	sc.ChannelBufferSize = 4096
 	sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
-	// A rebalance waits this long for every member to rejoin, also for one that died during
-	// it: long enough for a member to flush and commit its revoked partitions, short enough
-	// that a crash mid-rebalance stalls the group for half a minute, not sarama's minute.
-	sc.Consumer.Group.Rebalance.Timeout = releaseTimeout + 10*time.Second
+	sc.Consumer.Group.Rebalance.Timeout = rebalanceTimeout
+	sc.Consumer.Group.Session.Timeout = sessionTimeout
 	sc.Metadata.Retry.Max = 10
 	return sc, nil
 }
 
-// run consumes one dataset until ctx is done.
+// run consumes one dataset until ctx is done. A dataset that stops (halt) leaves its consumer
+// group and waits for ctx, so that the process goes on with the other datasets and reports
+// the stop in Health; run then returns why it stopped.
 func (d *dataset) run(ctx context.Context) error {
 	sc, err := d.saramaConfig()
 	if err != nil {
@@ -252,6 +292,10 @@ func (d *dataset) run(ctx context.Context) error {
 	// The flusher outlives ctx: after SIGTERM it flushes and commits what the partitions hold.
 	fctx, fcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer fcancel()
+	// Consumption ends with ctx, or when the dataset stops.
+	cctx, ccancel := context.WithCancel(ctx)
+	defer ccancel()
+	d.cancelConsume = ccancel
 	// Know which days are sealed before the first event is decoded.
 	d.refreshWatermark(ctx)
 	stop := make(chan struct{})
@@ -264,26 +308,29 @@ func (d *dataset) run(ctx context.Context) error {
 	go func() { <-ctx.Done(); droppedBefore.Store(d.dropped.Load()) }()
 	backoff := newBackoff(d.s.cfg.Speed.RetryMax.D())
 	var group sarama.ConsumerGroup
-	for ctx.Err() == nil {
+	for cctx.Err() == nil {
 		if group == nil {
 			group, err = d.connect(sc)
 			if err != nil {
+				d.setGroupErr(err)
 				d.log.Warn("cannot reach kafka, retrying", "brokers", d.s.cfg.Kafka.Brokers, "err", err)
-				backoff.wait(ctx)
+				backoff.wait(cctx)
 				continue
 			}
 			d.log.Info("consuming", "topic", d.d.Topic, "group", d.group)
 		}
-		err := group.Consume(ctx, []string{d.d.Topic}, handler{d})
+		err := group.Consume(cctx, []string{d.d.Topic}, handler{d})
 		switch {
-		case ctx.Err() != nil:
+		case cctx.Err() != nil:
 		case errors.Is(err, sarama.ErrClosedConsumerGroup) || errors.Is(err, sarama.ErrClosedClient):
+			d.setGroupErr(err)
 			d.closeGroup(group)
 			group = nil
-			backoff.wait(ctx)
+			backoff.wait(cctx)
 		case err != nil:
+			d.setGroupErr(err)
 			d.log.Warn("consumer group session failed, rejoining", "err", err)
-			backoff.wait(ctx)
+			backoff.wait(cctx)
 		default:
 			backoff.reset()
 		}
@@ -295,6 +342,12 @@ func (d *dataset) run(ctx context.Context) error {
 	timer := time.AfterFunc(shutdownTimeout, fcancel)
 	err = <-flushed
 	timer.Stop()
+	if serr := d.stopped(); serr != nil {
+		// Nothing more is consumed or committed; the process keeps serving the other
+		// datasets and /healthz until it is stopped.
+		<-ctx.Done()
+		return fmt.Errorf("speed %s: stopped, its last flush not committed: %w", d.d.Name, serr)
+	}
 	if n := d.dropped.Load() - droppedBefore.Load(); err == nil && n > 0 {
 		err = fmt.Errorf("%d rows could not be flushed before stopping; their offsets were not committed and will be consumed again", n)
 	}
@@ -336,8 +389,16 @@ func (d *dataset) closeGroup(g sarama.ConsumerGroup) {
 // handler is the sarama consumer group handler of a dataset.
 type handler struct{ d *dataset }
 
-func (handler) Setup(sarama.ConsumerGroupSession) error   { return nil }
-func (handler) Cleanup(sarama.ConsumerGroupSession) error { return nil }
+func (h handler) Setup(sarama.ConsumerGroupSession) error {
+	h.d.inSession.Store(true)
+	return nil
+}
+
+func (h handler) Cleanup(sarama.ConsumerGroupSession) error {
+	h.d.inSession.Store(false)
+	h.d.downSince.Store(h.d.s.now().UnixNano())
+	return nil
+}
 
 func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	d := h.d
@@ -372,8 +433,9 @@ func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Con
 
 // own registers a claimed partition.
 func (d *dataset) own(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) *part {
+	now := d.s.now()
 	p := &part{topic: claim.Topic(), partition: claim.Partition(), sess: sess, claim: claim,
-		buf: d.newBuffer(), committed: claim.InitialOffset(), lastFlush: d.s.now()}
+		buf: d.newBuffer(), committed: claim.InitialOffset(), lastFlush: now, progress: now}
 	if p.committed < 0 && d.client != nil {
 		// Nothing committed yet: consumption starts at the oldest offset.
 		if off, err := d.client.GetOffset(p.topic, p.partition, sarama.OffsetOldest); err == nil {
@@ -400,8 +462,10 @@ func (d *dataset) release(p *part) {
 		select {
 		case <-done:
 		case <-timeout.C:
+		case <-d.halted:
 		}
 	case <-timeout.C:
+	case <-d.halted:
 	}
 	p.mu.Lock()
 	p.revoked = true
@@ -411,7 +475,7 @@ func (d *dataset) release(p *part) {
 	if !buf.empty() {
 		d.rows.Add(-int64(buf.n))
 		d.bytes.Add(-int64(buf.bytes))
-		d.dedup.forget(buf.id)
+		d.dedup.forget(buf.ID)
 		d.dropped.Add(int64(buf.n))
 		d.log.Warn("partition revoked before its rows could be flushed: dropped uncommitted, they will be consumed again",
 			"partition", p.partition, "rows", buf.rows(), "first_offset", buf.first)
@@ -483,6 +547,34 @@ func (d *dataset) consume(p *part, dec *event.Decoder, row *event.Row, msg *sara
 		default:
 		}
 	}
+}
+
+// halt stops the dataset for good (until a restart): nothing more is flushed or committed,
+// its consumer group session ends, and Health reports err.
+func (d *dataset) halt(err error) {
+	d.haltOnce.Do(func() {
+		d.stopErr.Store(&err)
+		d.s.m.stopped.WithLabelValues(d.d.Name).Set(1)
+		d.log.Error("dataset stopped: clickhouse refuses its flushes for good; nothing of them is committed, fix the cause and restart to resume",
+			"err", err)
+		close(d.halted)
+		if d.cancelConsume != nil {
+			d.cancelConsume()
+		}
+	})
+}
+
+// stopped returns why the dataset stopped, nil while it runs.
+func (d *dataset) stopped() error {
+	if p := d.stopErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (d *dataset) setGroupErr(err error) {
+	s := err.Error()
+	d.groupErr.Store(&s)
 }
 
 // maxRejectPayload caps the payload kept in <ds>_rejects; the record stays in Kafka whole.

@@ -113,6 +113,7 @@ func (e *env) send(payloads []string) error {
 
 // runner is a speed layer running in the test process.
 type runner struct {
+	s      *Speed
 	cancel context.CancelFunc
 	done   chan struct{}
 	err    error
@@ -137,12 +138,21 @@ func (r *runner) exited() bool {
 
 func (e *env) speed(id string, reg prometheus.Registerer) *runner {
 	e.t.Helper()
+	return e.speedWith(id, reg, nil)
+}
+
+// speedWith is speed with edit applied to the layer before it runs.
+func (e *env) speedWith(id string, reg prometheus.Registerer, edit func(*Speed)) *runner {
+	e.t.Helper()
 	s, err := New(e.cfg, Options{Logger: quiet(), Registerer: reg, ConsumerID: id})
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	if edit != nil {
+		edit(s)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &runner{cancel: cancel, done: make(chan struct{})}
+	r := &runner{s: s, cancel: cancel, done: make(chan struct{})}
 	go func() { r.err = s.Run(ctx); close(r.done) }()
 	e.t.Cleanup(func() { _ = r.stop() })
 	return r
@@ -369,7 +379,7 @@ SELECT 'events', toDate('%s'), 'r1', 'succeeded', now() - 3600, 1, now() - 3600,
 		event.BadType:     fmt.Sprintf(`{"event_id": "x", "ts": %d, "value": "lots"}`, now.UnixMilli()),
 		event.TooLarge:    fmt.Sprintf(`{"event_id": "x", "ts": %d, "pad": %q}`, now.UnixMilli(), strings.Repeat("p", 3000)),
 	}
-	for _, r := range event.Reasons {
+	for _, r := range event.DecoderReasons {
 		for range 5 {
 			payloads = append(payloads, bad[r])
 		}
@@ -405,7 +415,7 @@ SELECT 'events', toDate('%s'), 'r1', 'succeeded', now() - 3600, 1, now() - 3600,
 	if n := e.uint(fmt.Sprintf("SELECT countMerge(events) FROM %s.events_speed", e.db)); n != 2010 {
 		t.Errorf("speed counts %d events, want 2010 (late events go to raw only)", n)
 	}
-	for _, r := range event.Reasons {
+	for _, r := range event.DecoderReasons {
 		if n := e.uint(fmt.Sprintf("SELECT count() FROM %s.events_rejects WHERE reason = '%s' AND payload != '' AND detail != ''", e.db, r)); n != 5 {
 			t.Errorf("%d rejects for %s, want 5", n, r)
 		}
@@ -566,6 +576,7 @@ func killed(t *testing.T, e *env, together bool) {
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("speed process output:\n%s", logs.String())
+			t.Logf("consumer group: %s", e.describeGroup())
 		}
 	})
 	start := func() *exec.Cmd {
@@ -613,6 +624,29 @@ func killed(t *testing.T, e *env, together bool) {
 	if err := second.Wait(); err != nil {
 		t.Fatalf("after SIGTERM the speed process exited with %v, want 0", err)
 	}
+}
+
+// describeGroup says who holds which partition of the dataset's consumer group, for the
+// output of a failed test.
+func (e *env) describeGroup() string {
+	adm, err := sarama.NewClusterAdmin(e.cfg.Kafka.Brokers, sarama.NewConfig())
+	if err != nil {
+		return err.Error()
+	}
+	defer adm.Close()
+	gs, err := adm.DescribeConsumerGroups([]string{e.cfg.Kafka.GroupPrefix + "-events"})
+	if err != nil || len(gs) == 0 {
+		return fmt.Sprint("cannot describe: ", err)
+	}
+	out := "state " + gs[0].State
+	for id, m := range gs[0].Members {
+		var parts []int32
+		if a, err := m.GetMemberAssignment(); err == nil && a != nil {
+			parts = a.Topics["events"]
+		}
+		out += fmt.Sprintf("; %s (%s) holds %v", id, m.ClientHost, parts)
+	}
+	return out
 }
 
 // TestHelperSpeedProcess is the speed layer as a process of its own for TestKilledAndRestarted.

@@ -153,18 +153,25 @@ func directSQL(cfg *config.Config, body string, now time.Time) string {
 		log.Fatal(e)
 	}
 	yesterday := now.Truncate(24*time.Hour).AddDate(0, 0, -1)
-	pl, e := serving.NewPlanner(cfg).Plan(q, &serving.State{Watermark: yesterday, Effective: yesterday}, now)
+	pl, e := serving.NewPlanner(cfg).PlanWhole(q, &serving.State{Watermark: yesterday, Effective: yesterday}, now)
 	if e != nil {
 		log.Fatal(e)
 	}
+	sql := pl.Batch
+	if sql == nil {
+		sql = pl.Speed
+	}
+	if pl.All != nil {
+		sql = pl.All
+	}
 	var out strings.Builder
 	i := 0
-	for _, c := range pl.SQL {
+	for _, c := range sql.Text {
 		if c != '?' {
 			out.WriteRune(c)
 			continue
 		}
-		switch v := pl.Args[i].(type) {
+		switch v := sql.Args[i].(type) {
 		case string:
 			out.WriteString("'" + strings.ReplaceAll(v, "'", `\'`) + "'")
 		default:

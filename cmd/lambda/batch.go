@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -13,30 +15,94 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lambda-platform/lambda/batchlayer"
+	"github.com/lambda-platform/lambda/shared/config"
 )
 
 func init() {
 	register("batch", "run the batch scheduler; 'batch run --dataset D --from DAY --to DAY' backfills, 'batch status' reports", runBatch)
+	describe("batch", helpText{
+		Usage: []string{"batch [flags]                           the scheduler, until SIGTERM",
+			"batch [--config FILE] <subcommand> [flags]"},
+		Subcommands: []subcommandHelp{
+			{"run", "recompute days now and swap them in, whatever the schedule (a backfill)",
+				"lambda batch --config lambda.yaml run --dataset events --from 2024-03-01 --to 2024-03-07"},
+			{"status", "print per dataset the watermarks, due and dirty days, the last runs and drift",
+				"lambda batch status --config lambda.yaml"},
+			{"sql", "print the statement that recomputes one day into a table (benchmarks)",
+				"lambda batch sql --dataset events --day 2024-03-01 --table floor_daily"},
+		},
+		Examples: []string{
+			"lambda batch --config lambda.yaml",
+			`lambda batch --schedule "@every 1m"        # every dataset, whatever batch.schedule says`,
+		},
+		Notes: "--config and the log flags may go before the subcommand or after it; the subcommand's own flags go after it.",
+	})
+	describe("batch run", helpText{
+		Usage:    []string{"batch run --dataset D --from DAY [--to DAY] [flags]"},
+		Summary:  "Recompute the days from --from to --to (inclusive) of one dataset now, in day order, and swap each in.",
+		Examples: []string{"lambda batch run --config lambda.yaml --dataset events --from 2024-03-01 --to 2024-03-07"},
+		Notes:    "With batch.lease set it takes the dataset's lease and refuses, naming the holder, while a scheduler holds it.",
+	})
+	describe("batch status", helpText{
+		Usage:    []string{"batch status [flags]"},
+		Summary:  "Print per dataset the batch and speed watermarks, due and dirty days, the last runs and the drift of the last sealed day.",
+		Examples: []string{"lambda batch status --config lambda.yaml"},
+	})
+	describe("batch sql", helpText{
+		Usage:    []string{"batch sql --dataset D --day DAY --table T [flags]"},
+		Summary:  "Print the statement that recomputes one day into table T (created AS <dataset>_daily); bench/batch.sh times it bare.",
+		Examples: []string{"lambda batch sql --dataset events --day 2024-03-01 --table floor_daily"},
+	})
 }
 
+// batchSubcommands run `lambda batch <name>`.
+var batchSubcommands = map[string]func(ctx context.Context, args []string) error{
+	"run":    runBatchRun,
+	"status": runBatchStatus,
+	"sql":    func(_ context.Context, args []string) error { return runBatchSQL(args) },
+}
+
+// inherited are the flags of `lambda batch` that its subcommands take too, so that
+// `lambda batch --config F run …` means what it says.
+var inherited = []string{"config", "log-format", "log-level"}
+
 func runBatch(ctx context.Context, args []string) error {
-	if len(args) > 0 {
-		switch args[0] {
-		case "run":
-			return runBatchRun(ctx, args[1:])
-		case "status":
-			return runBatchStatus(ctx, args[1:])
-		case "sql":
-			return runBatchSQL(args[1:])
-		}
-	}
 	fs, path := flags("batch")
-	schedule := fs.String("schedule", "", `cron spec overriding every dataset's batch.schedule, e.g. "@every 30s"`)
-	cfg, err := loadConfig(fs, path, args)
+	schedule := fs.String("schedule", os.Getenv("LAMBDA_BATCH_SCHEDULE"), `cron spec overriding every dataset's batch.schedule, e.g. "@every 30s" (env LAMBDA_BATCH_SCHEDULE)`)
+	doMigrate := fs.Bool("migrate", true, "migrate the schema at start; false: wait until lambda migrate has created it (for a ClickHouse user without DDL rights)")
+	askPprof := pprofFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
+		var ue *usageError
+		if errors.As(err, &ue) && slices.ContainsFunc(args, func(a string) bool { return batchSubcommands[a] != nil }) {
+			return usagef(fs, "%v: a subcommand's flags go after it, e.g. lambda batch --config FILE run --dataset D --from DAY", ue.err)
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		name := fs.Arg(0)
+		sub, ok := batchSubcommands[name]
+		if !ok {
+			return usagef(fs, "unknown subcommand %q: want run, status or sql (or none for the scheduler)", name)
+		}
+		var pass []string
+		var misplaced error
+		fs.Visit(func(f *flag.Flag) {
+			if slices.Contains(inherited, f.Name) {
+				pass = append(pass, "--"+f.Name+"="+f.Value.String())
+			} else if misplaced == nil {
+				misplaced = usagef(fs, "--%s is a flag of the scheduler, not of 'batch %s'", f.Name, name)
+			}
+		})
+		if misplaced != nil {
+			return misplaced
+		}
+		return sub(ctx, append(pass, fs.Args()[1:]...))
+	}
+	cfg, err := config.Load(*path)
 	if err != nil {
 		return err
 	}
-	if err := migrate(ctx, cfg, false); err != nil {
+	if err := prepareSchema(ctx, cfg, *doMigrate); err != nil || ctx.Err() != nil {
 		return err
 	}
 	reg := newRegistry()
@@ -48,17 +114,18 @@ func runBatch(ctx context.Context, args []string) error {
 	g, gctx := errgroup.WithContext(ctx)
 	var stopping time.Time
 	g.Go(func() error { <-gctx.Done(); stopping = time.Now(); return nil })
-	g.Go(func() error { return serveMetrics(gctx, cfg.Batch.MetricsListen, reg) })
+	g.Go(func() error { return serveMetrics(gctx, cfg.Batch.MetricsListen, reg, *askPprof, layer.Health) })
 	g.Go(func() error { return layer.Run(gctx) })
 	err = g.Wait()
 	slog.Info("batch stopped", "took", time.Since(stopping).Round(time.Millisecond))
 	return err
 }
 
-func parseDay(name, s string) (time.Time, error) {
+// parseDay parses the value of a day flag; a malformed one is a usage error.
+func parseDay(fs *flag.FlagSet, name, s string) (time.Time, error) {
 	d, err := time.ParseInLocation(time.DateOnly, s, time.UTC)
 	if err != nil {
-		return time.Time{}, fmt.Errorf("--%s: want a day such as 2024-03-01, got %q", name, s)
+		return time.Time{}, usagef(fs, "--%s: want a day such as 2024-03-01, got %q", name, s)
 	}
 	return d, nil
 }
@@ -68,30 +135,40 @@ func runBatchRun(ctx context.Context, args []string) error {
 	ds := fs.String("dataset", "", "dataset to recompute (required)")
 	from := fs.String("from", "", "first day, YYYY-MM-DD (required)")
 	to := fs.String("to", "", "last day, YYYY-MM-DD (default: --from)")
-	cfg, err := loadConfig(fs, path, args)
-	if err != nil {
+	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *ds == "" || *from == "" {
-		fs.Usage()
-		return errors.New("--dataset and --from are required")
+		return usagef(fs, "--dataset and --from are required")
 	}
 	if *to == "" {
 		*to = *from
 	}
-	f, err := parseDay("from", *from)
+	f, err := parseDay(fs, "from", *from)
 	if err != nil {
 		return err
 	}
-	t, err := parseDay("to", *to)
+	t, err := parseDay(fs, "to", *to)
 	if err != nil {
 		return err
 	}
-	tty := isTerminal(os.Stdout)
+	if t.Before(f) {
+		return usagef(fs, "--to %s is before --from %s", *to, *from)
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	out, ok := stdout.(*os.File)
+	tty := ok && isTerminal(out)
 	log := slog.Default()
 	if tty {
 		// The progress line says what the per-day log lines would; keep warnings and errors.
-		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: max(slog.LevelWarn, logLevel())}))
+		h, err := newLogHandler(stderr, logFormat, max(slog.LevelWarn, logLevel))
+		if err != nil {
+			return err
+		}
+		log = slog.New(h)
 	}
 	layer, err := batchlayer.New(cfg, batchlayer.Options{Logger: log})
 	if err != nil {
@@ -125,10 +202,10 @@ func runBatchRun(ctx context.Context, args []string) error {
 			}
 			return
 		}
-		fmt.Printf("\r%s %s  day %d/%d  %d raw rows  elapsed %s  eta %s\x1b[K", p.Dataset, p.Day.Format(time.DateOnly),
+		fmt.Fprintf(stdout, "\r%s %s  day %d/%d  %d raw rows  elapsed %s  eta %s\x1b[K", p.Dataset, p.Day.Format(time.DateOnly),
 			p.Done, p.Total, rows, p.Elapsed.Round(time.Second), eta.Round(time.Second))
 		if p.Done == p.Total || p.Err != nil {
-			fmt.Println()
+			fmt.Fprintln(stdout)
 		}
 	}
 	return layer.RunDays(ctx, *ds, f, t, progress)
@@ -177,7 +254,7 @@ func runBatchStatus(ctx context.Context, args []string) error {
 		}
 		return fmt.Sprintf("%g", *p)
 	}
-	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	for _, s := range st {
 		swm := "none (nothing consumed yet)"
 		if !s.SpeedWatermark.IsZero() {
@@ -215,16 +292,24 @@ func runBatchSQL(args []string) error {
 	dayFlag := fs.String("day", "", "day, YYYY-MM-DD")
 	table := fs.String("table", "", "target table, created AS <dataset>_daily (_hourly, _speed for --grain hour, minute) in the configured database")
 	grain := fs.String("grain", "day", "day (<ds>_daily rows), hour (<ds>_hourly rows) or minute (the day's <ds>_speed partition)")
-	cfg, err := loadConfig(fs, path, args)
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if *ds == "" || *dayFlag == "" || *table == "" {
+		return usagef(fs, "--dataset, --day and --table are required")
+	}
+	switch *grain {
+	case "day", "hour", "minute":
+	default:
+		return usagef(fs, "--grain: %q is not day, hour or minute", *grain)
+	}
+	d, err := parseDay(fs, "day", *dayFlag)
 	if err != nil {
 		return err
 	}
-	d, err := parseDay("day", *dayFlag)
+	cfg, err := config.Load(*path)
 	if err != nil {
 		return err
-	}
-	if *table == "" {
-		return errors.New("--table is required")
 	}
 	layer, err := batchlayer.New(cfg, batchlayer.Options{Logger: slog.Default()})
 	if err != nil {
@@ -235,6 +320,6 @@ func runBatchSQL(args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Println(q)
+	fmt.Fprintln(stdout, q)
 	return nil
 }

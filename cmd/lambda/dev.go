@@ -17,11 +17,20 @@ import (
 	"github.com/lambda-platform/lambda/shared/broker"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/gen"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 	"github.com/lambda-platform/lambda/speed"
 )
 
 func init() {
 	register("dev", "everything in one process: broker, migrate, speed, batch, serve and a generator with days of history", runDev)
+	describe("dev", helpText{
+		Examples: []string{
+			"lambda dev                                  # what make run starts: 7 days of history, then live events",
+			"lambda dev --config my.yaml --history-days 30 --per-day 100000",
+			`lambda dev --data-dir "" --broker-listen 127.0.0.1:0   # broker in memory, any free port`,
+		},
+		Notes: "Dashboards, API and /metrics on serving.listen (127.0.0.1:8080 by default). Ctrl-C stops everything in order.",
+	})
 }
 
 // runDev runs the whole platform in one process for development and demos: the embedded
@@ -44,6 +53,7 @@ func runDev(ctx context.Context, args []string) error {
 	bad := fs.Float64("bad", 0.005, "ratio of malformed events")
 	schedule := fs.String("batch-schedule", "@every 20s", "cron spec of the batch layer for every dataset (a day is sealed once its end + batch.grace has passed)")
 	insertTimeout := fs.Duration("insert-timeout", 10*time.Second, "overrides clickhouse.insert_timeout (0 keeps it): the batch layer takes rows ingested this long before a run as possibly unseen by it, so a day just filled becomes exact only after it")
+	sec := addBrokerSecurityFlags(fs)
 	cfg, err := loadConfig(fs, path, args)
 	if err != nil {
 		return err
@@ -64,7 +74,14 @@ func runDev(ctx context.Context, args []string) error {
 		topics = append(topics, d.Topic)
 	}
 
-	b, err := broker.Start(broker.Options{Listen: *listen, Partitions: int32(*partitions), Topics: topics, DataDir: *dataDir, Logger: slog.Default()})
+	o := broker.Options{Listen: *listen, Partitions: int32(*partitions), Topics: topics, DataDir: *dataDir, Logger: slog.Default()}
+	if err := sec.apply(&o, cfg.Kafka); err != nil {
+		return err
+	}
+	if o.TLS != nil && !cfg.Kafka.TLS.Enabled {
+		return errors.New("--tls-cert: dev's own clients connect with kafka.tls: enable it, with a ca_file that trusts the certificate")
+	}
+	b, err := broker.Start(o)
 	if err != nil {
 		return err
 	}
@@ -86,7 +103,8 @@ func runDev(ctx context.Context, args []string) error {
 		return err
 	}
 	defer bl.Close()
-	srv, err := newServer(cfg, reg)
+	// One process: the API's /healthz tells the speed and batch layers' health too.
+	srv, err := newServer(cfg, reg, nil, sp.Health, bl.Health)
 	if err != nil {
 		return err
 	}
@@ -113,39 +131,21 @@ func runDev(ctx context.Context, args []string) error {
 
 // generate produces a dataset's history, unless its topic already holds records (a restart
 // with a persisted broker must not add the history twice), then live events until ctx is done.
-//
-// The live events come from a generator of their own: a live duplicate then repeats a recent
-// live event, never a history event from a sealed day, which would arrive after the speed
-// layer's dedup window and keep making past days dirty (approximate until the next tick).
 func generate(ctx context.Context, cfg *config.Config, ds *config.Dataset, o gen.Options, perDay int, rate float64) error {
 	history := o.Days * perDay
-	if n, err := topicRecords(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-dev", ds.Topic); err != nil {
+	if n, err := topicRecords(cfg.Kafka, cfg.Kafka.ClientID+"-dev", ds.Topic); err != nil {
 		return err
 	} else if n > 0 && history > 0 {
 		slog.Info("topic already holds records: not producing history again", "dataset", ds.Name, "topic", ds.Topic, "records", n)
 		history = 0
 	}
-	p, err := gen.NewProducer(cfg.Kafka.Brokers, cfg.Kafka.ClientID+"-gen")
+	p, err := gen.NewProducer(cfg.Kafka, cfg.Kafka.ClientID+"-gen")
 	if err != nil {
 		return err
 	}
 	defer p.Close()
 	slog.Info("generating", "dataset", ds.Name, "topic", ds.Topic, "history_days", o.Days, "history", history, "rate", rate)
-	var st gen.Stats
-	if history > 0 {
-		start := time.Now()
-		st, err = gen.Produce(ctx, p, ds.Topic, gen.New(ds, o), gen.ProduceOptions{History: history})
-		if err == nil && ctx.Err() == nil {
-			slog.Info("history produced", "dataset", ds.Name, "events", st.Sent, "took", time.Since(start).Round(time.Millisecond))
-		}
-	}
-	if err == nil && rate > 0 && ctx.Err() == nil {
-		o.Seed += 1 << 32 // other ids than the history's (the seed is their prefix)
-		var live gen.Stats
-		live, err = gen.Produce(ctx, p, ds.Topic, gen.New(ds, o), gen.ProduceOptions{Rate: rate})
-		st.Sent, st.Valid, st.Duplicates = st.Sent+live.Sent, st.Valid+live.Valid, st.Duplicates+live.Duplicates
-		st.Late, st.Malformed = st.Late+live.Late, st.Malformed+live.Malformed
-	}
+	st, err := produce(ctx, p, ds, o, history, rate, 0)
 	slog.Info("generator stopped", "dataset", ds.Name, "sent", st.Sent, "valid", st.Valid, "duplicates", st.Duplicates,
 		"late", st.Late, "malformed", st.Malformed)
 	if errors.Is(err, context.Canceled) {
@@ -155,12 +155,17 @@ func generate(ctx context.Context, cfg *config.Config, ds *config.Dataset, o gen
 }
 
 // topicRecords returns how many records a topic holds over all its partitions.
-func topicRecords(brokers []string, clientID, topic string) (int64, error) {
-	sc := sarama.NewConfig()
-	sc.ClientID = clientID
-	c, err := sarama.NewClient(brokers, sc)
+func topicRecords(k config.Kafka, clientID, topic string) (int64, error) {
+	sc, err := kafkaconn.Config(k, clientID)
 	if err != nil {
-		return 0, fmt.Errorf("cannot connect to %v: %w", brokers, err)
+		return 0, err
+	}
+	if err := kafkaconn.Check(context.Background(), k, sc); err != nil {
+		return 0, err
+	}
+	c, err := sarama.NewClient(k.Brokers, sc)
+	if err != nil {
+		return 0, fmt.Errorf("cannot connect to %v: %w", k.Brokers, err)
 	}
 	defer c.Close()
 	parts, err := c.Partitions(topic)

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/http/pprof"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -13,31 +13,55 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// newRegistry returns a registry with the Go and process collectors.
+// newRegistry returns a registry with the Go and process collectors and lambda_build_info.
 func newRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildInfoCollector())
 	return reg
 }
 
-// serveMetrics serves /metrics, /healthz and /debug/pprof on addr until ctx is done. An empty addr serves
+// healthCheck returns a layer's problems (one per line), nil when it has none.
+type healthCheck func() error
+
+// healthz answers 200 "ok" while every check passes, else 503 with every problem, one per
+// line: what an orchestrator's liveness probe restarts the process on.
+func healthz(checks []healthCheck) http.HandlerFunc {
+	return func(w http.ResponseWriter, _ *http.Request) {
+		var problems []string
+		for _, check := range checks {
+			if err := check(); err != nil {
+				problems = append(problems, err.Error())
+			}
+		}
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if len(problems) > 0 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(strings.Join(problems, "\n") + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	}
+}
+
+// serveMetrics serves /metrics, /healthz (healthy while every check passes) and, when asked
+// for or on loopback (pprofOn), /debug/pprof on addr until ctx is done. An empty addr serves
 // nothing.
-func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry) error {
+func serveMetrics(ctx context.Context, addr string, reg *prometheus.Registry, askPprof bool, checks ...healthCheck) error {
 	if addr == "" {
 		<-ctx.Done()
 		return nil
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	// Profiles, for finding where a layer spends its time (make bench-speed uses them).
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	pprof := pprofOn(askPprof, addr)
+	if pprof {
+		mountPprof(mux)
+	}
+	mux.HandleFunc("/healthz", healthz(checks))
 	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ListenAndServe() }()
-	slog.Info("metrics listening", "addr", addr)
+	slog.Info("metrics listening", "addr", addr, "pprof", pprof)
 	select {
 	case err := <-errc:
 		return err

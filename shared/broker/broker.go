@@ -4,6 +4,8 @@
 package broker
 
 import (
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -22,13 +24,29 @@ type Options struct {
 	Topics []string
 	// DataDir, when set, persists the log so that a restarted broker keeps its data.
 	DataDir string
-	Logger  *slog.Logger
+	// Users are the SASL users a client may authenticate as (each a superuser).
+	Users []User
+	// RequireSASL refuses clients that do not authenticate as one of Users.
+	RequireSASL bool
+	// TLS, when set, makes the broker speak TLS only, with this server configuration (a
+	// certificate and its key).
+	TLS    *tls.Config
+	Logger *slog.Logger
+}
+
+// User is a SASL user of the broker.
+type User struct {
+	// Mechanism is PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512: the one the user authenticates with.
+	Mechanism string
+	Name      string
+	Password  string
 }
 
 // Broker is a running embedded broker.
 type Broker struct {
-	c    *kfake.Cluster
-	addr string
+	c      *kfake.Cluster
+	addr   string
+	reaper *sessionReaper
 }
 
 // Start starts the broker and returns once it accepts connections.
@@ -58,13 +76,35 @@ func Start(o Options) (*Broker, error) {
 	if o.DataDir != "" {
 		opts = append(opts, kfake.DataDir(o.DataDir))
 	}
+	if o.RequireSASL {
+		if len(o.Users) == 0 {
+			return nil, errors.New("a broker that requires SASL needs a user")
+		}
+		opts = append(opts, kfake.EnableSASL())
+	}
+	for _, u := range o.Users {
+		opts = append(opts, kfake.Superuser(u.Mechanism, u.Name, u.Password))
+	}
+	if o.TLS != nil {
+		opts = append(opts, kfake.TLS(o.TLS))
+	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("cannot start broker on %s: %w", o.Listen, err)
 	}
 	b := &Broker{c: c, addr: c.ListenAddrs()[0]}
+	log := o.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b.reaper = startSessionReaper(c, b.addr, log)
 	if o.Logger != nil {
-		o.Logger.Info("broker listening", "addr", b.addr, "partitions", o.Partitions, "topics", o.Topics)
+		var users []string
+		for _, u := range o.Users {
+			users = append(users, u.Name+" ("+u.Mechanism+")")
+		}
+		o.Logger.Info("broker listening", "addr", b.addr, "partitions", o.Partitions, "topics", o.Topics,
+			"tls", o.TLS != nil, "require_sasl", o.RequireSASL, "sasl_users", users)
 	}
 	return b, nil
 }
@@ -73,4 +113,7 @@ func Start(o Options) (*Broker, error) {
 func (b *Broker) Addr() string { return b.addr }
 
 // Close stops the broker.
-func (b *Broker) Close() { b.c.Close() }
+func (b *Broker) Close() {
+	b.reaper.close()
+	b.c.Close()
+}

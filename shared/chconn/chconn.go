@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
@@ -33,7 +34,7 @@ func Options(c config.ClickHouse) *clickhouse.Options {
 }
 
 func options(c config.ClickHouse) *clickhouse.Options {
-	return &clickhouse.Options{
+	o := &clickhouse.Options{
 		Addr:             c.Addr,
 		Protocol:         clickhouse.Native,
 		Auth:             clickhouse.Auth{Username: c.Username, Password: c.Password},
@@ -45,9 +46,17 @@ func options(c config.ClickHouse) *clickhouse.Options {
 		ConnOpenStrategy: clickhouse.ConnOpenInOrder,
 		Compression:      &clickhouse.Compression{Method: clickhouse.CompressionLZ4},
 	}
+	// Load checked the files; one that went away since fails every dial, saying so.
+	if tc, err := c.TLS.Config(); err != nil {
+		o.DialContext = func(context.Context, string) (net.Conn, error) { return nil, fmt.Errorf("clickhouse.tls.%w", err) }
+	} else if tc != nil {
+		o.TLS = tc
+	}
+	return o
 }
 
-// Open connects and pings. Cancelling ctx abandons the ping.
+// Open connects and pings. Cancelling ctx abandons the ping. Its error is an *Error: one line
+// that names the server and what failed.
 func Open(ctx context.Context, c config.ClickHouse) (driver.Conn, error) {
 	conn, err := clickhouse.Open(Options(c))
 	if err != nil {
@@ -55,7 +64,8 @@ func Open(ctx context.Context, c config.ClickHouse) (driver.Conn, error) {
 	}
 	if err := conn.Ping(ctx); err != nil {
 		_ = conn.Close()
-		return nil, fmt.Errorf("cannot reach clickhouse %v: %w", c.Addr, err)
+		addr := strings.Join(c.Addr, ",")
+		return nil, Explain(addr, c, err)
 	}
 	return conn, nil
 }
@@ -115,7 +125,7 @@ func OpenNode(ctx context.Context, c config.ClickHouse, addr string, conns int) 
 	}
 	if err := conn.Ping(ctx); err != nil {
 		_ = conn.Close()
-		return nil, fmt.Errorf("cannot reach clickhouse node %s: %w", addr, err)
+		return nil, Explain(addr, c, err)
 	}
 	return conn, nil
 }

@@ -7,12 +7,12 @@
 package config
 
 import (
-	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
-	"io"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +38,9 @@ type Config struct {
 	File string `yaml:"-"`
 	// Version identifies the configuration's content; caches key on it.
 	Version string `yaml:"-"`
+
+	// env maps the fields the environment set to the variable that set them.
+	env map[string]string
 }
 
 // ClickHouse says how to reach ClickHouse.
@@ -46,6 +49,11 @@ type ClickHouse struct {
 	Database string   `yaml:"database"`
 	Username string   `yaml:"username"`
 	Password string   `yaml:"password"`
+	// PasswordFile names a file holding the password (a mounted secret); one trailing newline
+	// is ignored. Load reads it into Password.
+	PasswordFile string `yaml:"password_file"`
+	// TLS, when enabled, speaks TLS to the native secure port (9440 by convention).
+	TLS TLS `yaml:"tls"`
 	// Cluster, when set, makes migrate create replicated local tables ON CLUSTER and
 	// Distributed tables under the user-facing names.
 	Cluster string `yaml:"cluster"`
@@ -69,6 +77,8 @@ type Kafka struct {
 	GroupPrefix string `yaml:"group_prefix"`
 	// Version is the Kafka protocol version sarama speaks, e.g. "2.8.0".
 	Version string `yaml:"version"`
+	TLS     TLS    `yaml:"tls"`
+	SASL    SASL   `yaml:"sasl"`
 }
 
 // Speed configures the speed layer process.
@@ -150,11 +160,19 @@ type Dimension struct {
 
 // Metric is a value computed over events. Type is one of count, sum, min, max, avg, uniq,
 // quantile; every type but count reads Field; quantile needs 0 < Level < 1.
+//
+// Type ratio is a derived metric: Numerator / Denominator, two other (stored) metrics of the
+// dataset. It is stored nowhere; readers compute it from the merged values of its parts.
 type Metric struct {
-	Name  string  `yaml:"name"`
-	Type  string  `yaml:"type"`
-	Field string  `yaml:"field"`
-	Level float64 `yaml:"level"`
+	Name        string  `yaml:"name"`
+	Type        string  `yaml:"type"`
+	Field       string  `yaml:"field"`
+	Level       float64 `yaml:"level"`
+	Numerator   string  `yaml:"numerator,omitempty"`
+	Denominator string  `yaml:"denominator,omitempty"`
+	// Decimals makes a sum exact to that many decimals (money: 2): values rounded to them and
+	// summed as integers of that scale, the result a Decimal. 0: a Float64 sum.
+	Decimals int `yaml:"decimals,omitempty"`
 }
 
 // SpeedConf is a dataset's speed view.
@@ -338,7 +356,8 @@ func datasetDefaults(d *Dataset) {
 }
 
 // Load reads the configuration from path, or the built-in demo configuration when path is
-// empty, then applies the environment (see ApplyEnv) and validates.
+// empty, then applies the environment (see ApplyEnv), reads the password files and validates.
+// Its error is Problems: every problem, each with file, line and field.
 func Load(path string) (*Config, error) {
 	data, name := DemoYAML, "<demo>"
 	if path != "" {
@@ -351,32 +370,70 @@ func Load(path string) (*Config, error) {
 	return Parse(name, data, os.LookupEnv)
 }
 
-// Parse decodes, applies the environment read through lookup (nil for none) and validates.
+// Parse decodes, applies the environment read through lookup (nil for none), reads the
+// password files and validates. Its error is Problems.
 func Parse(name string, data []byte, lookup func(string) (string, bool)) (*Config, error) {
-	cfg := Default()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	cfg, ps := Check(name, data, lookup, true)
+	if len(ps) > 0 {
+		return nil, ps
 	}
+	return cfg, nil
+}
+
+// Check is Parse that does not stop at the first problem: it returns every problem of the
+// file, in file order, each naming file, line and field, and the configuration as far as it
+// could be decoded (never nil). readFiles false skips reading the password and TLS files
+// (a check on a machine without the secrets). It connects nowhere.
+func Check(name string, data []byte, lookup func(string) (string, bool), readFiles bool) (*Config, Problems) {
+	cfg := Default()
 	cfg.File = name
+	var root yaml.Node
+	if err := yaml.Unmarshal(data, &root); err != nil {
+		return &cfg, finish(name, nil, &cfg, []Problem{syntaxProblem(err)})
+	}
+	var d decoder
+	if len(root.Content) > 0 {
+		d.decode(root.Content[0], reflect.ValueOf(&cfg).Elem(), "")
+	}
 	for i := range cfg.Datasets {
 		datasetDefaults(&cfg.Datasets[i])
 	}
+	ps := d.probs
 	if lookup != nil {
 		if err := cfg.ApplyEnv(lookup); err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+			var eps Problems
+			if errors.As(err, &eps) {
+				ps = append(ps, eps...)
+			} else {
+				ps = append(ps, Problem{Msg: err.Error()})
+			}
 		}
 	}
-	if err := cfg.Validate(); err != nil {
-		return nil, err
+	// A value that could not be decoded was left at its default or zero: what validation
+	// says of that field (or of one inside it) would report it twice. A bad "enabled"
+	// stands for its whole section.
+	related := func(p Problem) bool {
+		return slices.ContainsFunc(d.probs, func(q Problem) bool {
+			f := strings.TrimSuffix(q.Field, ".enabled")
+			return within(p.Field, f) || within(f, p.Field)
+		})
 	}
-	out, err := yaml.Marshal(cfg)
+	for _, p := range append(cfg.secureProblems(readFiles), cfg.problems()...) {
+		if !related(p) {
+			ps = append(ps, p)
+		}
+	}
+	var doc *yaml.Node
+	if len(root.Content) > 0 {
+		doc = root.Content[0]
+	}
+	out := finish(name, doc, &cfg, ps)
+	b, err := yaml.Marshal(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("cannot encode config: %w", err)
+		out = append(out, Problem{File: name, Msg: "cannot encode config: " + err.Error()})
 	}
-	cfg.Version = fmt.Sprintf("%016x", fnv64(out))
-	return &cfg, nil
+	cfg.Version = fmt.Sprintf("%016x", fnv64(b))
+	return &cfg, out
 }
 
 func fnv64(b []byte) uint64 {
@@ -388,7 +445,9 @@ func fnv64(b []byte) uint64 {
 	return h
 }
 
-// ApplyEnv overrides fields from LAMBDA_* environment variables. Lists are comma-separated.
+// ApplyEnv overrides fields from LAMBDA_* environment variables; lists are comma-separated.
+// A password from the environment replaces a password_file, and a password_file from the
+// environment replaces a password.
 func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 	list := func(s string) []string {
 		var out []string
@@ -399,43 +458,108 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 		}
 		return out
 	}
-	str := map[string]*string{
-		"LAMBDA_CLICKHOUSE_DATABASE":       &c.ClickHouse.Database,
-		"LAMBDA_CLICKHOUSE_USERNAME":       &c.ClickHouse.Username,
-		"LAMBDA_CLICKHOUSE_PASSWORD":       &c.ClickHouse.Password,
-		"LAMBDA_CLICKHOUSE_CLUSTER":        &c.ClickHouse.Cluster,
-		"LAMBDA_CLICKHOUSE_HTTP_ADDR":      &c.ClickHouse.HTTPAddr,
-		"LAMBDA_SERVING_LISTEN":            &c.Serving.Listen,
-		"LAMBDA_SPEED_METRICS_LISTEN":      &c.Speed.MetricsListen,
-		"LAMBDA_BATCH_METRICS_LISTEN":      &c.Batch.MetricsListen,
-		"LAMBDA_KAFKA_GROUP_PREFIX":        &c.Kafka.GroupPrefix,
-		"LAMBDA_CLICKHOUSE_ZOOKEEPER_PATH": &c.ClickHouse.ZooKeeperPath,
+	ch, k := &c.ClickHouse, &c.Kafka
+	strs := []struct {
+		env, field string
+		p, other   *string // other: the other half of a secret, cleared
+	}{
+		{"LAMBDA_CLICKHOUSE_DATABASE", "clickhouse.database", &ch.Database, nil},
+		{"LAMBDA_CLICKHOUSE_USERNAME", "clickhouse.username", &ch.Username, nil},
+		{"LAMBDA_CLICKHOUSE_PASSWORD", "clickhouse.password", &ch.Password, &ch.PasswordFile},
+		{"LAMBDA_CLICKHOUSE_PASSWORD_FILE", "clickhouse.password_file", &ch.PasswordFile, &ch.Password},
+		{"LAMBDA_CLICKHOUSE_CLUSTER", "clickhouse.cluster", &ch.Cluster, nil},
+		{"LAMBDA_CLICKHOUSE_HTTP_ADDR", "clickhouse.http_addr", &ch.HTTPAddr, nil},
+		{"LAMBDA_CLICKHOUSE_ZOOKEEPER_PATH", "clickhouse.zookeeper_path", &ch.ZooKeeperPath, nil},
+		{"LAMBDA_CLICKHOUSE_TLS_CA_FILE", "clickhouse.tls.ca_file", &ch.TLS.CAFile, nil},
+		{"LAMBDA_KAFKA_GROUP_PREFIX", "kafka.group_prefix", &k.GroupPrefix, nil},
+		{"LAMBDA_KAFKA_TLS_CA_FILE", "kafka.tls.ca_file", &k.TLS.CAFile, nil},
+		{"LAMBDA_KAFKA_SASL_MECHANISM", "kafka.sasl.mechanism", &k.SASL.Mechanism, nil},
+		{"LAMBDA_KAFKA_SASL_USERNAME", "kafka.sasl.username", &k.SASL.Username, nil},
+		{"LAMBDA_KAFKA_SASL_PASSWORD", "kafka.sasl.password", &k.SASL.Password, &k.SASL.PasswordFile},
+		{"LAMBDA_KAFKA_SASL_PASSWORD_FILE", "kafka.sasl.password_file", &k.SASL.PasswordFile, &k.SASL.Password},
+		{"LAMBDA_SERVING_LISTEN", "serving.listen", &c.Serving.Listen, nil},
+		{"LAMBDA_SPEED_METRICS_LISTEN", "speed.metrics_listen", &c.Speed.MetricsListen, nil},
+		{"LAMBDA_BATCH_METRICS_LISTEN", "batch.metrics_listen", &c.Batch.MetricsListen, nil},
 	}
-	for k, p := range str {
-		if v, ok := lookup(k); ok {
-			*p = v
+	lists := []struct {
+		env, field string
+		p          *[]string
+	}{
+		{"LAMBDA_CLICKHOUSE_ADDR", "clickhouse.addr", &ch.Addr},
+		{"LAMBDA_KAFKA_BROKERS", "kafka.brokers", &k.Brokers},
+		{"LAMBDA_API_KEYS", "serving.api_keys", &c.Serving.APIKeys},
+		{"LAMBDA_SERVING_CORS_ORIGINS", "serving.cors_origins", &c.Serving.CORSOrigins},
+		{"LAMBDA_BATCH_LEASE_ZOOKEEPER", "batch.lease.zookeeper", &c.Batch.Lease.ZooKeeper},
+	}
+	bools := []struct {
+		env, field string
+		p          *bool
+	}{
+		{"LAMBDA_CLICKHOUSE_TLS_ENABLED", "clickhouse.tls.enabled", &ch.TLS.Enabled},
+		{"LAMBDA_KAFKA_TLS_ENABLED", "kafka.tls.enabled", &k.TLS.Enabled},
+	}
+	set := func(env, field string) {
+		if c.env == nil {
+			c.env = map[string]string{}
+		}
+		c.env[field] = env
+	}
+	for _, e := range strs {
+		if v, ok := lookup(e.env); ok {
+			*e.p = v
+			if e.other != nil {
+				*e.other = ""
+			}
+			set(e.env, e.field)
 		}
 	}
-	lists := map[string]*[]string{
-		"LAMBDA_CLICKHOUSE_ADDR":       &c.ClickHouse.Addr,
-		"LAMBDA_KAFKA_BROKERS":         &c.Kafka.Brokers,
-		"LAMBDA_API_KEYS":              &c.Serving.APIKeys,
-		"LAMBDA_SERVING_CORS_ORIGINS":  &c.Serving.CORSOrigins,
-		"LAMBDA_BATCH_LEASE_ZOOKEEPER": &c.Batch.Lease.ZooKeeper,
+	for _, e := range lists {
+		if v, ok := lookup(e.env); ok {
+			*e.p = list(v)
+			set(e.env, e.field)
+		}
 	}
-	for k, p := range lists {
-		if v, ok := lookup(k); ok {
-			*p = list(v)
+	var ps Problems
+	for _, e := range bools {
+		if v, ok := lookup(e.env); ok {
+			set(e.env, e.field)
+			b, err := strconv.ParseBool(strings.TrimSpace(v))
+			if err != nil {
+				ps = append(ps, Problem{Field: e.field, Msg: fmt.Sprintf("want true or false, got %q", v)})
+				continue
+			}
+			*e.p = b
 		}
 	}
 	if v, ok := lookup("LAMBDA_BATCH_MAX_MEMORY"); ok {
+		set("LAMBDA_BATCH_MAX_MEMORY", "batch.max_memory")
 		n, err := ParseByteSize(v)
 		if err != nil {
-			return fmt.Errorf("LAMBDA_BATCH_MAX_MEMORY: %w", err)
+			ps = append(ps, Problem{Field: "batch.max_memory", Msg: err.Error()})
+		} else {
+			c.Batch.MaxMemory = ByteSize(n)
 		}
-		c.Batch.MaxMemory = ByteSize(n)
+	}
+	if len(ps) > 0 {
+		return ps
 	}
 	return nil
+}
+
+// within reports whether field is inner or a field inside it.
+func within(field, inner string) bool {
+	return field == inner || strings.HasPrefix(field, inner+".") || strings.HasPrefix(field, inner+"[")
+}
+
+// FromEnv returns the environment variable that set field (or a field enclosing it), "" when
+// none did.
+func (c *Config) FromEnv(field string) string {
+	for f, k := range c.env {
+		if within(field, f) {
+			return k
+		}
+	}
+	return ""
 }
 
 // Dataset returns the dataset with the given name.

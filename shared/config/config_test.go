@@ -10,7 +10,18 @@ import (
 
 func TestBadConfigs(t *testing.T) {
 	cases := map[string]string{
-		"unknown_key":    "field colour not found",
+		"unknown_key":    `unknown_key.bad.yaml:14: datasets[0] (events).colour: unknown key "colour" (known here: batch, dimensions,`,
+		"typo_key":       `typo_key.bad.yaml:13: datasets[0] (events).raw_retension: unknown key "raw_retension" (did you mean "raw_retention"?)`,
+		"not_a_number":   `not_a_number.bad.yaml:3: speed.flush_rows: want a whole number, got "many"`,
+		"not_a_list":     `not_a_list.bad.yaml:1: clickhouse.addr: want a list ([a, b], or one item a line starting with -), got "127.0.0.1:9000"`,
+		"repeated_key":   `repeated_key.bad.yaml:7: datasets[0] (events).topic: repeated key (first at line 5)`,
+		"sasl_mech":      `sasl_mech.bad.yaml:4: kafka.sasl.mechanism: unknown mechanism "SCRAM-SHA-1" (use PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)`,
+		"sasl_password":  `sasl_password.bad.yaml:4: kafka.sasl.password: SASL PLAIN needs a password: set password_file, or LAMBDA_KAFKA_SASL_PASSWORD`,
+		"password_both":  `password_both.bad.yaml:1: clickhouse.password_file: set password or password_file, not both`,
+		"password_file":  `password_file.bad.yaml:1: clickhouse.password_file: open testdata/no-such-secret: no such file or directory`,
+		"tls_key":        `tls_key.bad.yaml:2: kafka.tls.key_file: a cert_file needs its key_file`,
+		"tls_disabled":   `tls_disabled.bad.yaml:1: clickhouse.tls.ca_file: is set but clickhouse.tls.enabled is false: set enabled: true, or remove it`,
+		"tls_ca":         `tls_ca.bad.yaml:1: clickhouse.tls.ca_file: testdata/good.yaml holds no PEM certificate`,
 		"bad_name":       `datasets[0].name: "Events" is not a valid name`,
 		"dup_dataset":    `datasets[1].name: dataset "events" is already declared by datasets[0]`,
 		"no_topic":       "datasets[0] (events).topic: a topic is required",
@@ -21,7 +32,7 @@ func TestBadConfigs(t *testing.T) {
 		"reserved":       `datasets[0] (events).metrics[3].name: "time" is reserved`,
 		"field_kinds":    `datasets[0] (events).metrics[3].field: field "user_id" is used both as a distinct-count key and as a number`,
 		"cron":           `datasets[0] (events).batch.schedule: invalid cron spec "61 * * * *"`,
-		"duration":       `invalid duration "soon"`,
+		"duration":       `duration.bad.yaml:13: datasets[0] (events).batch.grace: invalid duration "soon" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
 		"lookback":       "datasets[0] (events).batch.lookback: 48h0m0s must be shorter than raw_retention (24h0m0s)",
 		"retention":      "datasets[0] (events).speed.retention: 12h0m0s is shorter than 24h + batch.grace + one schedule period (48h30m0s)",
 		"speed_dims":     `datasets[0] (events).speed.dimensions[1]: unknown dimension "city"`,
@@ -30,10 +41,19 @@ func TestBadConfigs(t *testing.T) {
 		"database":       `clickhouse.database: "Lambda-DB" is not a valid name`,
 		"no_datasets":    "datasets: at least one dataset is required",
 		"negative":       "serving.max_rows: must be positive, got -1",
-		"not_yaml":       "did not find expected",
+		"not_yaml":       "not_yaml.bad.yaml:3: invalid YAML: did not find expected",
 		"metric_field":   `datasets[0] (events).metrics[2].name: "value" is also the raw column of a metric field`,
 		"lease":          `batch.lease.path: "lambda/lease/" is not a ZooKeeper path`,
 		"max_memory":     "batch.max_memory: must be at least 1MiB, got 512KiB",
+		"ratio_field":    "datasets[0] (events).metrics[3].field: a ratio takes no field",
+		"ratio_level":    "datasets[0] (events).metrics[3].level: only a quantile takes a level",
+		"ratio_missing":  "datasets[0] (events).metrics[3].denominator: a ratio needs a denominator",
+		"ratio_unknown":  `datasets[0] (events).metrics[3].denominator: unknown metric "orders"`,
+		"ratio_nested":   `datasets[0] (events).metrics[4].numerator: "revenue_per_event" is a ratio itself`,
+		"ratio_parts":    "datasets[0] (events).metrics[3].numerator: only a ratio takes a numerator and a denominator",
+		"decimals_type":  "datasets[0] (events).metrics[3].decimals: only a sum takes decimals",
+		"decimals_range": "datasets[0] (events).metrics[2].decimals: decimals must be 1 to 9, got 12",
+		"view_names":     `datasets[0] (events).batch.grouping_sets: the grouping sets "country_device" and "country,device" both make the view <dataset>_lambda_by_country_device`,
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")
 	if err != nil {
@@ -57,7 +77,7 @@ func TestBadConfigs(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("%s:\n got: %v\nwant: %s", f, err, want)
 		}
-		if !strings.HasPrefix(err.Error(), f+": ") {
+		if !strings.HasPrefix(err.Error(), f+":") {
 			t.Errorf("%s: error does not name the file: %v", f, err)
 		}
 	}
@@ -101,6 +121,16 @@ func TestGoodConfig(t *testing.T) {
 	if cfg.Version == "" {
 		t.Error("no version")
 	}
+	// A ratio is a metric of the API, never a stored column.
+	if n := len(d.Specs()); n != 3 {
+		t.Errorf("want 3 stored metrics, got %d: %+v", n, d.Specs())
+	}
+	if r, ok := d.RatioOf("revenue_per_user"); !ok || r.Numerator != "revenue" || r.Denominator != "users" || len(d.Ratios()) != 1 {
+		t.Errorf("ratio: %+v %v", d.Ratios(), ok)
+	}
+	if got := strings.Join(d.MetricNames(), ","); got != "events,users,revenue,revenue_per_user" {
+		t.Errorf("metric names: %s", got)
+	}
 }
 
 func TestDemoConfig(t *testing.T) {
@@ -108,7 +138,7 @@ func TestDemoConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Datasets) != 1 || len(cfg.Datasets[0].Metrics) != 4 {
+	if len(cfg.Datasets) != 1 || len(cfg.Datasets[0].Specs()) != 4 || len(cfg.Datasets[0].Ratios()) != 1 {
 		t.Fatalf("demo: %+v", cfg.Datasets)
 	}
 }
@@ -152,7 +182,10 @@ func TestParseByteSize(t *testing.T) {
 		t.Errorf("String: %s", got)
 	}
 	cfg, err := Parse("t.yaml", []byte("batch: {max_memory: 3GiB}\n"+minimalYAML), nil)
-	if err != nil || cfg.Batch.MaxMemory != 3<<30 {
+	if err != nil {
+		t.Fatalf("max_memory from YAML: %v", err)
+	}
+	if cfg.Batch.MaxMemory != 3<<30 {
 		t.Errorf("max_memory from YAML: %v, %v", cfg.Batch.MaxMemory, err)
 	}
 	if cfg, err := Parse("t.yaml", []byte(minimalYAML), nil); err != nil || cfg.Batch.MaxMemory != 2<<30 {
@@ -187,5 +220,112 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+func TestSecrets(t *testing.T) {
+	dir := t.TempDir()
+	chFile := filepath.Join(dir, "ch")
+	if err := os.WriteFile(chFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yaml := `clickhouse: {addr: ["127.0.0.1:9440"], password_file: ` + chFile + `, tls: {enabled: true, server_name: ch.internal}}
+kafka:
+  brokers: ["127.0.0.1:9093"]
+  tls: {enabled: true, insecure_skip_verify: true}
+  sasl: {mechanism: scram-sha-512, username: lambda, password: from-yaml}
+datasets:
+  - {name: events, topic: events, id_field: id, time_field: ts, dimensions: [{name: country}], metrics: [{name: events, type: count}]}
+`
+	f := func(env map[string]string, check func(c *Config)) {
+		t.Helper()
+		cfg, err := Parse("secrets.yaml", []byte(yaml), func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+		if err != nil {
+			t.Fatal(err)
+		}
+		check(cfg)
+	}
+	f(nil, func(c *Config) {
+		if c.ClickHouse.Password != "s3cret" {
+			t.Errorf("clickhouse password from file: %q", c.ClickHouse.Password)
+		}
+		if c.Kafka.SASL.Mechanism != ScramSHA512 || c.Kafka.SASL.Password != "from-yaml" {
+			t.Errorf("sasl: %+v", c.Kafka.SASL)
+		}
+		tc, err := c.ClickHouse.TLS.Config()
+		if err != nil || tc == nil || tc.ServerName != "ch.internal" {
+			t.Errorf("clickhouse tls: %+v, %v", tc, err)
+		}
+	})
+	f(map[string]string{"LAMBDA_CLICKHOUSE_PASSWORD": "env-ch", "LAMBDA_KAFKA_SASL_PASSWORD": "env-kafka", "LAMBDA_KAFKA_TLS_ENABLED": "false",
+		"LAMBDA_KAFKA_SASL_USERNAME": "svc"}, func(c *Config) {
+		if c.ClickHouse.Password != "env-ch" || c.ClickHouse.PasswordFile != "" {
+			t.Errorf("clickhouse password from env: %q (file %q)", c.ClickHouse.Password, c.ClickHouse.PasswordFile)
+		}
+		if c.Kafka.SASL.Password != "env-kafka" || c.Kafka.SASL.Username != "svc" {
+			t.Errorf("sasl from env: %+v", c.Kafka.SASL)
+		}
+	})
+	kFile := filepath.Join(dir, "kafka")
+	if err := os.WriteFile(kFile, []byte("from-file"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f(map[string]string{"LAMBDA_KAFKA_SASL_PASSWORD_FILE": kFile}, func(c *Config) {
+		if c.Kafka.SASL.Password != "from-file" {
+			t.Errorf("sasl password from the file the environment names: %q", c.Kafka.SASL.Password)
+		}
+	})
+
+	// A bad value from the environment names the variable, not a line of the file.
+	_, err := Parse("secrets.yaml", []byte(yaml), func(k string) (string, bool) {
+		if k == "LAMBDA_KAFKA_TLS_ENABLED" {
+			return "maybe", true
+		}
+		return "", false
+	})
+	if want := `secrets.yaml: kafka.tls.enabled: want true or false, got "maybe" (from LAMBDA_KAFKA_TLS_ENABLED)`; err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+}
+
+// TestCheckEveryProblem: one file with many problems reports each, in file order, with its line.
+func TestCheckEveryProblem(t *testing.T) {
+	data := `clickhouse:
+  addr: 127.0.0.1:9000
+  max_open_conns: lots
+kafka: {brokers: ["k:9092"], sasl: {mechanism: PLAIN}}
+speed: {flush_interval: 1 second}
+datasets:
+  - name: events
+    topic: events
+    id_field: event_id
+    time_field: ts
+    dimensions: [{name: country}, {name: time}]
+    metrics:
+      - {name: events, type: count}
+      - {name: p99, type: quantile, field: value, level: high}
+      - {name: users, type: uniqq, field: user_id}
+    raw_retention: 90days
+    speed: {retention: 72h, dimensionz: [country]}
+`
+	_, ps := Check("many.yaml", []byte(data), nil, false)
+	var got []string
+	for _, p := range ps {
+		got = append(got, p.Error())
+	}
+	want := []string{
+		`many.yaml:2: clickhouse.addr: want a list ([a, b], or one item a line starting with -), got "127.0.0.1:9000"`,
+		`many.yaml:3: clickhouse.max_open_conns: want a whole number, got "lots"`,
+		`many.yaml:4: kafka.sasl.password: SASL PLAIN needs a password: set password_file, or LAMBDA_KAFKA_SASL_PASSWORD`,
+		`many.yaml:4: kafka.sasl.username: SASL PLAIN needs a username`,
+		`many.yaml:5: speed.flush_interval: invalid duration "1 second" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
+		`many.yaml:11: datasets[0] (events).dimensions[1].name: "time" is reserved (reserved: id, time, day, minute, grouping, source, exact, dataset, run_id, payload, reason, topic, partition, offset, names starting with _ or ending in _state)`,
+		`many.yaml:14: datasets[0] (events).metrics[1].level: want a number, got "high"`,
+		`many.yaml:15: datasets[0] (events).metrics[2].type: unknown metric type "uniqq" (known: count, sum, min, max, avg, uniq, quantile, ratio)`,
+		`many.yaml:16: datasets[0] (events).raw_retention: invalid duration "90days" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
+		`many.yaml:17: datasets[0] (events).speed.dimensionz: unknown key "dimensionz" (did you mean "dimensions"?)`,
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
 	"slices"
@@ -42,11 +41,21 @@ func SchedulePeriod(s cron.Schedule) time.Duration {
 	return longest
 }
 
-// Validate checks the configuration and returns every problem, each naming file and field.
+// Validate checks the configuration and returns every problem (Problems), each naming file and
+// field, for a configuration built in code; Load and Parse validate what they read, with lines.
 func (c *Config) Validate() error {
-	var errs []error
+	ps := append(c.secureProblems(false), c.problems()...)
+	if len(ps) == 0 {
+		return nil
+	}
+	return finish(c.File, nil, c, ps)
+}
+
+// problems checks the configuration; fields are paths without dataset names.
+func (c *Config) problems() []Problem {
+	var errs []Problem
 	add := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s: %s", c.File, field, fmt.Sprintf(format, args...)))
+		errs = append(errs, Problem{Field: field, Msg: fmt.Sprintf(format, args...)})
 	}
 	if len(c.ClickHouse.Addr) == 0 {
 		add("clickhouse.addr", "at least one address is required")
@@ -108,17 +117,41 @@ func (c *Config) Validate() error {
 		} else {
 			names[d.Name] = i
 		}
-		if d.Name != "" {
-			p = fmt.Sprintf("datasets[%d] (%s)", i, d.Name)
-		}
 		for _, e := range d.validate() {
 			add(p+"."+e.field, "%s", e.msg)
 		}
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
 type fieldError struct{ field, msg string }
+
+// validateRatio checks a ratio metric: its parts are two stored metrics of the dataset (a ratio
+// of ratios would need their parts' parts; declare it from those), and it reads no field.
+func (d *Dataset) validateRatio(p string, m Metric, add func(field, format string, args ...any)) {
+	if m.Field != "" {
+		add(p+".field", "a ratio takes no field: it divides two metrics (numerator, denominator)")
+	}
+	if m.Level != 0 {
+		add(p+".level", "only a quantile takes a level")
+	}
+	if m.Decimals != 0 {
+		add(p+".decimals", "only a sum takes decimals (an exact decimal sum, e.g. 2 for money)")
+	}
+	for _, part := range []struct{ key, name string }{{"numerator", m.Numerator}, {"denominator", m.Denominator}} {
+		if part.name == "" {
+			add(p+"."+part.key, "a ratio needs a %s: the name of a metric of the dataset", part.key)
+			continue
+		}
+		i := slices.IndexFunc(d.Metrics, func(x Metric) bool { return x.Name == part.name })
+		switch {
+		case i < 0:
+			add(p+"."+part.key, "unknown metric %q", part.name)
+		case d.Metrics[i].Type == string(metric.Ratio):
+			add(p+"."+part.key, "%q is a ratio itself: a ratio divides two stored metrics", part.name)
+		}
+	}
+}
 
 func (d *Dataset) validate() []fieldError {
 	var errs []fieldError
@@ -164,9 +197,22 @@ func (d *Dataset) validate() []fieldError {
 	for j, m := range d.Metrics {
 		p := fmt.Sprintf("metrics[%d]", j)
 		claim(p+".name", m.Name, p)
-		if !metric.Known(m.Type) {
-			add(p+".type", "unknown metric type %q (known: count, sum, min, max, avg, uniq, quantile)", m.Type)
+		if m.Type == string(metric.Ratio) {
+			d.validateRatio(p, m, add)
 			continue
+		}
+		if !metric.Known(m.Type) {
+			add(p+".type", "unknown metric type %q (known: count, sum, min, max, avg, uniq, quantile, ratio)", m.Type)
+			continue
+		}
+		if m.Numerator != "" || m.Denominator != "" {
+			add(p+".numerator", "only a ratio takes a numerator and a denominator")
+		}
+		switch {
+		case m.Decimals != 0 && m.Type != string(metric.Sum):
+			add(p+".decimals", "only a sum takes decimals (an exact decimal sum, e.g. 2 for money)")
+		case m.Decimals < 0 || m.Decimals > 9:
+			add(p+".decimals", "decimals must be 1 to 9, got %d (values are summed as 64-bit integers of that scale)", m.Decimals)
 		}
 		if m.Type == string(metric.Quantile) {
 			if m.Level <= 0 || m.Level >= 1 {
@@ -209,6 +255,14 @@ func (d *Dataset) validate() []fieldError {
 		if slices.Contains(reserved, col) {
 			add("metrics", "the raw column %q of a metric field is reserved", col)
 		}
+	}
+	views := map[string]string{}
+	for _, set := range d.GroupingSets() {
+		name, set := GroupingViewSuffix(set), GroupingName(set)
+		if other, dup := views[name]; dup {
+			add("batch.grouping_sets", "the grouping sets %q and %q both make the view <dataset>_lambda_%s: rename a dimension", other, set, name)
+		}
+		views[name] = set
 	}
 	for j, n := range d.SpeedConf.Dimensions {
 		if !d.HasDimension(n) {

@@ -38,10 +38,16 @@ const (
 	TooOld      Reason = "too_old"      // before 1970 or older than the raw retention
 	BadType     Reason = "bad_type"     // a field of the wrong JSON type
 	TooLarge    Reason = "too_large"    // a payload over max_event_bytes
+	// InsertRefused is not the decoder's: ClickHouse refused the decoded row itself (a value a
+	// type, a CHECK or MATERIALIZED expression rejects); the speed layer writes it.
+	InsertRefused Reason = "insert_refused"
 )
 
+// DecoderReasons are the reasons Decode returns.
+var DecoderReasons = []Reason{InvalidJSON, MissingTime, BadTime, FutureTime, TooOld, BadType, TooLarge}
+
 // Reasons lists every reason, for metrics and tests.
-var Reasons = []Reason{InvalidJSON, MissingTime, BadTime, FutureTime, TooOld, BadType, TooLarge}
+var Reasons = []Reason{InvalidJSON, MissingTime, BadTime, FutureTime, TooOld, BadType, TooLarge, InsertRefused}
 
 // Limits bound what the decoder accepts.
 type Limits struct {

@@ -17,6 +17,7 @@ import (
 	"github.com/IBM/sarama"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
 	"github.com/lambda-platform/lambda/shared/metric"
 )
 
@@ -247,19 +248,25 @@ type Stats struct {
 	Sent, Valid, Duplicates, Late, Malformed int
 }
 
-// NewProducer returns a sarama producer tuned for throughput with acknowledged writes.
-func NewProducer(brokers []string, clientID string) (sarama.SyncProducer, error) {
-	sc := sarama.NewConfig()
-	sc.ClientID = clientID
+// NewProducer returns a sarama producer to the Kafka of k (TLS and SASL included) tuned for
+// throughput with acknowledged writes.
+func NewProducer(k config.Kafka, clientID string) (sarama.SyncProducer, error) {
+	sc, err := kafkaconn.Config(k, clientID)
+	if err != nil {
+		return nil, err
+	}
 	sc.Producer.Return.Successes = true
 	sc.Producer.RequiredAcks = sarama.WaitForAll
 	sc.Producer.Partitioner = sarama.NewHashPartitioner
 	sc.Producer.Flush.Messages = 1000
 	sc.Producer.Flush.Frequency = 20 * time.Millisecond
 	sc.Producer.Retry.Max = 10
-	p, err := sarama.NewSyncProducer(brokers, sc)
+	p, err := sarama.NewSyncProducer(k.Brokers, sc)
 	if err != nil {
-		return nil, fmt.Errorf("cannot connect producer to %v: %w", brokers, err)
+		if err := kafkaconn.Check(context.Background(), k, sc); kafkaconn.IsPermanent(err) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("cannot connect producer to %v: %w", k.Brokers, err)
 	}
 	return p, nil
 }

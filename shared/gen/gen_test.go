@@ -78,7 +78,7 @@ func TestProduceRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	p, err := gen.NewProducer([]string{b.Addr()}, "test")
+	p, err := gen.NewProducer(config.Kafka{Brokers: []string{b.Addr()}}, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package serving_test
+package e2e
 
 import (
 	"context"
@@ -19,7 +19,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
-// TestClusterAnswersSameAsSingleNode loads the same events into a single server and into the
+// TestClusterAnswersSameAsSingleNode (batch and serving layers together, in process) loads the same events into a single server and into the
 // local cluster (2 shards x 2 replicas), seals the same days with the batch layer, and asks both
 // APIs the same questions: every answer (rows, sources, exactness) must be identical, whether
 // it comes from <ds>_daily, from deduplicated raw or from the speed view.

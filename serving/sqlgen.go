@@ -1,0 +1,303 @@
+package serving
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/metric"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// bucket is the bucket expression over a time column of type t ("DateTime" or "Date"), as
+// DateTime('UTC') so that every branch of the UNION ALL has one type.
+func (q *Query) bucket(col string, isDate bool) (string, []any) {
+	switch q.Granularity {
+	case "minute":
+		return fmt.Sprintf("toDateTime(toStartOfMinute(%s), 'UTC')", col), nil
+	case "hour":
+		return fmt.Sprintf("toDateTime(toStartOfHour(%s), 'UTC')", col), nil
+	case "day":
+		if isDate {
+			return fmt.Sprintf("toDateTime(%s, 'UTC')", col), nil
+		}
+		return fmt.Sprintf("toDateTime(toDate(%s), 'UTC')", col), nil
+	case "week":
+		return fmt.Sprintf("toDateTime(toMonday(%s), 'UTC')", col), nil
+	case "month":
+		return fmt.Sprintf("toDateTime(toStartOfMonth(%s), 'UTC')", col), nil
+	}
+	return "toDateTime(?, 'UTC')", []any{q.From.Unix()}
+}
+
+// filters is the WHERE conjunction of the query's filters; values are bound.
+func (q *Query) filters() (string, []any) {
+	var parts []string
+	var args []any
+	for _, f := range q.Filters {
+		c := schema.Q(f.Dimension)
+		switch f.Op {
+		case "eq":
+			parts = append(parts, c+" = ?")
+			args = append(args, f.Values[0])
+		case "neq":
+			parts = append(parts, c+" != ?")
+			args = append(args, f.Values[0])
+		case "in":
+			parts = append(parts, "has(?, "+c+")")
+			args = append(args, f.Values)
+		case "not_in":
+			parts = append(parts, "NOT has(?, "+c+")")
+			args = append(args, f.Values)
+		case "prefix":
+			parts = append(parts, "startsWith("+c+", ?)")
+			args = append(args, f.Values[0])
+		case "contains":
+			parts = append(parts, "position("+c+", ?) > 0")
+			args = append(args, f.Values[0])
+		}
+	}
+	if len(parts) == 0 {
+		return "", nil
+	}
+	return " AND " + strings.Join(parts, " AND "), args
+}
+
+func dimCol(d string) string { return schema.Q("d_" + d) }
+func valCol(m string) string { return schema.Q("v_" + m) }
+func stCol(m string) string  { return schema.Q("s_" + m) }
+
+// shape is what the SQL of a decision needs beyond the query.
+type shape struct {
+	// states: a bucket combines rows of several parts (Decision.States).
+	states bool
+}
+
+// hasValue and hasState say which columns a branch carries for a metric: count, sum, min and
+// max combine values; avg combines states; distinct counts and quantiles carry both, the value
+// for a bucket answered by one exact row, the state for buckets several rows make up.
+func (sh shape) hasValue(s metric.Spec) bool { return !sh.states || s.Type != metric.Avg }
+func (sh shape) hasState(s metric.Spec) bool { return sh.states && s.HasDailyState() }
+
+// query is the SQL of parts: one branch per part, combined per bucket and dimensions. Nil when
+// there are no parts.
+func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
+	if len(parts) == 0 {
+		return nil
+	}
+	var branches []branch
+	for _, pt := range parts {
+		switch pt.Table {
+		case TableRaw:
+			branches = append(branches, p.rawBranch(q, sh, pt.From, pt.To, pt.Exact))
+		case TableSpeed:
+			branches = append(branches, p.speedBranch(q, sh, pt))
+		case TableDaily, TableHourly:
+			branches = append(branches, p.rollupBranch(q, sh, pt))
+		}
+	}
+	text, args := p.outer(q, sh, branches)
+	return &SQL{Text: text, Args: args}
+}
+
+// branch is one SELECT of the UNION ALL: a source over a range.
+type branch struct {
+	sql  string
+	args []any
+}
+
+// rollupBranch reads <ds>_daily or <ds>_hourly: one stored grouping set, directly (one row
+// per bucket and dimensions) or rolled up per bucket.
+func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
+	table, col, isDate := schema.Daily(q.DS.Name), "day", true
+	lo, hi := "toDate(?)", any(pt.From.Format(time.DateOnly))
+	hiArg := any(pt.To.Format(time.DateOnly))
+	if pt.Table == TableHourly {
+		table, col, isDate = schema.Hourly(q.DS.Name), "hour", false
+		lo, hi, hiArg = "toDateTime(?)", pt.From.Unix(), pt.To.Unix()
+	}
+	b, args := q.bucket(col, isDate)
+	sel := []string{b + " AS b"}
+	var group []string
+	for _, d := range q.Dimensions {
+		sel = append(sel, schema.Q(d)+" AS "+dimCol(d))
+		group = append(group, dimCol(d))
+	}
+	for _, s := range q.Specs {
+		if pt.direct {
+			if sh.hasValue(s) {
+				sel = append(sel, s.Cast(schema.Q(s.Name))+" AS "+valCol(s.Name))
+			}
+			if sh.hasState(s) {
+				sel = append(sel, schema.Q(s.StateColumn())+" AS "+stCol(s.Name))
+			}
+			continue
+		}
+		if sh.hasValue(s) {
+			sel = append(sel, s.Cast(s.Rollup())+" AS "+valCol(s.Name))
+		}
+		if sh.hasState(s) {
+			sel = append(sel, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
+		}
+	}
+	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
+	where, fargs := q.filters()
+	args = append(args, hi, hiArg, pt.grouping)
+	args = append(args, fargs...)
+	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s >= %s AND %s < %s AND grouping = ?%s",
+		strings.Join(sel, ", "), p.g.T(table), col, lo, col, lo, where)
+	if !pt.direct {
+		sql += "\nGROUP BY " + strings.Join(append([]string{"b"}, group...), ", ")
+	}
+	return branch{sql: sql, args: args}
+}
+
+// speedBranch reads <ds>_speed: per-minute states, as the speed layer wrote them after the
+// boundary, or as the batch layer rewrote them from deduplicated raw before it.
+func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
+	b, args := q.bucket("minute", false)
+	sel := []string{b + " AS b"}
+	group := []string{"b"}
+	for _, d := range q.Dimensions {
+		sel = append(sel, schema.Q(d)+" AS "+dimCol(d))
+		group = append(group, dimCol(d))
+	}
+	for _, s := range q.Specs {
+		if sh.hasValue(s) {
+			sel = append(sel, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+" AS "+valCol(s.Name))
+		}
+		if sh.hasState(s) {
+			sel = append(sel, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))
+		}
+	}
+	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
+	where, fargs := q.filters()
+	args = append(args, pt.From.Unix(), pt.To.Unix())
+	args = append(args, fargs...)
+	return branch{args: args, sql: fmt.Sprintf("SELECT %s\nFROM %s\nWHERE minute >= toDateTime(?) AND minute < toDateTime(?)%s\nGROUP BY %s",
+		strings.Join(sel, ", "), p.g.T(schema.Speed(q.DS.Name)), where, strings.Join(group, ", "))}
+}
+
+// rawBranch reads deduplicated raw: the first-ingested copy of each id within its day, as the
+// batch layer keeps it.
+func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) branch {
+	cols := []string{"id", "time"}
+	for _, d := range q.neededDims() {
+		cols = append(cols, schema.Q(d))
+	}
+	for _, s := range q.Specs {
+		if s.Column != "" && !slices.Contains(cols, schema.Q(s.Column)) {
+			cols = append(cols, schema.Q(s.Column))
+		}
+	}
+	b, args := q.bucket("time", false)
+	sel := []string{b + " AS b"}
+	group := []string{"b"}
+	for _, d := range q.Dimensions {
+		sel = append(sel, schema.Q(d)+" AS "+dimCol(d))
+		group = append(group, dimCol(d))
+	}
+	for _, s := range q.Specs {
+		if sh.hasValue(s) {
+			sel = append(sel, s.Cast(s.ExactExpr())+" AS "+valCol(s.Name))
+		}
+		if sh.hasState(s) {
+			sel = append(sel, s.StateExpr()+" AS "+stCol(s.Name))
+		}
+	}
+	sel = append(sel, fmt.Sprintf("'%s' AS src", SourceRaw), fmt.Sprintf("toUInt8(%d) AS ex", b2i(exact)))
+	where, fargs := q.filters()
+	args = append(args, from.Unix(), to.Unix())
+	args = append(args, fargs...)
+	inner := "    " + strings.ReplaceAll(schema.DedupRaw(cols, p.g.T(schema.Raw(q.DS.Name)), "time >= toDateTime(?) AND time < toDateTime(?)"), "\n", "\n    ")
+	sql := fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nWHERE 1%s\nGROUP BY %s", strings.Join(sel, ", "), inner, where, strings.Join(group, ", "))
+	return branch{sql: sql, args: args}
+}
+
+// outer combines the branches per bucket and dimensions: count and sum add, min and max take
+// the extreme, avg merges states; a distinct count or quantile is the value of its one row
+// when one row makes the bucket, the merge of the rows' states otherwise (approximate). A
+// ratio divides its parts' combined values. having filters the combined rows. NULLs sort last
+// in either direction (ClickHouse's default, which merged results follow). The statement
+// returns up to offset+limit+1 rows: the caller pages, after merging the two statements of a
+// split plan, and learns from the extra row that there is more.
+func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
+	sel := []string{"b AS time"}
+	group := []string{"b"}
+	for _, d := range q.Dimensions {
+		sel = append(sel, dimCol(d)+" AS "+schema.Q(d))
+		group = append(group, dimCol(d))
+	}
+	exprs := map[string]string{}
+	for _, s := range q.Specs {
+		var e string
+		switch {
+		case s.Combine("x") != "":
+			e = s.Cast(s.Combine(valCol(s.Name)))
+		case !sh.hasValue(s):
+			e = s.Cast(s.MergeExpr(stCol(s.Name)))
+		case !sh.states:
+			e = fmt.Sprintf("any(%s)", valCol(s.Name))
+		default:
+			e = fmt.Sprintf("if(count() = 1, any(%s), %s)", valCol(s.Name), s.Cast(s.MergeExpr(stCol(s.Name))))
+		}
+		exprs[s.Name] = e
+	}
+	value := func(name string) string {
+		if r, ok := q.ratio(name); ok {
+			return metric.RatioExpr(exprs[r.Numerator], exprs[r.Denominator])
+		}
+		return exprs[name]
+	}
+	for _, m := range q.Metrics {
+		sel = append(sel, value(m)+" AS "+schema.Q(m))
+	}
+	sel = append(sel, fmt.Sprintf("if(uniqExact(src) = 1, any(src), '%s') AS source", SourceMixed))
+	if q.hasSketch() {
+		sel = append(sel, "toUInt8(min(ex) = 1 AND count() = 1) AS exact")
+	} else {
+		sel = append(sel, "toUInt8(min(ex) = 1) AS exact")
+	}
+	parts := make([]string, len(branches))
+	var args []any
+	for i, b := range branches {
+		parts[i] = b.sql
+		args = append(args, b.args...)
+	}
+	having := ""
+	if len(q.Having) > 0 {
+		conds := make([]string, len(q.Having))
+		for i, h := range q.Having {
+			// toFloat64: a decimal sum does not compare with a Float64 value on every version.
+			conds[i] = fmt.Sprintf("toFloat64(%s) %s ?", value(h.Metric), havingSQL[h.Op])
+			args = append(args, *h.Value)
+		}
+		having = "\nHAVING " + strings.Join(conds, " AND ")
+	}
+	order := []string{}
+	dir := ""
+	if q.Desc {
+		dir = " DESC"
+	}
+	if q.OrderBy != "time" {
+		order = append(order, schema.Q(q.OrderBy)+dir)
+		dir = ""
+	}
+	order = append(order, "time"+dir)
+	for _, d := range q.Dimensions {
+		if d != q.OrderBy {
+			order = append(order, schema.Q(d))
+		}
+	}
+	args = append(args, q.Offset+q.Limit+1)
+	return fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nGROUP BY %s%s\nORDER BY %s\nLIMIT ?",
+		strings.Join(sel, ", "), strings.Join(parts, "\nUNION ALL\n"), strings.Join(group, ", "), having, strings.Join(order, ", ")), args
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
