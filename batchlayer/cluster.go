@@ -4,29 +4,31 @@ package batchlayer
 // <ds>_raw and <ds>_speed are Distributed over <name>_local tables replicated within their
 // shard; <ds>_daily, batch_runs and batch_watermarks are replicated on every node.
 //
-// A run computes the day over the whole cluster at once. It creates, on every reachable node, a
-// view of the day's deduplicated rows of the node's <ds>_raw_local (raw is sharded by
-// cityHash64(id), so a shard's dedup is the cluster's), and on one node (the initiator) a
-// Distributed table over those views. The INSERT … SELECT from that Distributed table sends the
-// whole aggregation to one replica of each shard; the initiator merges the shards' partial
-// states (exact distinct counts and quantiles merge exactly, never added up) into a plain
-// MergeTree staging table on the initiator, which REPLACE PARTITION swaps into the initiator's
-// replica of <ds>_daily. 18.16 refuses ALTER … ON CLUSTER … REPLACE PARTITION; it is not needed:
-// <ds>_daily is one replicated table, so one swap reaches every node through replication.
+// A run computes the day over the whole cluster at once (see engine.go). On one live replica of
+// every shard (its worker) it writes the shard's deduplicated rows from the node's
+// <ds>_raw_local (raw is sharded by cityHash64(id), so a shard's dedup is the cluster's) and
+// rewrites the shard's speed minutes from them. The aggregation passes are spread over the
+// workers: each reads every worker's deduplicated rows through remote(), which sends level 1 of
+// the pass to the shards, and merges that pass's bucket of keys or values alone, so no node
+// holds the day's distinct keys. Exact distinct counts are added up only over disjoint key
+// buckets, never across shards. The first worker assembles the day and its hours and swaps them
+// into its replicas of <ds>_daily and <ds>_hourly with REPLACE PARTITION from plain MergeTree
+// staging tables: 18.16 refuses ALTER … ON CLUSTER … REPLACE PARTITION, and it is not needed,
+// since both are one replicated table and one swap reaches every node through replication.
+// Each worker swaps its shard's minutes into its <ds>_speed_local, which replicates within the
+// shard.
 //
-// The watermark moves past a day only when every node's <ds>_daily holds the day's newest
-// successful run (a node that is down holds it back until it is back and has caught up), so
-// no node ever answers an exact day from an older copy.
+// The watermark moves past a day only when every node's <ds>_daily and <ds>_hourly hold the
+// day's newest successful run (a node that is down holds it back until it is back and has
+// caught up), so no node ever answers an exact day from an older copy.
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/lambda-platform/lambda/shared/chconn"
@@ -35,7 +37,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
-// syncTimeout bounds the wait for every replica of <ds>_daily to apply a swap.
+// syncTimeout bounds the wait for every replica to apply a run's swaps.
 const syncTimeout = 2 * time.Minute
 
 // cluster holds a connection per node, opened on first use.
@@ -147,67 +149,53 @@ func perShard(all []chconn.Node, live []node) ([]node, error) {
 	return out, nil
 }
 
-// prepare creates the run's dedup views on every live node and the Distributed table over them
-// on the initiator, and returns the initiator's connection, the table to aggregate from and a
-// cleanup that drops both and the staging table.
-func (l *Layer) prepareCluster(ctx context.Context, d *dataset, day time.Time, staging string) (driver.Conn, string, func(), error) {
+// workers returns where a run works: the server in single mode; in cluster mode one live
+// replica of every shard, the first in shard order whose <ds>_raw_local lags by no more than
+// clickhouse.insert_timeout (rows a lagging replica misses were inserted less than that before
+// the run started, so they make the day dirty and it is recomputed: the late-row rule). A shard
+// without such a replica fails the run; the next tick retries.
+func (l *Layer) workers(ctx context.Context, d *dataset) ([]worker, error) {
+	if l.cl == nil {
+		return []worker{{conn: l.conn, name: "clickhouse"}}, nil
+	}
 	all, live, err := l.cl.nodes(ctx)
 	if err != nil {
-		return nil, "", func() {}, err
+		return nil, err
 	}
-	if _, err := perShard(all, live); err != nil {
-		return nil, "", func() {}, err
-	}
-	ic := live[0].conn
-	view, dist := staging+"_dedup", staging+"_dist"
-	cleanup := func() {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-		defer cancel()
-		for _, t := range []string{dist, staging} {
-			if err := ic.Exec(cctx, d.q.dropTable(t)); err != nil {
-				l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", t, "node", live[0].Addr, "err", err)
-			}
-		}
-		for _, n := range live {
-			if err := n.conn.Exec(cctx, d.q.dropTable(view)); err != nil {
-				l.log.Warn("cannot drop staging view", "dataset", d.d.Name, "table", view, "node", n.Addr, "err", err)
-			}
-		}
-	}
-	var errs []error
-	var created int
+	maxDelay := max(1, uint64(l.cfg.ClickHouse.InsertTimeout.D().Seconds()))
+	q := fmt.Sprintf("SELECT max(absolute_delay) FROM system.replicas WHERE database = %s AND table = %s",
+		strLit(l.cfg.ClickHouse.Database), strLit(schema.Local(schema.Raw(d.d.Name))))
+	var out []worker
+	var why []string
+	seen := map[int]bool{}
 	for _, n := range live {
-		if err := n.conn.Exec(ctx, d.q.dedupView(view, day)); err != nil {
-			errs = append(errs, fmt.Errorf("cannot create view %s on %s: %w", view, n, err))
+		if seen[n.Shard] {
 			continue
 		}
-		created++
+		var delay uint64
+		if err := n.conn.QueryRow(ctx, q).Scan(&delay); err != nil {
+			why = append(why, fmt.Sprintf("%s: %v", n, err))
+			continue
+		}
+		if delay > maxDelay {
+			why = append(why, fmt.Sprintf("%s lags by %ds", n, delay))
+			continue
+		}
+		seen[n.Shard] = true
+		out = append(out, worker{conn: n.conn, addr: n.Addr, name: n.String()})
 	}
-	if created < len(live) {
-		// A node that cannot have the view must not be read from: fail, the next tick retries.
-		return ic, "", cleanup, errors.Join(errs...)
+	for _, n := range all {
+		if !seen[n.Shard] {
+			return nil, fmt.Errorf("no replica of shard %d answers with less than %ds of replication delay (%s)", n.Shard, maxDelay, strings.Join(why, "; "))
+		}
 	}
-	if err := ic.Exec(ctx, d.q.dedupDist(dist, view)); err != nil {
-		return ic, "", cleanup, fmt.Errorf("cannot create %s on %s: %w", dist, live[0], err)
-	}
-	return ic, dist, cleanup, nil
+	return out, nil
 }
 
-// clusterSettings are the settings of the recompute in cluster mode: never read a replica that
-// lags by more than the insert timeout. Rows a lagging replica is missing were inserted less
-// than that before the run started, so they make the day dirty and it is recomputed (the late-
-// row rule); a replica lagging more is skipped, and with every replica of a shard lagging the
-// run fails and is retried.
-func (l *Layer) clusterSettings() clickhouse.Settings {
-	return clickhouse.Settings{
-		"max_replica_delay_for_distributed_queries":          max(1, int(l.cfg.ClickHouse.InsertTimeout.D().Seconds())),
-		"fallback_to_stale_replicas_for_distributed_queries": 0,
-	}
-}
-
-// syncDaily waits, bounded, for every live replica of <ds>_daily to apply what is in its
-// replication queue (the swap just made). Errors are logged: the watermark check decides.
-func (l *Layer) syncDaily(ctx context.Context, d *dataset) {
+// syncReplicas waits, bounded, for every live replica of <ds>_daily and <ds>_hourly, and of
+// the shards' <ds>_speed_local, to apply what is in its replication queue (the swaps just made).
+// Errors are logged: the watermark check decides.
+func (l *Layer) syncReplicas(ctx context.Context, d *dataset) {
 	_, live, err := l.cl.nodes(ctx)
 	if err != nil {
 		l.log.Warn("cannot list cluster nodes", "err", err)
@@ -217,11 +205,13 @@ func (l *Layer) syncDaily(ctx context.Context, d *dataset) {
 	defer cancel()
 	var wg sync.WaitGroup
 	for _, n := range live {
-		wg.Go(func() {
-			if err := n.conn.Exec(ctx, "SYSTEM SYNC REPLICA "+d.q.g.T(schema.Daily(d.d.Name))); err != nil {
-				l.log.Warn("replica has not applied the swap yet", "dataset", d.d.Name, "node", n.Addr, "err", err)
-			}
-		})
+		for _, t := range []string{schema.Daily(d.d.Name), schema.Hourly(d.d.Name), schema.Local(schema.Speed(d.d.Name))} {
+			wg.Go(func() {
+				if err := n.conn.Exec(ctx, "SYSTEM SYNC REPLICA "+d.q.g.T(t)); err != nil {
+					l.log.Warn("replica has not applied the swap yet", "dataset", d.d.Name, "table", t, "node", n.Addr, "err", err)
+				}
+			})
+		}
 	}
 	wg.Wait()
 }
@@ -244,44 +234,57 @@ func (l *Layer) verifiedUpTo(ctx context.Context, d *dataset, from, to time.Time
 		}
 		return from, "nodes down: " + strings.Join(down, ", "), nil
 	}
+	type key struct {
+		table string
+		day   time.Time
+	}
 	type dayState struct {
 		rows uint64
 		runs []string
 	}
-	q := fmt.Sprintf("SELECT day, count(), groupUniqArray(run_id) FROM %s WHERE day > %s AND day <= %s GROUP BY day",
-		d.q.g.T(schema.Daily(d.d.Name)), dateLit(from), dateLit(to))
+	daily, hourly := schema.Daily(d.d.Name), schema.Hourly(d.d.Name)
+	q := fmt.Sprintf(`SELECT %s, day, count(), groupUniqArray(run_id) FROM %s WHERE day > %s AND day <= %s GROUP BY day
+UNION ALL
+SELECT %s, toDate(hour) AS day, count(), groupUniqArray(run_id) FROM %s WHERE day > %s AND day <= %s GROUP BY day`,
+		strLit(daily), d.q.g.T(daily), dateLit(from), dateLit(to), strLit(hourly), d.q.g.T(hourly), dateLit(from), dateLit(to))
 	last := to
 	why := ""
 	for _, n := range live {
 		rows, err := n.conn.Query(ctx, q)
 		if err != nil {
-			return from, "", fmt.Errorf("cannot read %s on %s: %w", schema.Daily(d.d.Name), n, err)
+			return from, "", fmt.Errorf("cannot read %s and %s on %s: %w", daily, hourly, n, err)
 		}
-		have := map[time.Time]dayState{}
+		have := map[key]dayState{}
 		for rows.Next() {
+			var table string
 			var day time.Time
 			var s dayState
-			if err := rows.Scan(&day, &s.rows, &s.runs); err != nil {
+			if err := rows.Scan(&table, &day, &s.rows, &s.runs); err != nil {
 				rows.Close()
-				return from, "", fmt.Errorf("cannot read %s on %s: %w", schema.Daily(d.d.Name), n, err)
+				return from, "", fmt.Errorf("cannot read %s and %s on %s: %w", daily, hourly, n, err)
 			}
-			have[ledger.DayOf(day)] = s
+			have[key{table, ledger.DayOf(day)}] = s
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
-			return from, "", fmt.Errorf("cannot read %s on %s: %w", schema.Daily(d.d.Name), n, err)
+			return from, "", fmt.Errorf("cannot read %s and %s on %s: %w", daily, hourly, n, err)
 		}
+	days:
 		for day := from.AddDate(0, 0, 1); !day.After(last); day = day.AddDate(0, 0, 1) {
 			w, ok := want[day]
 			if !ok {
 				continue
 			}
-			h := have[day]
-			good := h.rows == w.RowsOut && (w.RowsOut == 0 || (len(h.runs) == 1 && h.runs[0] == w.Run))
-			if !good {
-				last = day.AddDate(0, 0, -1)
-				why = fmt.Sprintf("%s has %d rows of runs %v for %s, want %d of run %s", n.Addr, h.rows, h.runs, day.Format(time.DateOnly), w.RowsOut, w.Run)
-				break
+			for _, c := range []struct {
+				table string
+				rows  uint64
+			}{{daily, w.RowsOut}, {hourly, w.RowsHourly}} {
+				h := have[key{c.table, day}]
+				if h.rows != c.rows || (c.rows > 0 && (len(h.runs) != 1 || h.runs[0] != w.Run)) {
+					last = day.AddDate(0, 0, -1)
+					why = fmt.Sprintf("%s has %d rows of runs %v in %s for %s, want %d of run %s", n.Addr, h.rows, h.runs, c.table, day.Format(time.DateOnly), c.rows, w.Run)
+					break days
+				}
 			}
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/chtest"
+	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -51,38 +52,63 @@ func (e *env) checksumOn(conn driver.Conn, day time.Time) string {
 }
 
 // TestClusterSameAsSingleNode runs the same two days of events, duplicates included, through
-// the single server and through the cluster: <ds>_daily must be identical, on every node, and
-// the values exact; the watermark moves once every node has the days.
+// the single server and through the cluster, with the default batch.max_memory and with 1 MiB
+// (every pass split, the passes spread over the shards): <ds>_daily and <ds>_hourly must be
+// identical on every node, the speed minutes identical across the cluster, and the values
+// exact; the watermark moves once every node has the days.
 func TestClusterSameAsSingleNode(t *testing.T) {
-	c := newClusterEnv(t)
-	s := newEnv(t)
-	rng := rand.New(rand.NewPCG(7, 8))
-	evs := append(gen(rng, d1, 3000, 0.05, "c"), gen(rng, d2, 2000, 0.05, "c")...)
-	c.insertRaw(evs)
-	s.insertRaw(evs)
-	for _, e := range []*env{c, s} {
-		e.setNow(d3.Add(time.Hour))
-		if err := e.layer(Options{}).RunDays(context.Background(), "events", d1, d2, nil); err != nil {
-			t.Fatal(err)
-		}
-	}
-	c.requireExact(evs, d1)
-	c.requireExact(evs, d2)
-	for _, day := range []time.Time{d1, d2} {
-		want := s.checksum(day)
-		for i, n := range c.nodes() {
-			if got := c.checksumOn(n, day); got != want {
-				t.Errorf("%s on %s: daily checksum %s, single node %s", day.Format(time.DateOnly), chtest.ClusterNodes[i], got, want)
+	for _, memory := range []config.ByteSize{2 << 30, 1 << 20} {
+		t.Run(memory.String(), func(t *testing.T) {
+			c := newClusterEnv(t)
+			s := newEnv(t)
+			rng := rand.New(rand.NewPCG(7, 8))
+			evs := append(gen(rng, d1, 3000, 0.05, "c"), gen(rng, d2, 2000, 0.05, "c")...)
+			c.insertRaw(evs)
+			s.insertRaw(evs)
+			steps := map[string]int{}
+			for _, e := range []*env{c, s} {
+				e.cfg.Batch.MaxMemory = memory
+				e.setNow(d3.Add(time.Hour))
+				if err := e.layer(Options{}).RunDays(context.Background(), "events", d1, d2, func(p Progress) {
+					if e == c {
+						steps[p.Phase] = max(steps[p.Phase], p.Steps)
+					}
+				}); err != nil {
+					t.Fatal(err)
+				}
 			}
-		}
-	}
-	if got := c.watermark(); got != "2024-03-02" {
-		t.Errorf("cluster watermark %s, want 2024-03-02", got)
-	}
-	// The shards did the aggregation: each shard's node ran it on its own view.
-	var n uint64
-	if err := c.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM system.tables WHERE database = '%s' AND name LIKE '%%_stage_%%'", c.cfg.ClickHouse.Database)).Scan(&n); err != nil || n != 0 {
-		t.Errorf("%d staging tables left (err %v)", n, err)
+			if memory < 2<<20 && (steps[PhaseExact] < 4 || steps[PhaseDedup] < 4) {
+				t.Errorf("passes on the cluster with 1 MiB: %v", steps)
+			}
+			c.requireExact(evs, d1)
+			c.requireExact(evs, d2)
+			d := &s.cfg.Datasets[0]
+			for _, day := range []time.Time{d1, d2} {
+				want := s.checksum(day)
+				wantHours := s.strings(rowStrings(s.g, d, s.g.T(schema.Hourly("events")), "hourly", day))
+				wantMinutes := s.strings(rowStrings(s.g, d, s.g.T(schema.Speed("events")), "speed", day))
+				for i, n := range c.nodes() {
+					if got := c.checksumOn(n, day); got != want {
+						t.Errorf("%s on %s: daily checksum %s, single node %s", day.Format(time.DateOnly), chtest.ClusterNodes[i], got, want)
+					}
+					saved := c.conn
+					c.conn = n
+					sameRows(t, "hourly on "+chtest.ClusterNodes[i], c.strings(rowStrings(c.g, d, c.g.T(schema.Hourly("events")), "hourly", day)), wantHours)
+					sameRows(t, "speed through "+chtest.ClusterNodes[i], c.strings(rowStrings(c.g, d, c.g.T(schema.Speed("events")), "speed", day)), wantMinutes)
+					c.conn = saved
+				}
+			}
+			if got := c.watermark(); got != "2024-03-02" {
+				t.Errorf("cluster watermark %s, want 2024-03-02", got)
+			}
+			// Nothing of the runs is left on any node.
+			for i, n := range c.nodes() {
+				var left uint64
+				if err := n.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM system.tables WHERE database = '%s' AND name LIKE '%%_stage_%%'", c.cfg.ClickHouse.Database)).Scan(&left); err != nil || left != 0 {
+					t.Errorf("%d staging tables left on %s (err %v)", left, chtest.ClusterNodes[i], err)
+				}
+			}
+		})
 	}
 }
 

@@ -36,7 +36,6 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/ledger"
-	"github.com/lambda-platform/lambda/shared/metric"
 )
 
 // Options are the dependencies of the batch layer. Every field is optional.
@@ -328,8 +327,8 @@ func dropLeftoversOn(ctx context.Context, l *Layer, d *dataset, conn driver.Conn
 		}
 	}
 	rows.Close()
-	// Distributed tables before the views they read, views before nothing.
-	slices.SortFunc(names, func(a, b string) int { return leftoverOrder(a) - leftoverOrder(b) })
+	// A run's Merge table (…_s) before the tables it reads.
+	slices.SortFunc(names, func(a, b string) int { return cmpBool(!strings.HasSuffix(a, "_s"), !strings.HasSuffix(b, "_s")) })
 	for _, n := range names {
 		if err := conn.Exec(ctx, d.q.dropTable(n)); err != nil {
 			l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", n, "err", err)
@@ -337,16 +336,6 @@ func dropLeftoversOn(ctx context.Context, l *Layer, d *dataset, conn driver.Conn
 		}
 		l.log.Info("dropped leftover staging table", "dataset", d.d.Name, "table", n, "node", node)
 	}
-}
-
-func leftoverOrder(name string) int {
-	switch {
-	case strings.HasSuffix(name, "_dist"):
-		return 0
-	case strings.HasSuffix(name, "_dedup"):
-		return 2
-	}
-	return 1
 }
 
 // Tick does one scheduler tick for a dataset: it recomputes every sealed day after the
@@ -377,7 +366,7 @@ func (l *Layer) Tick(ctx context.Context, name string) error {
 			errs = append(errs, ctx.Err())
 			break
 		}
-		if _, err := l.runDay(ctx, d, day); err != nil {
+		if _, err := l.runDay(ctx, d, day, nil); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -389,12 +378,18 @@ func (l *Layer) Tick(ctx context.Context, name string) error {
 	return errors.Join(errs...)
 }
 
-// Progress reports a backfill after each day.
+// Progress reports a backfill: during a day, at every pass of its run (Phase set), and after
+// the day (Phase empty).
 type Progress struct {
 	Dataset string
 	Day     time.Time
-	Done    int // days finished, this one included
+	Done    int // days finished, this one included once it is done
 	Total   int
+	// Phase is the step of the day's run in progress (PhaseDedup, PhaseAggregate,
+	// PhaseExact, PhaseAssemble, PhaseSwap), "" once the day is done; Step of
+	// Steps passes of the phase are done.
+	Phase       string
+	Step, Steps int
 	// Rows of the day just finished: in raw, after dedup, written to <ds>_daily.
 	RowsRaw, RowsDedup, RowsOut uint64
 	Elapsed                     time.Duration // since the backfill began
@@ -403,7 +398,8 @@ type Progress struct {
 
 // RunDays recomputes every day from from to to (inclusive, UTC days) in order, whether sealed
 // or not (an explicit backfill is the operator's call), then updates the watermark. It stops at
-// the first failure and returns it. progress, when not nil, is called after each day.
+// the first failure and returns it. progress, when not nil, is called at every pass of a day's
+// run and after each day; it must not block.
 func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, progress func(Progress)) error {
 	d, err := l.dataset(name)
 	if err != nil {
@@ -437,7 +433,14 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 	defer d.mu.Unlock()
 	var runErr error
 	for i, day := 0, from; !day.After(to); i, day = i+1, day.AddDate(0, 0, 1) {
-		res, err := l.runDay(ctx, d, day)
+		var pass func(phase string, step, steps int)
+		if progress != nil {
+			pass = func(phase string, step, steps int) {
+				progress(Progress{Dataset: name, Day: day, Done: i, Total: total, Phase: phase, Step: step, Steps: steps,
+					Elapsed: time.Since(start)})
+			}
+		}
+		res, err := l.runDay(ctx, d, day, pass)
 		if progress != nil {
 			progress(Progress{Dataset: name, Day: day, Done: i + 1, Total: total, RowsRaw: res.rowsRaw,
 				RowsDedup: res.rowsDedup, RowsOut: res.rowsOut, Elapsed: time.Since(start), Err: err})
@@ -461,23 +464,28 @@ func (c cronLogger) Error(err error, msg string, kv ...any) {
 	c.log.Error("cron "+msg, append(kv, "err", err)...)
 }
 
-// hasCount returns the index of a count metric, whose day total is the number of deduplicated
-// rows, or -1.
-func hasCount(specs []metric.Spec) int {
-	return slices.IndexFunc(specs, func(s metric.Spec) bool { return s.Type == metric.Count })
-}
-
 func sortDays(days []time.Time) []time.Time {
 	slices.SortFunc(days, func(a, b time.Time) int { return a.Compare(b) })
 	return slices.CompactFunc(days, func(a, b time.Time) bool { return a.Equal(b) })
 }
 
-// RecomputeSQL is the INSERT … SELECT a run executes for one day of a dataset into table (a
-// table created AS <ds>_daily). The benchmark runs it by hand as the floor a run is compared to.
-func (l *Layer) RecomputeSQL(name string, day time.Time, table, runID string) (string, error) {
+// RecomputeSQL is the single INSERT … SELECT that recomputes one day of a dataset in memory into
+// table (created AS <ds>_daily for grain "day", AS <ds>_hourly for "hour", AS <ds>_speed for
+// "minute"): the query runs used before they were bounded in memory, and the reference the
+// benchmark compares runs to (its floor).
+func (l *Layer) RecomputeSQL(name string, day time.Time, grain, table, runID string) (string, error) {
 	d, err := l.dataset(name)
 	if err != nil {
 		return "", err
 	}
-	return d.q.recompute(table, ledger.DayOf(day), runID), nil
+	day = ledger.DayOf(day)
+	switch grain {
+	case "day":
+		return d.q.recompute(table, day, runID), nil
+	case "hour":
+		return d.q.recomputeHourly(table, day, runID), nil
+	case "minute":
+		return d.q.recomputeSpeed(table, day), nil
+	}
+	return "", fmt.Errorf("unknown grain %q: want day, hour or minute", grain)
 }

@@ -330,6 +330,12 @@ func (l *Layer) Status(ctx context.Context) ([]Status, error) {
 
 // metrics are the lambda_batch_* metrics.
 type metrics struct {
+	// phase is 1 for the phase the dataset's running run is in, 0 for the others (all 0 between
+	// runs); phaseDur observes every phase of every run; passes counts passes done.
+	phase     *prometheus.GaugeVec
+	phaseDur  *prometheus.HistogramVec
+	progress  *prometheus.GaugeVec
+	started   *prometheus.GaugeVec
 	runs      *prometheus.CounterVec
 	duration  *prometheus.HistogramVec
 	rows      *prometheus.CounterVec
@@ -370,10 +376,65 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	m.exact = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_exact_watermark_timestamp_seconds",
 		Help: "End of the exact watermark day (every day up to it exact; dirty and unrun days hold it back) as a Unix time; 0 when none."}, []string{"dataset"})
+	m.phase = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_phase",
+		Help: "1 for the phase the dataset's running batch run is in (dedup, aggregate, exact, assemble, swap), 0 for the others and between runs."}, []string{"dataset", "phase"})
+	m.phaseDur = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lambda_batch_run_phase_duration_seconds",
+		Help:    "Duration of each phase of batch runs.",
+		Buckets: prometheus.ExponentialBuckets(0.05, 2, 16)}, []string{"dataset", "phase"})
+	m.progress = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_phase_progress_ratio",
+		Help: "Share of the passes of the running run's phase that are done (0 between runs)."}, []string{"dataset"})
+	m.started = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_start_timestamp_seconds",
+		Help: "Start of the dataset's running batch run as a Unix time (0 between runs): its duration so far is time() minus this."}, []string{"dataset"})
 	m.health = newHealthMetrics()
 	if reg != nil {
-		reg.MustRegister(m.runs, m.duration, m.rows, m.watermark, m.due, m.drift, m.exact)
+		reg.MustRegister(m.runs, m.duration, m.rows, m.watermark, m.due, m.drift, m.exact, m.phase, m.phaseDur, m.progress, m.started)
 		m.health.register(reg)
 	}
 	return m
+}
+
+// tracker follows one run's phases in the metrics.
+type tracker struct {
+	m     *metrics
+	ds    string
+	cur   string
+	since time.Time
+}
+
+// track starts following a run of dataset ds.
+func (m *metrics) track(ds string) *tracker {
+	for _, p := range phases {
+		m.phase.WithLabelValues(ds, p).Set(0)
+	}
+	m.started.WithLabelValues(ds).Set(float64(time.Now().UnixNano()) / 1e9)
+	m.progress.WithLabelValues(ds).Set(0)
+	return &tracker{m: m, ds: ds}
+}
+
+// phase records that the run is at step of steps of phase p.
+func (t *tracker) phase(p string, step, steps int) {
+	if p != t.cur {
+		t.end()
+		t.cur, t.since = p, time.Now()
+		t.m.phase.WithLabelValues(t.ds, p).Set(1)
+	}
+	if steps > 0 {
+		t.m.progress.WithLabelValues(t.ds).Set(float64(step) / float64(steps))
+	}
+}
+
+func (t *tracker) end() {
+	if t.cur == "" {
+		return
+	}
+	t.m.phaseDur.WithLabelValues(t.ds, t.cur).Observe(time.Since(t.since).Seconds())
+	t.m.phase.WithLabelValues(t.ds, t.cur).Set(0)
+	t.cur = ""
+}
+
+// done records the end of the run.
+func (t *tracker) done() {
+	t.end()
+	t.m.started.WithLabelValues(t.ds).Set(0)
+	t.m.progress.WithLabelValues(t.ds).Set(0)
 }

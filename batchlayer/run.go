@@ -3,10 +3,8 @@ package batchlayer
 import (
 	"context"
 	"fmt"
-	"maps"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/lambda-platform/lambda/shared/ledger"
@@ -14,8 +12,12 @@ import (
 )
 
 type runResult struct {
-	runID                       string
-	rowsRaw, rowsDedup, rowsOut uint64
+	runID                                              string
+	rowsRaw, rowsDedup, rowsOut, rowsHourly, rowsSpeed uint64
+	plan                                               split
+	// speed are the speed view's totals of the day before the run replaced its minutes (nil
+	// when there is no drift to record).
+	speed []*float64
 }
 
 // Run statuses in batch_runs.
@@ -29,8 +31,9 @@ const (
 // dropping the staging table.
 const cleanupTimeout = 30 * time.Second
 
-// runDay recomputes one day of a dataset; the caller holds d.mu.
-func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time) (runResult, error) {
+// runDay recomputes one day of a dataset; the caller holds d.mu. progress, when not nil, hears
+// of every pass of the run (phase, passes done, passes in the phase).
+func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time, progress func(phase string, step, steps int)) (runResult, error) {
 	name := d.d.Name
 	started, _ := l.stamp()
 	res := runResult{runID: newRunID(started, day)}
@@ -41,7 +44,15 @@ func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time) (runResul
 		return res, err
 	}
 	staging := stagingName(name, res.runID)
-	err := l.compute(ctx, d, day, staging, &res)
+	tr := l.m.track(name)
+	report := func(phase string, step, steps int) {
+		tr.phase(phase, step, steps)
+		if progress != nil {
+			progress(phase, step, steps)
+		}
+	}
+	err := l.compute(ctx, d, day, staging, &res, report)
+	tr.done()
 	dropCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
 	took := time.Since(t0)
@@ -63,87 +74,117 @@ func (l *Layer) runDay(ctx context.Context, d *dataset, day time.Time) (runResul
 	}
 	l.m.runs.WithLabelValues(name, StatusSucceeded).Inc()
 	l.m.rows.WithLabelValues(name).Add(float64(res.rowsOut))
-	log.Info("batch run succeeded", "rows_raw", res.rowsRaw, "rows_dedup", res.rowsDedup, "rows", res.rowsOut, "took", took.Round(time.Millisecond))
-	if err := l.drift(ctx, d, day, res.runID); err != nil {
+	log.Info("batch run succeeded", "rows_raw", res.rowsRaw, "rows_dedup", res.rowsDedup, "rows", res.rowsOut,
+		"rows_hourly", res.rowsHourly, "rows_speed", res.rowsSpeed, "plan", res.plan.String(), "took", took.Round(time.Millisecond))
+	if err := l.drift(ctx, d, day, res); err != nil {
 		log.Warn("cannot record drift", "err", err)
 	}
 	return res, nil
 }
 
-// compute fills the staging table, swaps it in and drops it. In cluster mode the staging table
-// lives on one node (the initiator), which aggregates the shards' partial results into it and
-// swaps it into its replica of <ds>_daily (see cluster.go).
-func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging string, res *runResult) error {
+// compute recomputes the day into staging tables (the day, its hours, its speed minutes) with
+// the engine (engine.go), swaps them in and drops them. In cluster mode the day and its hours
+// are assembled on the first shard's worker and swapped into its replicas of <ds>_daily and
+// <ds>_hourly (replication carries them to every node); each shard's speed minutes are swapped
+// into its own <ds>_speed_local.
+func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging string, res *runResult, report func(string, int, int)) error {
 	q := d.q
-	daily := schema.Daily(d.d.Name)
-	conn, source := l.conn, ""
-	if l.cl != nil {
-		var cleanup func()
-		var err error
-		conn, source, cleanup, err = l.prepareCluster(ctx, d, day, staging)
-		defer cleanup()
-		if err != nil {
-			return err
-		}
-	} else {
-		defer func() {
-			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-			defer cancel()
-			if err := l.conn.Exec(cctx, q.dropTable(staging)); err != nil {
-				l.log.Warn("cannot drop staging table", "dataset", d.d.Name, "table", staging, "err", err)
-			}
-		}()
+	name := d.d.Name
+	daily := schema.Daily(name)
+	workers, err := l.workers(ctx, d)
+	if err != nil {
+		return err
 	}
-	if err := conn.Exec(ctx, q.createStaging(staging)); err != nil {
+	j := &job{l: l, d: d, q: q, day: day, stage: staging, runID: res.runID, workers: workers, gens: map[string]int{},
+		res: res, report: report}
+	// The run's budget: batch.max_memory, never above what the server allows the user (its
+	// profile's max_memory_usage; 0: no limit). Every query carries it as its limit (at least
+	// queryMemoryFloor: a tiny budget still plans tiny passes, but a query needs its buffers).
+	budget := int64(l.cfg.Batch.MaxMemory)
+	var server uint64
+	if err := workers[0].conn.QueryRow(ctx, "SELECT toUInt64(value) FROM system.settings WHERE name = 'max_memory_usage'").Scan(&server); err != nil {
+		return fmt.Errorf("cannot read the server's max_memory_usage: %w", err)
+	}
+	if server > 0 && int64(server) < budget {
+		budget = int64(server)
+	}
+	j.limit = max(budget, queryMemoryFloor)
+	j.conc = workerConcurrency
+	if l.cl != nil {
+		j.conc = 1
+	}
+	// Two passes at once on a server share the budget, each planned for half its share. In
+	// cluster mode the shards share what one server would use, so that a node holds about half
+	// of it: each runs one pass at a time, and a node running a pass also holds its own shard's
+	// part of it (remote() reads its own rows too), hence one share more than there are shards.
+	j.target = max(budget/int64(2*workerConcurrency), 1)
+	if l.cl != nil {
+		j.target = max(budget/int64(2*workerConcurrency*(len(workers)+1)), 1)
+	}
+	defer func() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		if err := j.dropTables(cctx, func(string) bool { return true }); err != nil {
+			l.log.Warn("cannot drop staging tables", "dataset", name, "staging", staging, "err", err)
+		}
+	}()
+	w0 := workers[0]
+	if err := w0.conn.Exec(ctx, q.createStaging(staging)); err != nil {
 		return fmt.Errorf("cannot create staging table %s: %w", staging, err)
 	}
-	// What the run reads: raw's rows of the day, counted before and after the aggregation.
-	// Raw is append-only: equal counts mean the aggregation read exactly these rows. Rows that
-	// arrive meanwhile leave the day dirty (raw holds more than the run read), so it is
-	// recomputed, and reported approximate until then.
+	// What the run reads: raw's rows of the day, counted before and after the computation.
+	// Raw is append-only: equal counts mean the run read exactly these rows. Rows that arrive
+	// meanwhile leave the day dirty (raw holds more than the run read), so it is recomputed,
+	// and reported approximate until then.
 	db := l.cfg.ClickHouse.Database
-	if err := l.conn.QueryRow(ctx, ledger.RawRowsSQL(db, d.d.Name, day)).Scan(&res.rowsRaw); err != nil {
+	if err := l.conn.QueryRow(ctx, ledger.RawRowsSQL(db, name, day)).Scan(&res.rowsRaw); err != nil {
 		return fmt.Errorf("cannot count raw rows: %w", err)
 	}
-	settings := clickhouse.Settings{}
-	if n := l.cfg.Batch.MaxThreads; n > 0 {
-		settings["max_threads"] = n
+	if j.rewriteSpeed, err = l.keepsSpeed(ctx, d, day); err != nil {
+		return err
 	}
-	sql := q.recompute(staging, day, res.runID)
-	if l.cl != nil {
-		maps.Copy(settings, l.clusterSettings())
-		sql = q.aggregate(staging, q.g.T(source), day, res.runID)
+	if err := j.dedup(ctx); err != nil {
+		return err
 	}
-	if err := conn.Exec(clickhouse.Context(ctx, clickhouse.WithSettings(settings)), sql); err != nil {
-		return fmt.Errorf("cannot insert recompute into %s: %w", staging, err)
+	if res.rowsDedup > 0 {
+		for _, step := range []func(context.Context) error{j.aggregate, j.exact} {
+			if err := step(ctx); err != nil {
+				return err
+			}
+		}
+		if err := j.assemble(ctx, staging); err != nil {
+			return err
+		}
 	}
+	res.plan = j.plan
 	var after uint64
-	if err := l.conn.QueryRow(ctx, ledger.RawRowsSQL(db, d.d.Name, day)).Scan(&after); err != nil {
+	if err := l.conn.QueryRow(ctx, ledger.RawRowsSQL(db, name, day)).Scan(&after); err != nil {
 		return fmt.Errorf("cannot count raw rows: %w", err)
 	}
 	if after != res.rowsRaw {
 		l.log.Info("rows arrived during the run: the day stays dirty and is recomputed at the next tick",
-			"dataset", d.d.Name, "day", day.Format(time.DateOnly), "rows_before", res.rowsRaw, "rows_after", after)
+			"dataset", name, "day", day.Format(time.DateOnly), "rows_before", res.rowsRaw, "rows_after", after)
 	}
-	if err := conn.QueryRow(ctx, q.countDay(staging, day)).Scan(&res.rowsOut); err != nil {
+	if err := w0.conn.QueryRow(ctx, q.countDay(staging, day)).Scan(&res.rowsOut); err != nil {
 		return fmt.Errorf("cannot count rows of %s: %w", staging, err)
 	}
-	if i := hasCount(d.d.Specs()); i >= 0 && res.rowsOut > 0 {
-		vals, err := l.totals(ctx, conn, d, staging, day)
-		if err != nil {
-			return err
+	if res.rowsOut > 0 {
+		if err := w0.conn.QueryRow(ctx, q.countRows(q.g.T(hourlyStage(staging)))).Scan(&res.rowsHourly); err != nil {
+			return fmt.Errorf("cannot count rows of %s: %w", hourlyStage(staging), err)
 		}
-		if vals[i] != nil {
-			res.rowsDedup = uint64(*vals[i])
-		}
-	} else if res.rowsRaw > 0 {
-		if err := l.conn.QueryRow(ctx, q.countDedup(day)).Scan(&res.rowsDedup); err != nil {
-			return fmt.Errorf("cannot count deduplicated rows: %w", err)
+	}
+	speedRows := make([]uint64, len(workers))
+	if j.rewriteSpeed && res.rowsOut > 0 {
+		for i, w := range workers {
+			if err := w.conn.QueryRow(ctx, q.countRows(q.g.T(speedStage(staging)))).Scan(&speedRows[i]); err != nil {
+				return fmt.Errorf("cannot count rows of %s on %s: %w", speedStage(staging), w.name, err)
+			}
+			res.rowsSpeed += speedRows[i]
 		}
 	}
 	if res.rowsOut == 0 {
 		var old uint64
-		if err := conn.QueryRow(ctx, q.countDay(daily, day)).Scan(&old); err != nil {
+		if err := w0.conn.QueryRow(ctx, q.countDay(daily, day)).Scan(&old); err != nil {
 			return fmt.Errorf("cannot count rows of %s: %w", daily, err)
 		}
 		if old > 0 {
@@ -151,28 +192,89 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 		}
 	}
 	if l.hook != nil {
-		if err := l.hook(ctx, d.d.Name, day); err != nil {
+		if err := l.hook(ctx, name, day); err != nil {
 			return err
 		}
 	}
 	if l.lease != nil {
 		// Another process may have taken the lease while this run computed: its runs of the
-		// day would interleave with this one. Confirm ownership just before the swap.
-		if err := l.lease.check(ctx, d.d.Name); err != nil {
+		// day would interleave with this one. Confirm ownership just before the swaps.
+		if err := l.lease.check(ctx, name); err != nil {
 			return err
 		}
 	}
 	if res.rowsOut == 0 {
 		return nil // nothing to swap, nothing to replace; current servers refuse an empty source
 	}
-	if err := conn.Exec(ctx, q.swap(staging, day)); err != nil {
+	// How far the speed view was from the day, read before its minutes are replaced.
+	if err := l.readSpeedTotals(ctx, d, day, res); err != nil {
+		return err
+	}
+	report(PhaseSwap, 0, 1)
+	// The speed minutes and the hours first, the day last: `succeeded` (after every swap) is
+	// what readers go by.
+	for i, w := range workers {
+		if speedRows[i] == 0 {
+			continue
+		}
+		target := q.g.LocalT(schema.Speed(name))
+		if err := w.conn.Exec(ctx, q.swapTo(target, speedStage(staging), day)); err != nil {
+			return fmt.Errorf("cannot replace partition %s of %s on %s: %w", partitionID(day), target, w.name, err)
+		}
+	}
+	if res.rowsHourly > 0 {
+		if err := w0.conn.Exec(ctx, q.swapTo(q.g.T(schema.Hourly(name)), hourlyStage(staging), day)); err != nil {
+			return fmt.Errorf("cannot replace partition %s of %s: %w", partitionID(day), schema.Hourly(name), err)
+		}
+	}
+	if err := w0.conn.Exec(ctx, q.swap(staging, day)); err != nil {
 		return fmt.Errorf("cannot replace partition %s of %s: %w", partitionID(day), daily, err)
 	}
 	if l.cl != nil {
-		l.syncDaily(ctx, d)
+		l.syncReplicas(ctx, d)
 	}
+	report(PhaseSwap, 1, 1)
 	if l.after != nil {
-		l.after(ctx, d.d.Name, day)
+		l.after(ctx, name, day)
+	}
+	return nil
+}
+
+// keepsSpeed reports whether the run rewrites the day's <ds>_speed partition: not for a day the
+// speed retention drops (at or before the boundary, older than speed.retention before it).
+func (l *Layer) keepsSpeed(ctx context.Context, d *dataset, day time.Time) (bool, error) {
+	wm, ok, err := ledger.Boundary(ctx, l.conn, l.cfg.ClickHouse.Database, d.d.Name)
+	if err != nil || !ok || day.After(wm) {
+		return err == nil, err
+	}
+	cut := wm.AddDate(0, 0, 1).Add(-d.d.SpeedConf.Retention.D())
+	return day.AddDate(0, 0, 1).After(cut), nil
+}
+
+// readSpeedTotals reads the speed view's totals of the day for its drift, unless an earlier run
+// rewrote the day's minutes already (they are the batch's then, not the speed layer's).
+func (l *Layer) readSpeedTotals(ctx context.Context, d *dataset, day time.Time, res *runResult) error {
+	db := l.cfg.ClickHouse.Database
+	var rewritten uint64
+	q := fmt.Sprintf("SELECT max(s_speed) FROM (%s) WHERE day = %s", ledger.SucceededSQL(db, d.d.Name), dateLit(day))
+	if err := l.conn.QueryRow(ctx, q).Scan(&rewritten); err != nil {
+		return fmt.Errorf("cannot read the runs of %s: %w", day.Format(time.DateOnly), err)
+	}
+	if rewritten > 0 {
+		return nil
+	}
+	specs := d.d.Specs()
+	var n uint64
+	vals := make([]*float64, len(specs))
+	dest := []any{&n}
+	for i := range vals {
+		dest = append(dest, &vals[i])
+	}
+	if err := l.conn.QueryRow(ctx, d.q.speedTotals(day)).Scan(dest...); err != nil {
+		return fmt.Errorf("cannot read speed totals of %s: %w", schema.Speed(d.d.Name), err)
+	}
+	if n > 0 {
+		res.speed = vals
 	}
 	return nil
 }
@@ -181,7 +283,8 @@ func (l *Layer) recordRun(ctx context.Context, d *dataset, day time.Time, res ru
 	at, atUS := l.stamp()
 	return ledger.RecordRun(ctx, l.conn, l.cfg.ClickHouse.Database, ledger.Run{Dataset: d.d.Name, Day: day, RunID: res.runID,
 		Status: status, At: at, AtUS: atUS, StartedAt: started, FinishedAt: finished, RowsRead: res.rowsRaw,
-		RowsDedup: res.rowsDedup, RowsOut: res.rowsOut, Error: errText, Host: l.host})
+		RowsDedup: res.rowsDedup, RowsOut: res.rowsOut, RowsHourly: res.rowsHourly, RowsSpeed: res.rowsSpeed,
+		Error: errText, Host: l.host})
 }
 
 // totals reads the day total of every metric from a daily-shaped table through conn.
@@ -205,29 +308,21 @@ func (l *Layer) totals(ctx context.Context, conn driver.Conn, d *dataset, table 
 	return vals, rows.Err()
 }
 
-// drift writes, per metric, how far the speed view of the day was from the exact value. Days
-// the speed view holds nothing of (backfills of old days) have no drift.
-func (l *Layer) drift(ctx context.Context, d *dataset, day time.Time, runID string) error {
+// drift writes, per metric, how far the speed view of the day (read before the run replaced
+// its minutes) was from the exact value. Days the speed view held nothing of (backfills of old
+// days) and reruns of days whose minutes an earlier run rewrote have no drift.
+func (l *Layer) drift(ctx context.Context, d *dataset, day time.Time, res runResult) error {
+	if res.speed == nil {
+		return nil
+	}
 	specs := d.d.Specs()
 	exact, err := l.totals(ctx, l.conn, d, schema.Daily(d.d.Name), day)
 	if err != nil {
 		return err
 	}
-	var n uint64
-	speed := make([]*float64, len(specs))
-	dest := []any{&n}
-	for i := range speed {
-		dest = append(dest, &speed[i])
-	}
-	if err := l.conn.QueryRow(ctx, d.q.speedTotals(day)).Scan(dest...); err != nil {
-		return fmt.Errorf("cannot read speed totals of %s: %w", schema.Speed(d.d.Name), err)
-	}
-	if n == 0 {
-		return nil
-	}
 	rows := make([]ledger.Drift, len(specs))
 	for i, s := range specs {
-		rows[i] = ledger.NewDrift(day, s.Name, speed[i], exact[i], runID)
+		rows[i] = ledger.NewDrift(day, s.Name, res.speed[i], exact[i], res.runID)
 		if r := rows[i].RelError; r != nil {
 			l.m.drift.WithLabelValues(d.d.Name, s.Name).Set(*r)
 		}

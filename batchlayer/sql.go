@@ -62,20 +62,6 @@ func (q *queries) createStaging(table string) string {
 	return s
 }
 
-// dedupView, in cluster mode, is a run's view of one day of deduplicated raw rows on a node: the
-// inner query of recompute over the node's <ds>_raw_local. With the day written into the view,
-// a Distributed table over it (dedupDist) sends the whole aggregation to every shard. Raw is
-// sharded by cityHash64(id), so a shard's first copy of an id is the cluster's.
-func (q *queries) dedupView(view string, day time.Time) string {
-	return fmt.Sprintf("CREATE VIEW %s AS\n%s", q.g.T(view), q.dedupSelect(q.g.T(schema.Local(schema.Raw(q.d.Name))), day))
-}
-
-// dedupDist is the Distributed table over the run's views (dedupView) on every shard.
-func (q *queries) dedupDist(dist, view string) string {
-	return fmt.Sprintf("CREATE TABLE %s AS %s ENGINE = Distributed(%s, %s, %s)", q.g.T(dist), q.g.T(view),
-		schema.Q(q.g.Cluster), schema.Q(q.db), schema.Q(view))
-}
-
 func (q *queries) dropTable(table string) string {
 	return "DROP TABLE IF EXISTS " + q.g.T(table)
 }
@@ -103,20 +89,37 @@ func quoteAll(names []string) string {
 	return strings.Join(q, ", ")
 }
 
-// recompute is the whole exact computation of one day into table: deduplicate the day's raw
-// rows (first ingested copy of each id), then one pass over every grouping set with ARRAY JOIN.
+// recompute is the whole exact computation of one day's rows of <ds>_daily into table in one
+// query: deduplicate the day's raw rows (first ingested copy of each id), then one pass over
+// every grouping set with ARRAY JOIN. Runs no longer use it (its memory grows with the day, see
+// engine.go); it is the reference the engine is tested against and the benchmark's floor.
 //
 // Inner columns are renamed (d_<dimension>, v_<column>) so that no output alias equals a
 // column it is computed from: `sum(value) AS value` is a cyclic alias on some versions.
 func (q *queries) recompute(table string, day time.Time, runID string) string {
-	return q.aggregate(table, "(\n    "+strings.ReplaceAll(q.dedupSelect(q.g.T(schema.Raw(q.d.Name)), day), "\n", "\n    ")+"\n)", day, runID)
+	return q.aggregateSets(table, "(\n    "+strings.ReplaceAll(q.dedupSelect(q.g.T(schema.Raw(q.d.Name)), day, false), "\n", "\n    ")+"\n)", day, runID, false)
+}
+
+// recomputeHourly is recompute at the hour grain: the rows of <ds>_hourly of one day in one
+// query, the engine's reference in tests and part of the benchmark's floor.
+func (q *queries) recomputeHourly(table string, day time.Time, runID string) string {
+	return q.aggregateSets(table, "(\n    "+strings.ReplaceAll(q.dedupSelect(q.g.T(schema.Raw(q.d.Name)), day, true), "\n", "\n    ")+"\n)", day, runID, true)
+}
+
+// recomputeSpeed is the day's <ds>_speed partition in one query (the speed view's query over
+// the deduplicated rows), the engine's reference in tests and part of the benchmark's floor.
+func (q *queries) recomputeSpeed(table string, day time.Time) string {
+	return q.g.SpeedSelect(q.d, "INSERT INTO "+q.g.T(table)+" ", "1", "(\n"+q.dedupRows(q.g.T(schema.Raw(q.d.Name)), day)+"\n)")
 }
 
 // dedupSelect reads one day of raw rows from table, the first ingested copy of each id, with
-// the columns renamed for aggregate.
-func (q *queries) dedupSelect(table string, day time.Time) string {
+// the columns renamed for aggregateSets (and the time as t with withTime).
+func (q *queries) dedupSelect(table string, day time.Time, withTime bool) string {
 	d := q.d
 	inner := []string{"id"}
+	if withTime {
+		inner = append(inner, "time AS t")
+	}
 	for _, n := range d.DimensionNames() {
 		inner = append(inner, schema.Q(n)+" AS "+schema.Q("d_"+n))
 	}
@@ -131,12 +134,18 @@ ORDER BY _ingested_at, _partition, _offset
 LIMIT 1 BY id`, strings.Join(inner, ",\n    "), table, rawDayWhere(day))
 }
 
-// aggregate computes every grouping set of the deduplicated rows of source (a subquery of
-// dedupSelect, or in cluster mode the Distributed table over the views of it) into table.
-func (q *queries) aggregate(table, source string, day time.Time, runID string) string {
+// aggregateSets computes every grouping set of the deduplicated rows of source (a subquery of
+// dedupSelect) into table, per day or, with hour, per hour (source then has the time as t).
+func (q *queries) aggregateSets(table, source string, day time.Time, runID string, hour bool) string {
 	d := q.d
 	outer := []string{dateLit(day) + " AS o_day", schema.GroupingExpr + " AS o_grouping"}
 	group := []string{"o_grouping"}
+	cols := q.dailyColumns()
+	if hour {
+		outer[0] = "toStartOfHour(t) AS o_hour"
+		group = append([]string{"o_hour"}, group...)
+		cols = append([]string{"hour"}, cols[1:]...)
+	}
 	for _, n := range d.DimensionNames() {
 		outer = append(outer, fmt.Sprintf("if(has(gd, %s), %s, '') AS %s", strLit(n), schema.Q("d_"+n), schema.Q("o_"+n)))
 		group = append(group, schema.Q("o_"+n))
@@ -156,7 +165,7 @@ SELECT
     %s
 FROM %s
 ARRAY JOIN %s AS gd
-GROUP BY %s`, q.g.T(table), quoteAll(q.dailyColumns()),
+GROUP BY %s`, q.g.T(table), quoteAll(cols),
 		strings.Join(outer, ",\n    "), source,
 		schema.GroupingArray(d.GroupingSets()), strings.Join(group, ", "))
 }
@@ -167,12 +176,6 @@ func inputSpec(s metric.Spec) metric.Spec {
 		s.Column = "v_" + s.Column
 	}
 	return s
-}
-
-// countDedup counts the day's distinct ids; used only when the dataset has no count metric
-// to read it from.
-func (q *queries) countDedup(day time.Time) string {
-	return fmt.Sprintf("SELECT uniqExact(id) FROM %s WHERE %s", q.g.T(schema.Raw(q.d.Name)), rawDayWhere(day))
 }
 
 // countDay counts the rows a daily-shaped table holds for a day.

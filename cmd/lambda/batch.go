@@ -177,6 +177,19 @@ func runBatchRun(ctx context.Context, args []string) error {
 	defer layer.Close()
 	var rows uint64
 	progress := func(p batchlayer.Progress) {
+		if p.Phase != "" {
+			// A pass of the day's run: the phase and how far it is.
+			if !tty {
+				if p.Step == p.Steps {
+					slog.Info("phase done", "dataset", p.Dataset, "day", p.Day.Format(time.DateOnly), "phase", p.Phase, "passes", p.Steps,
+						"elapsed", p.Elapsed.Round(time.Millisecond))
+				}
+				return
+			}
+			fmt.Printf("\r%s %s  day %d/%d  %s %d/%d  elapsed %s\x1b[K", p.Dataset, p.Day.Format(time.DateOnly), p.Done+1, p.Total,
+				p.Phase, p.Step, p.Steps, p.Elapsed.Round(time.Second))
+			return
+		}
 		rows += p.RowsRaw
 		eta := time.Duration(0)
 		if p.Done > 0 {
@@ -272,17 +285,23 @@ func runBatchStatus(ctx context.Context, args []string) error {
 	return w.Flush()
 }
 
-// runBatchSQL prints the recompute statement of one day into a table (the benchmark's floor).
+// runBatchSQL prints the single-query recompute of one day into a table (the benchmark's floor).
 func runBatchSQL(args []string) error {
 	fs, path := flags("batch sql")
 	ds := fs.String("dataset", "", "dataset")
 	dayFlag := fs.String("day", "", "day, YYYY-MM-DD")
-	table := fs.String("table", "", "target table, created AS <dataset>_daily in the configured database")
+	table := fs.String("table", "", "target table, created AS <dataset>_daily (_hourly, _speed for --grain hour, minute) in the configured database")
+	grain := fs.String("grain", "day", "day (<ds>_daily rows), hour (<ds>_hourly rows) or minute (the day's <ds>_speed partition)")
 	if err := parse(fs, args); err != nil {
 		return err
 	}
 	if *ds == "" || *dayFlag == "" || *table == "" {
 		return usagef(fs, "--dataset, --day and --table are required")
+	}
+	switch *grain {
+	case "day", "hour", "minute":
+	default:
+		return usagef(fs, "--grain: %q is not day, hour or minute", *grain)
 	}
 	d, err := parseDay(fs, "day", *dayFlag)
 	if err != nil {
@@ -297,7 +316,7 @@ func runBatchSQL(args []string) error {
 		return err
 	}
 	defer layer.Close()
-	q, err := layer.RecomputeSQL(*ds, d, *table, "floor")
+	q, err := layer.RecomputeSQL(*ds, d, *grain, *table, "floor")
 	if err != nil {
 		return err
 	}

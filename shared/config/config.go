@@ -102,6 +102,11 @@ type Batch struct {
 	MetricsListen string `yaml:"metrics_listen"`
 	// MaxThreads is ClickHouse's max_threads for the recompute query; 0 leaves the server's.
 	MaxThreads int `yaml:"max_threads"`
+	// MaxMemory is the per-query memory limit (ClickHouse's max_memory_usage) of a run's
+	// queries. A run splits a day into as many passes (id buckets, key buckets, value ranges,
+	// time chunks) as it needs for each query's estimate to stay within half of it, so the
+	// memory a day takes is bounded by this setting, not by the day's size.
+	MaxMemory ByteSize `yaml:"max_memory"`
 	// Lease, when its ZooKeeper is set, lets several `lambda batch` processes run: per dataset
 	// one holds the lease and schedules, the others wait to take over.
 	Lease Lease `yaml:"lease"`
@@ -210,6 +215,64 @@ func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(),
 // D returns d as a time.Duration.
 func (d Duration) D() time.Duration { return time.Duration(d) }
 
+// ByteSize is a size in bytes. In YAML it is a whole number of bytes or a number with a unit:
+// B, KiB, MiB, GiB, TiB (powers of 1024) or KB, MB, GB, TB (powers of 1000), e.g. "2GiB".
+type ByteSize int64
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return err
+	}
+	v, err := ParseByteSize(s)
+	if err != nil {
+		return err
+	}
+	*b = ByteSize(v)
+	return nil
+}
+
+// MarshalYAML implements yaml.Marshaler.
+func (b ByteSize) MarshalYAML() (any, error) { return int64(b), nil }
+
+// String formats the size with the largest binary unit that divides it, e.g. "2GiB".
+func (b ByteSize) String() string {
+	units := []string{"TiB", "GiB", "MiB", "KiB"}
+	for i, u := range units {
+		div := int64(1) << (10 * (len(units) - i))
+		if b != 0 && int64(b)%div == 0 {
+			return strconv.FormatInt(int64(b)/div, 10) + u
+		}
+	}
+	return strconv.FormatInt(int64(b), 10) + "B"
+}
+
+var byteUnits = []struct {
+	suffix string
+	mult   float64
+}{
+	{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
+	{"TB", 1e12}, {"GB", 1e9}, {"MB", 1e6}, {"KB", 1e3}, {"B", 1},
+}
+
+// ParseByteSize parses a size such as "2GiB", "512MiB", "1.5GB" or "1048576".
+func ParseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	mult := 1.0
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(t, u.suffix); ok {
+			t, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	f, err := strconv.ParseFloat(t, 64)
+	if err != nil || f < 0 || f*mult > 1<<62 {
+		return 0, fmt.Errorf("invalid size %q: use bytes or a number with B, KiB, MiB, GiB, TiB, KB, MB, GB or TB", s)
+	}
+	return int64(f * mult), nil
+}
+
 // ParseDuration parses a Go duration, or a whole number of days such as "90d".
 func ParseDuration(s string) (time.Duration, error) {
 	if n, ok := strings.CutSuffix(s, "d"); ok {
@@ -259,6 +322,7 @@ func Default() Config {
 		},
 		Batch: Batch{
 			MetricsListen: "127.0.0.1:9102",
+			MaxMemory:     2 << 30,
 			Lease:         Lease{Path: "/lambda/batch-lease", SessionTimeout: Duration(10 * time.Second)},
 		},
 		Serving: Serving{
@@ -465,6 +529,15 @@ func (c *Config) ApplyEnv(lookup func(string) (string, bool)) error {
 				continue
 			}
 			*e.p = b
+		}
+	}
+	if v, ok := lookup("LAMBDA_BATCH_MAX_MEMORY"); ok {
+		set("LAMBDA_BATCH_MAX_MEMORY", "batch.max_memory")
+		n, err := ParseByteSize(v)
+		if err != nil {
+			ps = append(ps, Problem{Field: "batch.max_memory", Msg: err.Error()})
+		} else {
+			c.Batch.MaxMemory = ByteSize(n)
 		}
 	}
 	if len(ps) > 0 {

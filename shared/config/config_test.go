@@ -44,6 +44,7 @@ func TestBadConfigs(t *testing.T) {
 		"not_yaml":       "not_yaml.bad.yaml:3: invalid YAML: did not find expected",
 		"metric_field":   `datasets[0] (events).metrics[2].name: "value" is also the raw column of a metric field`,
 		"lease":          `batch.lease.path: "lambda/lease/" is not a ZooKeeper path`,
+		"max_memory":     "batch.max_memory: must be at least 1MiB, got 512KiB",
 		"ratio_field":    "datasets[0] (events).metrics[3].field: a ratio takes no field",
 		"ratio_level":    "datasets[0] (events).metrics[3].level: only a quantile takes a level",
 		"ratio_missing":  "datasets[0] (events).metrics[3].denominator: a ratio needs a denominator",
@@ -157,6 +158,53 @@ func TestParseDuration(t *testing.T) {
 	f("-1d", 0, false)
 	f("soon", 0, false)
 }
+
+func TestParseByteSize(t *testing.T) {
+	f := func(s string, want int64, ok bool) {
+		t.Helper()
+		got, err := ParseByteSize(s)
+		if (err == nil) != ok || got != want {
+			t.Errorf("ParseByteSize(%q) = %d, %v", s, got, err)
+		}
+	}
+	f("2GiB", 2<<30, true)
+	f("512 MiB", 512<<20, true)
+	f("1.5GB", 1_500_000_000, true)
+	f("4096", 4096, true)
+	f("10B", 10, true)
+	f("lots", 0, false)
+	f("-1MiB", 0, false)
+	f("2GiBs", 0, false)
+	if got := ByteSize(2 << 30).String(); got != "2GiB" {
+		t.Errorf("String: %s", got)
+	}
+	if got := ByteSize(1000).String(); got != "1000B" {
+		t.Errorf("String: %s", got)
+	}
+	cfg, err := Parse("t.yaml", []byte("batch: {max_memory: 3GiB}\n"+minimalYAML), nil)
+	if err != nil {
+		t.Fatalf("max_memory from YAML: %v", err)
+	}
+	if cfg.Batch.MaxMemory != 3<<30 {
+		t.Errorf("max_memory from YAML: %v, %v", cfg.Batch.MaxMemory, err)
+	}
+	if cfg, err := Parse("t.yaml", []byte(minimalYAML), nil); err != nil || cfg.Batch.MaxMemory != 2<<30 {
+		t.Errorf("default max_memory: %v, %v", cfg.Batch.MaxMemory, err)
+	}
+	env := func(v string) func(string) (string, bool) {
+		return func(k string) (string, bool) { return v, k == "LAMBDA_BATCH_MAX_MEMORY" }
+	}
+	if cfg, err := Parse("t.yaml", []byte(minimalYAML), env("4GiB")); err != nil || cfg.Batch.MaxMemory != 4<<30 {
+		t.Errorf("max_memory from LAMBDA_BATCH_MAX_MEMORY: %v, %v", cfg.Batch.MaxMemory, err)
+	}
+	if _, err := Parse("t.yaml", []byte(minimalYAML), env("much")); err == nil || !strings.Contains(err.Error(), "LAMBDA_BATCH_MAX_MEMORY") {
+		t.Errorf("bad LAMBDA_BATCH_MAX_MEMORY: %v", err)
+	}
+}
+
+const minimalYAML = `datasets:
+  - {name: events, topic: events, id_field: id, time_field: ts, dimensions: [{name: country}], metrics: [{name: events, type: count}]}
+`
 
 func TestConfigFileMissing(t *testing.T) {
 	_, err := Load(filepath.Join(t.TempDir(), "nope.yaml"))

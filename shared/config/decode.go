@@ -59,7 +59,10 @@ type decoder struct {
 	probs []Problem
 }
 
-var durationType = reflect.TypeFor[Duration]()
+var (
+	durationType = reflect.TypeFor[Duration]()
+	byteSizeType = reflect.TypeFor[ByteSize]()
+)
 
 func (d *decoder) fail(n *yaml.Node, field, format string, args ...any) {
 	d.probs = append(d.probs, Problem{Line: n.Line, column: n.Column, Field: field, Msg: fmt.Sprintf(format, args...)})
@@ -107,6 +110,19 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, field string) {
 			return
 		}
 		v.SetInt(int64(dur))
+		return
+	}
+	if v.Type() == byteSizeType {
+		if n.Kind != yaml.ScalarNode {
+			d.fail(n, field, "want a size such as 2GiB or 512MiB, got %s", describe(n))
+			return
+		}
+		b, err := ParseByteSize(n.Value)
+		if err != nil {
+			d.fail(n, field, "%v", err)
+			return
+		}
+		v.SetInt(b)
 		return
 	}
 	switch v.Kind() {

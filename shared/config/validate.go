@@ -19,6 +19,10 @@ var identRE = regexp.MustCompile(`^[a-z][a-z0-9_]*$`)
 var reserved = []string{"id", "time", "day", "minute", "grouping", "source", "exact",
 	"dataset", "run_id", "payload", "reason", "topic", "partition", "offset"}
 
+// minBatchMemory is the smallest batch.max_memory: a query's fixed buffers alone take about
+// this much.
+const minBatchMemory = 1 << 20
+
 // CronParser parses batch schedules: five fields or a descriptor such as @daily, in UTC.
 var CronParser = cron.NewParser(cron.Minute | cron.Hour | cron.Dom | cron.Month | cron.Dow | cron.Descriptor)
 
@@ -69,6 +73,9 @@ func (c *Config) problems() []Problem {
 		if l.SessionTimeout.D() < time.Second {
 			add("batch.lease.session_timeout", "must be at least 1s, got %s", l.SessionTimeout.D())
 		}
+	}
+	if c.Batch.MaxMemory < minBatchMemory {
+		add("batch.max_memory", "must be at least %s, got %s", ByteSize(minBatchMemory), c.Batch.MaxMemory)
 	}
 	if len(c.Kafka.Brokers) == 0 {
 		add("kafka.brokers", "at least one broker is required")

@@ -218,6 +218,57 @@ func (s Spec) ExactExpr() string {
 	}
 }
 
+// ExactStateExpr is the -State of the exact aggregate over raw columns for the metrics whose
+// exact value cannot be combined from partial values (uniq and quantile: uniqExactStateIf over
+// the present keys, quantileExactStateIf over the present values): ExactMergeExpr over such
+// states of any partition of the rows gives what ExactExpr gives over all of them (a
+// quantile's NaN over no values is NULL after Cast). It is "" for the other metrics, whose
+// partial values combine with Combine. The batch layer computes a day in two levels with it:
+// states per hour and all dimensions, merged into every grouping set.
+func (s Spec) ExactStateExpr() string {
+	switch s.Type {
+	case Uniq:
+		return fmt.Sprintf("uniqExactStateIf(%s, %s != '')", s.args(), s.args())
+	case Quantile:
+		return fmt.Sprintf("quantileExactStateIf(%s)(toFloat64(assumeNotNull(%s)), isNotNull(%s))", s.levelString(), s.args(), s.args())
+	}
+	return ""
+}
+
+// ExactMergeExpr merges states of ExactStateExpr into the exact value, e.g.
+// "uniqExactMerge(c)"; "" where ExactStateExpr is "".
+func (s Spec) ExactMergeExpr(stateCol string) string {
+	switch s.Type {
+	case Uniq:
+		return fmt.Sprintf("uniqExactMerge(%s)", stateCol)
+	case Quantile:
+		return fmt.Sprintf("quantileExactMerge(%s)(%s)", s.levelString(), stateCol)
+	}
+	return ""
+}
+
+// ExactRank is the 0-based rank, among the n present values of a group sorted ascending, of the
+// value ExactExpr returns for a quantile: ClickHouse's quantileExact takes the element at
+// size_t(level * n), the last one for level >= 1. The batch layer selects it itself when a
+// group's values do not fit in memory at once. The SQL form is ExactRankExpr.
+func (s Spec) ExactRank(n uint64) uint64 {
+	if n == 0 {
+		return 0
+	}
+	if s.Level >= 1 {
+		return n - 1
+	}
+	return uint64(s.Level * float64(n))
+}
+
+// ExactRankExpr is ExactRank in SQL over an expression giving n (UInt64, n > 0).
+func (s Spec) ExactRankExpr(n string) string {
+	if s.Level >= 1 {
+		return fmt.Sprintf("(%s - 1)", n)
+	}
+	return fmt.Sprintf("toUInt64(%s * %s)", s.levelString(), n)
+}
+
 // ValueType is the column type of the metric's value in <ds>_daily, and the type every query
 // casts the metric to, so that UNION ALL of sources never mixes types.
 func (s Spec) ValueType() string {

@@ -180,6 +180,92 @@ func compare(t *testing.T, where string, merged, exact [][]float64) {
 
 func same(a, b float64) bool { return a == b || (math.IsNaN(a) && math.IsNaN(b)) }
 
+// TestExactStatesAndRank checks on ClickHouse 18.16 and on current ClickHouse (chDB) that the
+// exact metrics come out identical when computed in parts: ExactMergeExpr over ExactStateExpr
+// states of disjoint parts of a group, partial values combined with Combine, and the element at
+// ExactRankExpr of the sorted present values, each against ExactExpr over the whole group.
+// Groups 1 and 2 have 20 and 100 present values, so that level × n is a whole number at 0.95
+// and 0.5; group 3 has no value and no key.
+func TestExactStatesAndRank(t *testing.T) {
+	sp := append(specs(), metric.Spec{Name: "p95", Type: metric.Quantile, Column: "v", Level: 0.95})
+	src := `(SELECT multiIf(number < 20, 1, number < 120, 2, number < 130, 3, number < 430, 4, 0) AS g,
+    if(g = 3 OR (g IN (0, 4) AND number % 9 = 4), NULL, toNullable(toFloat64(intDiv(number * 7919, 3) % 61) / 4)) AS v,
+    if(g = 3 OR number % 11 = 5, '', toString(intDiv(number * 31, 7) % 43)) AS k, number % 3 AS part
+FROM system.numbers LIMIT 1000)`
+	str := func(e string) string { return "ifNull(toString(" + e + "), 'NULL')" }
+	var whole, ranks, parts, outer []string
+	for i, s := range sp {
+		whole = append(whole, str(s.Cast(s.ExactExpr())))
+		a := fmt.Sprintf("a%d", i)
+		switch {
+		case s.ExactStateExpr() != "":
+			parts = append(parts, s.ExactStateExpr()+" AS "+a)
+			outer = append(outer, str(s.Cast(s.ExactMergeExpr(a))))
+			if s.Type == metric.Quantile {
+				sel := fmt.Sprintf("if(count(v) = 0, nan, arrayElement(arraySort(groupArrayIf(toFloat64(assumeNotNull(v)), isNotNull(v))), %s + 1))", s.ExactRankExpr("count(v)"))
+				ranks = append(ranks, str(s.Cast(sel)))
+			}
+		case s.Type == metric.Avg:
+			parts = append(parts, s.StateExpr()+" AS "+a)
+			outer = append(outer, str(s.Cast(s.MergeExpr(a))))
+		default:
+			parts = append(parts, s.ExactExpr()+" AS "+a)
+			outer = append(outer, str(s.Cast(s.Combine(a))))
+		}
+	}
+	qs := []string{
+		fmt.Sprintf("SELECT arrayStringConcat([toString(g), %s], ' ') FROM %s GROUP BY g ORDER BY g", strings.Join(whole, ", "), src),
+		fmt.Sprintf("SELECT arrayStringConcat([toString(g), %s], ' ') FROM %s GROUP BY g ORDER BY g", strings.Join(ranks, ", "), src),
+		fmt.Sprintf("SELECT arrayStringConcat([toString(g), %s], ' ') FROM (SELECT g, part, %s FROM %s GROUP BY g, part) GROUP BY g ORDER BY g",
+			strings.Join(outer, ", "), strings.Join(parts, ", "), src),
+	}
+	check := func(where string, out [][]string) {
+		t.Helper()
+		whole, ranks, parts := out[0], out[1], out[2]
+		if len(whole) != 5 || len(ranks) != 5 || len(parts) != 5 {
+			t.Fatalf("%s: %d, %d and %d groups", where, len(whole), len(ranks), len(parts))
+		}
+		for g := range whole {
+			w, r, p := strings.Fields(whole[g]), strings.Fields(ranks[g]), strings.Fields(parts[g])
+			if strings.Join(w, " ") != strings.Join(p, " ") {
+				t.Errorf("%s: group %d: whole %v, in parts %v", where, g, w, p)
+			}
+			if q := w[len(w)-2:]; strings.Join(q, " ") != strings.Join(r[1:], " ") {
+				t.Errorf("%s: group %d: quantiles %v, selected at their rank %v", where, g, q, r[1:])
+			}
+		}
+		if w := strings.Fields(whole[3]); strings.Join(w[1:], " ") != "10 NULL NULL NULL NULL 0 NULL NULL" {
+			t.Errorf("%s: group without values: %v", where, w)
+		}
+	}
+	cfg := chtest.Config(t, nil)
+	conn := chtest.New(t, cfg)
+	var out [][]string
+	for _, q := range qs {
+		rows, err := conn.Query(context.Background(), q)
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		var lines []string
+		for rows.Next() {
+			var l string
+			if err := rows.Scan(&l); err != nil {
+				t.Fatal(err)
+			}
+			lines = append(lines, l)
+		}
+		rows.Close()
+		out = append(out, lines)
+	}
+	check("18.16", out)
+	res := chtest.RequireChDB(t, qs)
+	out = out[:0]
+	for _, r := range res {
+		out = append(out, strings.Split(strings.TrimSpace(r.Out), "\n"))
+	}
+	check("chDB", out)
+}
+
 // TestDecimalSumExactToTheCent: a sum declared with decimals is exact to the cent over a
 // million cent amounts, computed directly and through states merged across parts, on 18.16 and
 // on current ClickHouse; the Float64 sum of the same amounts is not.

@@ -287,18 +287,17 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	for _, c := range d.PresenceColumns() {
 		speedCols = append(speedCols, Column{Name: metric.PresenceColumn(c), Type: metric.PresenceType})
 	}
-	speedKey := append([]string{"minute"}, sdims...)
 	// Speed rows are placed by the materialized view, on their raw rows' shard; the sharding
 	// key only serves inserts into the Distributed table, which the platform does not make.
-	speed := g.shardedTables(Speed(ds), ds, speedCols, "AggregatingMergeTree", "PARTITION BY toYYYYMMDD(minute) "+orderBy(speedKey), speedKey, "rand()")
-	speed[0].Rebuild = g.speedSelect(d, fmt.Sprintf("INSERT INTO %s ", g.T(Speed(ds))),
+	speed := g.shardedTables(Speed(ds), ds, speedCols, "AggregatingMergeTree", speedClauses(d), SpeedKey(d), "rand()")
+	speed[0].Rebuild = g.SpeedSelect(d, fmt.Sprintf("INSERT INTO %s ", g.T(Speed(ds))),
 		fmt.Sprintf("_late = 0 AND time >= now() - %d", int64(d.SpeedConf.Retention.D().Seconds())), g.T(Raw(ds)))
 
 	// In cluster mode the view is on each node, from the node's raw rows to its speed rows:
 	// an insert lands on one replica of a shard, which aggregates it; replication copies both.
 	mv := Object{Name: SpeedMV(ds), Kind: View, Dataset: ds,
 		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s%s TO %s AS\n", g.T(SpeedMV(ds)), g.OnCluster(), g.LocalT(Speed(ds))) +
-			g.speedSelect(d, "", "_late = 0", g.LocalT(Raw(ds)))}
+			g.SpeedSelect(d, "", "_late = 0", g.LocalT(Raw(ds)))}
 
 	// Raw rows per day, counted at every insert into raw (shared/ledger's rules read it): a
 	// SummingMergeTree sharded as raw, fed by a view on each node's raw rows.
@@ -394,9 +393,25 @@ func HourlyStagingEngine(d *config.Dataset) string { return "MergeTree " + hourl
 // REPLACE PARTITION requires; in cluster mode the plain table swaps into the replicated one.
 func StagingEngine(d *config.Dataset) string { return "MergeTree " + dailyClauses(d) }
 
-// speedSelect is the per-minute aggregation of raw (the table from) into speed states, shared by
-// the materialized view and the rebuild after a key change.
-func (g *Generator) speedSelect(d *config.Dataset, prefix, where, from string) string {
+// SpeedKey is the sorting key of <ds>_speed.
+func SpeedKey(d *config.Dataset) []string {
+	return append([]string{"minute"}, d.SpeedDimensions()...)
+}
+
+func speedClauses(d *config.Dataset) string {
+	return "PARTITION BY toYYYYMMDD(minute) " + orderBy(SpeedKey(d))
+}
+
+// SpeedStagingEngine is the engine of a table a day of <ds>_speed is rewritten into before it is
+// swapped in: a plain AggregatingMergeTree with the partitioning and sorting key of <ds>_speed
+// (of <ds>_speed_local in cluster mode, which is replicated).
+func SpeedStagingEngine(d *config.Dataset) string { return "AggregatingMergeTree " + speedClauses(d) }
+
+// SpeedSelect is the per-minute aggregation of raw rows (the table or subquery from, with raw's
+// column names) into speed states, in the column order of <ds>_speed: the materialized view's
+// query, the rebuild after a key change, and the batch layer's rewrite of a sealed day from
+// deduplicated raw all use it, so that a minute means the same in each.
+func (g *Generator) SpeedSelect(d *config.Dataset, prefix, where, from string) string {
 	sel := []string{"toStartOfMinute(time) AS minute"}
 	group := []string{"minute"}
 	for _, n := range d.SpeedDimensions() {
