@@ -2,6 +2,7 @@ package speed
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"testing"
 	"time"
 )
@@ -30,7 +31,7 @@ func TestDedupWindowAndCap(t *testing.T) {
 	}
 	// Forgotten ids (rows dropped before reaching ClickHouse) are new again.
 	d.seen("b", t0.Add(2*time.Minute))
-	d.forget([]string{"b"})
+	d.forgetHash(d.hash("b"))
 	if d.seen("b", t0.Add(2*time.Minute)) {
 		t.Fatal("a forgotten id is still a duplicate")
 	}
@@ -50,5 +51,139 @@ func TestDayOf(t *testing.T) {
 		if got := dayOf(tc.t); got != tc.want {
 			t.Errorf("dayOf(%v) = %d, want %d", tc.t, got, tc.want)
 		}
+	}
+}
+
+// refDedup is the dedup window as it was written first (a Go map and a ring per shard, with
+// the same shards and caps): the reference the hash table must agree with.
+type refDedup struct {
+	d      *dedup // for the seed, window and shard sizes
+	shards [dedupShards]refShard
+}
+
+type refShard struct {
+	m    map[uint64]uint32
+	ring []refEntry
+	head int
+	n    int
+	seq  uint32
+}
+
+type refEntry struct {
+	h       uint64
+	seq, at uint32
+}
+
+func newRefDedup(d *dedup) *refDedup {
+	r := &refDedup{d: d}
+	for i := range r.shards {
+		r.shards[i] = refShard{m: map[uint64]uint32{}, ring: make([]refEntry, len(d.shards[i].ringH))}
+	}
+	return r
+}
+
+func (r *refDedup) seen(h uint64, now int64) bool {
+	s := &r.shards[h%dedupShards]
+	for s.n > 0 && int64(s.ring[s.head].at) < now-r.d.window {
+		s.evict()
+	}
+	if _, ok := s.m[h]; ok {
+		return true
+	}
+	if s.n == len(s.ring) {
+		s.evict()
+	}
+	s.seq++
+	s.ring[(s.head+s.n)%len(s.ring)] = refEntry{h: h, seq: s.seq, at: uint32(now)}
+	s.n++
+	s.m[h] = s.seq
+	return false
+}
+
+func (s *refShard) evict() {
+	e := s.ring[s.head]
+	if s.m[e.h] == e.seq {
+		delete(s.m, e.h)
+	}
+	s.head = (s.head + 1) % len(s.ring)
+	s.n--
+}
+
+func (r *refDedup) forget(h uint64) { delete(r.shards[h%dedupShards].m, h) }
+
+func (r *refDedup) len() int {
+	n := 0
+	for i := range r.shards {
+		n += len(r.shards[i].m)
+	}
+	return n
+}
+
+// TestDedupMatchesReference runs random ids (with repeats), forgets and a moving clock
+// through the hash table and the reference: every answer and the count must agree. The
+// shards are small, so the table wraps, fills to its cap and shifts keys back on every
+// removal.
+func TestDedupMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, tc := range []struct{ window, ids int }{{30, 40 * dedupShards}, {1000, 5 * dedupShards}, {5, 1}} {
+		d := newDedup(time.Duration(tc.window)*time.Second, tc.ids)
+		ref := newRefDedup(d)
+		now := int64(1_700_000_000)
+		for i := range 200_000 {
+			if rng.IntN(100) == 0 {
+				now += int64(rng.IntN(10))
+			}
+			id := fmt.Sprint("id", rng.IntN(3*tc.ids+10))
+			h := d.hash(id)
+			if rng.IntN(50) == 0 {
+				d.forgetHash(h)
+				ref.forget(h)
+				continue
+			}
+			if got, want := d.seenHash(h, now), ref.seen(h, now); got != want {
+				t.Fatalf("window %d, cap %d, op %d: seen(%s) = %v, want %v", tc.window, tc.ids, i, id, got, want)
+			}
+		}
+		if d.len() != ref.len() {
+			t.Errorf("window %d, cap %d: %d ids held, want %d", tc.window, tc.ids, d.len(), ref.len())
+		}
+	}
+}
+
+// BenchmarkDedupSeen is the speed layer's per-event dedup: a new id into a full window of 2M
+// ids (each one evicts the oldest).
+func BenchmarkDedupSeen(b *testing.B) {
+	d := newDedup(time.Hour, 2_000_000)
+	ids := make([]string, 4_000_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i*7919)
+	}
+	now := int64(1_700_000_000)
+	for _, id := range ids[:2_000_000] {
+		d.seenHash(d.hash(id), now)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		d.seenHash(d.hash(ids[2_000_000+i%2_000_000]), now)
+	}
+}
+
+// BenchmarkDedupReference is the same with the map-based window it replaced.
+func BenchmarkDedupReference(b *testing.B) {
+	d := newDedup(time.Hour, 2_000_000)
+	r := newRefDedup(d)
+	ids := make([]string, 4_000_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i*7919)
+	}
+	now := int64(1_700_000_000)
+	for _, id := range ids[:2_000_000] {
+		r.seen(d.hash(id), now)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		r.seen(d.hash(ids[2_000_000+i%2_000_000]), now)
 	}
 }
