@@ -67,7 +67,7 @@ type Speed struct {
 	ownsConn bool
 	// native writes raw (rawbatch's insert client); conn everything else.
 	native *rawbatch.Native
-	sets     []*dataset
+	sets   []*dataset
 	// stallAfter is how long a partition may lag without a committed flush before Health
 	// reports it.
 	stallAfter time.Duration

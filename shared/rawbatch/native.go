@@ -248,9 +248,9 @@ func (c *nconn) putQuery(n *Native, body string) {
 	proto.ClientCodeQuery.Encode(b)
 	b.PutString("") // query id: the server makes one
 	if c.revision >= revClientInfo {
-		b.PutByte(1)     // initial query
-		b.PutString("")  // initial user
-		b.PutString("")  // initial query id
+		b.PutByte(1)    // initial query
+		b.PutString("") // initial user
+		b.PutString("") // initial query id
 		b.PutString("0.0.0.0:0")
 		if c.revision >= revQueryStartTime {
 			b.PutInt64(0)
