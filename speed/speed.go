@@ -430,6 +430,8 @@ func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Con
 	p := d.own(sess, claim)
 	defer d.release(p)
 	c := &consumer{d: d, p: p, dec: event.NewDecoder(d.d, d.lim)}
+	// The id and keys are copied into the buffer's columns and hashed for dedup at once.
+	c.dec.Transient = true
 	msgs := claim.Messages()
 	batch := make([]*sarama.ConsumerMessage, 0, consumeBatch)
 	// Buffered beyond the flushes in flight: at most one more flush.
