@@ -15,7 +15,7 @@
 # Environment: BENCH_EVENTS (default 5000000: a shorter backlog favours the speed layer,
 # since the Kafka engine's flush interval dominates its time), BENCH_REPEAT (default 3),
 # BENCH_PARTITIONS (default 4), BENCH_RATE (default 10000), BENCH_LATENCY (default 30s),
-# BENCH_CH_PORT (default 19500). Other flags: speed.sh -h.
+# BENCH_CH_PORT (default 19600). Other flags: speed.sh -h.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=.data/bench-speed
@@ -28,7 +28,7 @@ if [ "${BENCH_SHARED_CH:-0}" = 1 ]; then
   ADDR="127.0.0.1:${CH_TCP_PORT:-9000}"
   PIDFILE=.data/clickhouse/clickhouse-server.pid
 else
-  PORT="${BENCH_CH_PORT:-19500}"
+  PORT="${BENCH_CH_PORT:-19600}"
   export CH_DATA_DIR="$OUT/clickhouse" CH_TCP_PORT="$PORT" CH_HTTP_PORT="$((PORT + 1))" CH_INTERSERVER_PORT="$((PORT + 2))"
   deploy/local/clickhouse.sh start
   trap 'deploy/local/clickhouse.sh stop' EXIT
