@@ -9,17 +9,20 @@ import (
 )
 
 // dedup remembers the ids seen within a window, capped at a number of ids. It keeps 64-bit
-// hashes, not the ids: 2M ids take about 60 MB instead of several hundred. Two distinct ids
+// hashes, not the ids: 2M ids take 64 MB instead of several hundred. Two distinct ids
 // collide with probability about n²/2⁶⁵ (1e-7 for a full window of 2M ids), which would drop
 // one event from the speed view and from raw; the batch layer's exact tables would then miss
 // it too, so the risk is stated in docs/architecture.md rather than hidden.
 //
-// It is sharded so that the consumer goroutines of several partitions rarely contend. Each
-// shard is a ring of the ids in the order they were first seen (evicted from its head when
-// they leave the window, or when the ring is full) and an open-addressing hash table from a
-// hash to its ring slot, both allocated at their full size up front and free of pointers: a
-// new id costs one probe sequence, which finds it or the empty slot it goes to, and nothing
-// for the garbage collector to scan.
+// It is sharded so that the consumer goroutines of several partitions rarely contend. An id
+// is remembered while it is among the last maxIDs/shards ids first seen in its shard and was
+// first seen within the window. Each shard is one open-addressing hash table (linear probing)
+// of entries that carry their hash, their sequence number in the shard and the second they
+// were seen: whether an entry still counts is computed, not kept up to date, so an id costs
+// one probe sequence (at a full window, the one random memory access of the event) and
+// nothing else. Entries that stopped counting are swept out, by one sequential pass over the
+// table, when it is 65% full. The table is allocated at its full size up front and holds no
+// pointers: nothing for the garbage collector to scan.
 type dedup struct {
 	seed   maphash.Seed
 	window int64 // seconds
@@ -29,34 +32,34 @@ type dedup struct {
 const dedupShards = 32
 
 type dedupShard struct {
-	mu sync.Mutex
-	// The table: linear probing over keys (a hash; 0 marks an empty slot) with the ring slot
-	// of each key in slots. Its size keeps it at most 2/3 full.
-	keys  []uint64
-	slots []uint32
-	live  int // keys in the table
-	// The ring: hash and Unix second of each remembered id, oldest at head.
-	ringH  []uint64
-	ringAt []uint32
-	head   int
-	n      int
+	mu      sync.Mutex
+	entries []dedupEntry // h == 0: empty
+	used    int          // entries that are not empty, counting or not
+	sweepAt int
+	seq     uint32 // of the last id remembered
+	keep    uint32 // ids of the shard that count: maxIDs/shards
+}
+
+// dedupEntry is 16 bytes: a table of twice the shard's ids takes 64 MB for 2M ids.
+type dedupEntry struct {
+	h   uint64
+	seq uint32
+	at  uint32 // Unix seconds
 }
 
 func newDedup(window time.Duration, maxIDs int) *dedup {
 	d := &dedup{seed: maphash.MakeSeed(), window: int64(window / time.Second)}
 	per := max(1, maxIDs/dedupShards)
-	size := per*3/2 + 1
 	for i := range d.shards {
 		s := &d.shards[i]
-		s.ringH = make([]uint64, per)
-		s.ringAt = make([]uint32, per)
-		s.keys = make([]uint64, size)
-		s.slots = make([]uint32, size)
+		s.entries = make([]dedupEntry, 2*per+1)
+		s.sweepAt = len(s.entries) * 65 / 100
+		s.keep = uint32(per)
 	}
 	return d
 }
 
-// hash is an id's key: never 0, the empty slot.
+// hash is an id's key: never 0, the empty entry.
 func (d *dedup) hash(id string) uint64 { return nonZero(maphash.String(d.seed, id)) }
 
 func (d *dedup) hashBytes(id []byte) uint64 { return nonZero(maphash.Bytes(d.seed, id)) }
@@ -80,23 +83,30 @@ func (d *dedup) seenHash(h uint64, now int64) bool {
 	s := d.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for s.n > 0 && int64(s.ringAt[s.head]) < now-d.window {
-		s.evict()
-	}
 	i, found := s.find(h)
 	if found {
-		return true
+		e := &s.entries[i]
+		if s.counts(e, now, d.window) {
+			return true
+		}
+		// Seen before the window or the cap: remembered anew, in place.
+		s.seq++
+		e.seq, e.at = s.seq, uint32(now)
+		return false
 	}
-	if s.n == len(s.ringH) {
-		s.evict() // may shift keys: look again
+	if s.used >= s.sweepAt {
+		s.sweep(now, d.window)
 		i, _ = s.find(h)
 	}
-	slot := (s.head + s.n) % len(s.ringH)
-	s.ringH[slot], s.ringAt[slot] = h, uint32(now)
-	s.n++
-	s.keys[i], s.slots[i] = h, uint32(slot)
-	s.live++
+	s.seq++
+	s.entries[i] = dedupEntry{h: h, seq: s.seq, at: uint32(now)}
+	s.used++
 	return false
+}
+
+// counts says whether an entry is among the shard's last keep ids and within the window.
+func (s *dedupShard) counts(e *dedupEntry, now, window int64) bool {
+	return s.seq-e.seq < s.keep && int64(e.at) >= now-window
 }
 
 // forget removes the ids of rows that were dropped before they reached ClickHouse, so that
@@ -116,70 +126,88 @@ func (d *dedup) forgetHash(h uint64) {
 	s.mu.Unlock()
 }
 
-// home is the table slot a key's probe sequence starts at (the hash's high half scaled to
-// the table: the low bits chose the shard).
+// home is the entry a key's probe sequence starts at (the hash's high half scaled to the
+// table: the low bits chose the shard).
 func (s *dedupShard) home(h uint64) int {
-	return int((h >> 32) * uint64(len(s.keys)) >> 32)
+	return int((h >> 32) * uint64(len(s.entries)) >> 32)
 }
 
-// find returns the slot holding h, or the empty slot where it would go.
+// find returns the entry holding h, or the empty one where it would go.
 func (s *dedupShard) find(h uint64) (int, bool) {
 	i := s.home(h)
 	for {
-		switch s.keys[i] {
+		switch s.entries[i].h {
 		case h:
 			return i, true
 		case 0:
 			return i, false
 		}
-		if i++; i == len(s.keys) {
+		if i++; i == len(s.entries) {
 			i = 0
 		}
 	}
 }
 
-// remove empties slot i, shifting back the keys after it that would no longer be found.
+// remove empties entry i, shifting back the entries after it that would no longer be found.
 func (s *dedupShard) remove(i int) {
-	n := len(s.keys)
+	n := len(s.entries)
 	j := i
 	for {
 		if j++; j == n {
 			j = 0
 		}
-		k := s.keys[j]
+		k := s.entries[j].h
 		if k == 0 {
 			break
 		}
-		// k stays when its home lies cyclically in (i, j].
+		// The entry stays when its home lies cyclically in (i, j].
 		h := s.home(k)
 		if (i <= j && i < h && h <= j) || (i > j && (h > i || h <= j)) {
 			continue
 		}
-		s.keys[i], s.slots[i] = k, s.slots[j]
+		s.entries[i] = s.entries[j]
 		i = j
 	}
-	s.keys[i] = 0
-	s.live--
+	s.entries[i] = dedupEntry{}
+	s.used--
 }
 
-// evict drops the oldest ring entry, and its key unless the key now belongs to a newer entry
-// (it was forgotten and seen again).
-func (s *dedupShard) evict() {
-	slot := s.head
-	if i, found := s.find(s.ringH[slot]); found && s.slots[i] == uint32(slot) {
-		s.remove(i)
+// sweep removes the entries that no longer count, in one pass over the table. Removing one
+// shifts later entries back into its place, so that place is looked at again.
+func (s *dedupShard) sweep(now, window int64) {
+	for i := 0; i < len(s.entries); {
+		if e := &s.entries[i]; e.h != 0 && !s.counts(e, now, window) {
+			s.remove(i)
+			continue
+		}
+		i++
 	}
-	s.head = (s.head + 1) % len(s.ringH)
-	s.n--
 }
 
-// len returns the number of ids remembered.
+// len returns the number of entries held, some of which may no longer count until the next
+// sweep (at most 65% of twice dedup_max_ids).
 func (d *dedup) len() int {
 	n := 0
 	for i := range d.shards {
 		d.shards[i].mu.Lock()
-		n += d.shards[i].live
+		n += d.shards[i].used
 		d.shards[i].mu.Unlock()
+	}
+	return n
+}
+
+// counting returns the number of ids that count at now (a scan of every table: tests).
+func (d *dedup) counting(now int64) int {
+	n := 0
+	for i := range d.shards {
+		s := &d.shards[i]
+		s.mu.Lock()
+		for j := range s.entries {
+			if e := &s.entries[j]; e.h != 0 && s.counts(e, now, d.window) {
+				n++
+			}
+		}
+		s.mu.Unlock()
 	}
 	return n
 }

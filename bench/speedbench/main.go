@@ -605,6 +605,19 @@ type result struct {
 	profile    string
 	latency    *latency
 	load       string
+	rawBytes   float64 // compressed bytes per row of raw on disk (active parts)
+}
+
+// rawBytesPerRow is raw's compressed size per row, from its active parts (for the capacity
+// model's storage).
+func (b *bench) rawBytesPerRow(ctx context.Context, db string) float64 {
+	var bytes, rows uint64
+	q := fmt.Sprintf("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts WHERE database = '%s' AND table = '%s' AND active",
+		db, schema.Raw(b.cfg.Datasets[0].Name))
+	if err := b.conn.QueryRow(ctx, q).Scan(&bytes, &rows); err != nil || rows == 0 {
+		return 0
+	}
+	return float64(bytes) / float64(rows)
 }
 
 func (r result) total() time.Duration { return max(r.raw, r.speed) }
@@ -931,6 +944,7 @@ func (b *bench) speedRun(ctx context.Context, round int, profile bool) (result, 
 		return res, fmt.Errorf("lambda speed: %w", err)
 	}
 	res.metrics = b.scrape()
+	res.rawBytes = b.rawBytesPerRow(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("lambda speed: %w", err)
 	}
@@ -1509,6 +1523,9 @@ func (r *report) print(w io.Writer) {
 		sec := l.dur.Seconds()
 		fmt.Fprintf(w, "| that steady state's CPU (cores): speed / ClickHouse (with the poller's 10 queries/s) / broker | %.2f / %.2f / %.2f | | |\n",
 			l.cpu.speed/sec, l.cpu.ch/sec, l.cpu.broker/sec)
+	}
+	if ms.rawBytes > 0 {
+		fmt.Fprintf(w, "\nRaw on disk after the median `lambda speed` drain: %.1f compressed bytes per event (active parts, before every merge).\n", ms.rawBytes)
 	}
 	if m := ms.metrics; len(m) > 0 && m["lambda_speed_insert_seconds_count"] > 0 {
 		fmt.Fprintf(w, "\n`lambda speed` median round, from its metrics: %.0f raw inserts, %.0f rows per flush on average, %.2f s spent in raw inserts in total (%.2f s each; two run at once); %.0f GC cycles.\n",
