@@ -15,7 +15,9 @@
 # Environment: BENCH_EVENTS (default 5000000: a shorter backlog favours the speed layer,
 # since the Kafka engine's flush interval dominates its time), BENCH_REPEAT (default 3),
 # BENCH_PARTITIONS (default 4), BENCH_RATE (default 10000), BENCH_LATENCY (default 30s),
-# BENCH_CH_PORT (default 19600). Other flags: speed.sh -h.
+# BENCH_CH_PORT (default 19600), BENCH_BEFORE_REF (a git ref, e.g. main: its `lambda speed` also
+# drains the backlog in every round, for a before/after in the same conditions). Other flags:
+# speed.sh -h.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=.data/bench-speed
@@ -23,6 +25,15 @@ mkdir -p "$OUT"
 # Own copies of the binaries: bin/lambda may be rebuilt by someone else mid-run.
 go build -o "$OUT/lambda" ./cmd/lambda
 go build -o "$OUT/speedbench" ./bench/speedbench
+before=()
+if [ -n "${BENCH_BEFORE_REF:-}" ]; then
+  dir="$(mktemp -d)"
+  git worktree add -q --detach "$dir/src" "$BENCH_BEFORE_REF"
+  (cd "$dir/src" && go build -o "$dir/lambda" ./cmd/lambda)
+  git worktree remove --force "$dir/src"
+  cp "$dir/lambda" "$OUT/lambda-before"
+  before=(-before "$OUT/lambda-before")
+fi
 
 if [ "${BENCH_SHARED_CH:-0}" = 1 ]; then
   ADDR="127.0.0.1:${CH_TCP_PORT:-9000}"
@@ -39,5 +50,5 @@ fi
 echo "uptime before: $(uptime)" >&2
 "$OUT/speedbench" -lambda "$OUT/lambda" -out "$OUT" -addr "$ADDR" -ch-pid-file "$PIDFILE" \
   -events "${BENCH_EVENTS:-5000000}" -repeat "${BENCH_REPEAT:-3}" -partitions "${BENCH_PARTITIONS:-4}" \
-  -rate "${BENCH_RATE:-10000}" -latency "${BENCH_LATENCY:-30s}" "$@"
+  -rate "${BENCH_RATE:-10000}" -latency "${BENCH_LATENCY:-30s}" "${before[@]}" "$@"
 echo "uptime after: $(uptime)" >&2

@@ -85,6 +85,7 @@ const flatTopic = "events_flat"
 
 type bench struct {
 	lambda     string
+	before     string
 	addr       string
 	n          int
 	partitions int
@@ -118,6 +119,7 @@ type bench struct {
 func main() {
 	b := &bench{}
 	flag.StringVar(&b.lambda, "lambda", "bin/lambda", "the lambda binary")
+	flag.StringVar(&b.before, "before", "", "another lambda binary (e.g. built from main) to drain the backlog in every round too, for a before/after in the same conditions")
 	flag.StringVar(&b.addr, "addr", "127.0.0.1:9000", "ClickHouse native address")
 	flag.IntVar(&b.n, "events", 1_000_000, "backlog: events produced into each topic")
 	flag.IntVar(&b.partitions, "partitions", 4, "partitions of both topics")
@@ -208,6 +210,13 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 			return err
 		}
 		rep.speed = append(rep.speed, sp)
+		if b.before != "" {
+			bs, err := b.speedRunOf(ctx, b.before, "before", r, false)
+			if err != nil {
+				return fmt.Errorf("-before: %w", err)
+			}
+			rep.before = append(rep.before, bs)
+		}
 	}
 	// The profiled drain, then the latency run in the same, caught-up process.
 	prof, err := b.speedRun(ctx, repeat+1, true)
@@ -729,12 +738,15 @@ func (b *bench) speedViewFrom(db, from, name string) (string, error) {
 	return "", fmt.Errorf("no %s in the schema", schema.SpeedMV(ds.Name))
 }
 
-// waitVisible polls every 100 ms until count() of raw and countMerge of speed reach N. tick,
-// when set, runs at every poll (RSS sampling).
+// waitVisible polls every 100 ms until raw's rows and countMerge of speed reach N. tick,
+// when set, runs at every poll (RSS sampling). Raw's rows are read from its active parts
+// (metadata: a count() scans a column on 18.16, which at 10 polls a second would charge
+// ClickHouse's CPU with the measurement itself), and speed's count only once raw is complete
+// (the same insert blocks write both).
 func (b *bench) waitVisible(ctx context.Context, db string, start time.Time, res *result, tick func() error) error {
 	ds := &b.cfg.Datasets[0]
-	qs := fmt.Sprintf("SELECT (SELECT count() FROM %s.%s), (SELECT countMerge(events) FROM %s.%s)",
-		schema.Q(db), schema.Q(schema.Raw(ds.Name)), schema.Q(db), schema.Q(schema.Speed(ds.Name)))
+	qr := fmt.Sprintf("SELECT toUInt64(sum(rows)) FROM system.parts WHERE database = '%s' AND table = '%s' AND active", db, schema.Raw(ds.Name))
+	qs := fmt.Sprintf("SELECT countMerge(events) FROM %s.%s", schema.Q(db), schema.Q(schema.Speed(ds.Name)))
 	deadline := start.Add(b.timeout)
 	var raw, spd, last uint64
 	moved := time.Now()
@@ -757,7 +769,11 @@ func (b *bench) waitVisible(ctx context.Context, db string, start time.Time, res
 			}
 		}
 		at := time.Since(start)
-		if err := b.conn.QueryRow(ctx, qs).Scan(&raw, &spd); err == nil {
+		err := b.conn.QueryRow(ctx, qr).Scan(&raw)
+		if err == nil && raw >= uint64(b.n) {
+			err = b.conn.QueryRow(ctx, qs).Scan(&spd)
+		}
+		if err == nil {
 			// More rows than events: duplicates (the Kafka engine reads again what it had not
 			// committed when its consumers rebalance). Then raw is complete when every id is
 			// in, and speed, fed the same blocks, with it.
@@ -871,20 +887,26 @@ func cmpOr(a, b error) error {
 // ---- lambda speed ----
 
 func (b *bench) speedRun(ctx context.Context, round int, profile bool) (result, error) {
-	db := fmt.Sprintf("%s_lambda_%d", b.prefix, round)
+	return b.speedRunOf(ctx, b.lambda, "lambda", round, profile)
+}
+
+// speedRunOf is a speed run of the lambda binary bin; name tells its database, group and log
+// apart.
+func (b *bench) speedRunOf(ctx context.Context, bin, name string, round int, profile bool) (result, error) {
+	db := fmt.Sprintf("%s_%s_%d", b.prefix, name, round)
 	if err := b.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+schema.Q(db)); err != nil {
 		return result{}, err
 	}
 	defer b.dropDB(ctx, db)
-	logf, err := os.Create(filepath.Join(b.out, fmt.Sprintf("speed-%d.log", round)))
+	logf, err := os.Create(filepath.Join(b.out, fmt.Sprintf("speed-%s-%d.log", name, round)))
 	if err != nil {
 		return result{}, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(b.lambda, "speed", "--config", b.cfgFile)
+	cmd := exec.Command(bin, "speed", "--config", b.cfgFile)
 	cmd.Env = append(os.Environ(),
 		"LAMBDA_CLICKHOUSE_DATABASE="+db,
-		fmt.Sprintf("LAMBDA_KAFKA_GROUP_PREFIX=bench-%d-%d", b.nonce, round),
+		fmt.Sprintf("LAMBDA_KAFKA_GROUP_PREFIX=bench-%s-%d-%d", name, b.nonce, round),
 		"LAMBDA_SPEED_METRICS_LISTEN="+b.metrics)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	res := result{round: round}
@@ -1439,6 +1461,7 @@ type report struct {
 	wireBytes          int64
 	drains             []drain // sorted by wall time
 	base, floor, speed []result
+	before             []result // -before: another lambda binary, same rounds
 	prof               *result
 }
 
@@ -1465,6 +1488,10 @@ func (r *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: client (`lambda speed`; the driver for the floor) / ClickHouse / broker / machine | CPU s per 1M events: client / ClickHouse / broker / **pipeline** | load (1 5 15) |\n|---|---|---|---|---|---|---|---|\n")
 	for i := range r.base {
+		before := result{}
+		if i < len(r.before) {
+			before = r.before[i]
+		}
 		for _, x := range []struct {
 			name string
 			res  result
@@ -1472,7 +1499,11 @@ func (r *report) print(w io.Writer) {
 			{fmt.Sprintf("baseline: Kafka engine (%d consumers, block %d)", b.consumers, b.block), r.base[i]},
 			{"floor: the speed layer's raw inserts alone (rawbatch, 100k rows, 2 in flight)", r.floor[i]},
 			{"`lambda speed`", r.speed[i]},
+			{"`lambda speed` before (`-before` binary)", before},
 		} {
+			if x.res.round == 0 {
+				continue
+			}
 			fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", x.res.round, x.name, secs(x.res.raw), secs(x.res.speed), eps(x.res.total()), cpuCell(x.res.cpu), perM(x.res.cpu), x.res.load)
 		}
 	}
@@ -1480,6 +1511,12 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "| %d | `lambda speed`, profiled | %s | %s | %s | %s | %s | %s |\n", p.round, secs(p.raw), secs(p.speed), eps(p.total()), cpuCell(p.cpu), perM(p.cpu), p.load)
 	}
 	mb, mf, ms := medianOf(r.base), medianOf(r.floor), medianOf(r.speed)
+	if len(r.before) > 0 {
+		mo := medianOf(r.before)
+		fmt.Fprintf(w, "\n`-before` binary (median of %d): %s events/s, %.2f CPU-s per 1M events in the speed process, VmHWM %d MiB; "+
+			"this build: %s events/s, %.2f CPU-s per 1M events.\n", len(r.before), eps(mo.total()), mo.cpu.speed*1e6/n, mo.hwm>>10,
+			eps(ms.total()), ms.cpu.speed*1e6/n)
+	}
 	var hwm, rss int64
 	for _, s := range append(slices.Clone(r.speed), *r.prof) {
 		hwm, rss = max(hwm, s.hwm), max(rss, s.rss)
