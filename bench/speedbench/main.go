@@ -111,9 +111,9 @@ type bench struct {
 	fp         string // fingerprint of the first raw table, compared with every other
 
 	chunks    [][]rawbatch.Part // the backlog decoded in flushes of flush_rows, a part per partition, for the insert and encode floors
-	values    []byte        // the backlog's platform events, back to back, for the decoder floor
-	ends      []int         // where each event ends in values
-	lastSpeed time.Duration // the last timed lambda speed drain, for the profile's length
+	values    []byte            // the backlog's platform events, back to back, for the decoder floor
+	ends      []int             // where each event ends in values
+	lastSpeed time.Duration     // the last timed lambda speed drain, for the profile's length
 }
 
 func main() {
