@@ -53,7 +53,7 @@ var (
 	PanelTypes    = []string{"timeseries", "bar", "table", "stat"}
 	Ranges        = []string{"6h", "24h", "7d", "30d"}
 	Granularities = []string{"minute", "hour", "day", "week", "month"}
-	FilterOps     = []string{"eq", "neq", "in", "not_in"}
+	FilterOps     = []string{"eq", "neq", "in", "not_in", "prefix", "contains"}
 )
 
 // Validate checks a definition on its own; Check checks it against a configuration.

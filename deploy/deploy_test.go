@@ -692,9 +692,81 @@ type grafanaPanel struct {
 }
 
 type grafanaDashboard struct {
-	UID    string         `json:"uid"`
-	Title  string         `json:"title"`
-	Panels []grafanaPanel `json:"panels"`
+	UID        string         `json:"uid"`
+	Title      string         `json:"title"`
+	Panels     []grafanaPanel `json:"panels"`
+	Templating struct {
+		List []grafanaVar `json:"list"`
+	} `json:"templating"`
+}
+
+// grafanaVar is a template variable; Query is the SQL of a query variable (the plugin takes a
+// string or an object with rawSql).
+type grafanaVar struct {
+	Name       string `json:"name"`
+	Type       string `json:"type"`
+	Datasource *struct {
+		Type string `json:"type"`
+		UID  string `json:"uid"`
+	} `json:"datasource"`
+	Query      json.RawMessage `json:"query"`
+	Definition string          `json:"definition"`
+	Refresh    int             `json:"refresh"`
+	Multi      bool            `json:"multi"`
+	IncludeAll bool            `json:"includeAll"`
+	Current    struct {
+		Value any `json:"value"`
+	} `json:"current"`
+}
+
+func (v grafanaVar) sql() string {
+	var s string
+	if json.Unmarshal(v.Query, &s) == nil {
+		return s
+	}
+	var o struct {
+		RawSQL string `json:"rawSql"`
+	}
+	_ = json.Unmarshal(v.Query, &o)
+	return o.RawSQL
+}
+
+// grafanaVars are the template variables every Grafana dashboard has, with the values the
+// checks expand them to (a demo dataset, metric, dimension and two of its values). "Range" is
+// the dashboard's time range, which the macros take.
+var grafanaVars = map[string][]string{
+	"dataset":   {"events"},
+	"metric":    {"events"},
+	"dimension": {"country"},
+	"value":     {"de", "fr"},
+}
+
+var (
+	conditionalAllRE = regexp.MustCompile(`\$__conditionalAll\((.*), \$\{?([A-Za-z_][A-Za-z0-9_]*)\}?\)`)
+	varRefRE         = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([a-z]+))?\}|\$([A-Za-z_][A-Za-z0-9_]*)`)
+)
+
+// expandVars substitutes the template variables as Grafana does for the chosen values:
+// ${v:singlequote} quotes each value, ${v} and $v join them with commas, and
+// $__conditionalAll(cond, $v) is cond (a value is chosen, not All).
+func expandVars(sql string) string {
+	sql = conditionalAllRE.ReplaceAllString(sql, "$1")
+	return varRefRE.ReplaceAllStringFunc(sql, func(m string) string {
+		sm := varRefRE.FindStringSubmatch(m)
+		name, format := sm[1]+sm[3], sm[2]
+		vals, ok := grafanaVars[name]
+		if !ok {
+			return m // a macro, or unknown: left for the checks
+		}
+		if format == "singlequote" {
+			q := make([]string, len(vals))
+			for i, v := range vals {
+				q[i] = "'" + strings.ReplaceAll(v, "'", "\\'") + "'"
+			}
+			return strings.Join(q, ",")
+		}
+		return strings.Join(vals, ",")
+	})
 }
 
 // macros are the grafana-clickhouse-datasource macros the dashboards may use, with what
@@ -709,6 +781,7 @@ var macros = []struct {
 }
 
 func expandMacros(sql string) string {
+	sql = expandVars(sql)
 	for _, m := range macros {
 		sql = m.re.ReplaceAllString(sql, m.repl)
 	}
@@ -736,6 +809,7 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 	lambdaViews := map[string]bool{}
 	for _, d := range cfg.Datasets {
 		lambdaViews[schema.Lambda(d.Name)] = true
+		lambdaViews[schema.LambdaHourly(d.Name)] = true
 	}
 
 	var ds struct {
@@ -752,6 +826,7 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 
 	refRE := regexp.MustCompile("\\b`?" + db + "`?\\.`?([A-Za-z0-9_]+)`?")
 	varRE := regexp.MustCompile(`\$\{?[A-Za-z_][A-Za-z0-9_]*`)
+	hardRE := regexp.MustCompile("dataset\\s*=\\s*'|" + db + "\\.`?[a-z0-9_]+_(raw|speed|daily|hourly|drift|rejects|lambda)")
 	groupingRE := regexp.MustCompile(`\bgrouping\s*(=|IN\b)`)
 	files, _ := filepath.Glob(filepath.Join(root, "dashboards", "grafana", "*.json"))
 	if len(files) == 0 {
@@ -774,6 +849,43 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 			t.Errorf("%s: uid %q is also used by %s", f, d.UID, other)
 		}
 		uids[d.UID] = f
+		// The template variables: a dataset, its metrics, its dimensions and their values,
+		// each a query of the provisioned datasource that names only objects the schema
+		// creates and runs on a current ClickHouse.
+		vars := map[string]grafanaVar{}
+		for _, v := range d.Templating.List {
+			vars[v.Name] = v
+		}
+		for name := range grafanaVars {
+			v, ok := vars[name]
+			where := fmt.Sprintf("%s: variable %s", filepath.Base(f), name)
+			switch {
+			case !ok:
+				t.Errorf("%s: missing (every dashboard has the variables dataset, metric, dimension and value)", where)
+				continue
+			case v.Type != "query" || v.Datasource == nil || v.Datasource.UID != uid:
+				t.Errorf("%s: want a query of the provisioned datasource %q, got type %q", where, uid, v.Type)
+			case strings.TrimSpace(v.sql()) == "" || v.sql() != v.Definition:
+				t.Errorf("%s: query %q and definition %q must be the same SQL", where, v.sql(), v.Definition)
+			}
+			if name == "value" && (!v.Multi || !v.IncludeAll || v.Refresh != 2) {
+				t.Errorf("%s: want multi-value with All, refreshed on time range change (refresh 2)", where)
+			}
+			if name != "value" && fmt.Sprint(v.Current.Value) != grafanaVars[name][0] {
+				t.Errorf("%s: default %v, want %s (the demo)", where, v.Current.Value, grafanaVars[name][0])
+			}
+			sql := expandMacros(v.sql())
+			for _, r := range refRE.FindAllStringSubmatch(sql, -1) {
+				if !objects[r[1]] {
+					t.Errorf("%s: %s.%s is not an object the schema creates", where, db, r[1])
+				}
+			}
+			if x := varRE.FindString(sql); x != "" {
+				t.Errorf("%s: %s is neither a known macro nor a variable", where, x)
+			}
+			queries = append(queries, sql)
+			names = append(names, where)
+		}
 		var walk func(ps []grafanaPanel)
 		n := 0
 		walk = func(ps []grafanaPanel) {
@@ -798,7 +910,10 @@ func dashboardQueries(t *testing.T) (queries []string, names []string) {
 						t.Errorf("%s target %s: no rawSql", where, tg.RefID)
 						continue
 					}
-					refs := refRE.FindAllStringSubmatch(tg.RawSQL, -1)
+					if hardRE.MatchString(tg.RawSQL) {
+						t.Errorf("%s target %s: hard-codes a dataset (%s); use ${dataset}", where, tg.RefID, hardRE.FindString(tg.RawSQL))
+					}
+					refs := refRE.FindAllStringSubmatch(expandVars(tg.RawSQL), -1)
 					if len(refs) == 0 {
 						t.Errorf("%s target %s: queries no %s.<object>: %s", where, tg.RefID, db, tg.RawSQL)
 					}

@@ -67,13 +67,11 @@ func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
 		DS, Gran, Order string
 		Metrics, Dims   []string
 		Filters         []Filter
+		Having          []Having
 		From, To        int64
 		Desc, Exact     bool
-		Limit           int
-	}{q.DS.Name, q.Granularity, q.OrderBy, nil, q.Dimensions, q.Filters, q.From.Unix(), minT(q.To, boundary(&st.State)).Unix(), q.Desc, q.Exact, q.Limit}
-	for _, sp := range q.Specs {
-		canon.Metrics = append(canon.Metrics, sp.Name)
-	}
+		Limit, Offset   int
+	}{q.DS.Name, q.Granularity, q.OrderBy, q.Metrics, q.Dimensions, q.Filters, q.Having, q.From.Unix(), minT(q.To, boundary(&st.State)).Unix(), q.Desc, q.Exact, q.Limit, q.Offset}
 	b, _ := json.Marshal(canon)
 	h.Write(b)
 	fmt.Fprintf(h, "|%s|", s.cfg.Version)

@@ -2,9 +2,16 @@
 // exact batch view (<ds>_daily) and the approximate speed view (<ds>_speed) at the batch
 // watermark, with every row saying where it came from and whether it is exact.
 //
-// The planner (Plan) applies the design's merge rule and builds one SQL statement per query:
-// a UNION ALL of branches, one per source and range, combined per bucket and dimensions with
-// the fragments of shared/metric. Names come from the configuration only; values are bound.
+// The merge decision (Decide, merge.go) applies the design's merge rule without SQL; the
+// planner (Plan, sqlgen.go) turns it into SQL: a UNION ALL of branches, one per source and
+// range, combined per bucket and dimensions with the fragments of shared/metric, ratios
+// computed from their parts' combined values and having applied there. A plan whose buckets
+// never straddle the batch boundary runs as two statements, merged in Go in the query's order
+// (query.go), the batch side cached (cache.go); offset and limit page the merged rows. Rows are
+// encoded by hand (encode.go). Names come from the configuration only; values are bound.
+//
+// Errors are {"error", "field", "code"}: the codes (Code*) are stable; a 500 says what failed
+// and the request id, never ClickHouse's text, which goes to the log under that id.
 //
 // Authentication: when serving.api_keys (or LAMBDA_API_KEYS) is set, /api/* needs
 // `Authorization: Bearer <key>`. /healthz, /readyz, /metrics and the dashboards at / are open:

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/gin-gonic/gin"
+	"github.com/shopspring/decimal"
 )
 
 // Result is the rows of a query: one object per row with the columns in order.
@@ -84,6 +85,8 @@ func appendJSONValue(b []byte, v any) ([]byte, error) {
 		return append(b, "null"...), nil
 	case string:
 		return appendJSONString(b, x), nil
+	case decimal.Decimal:
+		return append(b, x.String()...), nil
 	case jsonFloat:
 		f := float64(x)
 		if f != f || math.IsInf(f, 0) {
@@ -147,7 +150,25 @@ func appendNumber(b []byte, f float64) []byte {
 	return strconv.AppendFloat(b, f, 'g', -1, 64)
 }
 
+// writeCSV writes the rows as CSV with a header line. What JSON says in meta goes into
+// headers, since CSV has no place for it: X-Lambda-Truncated (more rows follow the page),
+// X-Lambda-Complete (false: part of the range has no source), X-Lambda-Exact (every row is
+// exact) and X-Lambda-Batch-Watermark (the last exact day, empty when none).
 func writeCSV(c *gin.Context, resp *Response) {
+	exact := true
+	for _, row := range resp.Rows.Rows {
+		if b, _ := row[len(row)-1].(bool); !b {
+			exact = false
+		}
+	}
+	c.Header("X-Lambda-Truncated", strconv.FormatBool(resp.Meta.Truncated))
+	c.Header("X-Lambda-Complete", strconv.FormatBool(resp.Meta.Complete))
+	c.Header("X-Lambda-Exact", strconv.FormatBool(exact))
+	if wm := resp.Meta.BatchWatermark; wm != nil {
+		c.Header("X-Lambda-Batch-Watermark", *wm)
+	} else {
+		c.Header("X-Lambda-Batch-Watermark", "")
+	}
 	c.Header("Content-Type", "text/csv; charset=utf-8")
 	c.Status(http.StatusOK)
 	w := csv.NewWriter(c.Writer)
@@ -162,6 +183,8 @@ func writeCSV(c *gin.Context, resp *Response) {
 				rec[i] = ""
 			case jsonFloat:
 				rec[i] = string(appendNumber(nil, float64(v)))
+			case decimal.Decimal:
+				rec[i] = v.String()
 			default:
 				rec[i] = fmt.Sprint(v)
 			}

@@ -188,7 +188,7 @@ func daySet(days []time.Time) map[time.Time]bool {
 // rawTooOld is the refusal of a range that needs raw events from before the oldest day raw
 // keeps.
 func rawTooOld(from, oldest time.Time) *APIError {
-	return badRequest("from", "the range needs raw events from %s, but raw keeps events from %s on only (raw_retention)", from.Format(time.RFC3339), oldest.Format("2006-01-02"))
+	return badRequest(CodeRawRetention, "from", "the range needs raw events from %s, but raw keeps events from %s on only (raw_retention)", from.Format(time.RFC3339), oldest.Format("2006-01-02"))
 }
 
 // speedHasDims reports whether the speed view keeps every dimension the query needs.

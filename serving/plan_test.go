@@ -43,6 +43,11 @@ var planCases = []struct{ name, req string }{
 	{"day_filters_rollup", `{"dataset":"events","metrics":["users","events"],"dimensions":["event"],"filters":[{"dimension":"country","op":"not_in","values":["DE","x'); DROP TABLE t; --"]}],"from":"2024-03-01","to":"2024-03-08","order_by":"-users","limit":10}`},
 	{"day_partial_edges", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-06T06:00:00Z","to":"2024-03-08T18:00:00Z"}`},
 	{"day_gap", `{"dataset":"events","metrics":["events"],"from":"2024-02-20","to":"2024-03-11"}`},
+	// Having, prefix and offset over a split plan; a ratio with its parts unrequested, a
+	// contains filter and having on the ratio; the values endpoint's query.
+	{"day_having_offset", `{"dataset":"events","metrics":["events","revenue"],"dimensions":["country"],"filters":[{"dimension":"country","op":"prefix","values":["D'"]}],"having":[{"metric":"events","op":"gte","value":10},{"metric":"users","op":"lt","value":1e21}],"from":"2024-03-05","to":"2024-03-11","order_by":"-events","limit":5,"offset":5}`},
+	{"hour_ratio_contains", `{"dataset":"events","metrics":["revenue_per_event","users"],"dimensions":["device"],"filters":[{"dimension":"event","op":"contains","values":["u"]}],"having":[{"metric":"revenue_per_event","op":"neq","value":0}],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T04:00:00Z","granularity":"hour","order_by":"revenue_per_event desc"}`},
+	{"values_prefix", `{"dataset":"events","metrics":["events"],"dimensions":["country"],"filters":[{"dimension":"country","op":"prefix","values":["D"]}],"from":"2024-02-09","to":"2024-03-10T12:00:00Z","granularity":"all","order_by":"-events","limit":100}`},
 }
 
 // planState is the state the golden plans are made with: watermark 2024-03-08 (effective

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"slices"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/gin-gonic/gin"
+	"github.com/shopspring/decimal"
 )
 
 // Meta says where the numbers came from and how fresh they are.
@@ -29,10 +32,32 @@ type Meta struct {
 	// PendingCorrections are the days waiting for a batch run: dirty days (late events
 	// arrived after their run) and days with raw rows and no run yet.
 	PendingCorrections []string `json:"pending_corrections"`
-	Truncated          bool     `json:"truncated"`
-	Cached             bool     `json:"cached"`
-	TookMs             float64  `json:"took_ms"`
+	// Truncated is true when more rows follow the page (offset + limit): raise the limit,
+	// page on with offset, or narrow the request.
+	Truncated bool `json:"truncated"`
+	// Columns are the rows' columns in order, with their types.
+	Columns []Column `json:"columns"`
+	Cached  bool     `json:"cached"`
+	TookMs  float64  `json:"took_ms"`
 }
+
+// Column is a result column: its name and type (timestamp, string, integer, number or
+// boolean); nullable columns hold null where no value exists.
+type Column struct {
+	Name     string `json:"name"`
+	Type     string `json:"type"`
+	Nullable bool   `json:"nullable"`
+}
+
+// Column types of meta.columns.
+const (
+	TypeTimestamp = "timestamp" // RFC 3339, UTC
+	TypeString    = "string"
+	TypeInteger   = "integer" // unsigned, fits 64 bits
+	TypeNumber    = "number"  // a float64
+	TypeDecimal   = "decimal" // a JSON number written exactly (a sum with decimals: money)
+	TypeBoolean   = "boolean"
+)
 
 // Response is the answer of /api/v1/query.
 type Response struct {
@@ -68,7 +93,7 @@ func (s *Server) query(c *gin.Context) {
 	}
 	format := c.Query("format")
 	if format != "" && format != "json" && format != "csv" {
-		s.fail(c, badRequest("format", "unknown format %q (want json or csv)", format))
+		s.fail(c, badRequest(CodeUnknownFormat, "format", "unknown format %q (want json or csv)", format))
 		return
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), s.cfg.Serving.QueryTimeout.D())
@@ -85,7 +110,8 @@ func (s *Server) query(c *gin.Context) {
 	}
 	body, err := resp.encodeJSON()
 	if err != nil {
-		s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: "cannot encode the result: " + err.Error()})
+		s.log.Error("encode the result", "request_id", RequestID(c.Request.Context()), "err", err)
+		s.fail(c, internalError(c.Request.Context(), "cannot encode the result"))
 		return
 	}
 	c.Data(http.StatusOK, "application/json; charset=utf-8", body)
@@ -103,6 +129,11 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 	if apiErr != nil {
 		return nil, apiErr
 	}
+	return s.answer(ctx, q, now)
+}
+
+// answer plans and runs a checked query.
+func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response, *APIError) {
 	st, err := s.state.get(ctx, q.DS, now)
 	if err != nil {
 		return nil, s.dbError(ctx, "cannot read the watermarks", err)
@@ -121,7 +152,7 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 	}
 	resp := &Response{Meta: Meta{
 		BatchWatermark: day(st.Effective), PersistedBatchWatermark: day(st.Watermark),
-		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: st.pending(),
+		Complete: pl.Complete, Sources: pl.Sources, PendingCorrections: st.pending(), Columns: q.columnTypes(),
 	}}
 	if !st.SpeedWatermark.IsZero() {
 		w := st.SpeedWatermark
@@ -164,26 +195,47 @@ func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError)
 		parts = append(parts, r)
 	}
 	res := mergeResults(q, parts)
-	resp.Rows = res
-	if len(res.Rows) > q.Limit {
+	// The page: each statement returned up to offset+limit+1 rows in the query's order, and
+	// the merge kept as many, so the rows before offset and one after the page are known.
+	rows := res.Rows[min(q.Offset, len(res.Rows)):]
+	if len(rows) > q.Limit {
 		resp.Meta.Truncated = true
-		resp.Rows = &Result{Columns: res.Columns, Rows: res.Rows[:q.Limit]}
+		rows = rows[:q.Limit]
 	}
+	resp.Rows = &Result{Columns: res.Columns, Rows: rows}
 	return resp, nil
 }
 
 // columns are the columns of a query's result rows.
 func (q *Query) columns() []string {
 	cols := append([]string{"time"}, q.Dimensions...)
-	for _, sp := range q.Specs {
-		cols = append(cols, sp.Name)
-	}
+	cols = append(cols, q.Metrics...)
 	return append(cols, "source", "exact")
 }
 
+// columnTypes are the columns with their types, for meta.columns.
+func (q *Query) columnTypes() []Column {
+	out := []Column{{Name: "time", Type: TypeTimestamp}}
+	for _, d := range q.Dimensions {
+		out = append(out, Column{Name: d, Type: TypeString})
+	}
+	for _, m := range q.Metrics {
+		sp, ok := q.spec(m)
+		switch {
+		case ok && sp.ValueType() == "UInt64":
+			out = append(out, Column{Name: m, Type: TypeInteger})
+		case ok && sp.Decimals > 0:
+			out = append(out, Column{Name: m, Type: TypeDecimal, Nullable: true})
+		default:
+			out = append(out, Column{Name: m, Type: TypeNumber, Nullable: true})
+		}
+	}
+	return append(out, Column{Name: "source", Type: TypeString}, Column{Name: "exact", Type: TypeBoolean})
+}
+
 // mergeResults combines the results of the two sides of a split plan (whose buckets differ) in
-// the query's order, at most Limit+1 rows (each side was cut there already). A single result
-// is returned as it is; none gives an empty one.
+// the query's order, at most Offset+Limit+1 rows (each side was cut there already). A single
+// result is returned as it is; none gives an empty one.
 func mergeResults(q *Query, parts []*Result) *Result {
 	switch len(parts) {
 	case 0:
@@ -197,8 +249,8 @@ func mergeResults(q *Query, parts []*Result) *Result {
 	}
 	key := slices.Index(out.Columns, q.OrderBy)
 	slices.SortStableFunc(out.Rows, func(a, b []any) int { return q.compareRows(key, a, b) })
-	if len(out.Rows) > q.Limit+1 {
-		out.Rows = out.Rows[:q.Limit+1]
+	if n := q.Offset + q.Limit + 1; len(out.Rows) > n {
+		out.Rows = out.Rows[:n]
 	}
 	return out
 }
@@ -246,6 +298,8 @@ func compareValues(a, b any, desc bool) int {
 		c = cmp.Compare(x, b.(uint64))
 	case jsonFloat:
 		c = cmp.Compare(x, b.(jsonFloat))
+	case decimal.Decimal:
+		c = x.Cmp(b.(decimal.Decimal))
 	case string:
 		c = strings.Compare(x, b.(string))
 	}
@@ -255,13 +309,22 @@ func compareValues(a, b any, desc bool) int {
 	return c
 }
 
+// dbError is the answer to a failed ClickHouse call: 504 when the query's time ran out, 503
+// when ClickHouse cannot be reached (a client may retry), 500 otherwise. Only what failed is
+// said; the cause goes to the log with the request id.
 func (s *Server) dbError(ctx context.Context, msg string, err error) *APIError {
 	var ex *clickhouse.Exception
 	if errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil || (errors.As(err, &ex) && ex.Code == 159) {
-		return &APIError{Status: http.StatusGatewayTimeout, Message: fmt.Sprintf("query timed out after %s (serving.query_timeout)", s.cfg.Serving.QueryTimeout.D())}
+		return &APIError{Status: http.StatusGatewayTimeout, Code: CodeTimeout, Message: fmt.Sprintf("query timed out after %s (serving.query_timeout)", s.cfg.Serving.QueryTimeout.D())}
 	}
 	s.log.Error(strings.TrimPrefix(msg, "cannot "), "request_id", RequestID(ctx), "err", err)
-	return &APIError{Status: http.StatusInternalServerError, Message: msg + ": " + err.Error()}
+	var netErr net.Error
+	if ex == nil && (errors.As(err, &netErr) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, clickhouse.ErrAcquireConnTimeout) || errors.Is(err, clickhouse.ErrConnectionClosed)) {
+		return &APIError{Status: http.StatusServiceUnavailable, Code: CodeUnavailable,
+			Message: fmt.Sprintf("%s: ClickHouse cannot be reached (request id %s); retry later", msg, RequestID(ctx))}
+	}
+	return internalError(ctx, msg)
 }
 
 // run executes one statement of a plan and reads its rows.
@@ -272,18 +335,35 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 		return nil, err
 	}
 	defer rows.Close()
+	// Counts and distinct counts are UInt64, decimal sums Nullable(Decimal), every other metric
+	// and every ratio Nullable(Float64).
+	kind := make([]string, len(q.Metrics))
+	for i, m := range q.Metrics {
+		sp, ok := q.spec(m)
+		switch {
+		case ok && sp.ValueType() == "UInt64":
+			kind[i] = TypeInteger
+		case ok && sp.Decimals > 0:
+			kind[i] = TypeDecimal
+		default:
+			kind[i] = TypeNumber
+		}
+	}
 	for rows.Next() {
 		var t time.Time
 		dims := make([]string, len(q.Dimensions))
-		vals := make([]any, len(q.Specs))
+		vals := make([]any, len(q.Metrics))
 		dest := []any{&t}
 		for i := range dims {
 			dest = append(dest, &dims[i])
 		}
-		for i, sp := range q.Specs {
-			if sp.ValueType() == "UInt64" {
+		for i := range q.Metrics {
+			switch kind[i] {
+			case TypeInteger:
 				vals[i] = new(uint64)
-			} else {
+			case TypeDecimal:
+				vals[i] = new(*decimal.Decimal)
+			default:
 				vals[i] = new(*float64)
 			}
 			dest = append(dest, vals[i])
@@ -308,6 +388,12 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 					row = append(row, nil)
 				} else {
 					row = append(row, jsonFloat(**v))
+				}
+			case **decimal.Decimal:
+				if *v == nil {
+					row = append(row, nil)
+				} else {
+					row = append(row, **v)
 				}
 			}
 		}

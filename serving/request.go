@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/url"
 	"slices"
 	"strconv"
@@ -15,41 +16,96 @@ import (
 )
 
 // Request is the body of POST /api/v1/query (GET takes the same fields as query parameters,
-// lists comma-separated, filters as a JSON array).
+// lists comma-separated, filters and having as JSON arrays).
 type Request struct {
 	Dataset     string   `json:"dataset"`
 	Metrics     []string `json:"metrics"`
 	Dimensions  []string `json:"dimensions,omitempty"`
 	Filters     []Filter `json:"filters,omitempty"`
+	Having      []Having `json:"having,omitempty"`
 	From        string   `json:"from"`
 	To          string   `json:"to"`
 	Granularity string   `json:"granularity,omitempty"`
 	OrderBy     string   `json:"order_by,omitempty"`
 	Limit       int      `json:"limit,omitempty"`
+	Offset      int      `json:"offset,omitempty"`
 	Exact       bool     `json:"exact,omitempty"`
 }
 
-// Filter restricts a dimension to (eq, in) or away from (neq, not_in) values.
+// Filter restricts a dimension to (eq, in) or away from (neq, not_in) values, or to values
+// starting with (prefix) or containing (contains) one string, case-sensitively.
 type Filter struct {
 	Dimension string   `json:"dimension"`
 	Op        string   `json:"op"`
 	Values    []string `json:"values"`
 }
 
+// Having keeps the rows whose metric compares with Value: applied to each row's merged value,
+// before order, offset and limit. A NULL value compares with nothing: the row goes.
+type Having struct {
+	Metric string   `json:"metric"`
+	Op     string   `json:"op"`
+	Value  *float64 `json:"value"`
+}
+
 // Granularities in order of size.
 var Granularities = []string{"minute", "hour", "day", "week", "month", "all"}
 
 // Filter operators.
-var Ops = []string{"eq", "neq", "in", "not_in"}
+var Ops = []string{"eq", "neq", "in", "not_in", "prefix", "contains"}
 
-// maxFilterValues bounds the values of one filter.
-const maxFilterValues = 1000
+// HavingOps are the comparisons of having, with their SQL operators.
+var HavingOps = []string{"gt", "gte", "lt", "lte", "eq", "neq"}
 
-// APIError is a refusal: an HTTP status and a message naming the field.
+var havingSQL = map[string]string{"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "eq": "=", "neq": "!="}
+
+const (
+	// maxFilterValues bounds the values of one filter.
+	maxFilterValues = 1000
+	// maxHaving bounds the conditions of having.
+	maxHaving = 32
+	// maxOffset bounds offset: paging reads every row before the page.
+	maxOffset = 1_000_000
+)
+
+// Error codes: the stable, machine-readable part of an error (APIError.Code). docs/api.md
+// lists them; clients branch on them, never on the message.
+const (
+	CodeMalformed          = "malformed_request"   // 400: not JSON, an unknown field, a parameter of the wrong type
+	CodeMissing            = "missing_field"       // 400: a required field is absent
+	CodeUnknownDataset     = "unknown_dataset"     // 404
+	CodeUnknownMetric      = "unknown_metric"      // 400
+	CodeUnknownDimension   = "unknown_dimension"   // 400
+	CodeUnknownOperator    = "unknown_operator"    // 400: a filter's or having's op
+	CodeUnknownGranularity = "unknown_granularity" // 400
+	CodeUnknownFormat      = "unknown_format"      // 400
+	CodeInvalid            = "invalid_value"       // 400: a value the field does not accept
+	CodeBadRange           = "bad_range"           // 400: from/to unreadable, out of range or not ordered
+	CodeTooManyBuckets     = "too_many_buckets"    // 400: serving.max_buckets
+	CodeTooManyRows        = "too_many_rows"       // 400: limit over serving.max_rows, offset too far
+	CodeRawRetention       = "raw_retention"       // 400: needs raw events older than raw_retention
+	CodeBodyTooLarge       = "body_too_large"      // 413: serving.max_body_bytes
+	CodeUnauthorized       = "unauthorized"        // 401
+	CodeNotFound           = "not_found"           // 404: no such path
+	CodeMethodNotAllowed   = "method_not_allowed"  // 405
+	CodeTimeout            = "timeout"             // 504: serving.query_timeout
+	CodeUnavailable        = "unavailable"         // 503: ClickHouse cannot be reached; retry later
+	CodeInternal           = "internal"            // 500: the server log has the cause under the request id
+)
+
+// Codes lists every error code, for the OpenAPI document.
+var Codes = []string{CodeMalformed, CodeMissing, CodeUnknownDataset, CodeUnknownMetric, CodeUnknownDimension,
+	CodeUnknownOperator, CodeUnknownGranularity, CodeUnknownFormat, CodeInvalid, CodeBadRange, CodeTooManyBuckets,
+	CodeTooManyRows, CodeRawRetention, CodeBodyTooLarge, CodeUnauthorized, CodeNotFound, CodeMethodNotAllowed,
+	CodeTimeout, CodeUnavailable, CodeInternal}
+
+// APIError is a refusal: an HTTP status, a stable code, a message for people and the field
+// it is about ("" when none).
 type APIError struct {
 	Status  int    `json:"-"`
 	Message string `json:"error"`
-	Field   string `json:"field,omitempty"`
+	Field   string `json:"field"`
+	Code    string `json:"code"`
 }
 
 func (e *APIError) Error() string {
@@ -59,22 +115,30 @@ func (e *APIError) Error() string {
 	return e.Field + ": " + e.Message
 }
 
-func badRequest(field, format string, args ...any) *APIError {
-	return &APIError{Status: 400, Field: field, Message: fmt.Sprintf(format, args...)}
+func badRequest(code, field, format string, args ...any) *APIError {
+	return &APIError{Status: 400, Code: code, Field: field, Message: fmt.Sprintf(format, args...)}
 }
 
 // Query is a request checked against the configuration: every name is known, the range is
 // ordered and bounded. The planner builds SQL only from a Query.
 type Query struct {
-	DS          *config.Dataset
-	Specs       []metric.Spec
+	DS *config.Dataset
+	// Metrics are the requested metrics in request order: the result's metric columns.
+	Metrics []string
+	// Specs are the stored metrics the SQL computes: the requested ones and the parts of the
+	// requested ratios and of having. Every one counts toward a row's exactness.
+	Specs []metric.Spec
+	// Ratios are the ratio metrics among Metrics and Having.
+	Ratios      []config.Ratio
 	Dimensions  []string // requested, in request order
 	Filters     []Filter // dimensions known, values non-empty
+	Having      []Having // metrics known, values set
 	From, To    time.Time
 	Granularity string
 	OrderBy     string // "time", a dimension or a metric
 	Desc        bool
 	Limit       int
+	Offset      int
 	Exact       bool
 }
 
@@ -84,10 +148,10 @@ func DecodeRequest(body []byte) (*Request, *APIError) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&r); err != nil {
-		return nil, badRequest("body", "malformed JSON: %v", err)
+		return nil, badRequest(CodeMalformed, "body", "malformed JSON: %v", err)
 	}
 	if dec.More() {
-		return nil, badRequest("body", "malformed JSON: data after the request object")
+		return nil, badRequest(CodeMalformed, "body", "malformed JSON: data after the request object")
 	}
 	return &r, nil
 }
@@ -109,24 +173,34 @@ func RequestFromValues(v url.Values) (*Request, *APIError) {
 		Dataset: v.Get("dataset"), Metrics: list("metrics"), Dimensions: list("dimensions"),
 		From: v.Get("from"), To: v.Get("to"), Granularity: v.Get("granularity"), OrderBy: v.Get("order_by"),
 	}
-	if f := v.Get("filters"); f != "" {
-		dec := json.NewDecoder(strings.NewReader(f))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&r.Filters); err != nil {
-			return nil, badRequest("filters", "malformed JSON array of filters: %v", err)
+	for _, a := range []struct {
+		key, what string
+		dest      any
+	}{{"filters", "filters", &r.Filters}, {"having", "having conditions", &r.Having}} {
+		if f := v.Get(a.key); f != "" {
+			dec := json.NewDecoder(strings.NewReader(f))
+			dec.DisallowUnknownFields()
+			if err := dec.Decode(a.dest); err != nil {
+				return nil, badRequest(CodeMalformed, a.key, "malformed JSON array of %s: %v", a.what, err)
+			}
 		}
 	}
-	if l := v.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil {
-			return nil, badRequest("limit", "not an integer: %q", l)
+	for _, a := range []struct {
+		key  string
+		dest *int
+	}{{"limit", &r.Limit}, {"offset", &r.Offset}} {
+		if l := v.Get(a.key); l != "" {
+			n, err := strconv.Atoi(l)
+			if err != nil {
+				return nil, badRequest(CodeMalformed, a.key, "not an integer: %q", l)
+			}
+			*a.dest = n
 		}
-		r.Limit = n
 	}
 	if e := v.Get("exact"); e != "" {
 		b, err := strconv.ParseBool(e)
 		if err != nil {
-			return nil, badRequest("exact", "not a boolean: %q", e)
+			return nil, badRequest(CodeMalformed, "exact", "not a boolean: %q", e)
 		}
 		r.Exact = b
 	}
@@ -167,105 +241,170 @@ var (
 	maxTime = time.Date(2106, 1, 1, 0, 0, 0, 0, time.UTC) // DateTime ends in 2106
 )
 
+// addMetric adds a metric of the dataset to what the query computes: a stored metric to Specs,
+// a ratio to Ratios and its parts to Specs. It reports whether the dataset has the metric.
+func (q *Query) addMetric(name string) bool {
+	if s, ok := q.DS.Spec(name); ok {
+		if !slices.ContainsFunc(q.Specs, func(x metric.Spec) bool { return x.Name == name }) {
+			q.Specs = append(q.Specs, s)
+		}
+		return true
+	}
+	r, ok := q.DS.RatioOf(name)
+	if !ok {
+		return false
+	}
+	if !slices.Contains(q.Ratios, r) {
+		q.Ratios = append(q.Ratios, r)
+	}
+	q.addMetric(r.Numerator)
+	q.addMetric(r.Denominator)
+	return true
+}
+
+// spec returns the stored metric the query computes under name.
+func (q *Query) spec(name string) (metric.Spec, bool) {
+	i := slices.IndexFunc(q.Specs, func(s metric.Spec) bool { return s.Name == name })
+	if i < 0 {
+		return metric.Spec{}, false
+	}
+	return q.Specs[i], true
+}
+
+// ratio returns the ratio the query computes under name.
+func (q *Query) ratio(name string) (config.Ratio, bool) {
+	i := slices.IndexFunc(q.Ratios, func(r config.Ratio) bool { return r.Name == name })
+	if i < 0 {
+		return config.Ratio{}, false
+	}
+	return q.Ratios[i], true
+}
+
 // Check validates a request against the configuration. Unknown datasets are 404, everything
-// else 400, each naming the field.
+// else 400, each naming the field and giving a code.
 func Check(cfg *config.Config, r *Request, lim Limits, now time.Time) (*Query, *APIError) {
 	ds, ok := cfg.Dataset(r.Dataset)
 	if !ok {
 		if r.Dataset == "" {
-			return nil, badRequest("dataset", "missing")
+			return nil, badRequest(CodeMissing, "dataset", "missing")
 		}
-		return nil, &APIError{Status: 404, Field: "dataset", Message: fmt.Sprintf("unknown dataset %q", r.Dataset)}
+		return nil, &APIError{Status: 404, Code: CodeUnknownDataset, Field: "dataset", Message: fmt.Sprintf("unknown dataset %q", r.Dataset)}
 	}
 	q := &Query{DS: ds, Exact: r.Exact}
 	if len(r.Metrics) == 0 {
-		return nil, badRequest("metrics", "at least one metric is required")
+		return nil, badRequest(CodeMissing, "metrics", "at least one metric is required")
 	}
 	for _, m := range r.Metrics {
-		s, ok := ds.Spec(m)
-		if !ok {
-			return nil, badRequest("metrics", "unknown metric %q of dataset %s", m, ds.Name)
+		if slices.Contains(q.Metrics, m) {
+			return nil, badRequest(CodeInvalid, "metrics", "metric %q given twice", m)
 		}
-		if slices.ContainsFunc(q.Specs, func(x metric.Spec) bool { return x.Name == m }) {
-			return nil, badRequest("metrics", "metric %q given twice", m)
+		if !q.addMetric(m) {
+			return nil, badRequest(CodeUnknownMetric, "metrics", "unknown metric %q of dataset %s", m, ds.Name)
 		}
-		q.Specs = append(q.Specs, s)
+		q.Metrics = append(q.Metrics, m)
 	}
 	for _, d := range r.Dimensions {
 		if !ds.HasDimension(d) {
-			return nil, badRequest("dimensions", "unknown dimension %q of dataset %s", d, ds.Name)
+			return nil, badRequest(CodeUnknownDimension, "dimensions", "unknown dimension %q of dataset %s", d, ds.Name)
 		}
 		if slices.Contains(q.Dimensions, d) {
-			return nil, badRequest("dimensions", "dimension %q given twice", d)
+			return nil, badRequest(CodeInvalid, "dimensions", "dimension %q given twice", d)
 		}
 		q.Dimensions = append(q.Dimensions, d)
 	}
 	for i, f := range r.Filters {
 		field := fmt.Sprintf("filters[%d]", i)
 		if !ds.HasDimension(f.Dimension) {
-			return nil, badRequest(field+".dimension", "unknown dimension %q of dataset %s", f.Dimension, ds.Name)
+			return nil, badRequest(CodeUnknownDimension, field+".dimension", "unknown dimension %q of dataset %s", f.Dimension, ds.Name)
 		}
 		if !slices.Contains(Ops, f.Op) {
-			return nil, badRequest(field+".op", "unknown operator %q (want eq, neq, in or not_in)", f.Op)
+			return nil, badRequest(CodeUnknownOperator, field+".op", "unknown operator %q (want %s)", f.Op, strings.Join(Ops, ", "))
 		}
+		single := f.Op == "eq" || f.Op == "neq" || f.Op == "prefix" || f.Op == "contains"
 		switch {
 		case len(f.Values) == 0:
-			return nil, badRequest(field+".values", "at least one value is required")
-		case (f.Op == "eq" || f.Op == "neq") && len(f.Values) != 1:
-			return nil, badRequest(field+".values", "%s takes exactly one value", f.Op)
+			return nil, badRequest(CodeMissing, field+".values", "at least one value is required")
+		case single && len(f.Values) != 1:
+			return nil, badRequest(CodeInvalid, field+".values", "%s takes exactly one value", f.Op)
 		case len(f.Values) > maxFilterValues:
-			return nil, badRequest(field+".values", "at most %d values", maxFilterValues)
+			return nil, badRequest(CodeInvalid, field+".values", "at most %d values", maxFilterValues)
 		}
 		q.Filters = append(q.Filters, Filter{Dimension: f.Dimension, Op: f.Op, Values: slices.Clone(f.Values)})
 	}
+	if len(r.Having) > maxHaving {
+		return nil, badRequest(CodeInvalid, "having", "at most %d conditions", maxHaving)
+	}
+	for i, h := range r.Having {
+		field := fmt.Sprintf("having[%d]", i)
+		switch {
+		case h.Metric == "":
+			return nil, badRequest(CodeMissing, field+".metric", "missing")
+		case !q.addMetric(h.Metric):
+			return nil, badRequest(CodeUnknownMetric, field+".metric", "unknown metric %q of dataset %s", h.Metric, ds.Name)
+		case !slices.Contains(HavingOps, h.Op):
+			return nil, badRequest(CodeUnknownOperator, field+".op", "unknown operator %q (want %s)", h.Op, strings.Join(HavingOps, ", "))
+		case h.Value == nil:
+			return nil, badRequest(CodeMissing, field+".value", "a number is required")
+		case math.IsNaN(*h.Value) || math.IsInf(*h.Value, 0):
+			return nil, badRequest(CodeInvalid, field+".value", "not a finite number")
+		}
+		v := *h.Value
+		q.Having = append(q.Having, Having{Metric: h.Metric, Op: h.Op, Value: &v})
+	}
 	var err error
 	if r.From == "" {
-		return nil, badRequest("from", "missing")
+		return nil, badRequest(CodeMissing, "from", "missing")
 	}
 	if q.From, err = ParseTime(r.From, now); err != nil {
-		return nil, badRequest("from", "%v", err)
+		return nil, badRequest(CodeBadRange, "from", "%v", err)
 	}
 	if r.To == "" {
-		return nil, badRequest("to", "missing")
+		return nil, badRequest(CodeMissing, "to", "missing")
 	}
 	if q.To, err = ParseTime(r.To, now); err != nil {
-		return nil, badRequest("to", "%v", err)
+		return nil, badRequest(CodeBadRange, "to", "%v", err)
 	}
 	if q.From.Before(minTime) || q.From.After(maxTime) {
-		return nil, badRequest("from", "out of range 1970-01-01 to 2106-01-01")
+		return nil, badRequest(CodeBadRange, "from", "out of range 1970-01-01 to 2106-01-01")
 	}
 	if q.To.Before(minTime) || q.To.After(maxTime) {
-		return nil, badRequest("to", "out of range 1970-01-01 to 2106-01-01")
+		return nil, badRequest(CodeBadRange, "to", "out of range 1970-01-01 to 2106-01-01")
 	}
 	if !q.From.Before(q.To) {
-		return nil, badRequest("to", "must be after from (the range is [from, to))")
+		return nil, badRequest(CodeBadRange, "to", "must be after from (the range is [from, to))")
 	}
 	// Buckets start at whole seconds: ClickHouse DateTime has no fractions.
 	q.From, q.To = q.From.Truncate(time.Second), q.To.Truncate(time.Second)
 	if q.From.Equal(q.To) {
-		return nil, badRequest("to", "must be after from (the range is [from, to))")
+		return nil, badRequest(CodeBadRange, "to", "must be after from (the range is [from, to))")
 	}
 	q.Granularity = r.Granularity
 	if q.Granularity == "" {
 		q.Granularity = "day"
 	}
 	if !slices.Contains(Granularities, q.Granularity) {
-		return nil, badRequest("granularity", "unknown granularity %q (want minute, hour, day, week, month or all)", q.Granularity)
+		return nil, badRequest(CodeUnknownGranularity, "granularity", "unknown granularity %q (want minute, hour, day, week, month or all)", q.Granularity)
 	}
 	if n := bucketCount(q.Granularity, q.From, q.To); lim.MaxBuckets > 0 && n > int64(lim.MaxBuckets) {
-		return nil, badRequest("granularity", "%d %s buckets in the range, at most %d: choose a coarser granularity or a shorter range", n, q.Granularity, lim.MaxBuckets)
+		return nil, badRequest(CodeTooManyBuckets, "granularity", "%d %s buckets in the range, at most %d: choose a coarser granularity or a shorter range", n, q.Granularity, lim.MaxBuckets)
 	}
 	q.Limit = r.Limit
 	switch {
 	case r.Limit < 0:
-		return nil, badRequest("limit", "must not be negative")
+		return nil, badRequest(CodeInvalid, "limit", "must not be negative")
 	case lim.MaxRows > 0 && r.Limit > lim.MaxRows:
-		return nil, badRequest("limit", "at most %d rows", lim.MaxRows)
+		return nil, badRequest(CodeTooManyRows, "limit", "at most %d rows", lim.MaxRows)
 	case r.Limit == 0:
 		q.Limit = lim.MaxRows
 	}
 	if q.Limit == 0 {
 		q.Limit = 100_000
+	}
+	switch q.Offset = r.Offset; {
+	case r.Offset < 0:
+		return nil, badRequest(CodeInvalid, "offset", "must not be negative")
+	case r.Offset > maxOffset:
+		return nil, badRequest(CodeTooManyRows, "offset", "at most %d: narrow the request with filters or having instead", maxOffset)
 	}
 	q.OrderBy = "time"
 	if o := r.OrderBy; o != "" {
@@ -275,10 +414,9 @@ func Check(cfg *config.Config, r *Request, lim Limits, now time.Time) (*Query, *
 		} else if n, ok := strings.CutSuffix(o, " desc"); ok {
 			name, q.Desc = n, true
 		}
-		known := name == "time" || slices.Contains(q.Dimensions, name) ||
-			slices.ContainsFunc(q.Specs, func(s metric.Spec) bool { return s.Name == name })
+		known := name == "time" || slices.Contains(q.Dimensions, name) || slices.Contains(q.Metrics, name)
 		if !known {
-			return nil, badRequest("order_by", "%q is not time, a requested dimension or a requested metric", o)
+			return nil, badRequest(CodeInvalid, "order_by", "%q is not time, a requested dimension or a requested metric", o)
 		}
 		q.OrderBy = name
 	}

@@ -67,7 +67,7 @@ func TestSecurityMatrix(t *testing.T) {
 	// Quotes and SQL in filter values are bound: they match nothing (or the one country with
 	// a quote in its name), and the tables are intact.
 	for _, v := range []string{`'`, `\'`, `x' OR '1'='1`, `'); DROP TABLE events_daily; --`, "`", `\`, `?`, "a\x00b", `it's`} {
-		for _, op := range []string{"eq", "in", "neq"} {
+		for _, op := range []string{"eq", "in", "neq", "prefix", "contains"} {
 			jv, _ := json.Marshal(v)
 			body := fmt.Sprintf(`{"dataset":"events","metrics":["events"],"dimensions":["country"],"filters":[{"dimension":"country","op":%q,"values":[%s]}],"from":"2024-03-05","to":"2024-03-11"}`, op, jv)
 			var r apiResp
@@ -77,9 +77,21 @@ func TestSecurityMatrix(t *testing.T) {
 			}
 			for _, row := range r.Rows {
 				c := row["country"].(string)
-				if (op == "neq") == (c == v) {
+				var match bool
+				switch op {
+				case "prefix":
+					match = strings.HasPrefix(c, v)
+				case "contains":
+					match = strings.Contains(c, v)
+				default:
+					match = c == v
+				}
+				if (op == "neq") == match {
 					t.Errorf("value %q op %s matched country %q", v, op, c)
 				}
+			}
+			if found := (op == "contains" && (v == `it's` || v == `'`)) || (op == "prefix" && v == `it's`); found && len(r.Rows) == 0 {
+				t.Errorf("country it's not found by %s %q", op, v)
 			}
 			if v == `it's` && op == "eq" && len(r.Rows) == 0 {
 				t.Errorf("country it's not found by eq")

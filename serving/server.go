@@ -198,7 +198,11 @@ func (s *Server) routes() *gin.Engine {
 	api.POST("/query", s.query)
 	api.GET("/freshness", s.freshness)
 	api.GET("/openapi.json", s.openapi)
+	api.GET("/values", s.values)
 	e.NoRoute(s.static)
+	e.NoMethod(func(c *gin.Context) {
+		s.fail(c, &APIError{Status: http.StatusMethodNotAllowed, Code: CodeMethodNotAllowed, Message: c.Request.Method + " is not allowed on " + c.Request.URL.Path})
+	})
 	return e
 }
 
@@ -263,7 +267,7 @@ func (s *Server) access(c *gin.Context) {
 func (s *Server) recovered(c *gin.Context, err any) {
 	s.log.Error("panic serving request", "request_id", RequestID(c.Request.Context()), "path", c.Request.URL.Path,
 		"err", fmt.Sprint(err), "stack", string(debug.Stack()))
-	s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: "internal error"})
+	s.fail(c, internalError(c.Request.Context(), "internal error"))
 }
 
 // observe counts requests and their latency per route.
@@ -293,6 +297,7 @@ func (s *Server) cors(c *gin.Context) {
 		h.Set("Access-Control-Allow-Headers", "Authorization, Content-Type")
 		h.Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
 		h.Set("Access-Control-Max-Age", "600")
+		h.Set("Access-Control-Expose-Headers", "X-Request-Id, X-Lambda-Truncated, X-Lambda-Complete, X-Lambda-Exact, X-Lambda-Batch-Watermark")
 	}
 	if c.Request.Method == http.MethodOptions {
 		c.AbortWithStatus(http.StatusNoContent)
@@ -312,7 +317,7 @@ func (s *Server) auth(c *gin.Context) {
 	tok, ok := strings.CutPrefix(h, "Bearer ")
 	if !ok || tok == "" {
 		c.Header("WWW-Authenticate", `Bearer realm="lambda"`)
-		s.fail(c, &APIError{Status: http.StatusUnauthorized, Field: "Authorization", Message: "missing bearer API key"})
+		s.fail(c, &APIError{Status: http.StatusUnauthorized, Code: CodeUnauthorized, Field: "Authorization", Message: "missing bearer API key"})
 		return
 	}
 	match := 0
@@ -321,7 +326,7 @@ func (s *Server) auth(c *gin.Context) {
 	}
 	if match != 1 {
 		c.Header("WWW-Authenticate", `Bearer realm="lambda", error="invalid_token"`)
-		s.fail(c, &APIError{Status: http.StatusUnauthorized, Field: "Authorization", Message: "wrong API key"})
+		s.fail(c, &APIError{Status: http.StatusUnauthorized, Code: CodeUnauthorized, Field: "Authorization", Message: "wrong API key"})
 		return
 	}
 	c.Next()
@@ -331,15 +336,17 @@ func (s *Server) fail(c *gin.Context, e *APIError) {
 	c.AbortWithStatusJSON(e.Status, e)
 }
 
-func (s *Server) internal(c *gin.Context, msg string, err error) {
-	s.log.Error(msg, "request_id", RequestID(c.Request.Context()), "path", c.Request.URL.Path, "err", err)
-	s.fail(c, &APIError{Status: http.StatusInternalServerError, Message: msg})
+// internalError is the answer of a 500: what failed, and the request id under which the server
+// log has the cause (never ClickHouse's text, which names tables, users and settings).
+func internalError(ctx context.Context, msg string) *APIError {
+	return &APIError{Status: http.StatusInternalServerError, Code: CodeInternal,
+		Message: fmt.Sprintf("%s (the server log has the cause under request id %s)", msg, RequestID(ctx))}
 }
 
 func (s *Server) static(c *gin.Context) {
 	if s.dash == nil || strings.HasPrefix(c.Request.URL.Path, "/api/") ||
 		(c.Request.Method != http.MethodGet && c.Request.Method != http.MethodHead) {
-		s.fail(c, &APIError{Status: http.StatusNotFound, Message: "not found: " + c.Request.URL.Path})
+		s.fail(c, &APIError{Status: http.StatusNotFound, Code: CodeNotFound, Message: "not found: " + c.Request.URL.Path})
 		return
 	}
 	http.FileServer(http.FS(s.dash)).ServeHTTP(c.Writer, c.Request)
@@ -412,8 +419,11 @@ type MetricInfo struct {
 	Type  string  `json:"type"`
 	Field string  `json:"field,omitempty"`
 	Level float64 `json:"level,omitempty"`
-	// ExactRollup is false for distinct counts and quantiles: their roll-ups beyond the
-	// stored grouping sets are approximate unless the query asks for exact.
+	// Numerator and Denominator are a ratio's parts.
+	Numerator   string `json:"numerator,omitempty"`
+	Denominator string `json:"denominator,omitempty"`
+	// ExactRollup is false for distinct counts and quantiles (and ratios of them): their
+	// roll-ups beyond the stored grouping sets are approximate unless the query asks for exact.
 	ExactRollup bool `json:"exact_rollup"`
 }
 
@@ -425,8 +435,13 @@ func (s *Server) datasets(c *gin.Context) {
 		for _, set := range d.GroupingSets() {
 			info.GroupingSets = append(info.GroupingSets, config.GroupingName(set))
 		}
-		for j, m := range d.Metrics {
-			info.Metrics = append(info.Metrics, MetricInfo{Name: m.Name, Type: m.Type, Field: m.Field, Level: m.Level, ExactRollup: d.Specs()[j].ExactRollup()})
+		rollup := func(name string) bool { sp, _ := d.Spec(name); return sp.ExactRollup() }
+		for _, m := range d.Metrics {
+			mi := MetricInfo{Name: m.Name, Type: m.Type, Field: m.Field, Level: m.Level, ExactRollup: rollup(m.Name)}
+			if r, ok := d.RatioOf(m.Name); ok {
+				mi.Numerator, mi.Denominator, mi.ExactRollup = r.Numerator, r.Denominator, rollup(r.Numerator) && rollup(r.Denominator)
+			}
+			info.Metrics = append(info.Metrics, mi)
 		}
 		out = append(out, info)
 	}
@@ -443,9 +458,9 @@ func (s *Server) readBody(c *gin.Context) ([]byte, *APIError) {
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return nil, &APIError{Status: http.StatusRequestEntityTooLarge, Field: "body", Message: fmt.Sprintf("request body larger than %d bytes", limit)}
+			return nil, &APIError{Status: http.StatusRequestEntityTooLarge, Code: CodeBodyTooLarge, Field: "body", Message: fmt.Sprintf("request body larger than %d bytes", limit)}
 		}
-		return nil, badRequest("body", "cannot read the request body: %v", err)
+		return nil, badRequest(CodeMalformed, "body", "cannot read the request body: %v", err)
 	}
 	return b, nil
 }

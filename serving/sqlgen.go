@@ -50,6 +50,12 @@ func (q *Query) filters() (string, []any) {
 		case "not_in":
 			parts = append(parts, "NOT has(?, "+c+")")
 			args = append(args, f.Values)
+		case "prefix":
+			parts = append(parts, "startsWith("+c+", ?)")
+			args = append(args, f.Values[0])
+		case "contains":
+			parts = append(parts, "position("+c+", ?) > 0")
+			args = append(args, f.Values[0])
 		}
 	}
 	if len(parts) == 0 {
@@ -211,8 +217,11 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time) branch {
 
 // outer combines the branches per bucket and dimensions: count and sum add, min and max take
 // the extreme, avg merges states; a distinct count or quantile is the value of its one row
-// when one row makes the bucket, the merge of the rows' states otherwise (approximate).
-// NULLs sort last in either direction (ClickHouse's default, which merged results follow).
+// when one row makes the bucket, the merge of the rows' states otherwise (approximate). A
+// ratio divides its parts' combined values. having filters the combined rows. NULLs sort last
+// in either direction (ClickHouse's default, which merged results follow). The statement
+// returns up to offset+limit+1 rows: the caller pages, after merging the two statements of a
+// split plan, and learns from the extra row that there is more.
 func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 	sel := []string{"b AS time"}
 	group := []string{"b"}
@@ -220,6 +229,7 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 		sel = append(sel, dimCol(d)+" AS "+schema.Q(d))
 		group = append(group, dimCol(d))
 	}
+	exprs := map[string]string{}
 	for _, s := range q.Specs {
 		var e string
 		switch {
@@ -232,7 +242,16 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 		default:
 			e = fmt.Sprintf("if(count() = 1, any(%s), %s)", valCol(s.Name), s.Cast(s.MergeExpr(stCol(s.Name))))
 		}
-		sel = append(sel, e+" AS "+schema.Q(s.Name))
+		exprs[s.Name] = e
+	}
+	value := func(name string) string {
+		if r, ok := q.ratio(name); ok {
+			return metric.RatioExpr(exprs[r.Numerator], exprs[r.Denominator])
+		}
+		return exprs[name]
+	}
+	for _, m := range q.Metrics {
+		sel = append(sel, value(m)+" AS "+schema.Q(m))
 	}
 	sel = append(sel, fmt.Sprintf("if(uniqExact(src) = 1, any(src), '%s') AS source", SourceMixed))
 	if q.hasSketch() {
@@ -245,6 +264,16 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 	for i, b := range branches {
 		parts[i] = b.sql
 		args = append(args, b.args...)
+	}
+	having := ""
+	if len(q.Having) > 0 {
+		conds := make([]string, len(q.Having))
+		for i, h := range q.Having {
+			// toFloat64: a decimal sum does not compare with a Float64 value on every version.
+			conds[i] = fmt.Sprintf("toFloat64(%s) %s ?", value(h.Metric), havingSQL[h.Op])
+			args = append(args, *h.Value)
+		}
+		having = "\nHAVING " + strings.Join(conds, " AND ")
 	}
 	order := []string{}
 	dir := ""
@@ -261,9 +290,9 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 			order = append(order, schema.Q(d))
 		}
 	}
-	args = append(args, q.Limit+1)
-	return fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nGROUP BY %s\nORDER BY %s\nLIMIT ?",
-		strings.Join(sel, ", "), strings.Join(parts, "\nUNION ALL\n"), strings.Join(group, ", "), strings.Join(order, ", ")), args
+	args = append(args, q.Offset+q.Limit+1)
+	return fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nGROUP BY %s%s\nORDER BY %s\nLIMIT ?",
+		strings.Join(sel, ", "), strings.Join(parts, "\nUNION ALL\n"), strings.Join(group, ", "), having, strings.Join(order, ", ")), args
 }
 
 func b2i(b bool) int {

@@ -1,7 +1,8 @@
 // Package browsertest runs the browser test of the built-in dashboards: tools/browser/shoot.js
 // opens the page in headless Chromium (Debian's /usr/bin/chromium driven by playwright-core),
 // waits for the charts, checks that every panel holds data, that the batch/speed boundary is
-// drawn on every time chart and that freshness loaded, and writes a screenshot.
+// drawn on every time chart and that freshness loaded, and writes a screenshot; then it exports
+// a panel as CSV and drills down by clicking a bar, checking the file and the filtered page.
 //
 // It needs a running stack with data behind the URL; the end-to-end tests start one and call
 // Check. Node and Chromium must be installed; the npm dependencies of tools/browser are
@@ -30,6 +31,7 @@ type Options struct {
 	Timeout    time.Duration // how long panels may take to fill; default 90s
 	APIKey     string        // sent as Authorization: Bearer by the page
 	NoBoundary bool          // do not require the boundary (no day is exact yet)
+	NoInteract bool          // skip the CSV export and the drill-down
 	Chromium   string        // default $CHROMIUM or /usr/bin/chromium
 	Dir        string        // tools/browser; default found from this source file or the working directory
 }
@@ -42,6 +44,8 @@ type Result struct {
 	TookMS     int64           `json:"took_ms"`
 	Failures   []string        `json:"failures"`
 	HTTPErrors []string        `json:"http_errors"`
+	Export     json.RawMessage `json:"export"`
+	DrillDown  json.RawMessage `json:"drill_down"`
 	Page       json.RawMessage `json:"page"`
 }
 
@@ -141,6 +145,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.NoBoundary {
 		args = append(args, "--no-boundary")
 	}
+	if o.NoInteract {
+		args = append(args, "--no-interact")
+	}
 	cmd := exec.CommandContext(ctx, "node", args...)
 	cmd.Dir = o.Dir
 	// The key goes through the environment, not the command line, so ps does not show it.
@@ -168,7 +175,7 @@ func Check(t testing.TB, o Options) *Result {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("dashboard screenshot: %s (%d ms)", res.Screenshot, res.TookMS)
+	t.Logf("dashboard screenshot: %s (%d ms); export: %s; drill-down: %s", res.Screenshot, res.TookMS, compact(res.Export), compact(res.DrillDown))
 	for _, f := range res.Failures {
 		t.Errorf("dashboard %s: %s", res.URL, f)
 	}
@@ -179,4 +186,17 @@ func Check(t testing.TB, o Options) *Result {
 		t.Logf("page state: %s", res.Page)
 	}
 	return res
+}
+
+// compact shortens a report for the log: one line, without the drill-down's per-panel list.
+func compact(raw json.RawMessage) string {
+	var m map[string]any
+	if json.Unmarshal(raw, &m) != nil {
+		return string(raw)
+	}
+	if a, ok := m["after"].(map[string]any); ok {
+		delete(a, "panels")
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
 }

@@ -1,18 +1,26 @@
 // The built-in dashboards of the Lambda platform: plain JavaScript over the HTTP API and uPlot.
 //
 // Every URL is relative (api/v1/…, dashboards.json) so the page works behind a path prefix.
+// All of the page's state (dataset, dashboard, range or custom from/to, granularity, filters,
+// time zone, refresh) is in the URL's fragment, so a link reproduces the view.
+//
 // Each panel element carries data attributes for the browser test and for anyone scripting
 // the page: data-panel, data-panel-type, data-state (loading|ok|empty|error), data-points,
-// data-exact-points, data-approx-points, data-sources and, on time charts, data-boundary
-// ("1" when the batch/speed boundary lies inside the chart and was drawn) with
-// data-boundary-time. The body carries data-state="ready" and data-refreshes after each
-// complete refresh.
+// data-exact-points, data-approx-points, data-sources, data-filters (the filters its query
+// used, JSON), after an export data-export-state (ok|error), data-export-rows and
+// data-export-truncated, and on time charts data-boundary ("1" when the batch/speed boundary
+// lies inside the chart and was drawn) with data-boundary-time, and data-partial ("1" when the
+// current, still filling bucket is in the chart, drawn apart) with data-partial-time. Bars,
+// table rows and legend items of a dimension carry data-drill (the value a click filters on).
+// The body carries data-state="ready", data-refreshes after each complete refresh and
+// data-filters (the page's filters, JSON).
 (function () {
   'use strict';
 
   const KEY_STORE = 'lambda.apiKey';
   const REFRESH_STORE = 'lambda.refresh';
   const RANGES = { '6h': 6 * 3600e3, '24h': 24 * 3600e3, '7d': 7 * 86400e3, '30d': 30 * 86400e3 };
+  const FILTER_OPS = ['eq', 'neq', 'in', 'not_in', 'prefix', 'contains'];
   const AUTO_GRANULARITY = { '6h': 'minute', '24h': 'hour', '7d': 'hour', '30d': 'day' };
   const PALETTE = ['#2f6fdf', '#d9480f', '#2b8a3e', '#862e9c', '#c2255c', '#0b7285', '#5c940d', '#e67700', '#364fc7', '#495057'];
   const DAY = 86400e3;
@@ -23,8 +31,12 @@
     dashboards: [],
     dataset: '',
     dashboard: '',
-    range: '',
+    range: '', // a key of RANGES, or 'custom' (from, to)
+    from: NaN, // ms, custom range only
+    to: NaN,
     granularity: 'auto',
+    filters: [], // {dimension, op, values}: applied to every panel, on top of its own
+    tz: 'utc', // 'utc' or 'local': how times are shown (buckets are UTC days and hours)
     refresh: 15,
     timer: 0,
     generation: 0,
@@ -81,6 +93,32 @@
     return data;
   }
 
+  // apiCSV posts a query for CSV and returns its text with the X-Lambda-* headers.
+  async function apiCSV(body) {
+    const path = 'api/v1/query?format=csv';
+    const headers = { Accept: 'text/csv', 'Content-Type': 'application/json' };
+    const key = apiKey();
+    if (key) headers.Authorization = 'Bearer ' + key;
+    let res;
+    try {
+      res = await fetch(path, { method: 'POST', headers, cache: 'no-store', body: JSON.stringify(body) });
+    } catch (e) {
+      throw new APIError(0, `cannot reach the server (${path}): ${e.message}`, path);
+    }
+    const text = await res.text();
+    if (!res.ok) {
+      let msg = text.trim().slice(0, 400);
+      try { const d = JSON.parse(text); msg = d.error + (d.field ? ` (field ${d.field})` : ''); } catch (e) { /* not JSON */ }
+      throw new APIError(res.status, msg || res.statusText, path);
+    }
+    return {
+      text,
+      truncated: res.headers.get('X-Lambda-Truncated') === 'true',
+      complete: res.headers.get('X-Lambda-Complete') !== 'false',
+      exact: res.headers.get('X-Lambda-Exact') === 'true',
+    };
+  }
+
   // ---- time and numbers ---------------------------------------------------------------------
 
   function parseTime(v) {
@@ -106,10 +144,29 @@
 
   const iso = (ms) => new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z');
 
+  // wallClock returns the ISO-like "YYYY-MM-DDTHH:MM:SS" of ms in the page's time zone.
+  function wallClock(ms) {
+    if (state.tz !== 'local') return new Date(ms).toISOString().slice(0, 19);
+    const d = new Date(ms);
+    const p = (n, w) => String(n).padStart(w || 2, '0');
+    return `${p(d.getFullYear(), 4)}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+  }
+
+  // fromWallClock reads a datetime-local value ("YYYY-MM-DDTHH:MM") in the page's time zone.
+  function fromWallClock(v) {
+    if (!v) return NaN;
+    return state.tz === 'local' ? new Date(v).getTime() : Date.parse(v + (v.length === 16 ? ':00' : '') + 'Z');
+  }
+
+  function zoneName() {
+    if (state.tz !== 'local') return 'UTC';
+    try { return Intl.DateTimeFormat().resolvedOptions().timeZone || 'local time'; } catch (e) { return 'local time'; }
+  }
+
   function fmtTime(ms, withSeconds) {
     if (!isFinite(ms)) return '—';
-    const s = new Date(ms).toISOString();
-    return s.slice(0, 10) + ' ' + s.slice(11, withSeconds ? 19 : 16) + 'Z';
+    const s = wallClock(ms);
+    return s.slice(0, 10) + ' ' + s.slice(11, withSeconds ? 19 : 16) + (state.tz === 'local' ? '' : 'Z');
   }
 
   function fmtDay(ms) {
@@ -196,23 +253,75 @@
 
   // ---- URL state ----------------------------------------------------------------------------
 
+  // readHash reads the page's state from the URL fragment: dataset, dashboard, range (a preset
+  // or custom with from and to, RFC 3339), granularity, filters (JSON), tz and refresh. What is
+  // missing or invalid reads as empty.
   function readHash() {
     const p = new URLSearchParams(location.hash.replace(/^#/, ''));
-    return {
+    const h = {
       dataset: p.get('dataset') || '',
       dashboard: p.get('dashboard') || '',
       range: RANGES[p.get('range')] ? p.get('range') : '',
+      from: NaN,
+      to: NaN,
       granularity: p.get('granularity') || '',
+      filters: null,
+      tz: p.get('tz') === 'local' ? 'local' : (p.get('tz') === 'utc' ? 'utc' : ''),
+      refresh: [0, 5, 15, 60].includes(Number(p.get('refresh'))) && p.get('refresh') !== null ? Number(p.get('refresh')) : null,
     };
+    if (p.get('range') === 'custom') {
+      const from = parseTime(p.get('from')), to = parseTime(p.get('to'));
+      if (isFinite(from) && isFinite(to) && from < to) Object.assign(h, { range: 'custom', from, to });
+    }
+    if (p.get('filters')) {
+      try {
+        const f = JSON.parse(p.get('filters'));
+        if (Array.isArray(f)) h.filters = f.filter(validFilter).map((x) => ({ dimension: x.dimension, op: x.op, values: x.values.map(String) }));
+      } catch (e) { /* a hand-edited URL: no filters */ }
+    }
+    return h;
   }
 
-  function writeHash() {
+  function validFilter(f) {
+    return f && typeof f.dimension === 'string' && FILTER_OPS.includes(f.op) && Array.isArray(f.values) && f.values.length > 0;
+  }
+
+  // writeHash puts the state in the URL. push adds a history entry (a drill-down or a filter,
+  // which Back undoes); otherwise the entry is replaced.
+  function writeHash(push) {
     const p = new URLSearchParams();
     if (state.dataset) p.set('dataset', state.dataset);
     if (state.dashboard) p.set('dashboard', state.dashboard);
     p.set('range', state.range);
+    if (state.range === 'custom') {
+      p.set('from', iso(state.from));
+      p.set('to', iso(state.to));
+    }
     p.set('granularity', state.granularity);
-    history.replaceState(null, '', '#' + p.toString());
+    if (state.filters.length) p.set('filters', JSON.stringify(state.filters));
+    p.set('tz', state.tz);
+    p.set('refresh', String(state.refresh));
+    const hash = '#' + p.toString();
+    if (hash === location.hash) return;
+    if (push) history.pushState(null, '', hash);
+    else history.replaceState(null, '', hash);
+  }
+
+  // applyHash takes the URL's state (after Back, Forward or an edited link) and redraws.
+  function applyHash() {
+    const h = readHash();
+    if (!state.datasets.length) return;
+    const dataset = h.dataset && state.datasets.some((d) => d.name === h.dataset) ? h.dataset : state.dataset;
+    const structural = dataset !== state.dataset || (h.dashboard && h.dashboard !== state.dashboard);
+    state.dataset = dataset;
+    if (h.dashboard) state.dashboard = h.dashboard;
+    if (h.range) Object.assign(state, { range: h.range, from: h.from, to: h.to });
+    if (h.granularity) state.granularity = h.granularity;
+    state.filters = h.filters || [];
+    if (h.tz) state.tz = h.tz;
+    if (h.refresh !== null) state.refresh = h.refresh;
+    if (structural) rebuild();
+    else { syncControls(); refresh(); }
   }
 
   // ---- controls -----------------------------------------------------------------------------
@@ -230,12 +339,23 @@
     $('dashboard').value = (currentDashboard() || {}).id || '';
     $('dashboard-label').hidden = list.length < 2;
     $('range').value = state.range;
+    const custom = state.range === 'custom';
+    $('custom-range').hidden = !custom;
+    if (custom) {
+      $('from').value = wallClock(state.from).slice(0, 16);
+      $('to').value = wallClock(state.to).slice(0, 16);
+    }
     $('granularity').value = state.granularity;
+    $('tz').value = state.tz;
     $('refresh').value = String(state.refresh);
     $('apikey').value = apiKey();
     const d = currentDashboard();
     $('title').textContent = d ? d.title : 'Dashboards';
     document.title = (d ? d.title + ' · ' : '') + 'Lambda dashboards';
+    $('zone-note').textContent = state.tz === 'local'
+      ? `Times shown in ${zoneName()}; buckets are UTC hours and days.`
+      : 'All times UTC.';
+    syncFilterBar();
   }
 
   // selectDashboard resets the selectors to the dashboard's defaults unless the URL set them.
@@ -245,6 +365,7 @@
     state.dashboard = d ? d.id : '';
     if (!fromHash || !state.range) state.range = (d && d.range) || '24h';
     if (!fromHash || !state.granularity) state.granularity = (d && d.granularity) || 'auto';
+    if (!fromHash) state.filters = [];
   }
 
   function bindControls() {
@@ -260,13 +381,39 @@
       state.granularity = (d && d.granularity) || state.granularity;
       rebuild();
     });
-    $('range').addEventListener('change', (e) => { state.range = e.target.value; writeHash(); refresh(); });
+    $('range').addEventListener('change', (e) => {
+      if (e.target.value === 'custom') {
+        // Start from the window shown now, to the minute.
+        const now = Date.now();
+        const span = RANGES[state.range] || (state.to - state.from) || RANGES['24h'];
+        state.to = floorTo(now, 'minute') + 60e3;
+        state.from = floorTo(state.to - span, 'minute');
+      }
+      state.range = e.target.value;
+      syncControls();
+      writeHash(true);
+      refresh();
+    });
+    $('apply-range').addEventListener('click', () => {
+      const from = fromWallClock($('from').value), to = fromWallClock($('to').value);
+      if (!isFinite(from) || !isFinite(to) || from >= to) {
+        banner('The custom range needs a start before its end.');
+        return;
+      }
+      banner('');
+      Object.assign(state, { range: 'custom', from, to });
+      writeHash(true);
+      refresh();
+    });
     $('granularity').addEventListener('change', (e) => { state.granularity = e.target.value; writeHash(); refresh(); });
+    $('tz').addEventListener('change', (e) => { state.tz = e.target.value; writeHash(); rebuild(); });
     $('refresh').addEventListener('change', (e) => {
       state.refresh = Number(e.target.value);
       try { localStorage.setItem(REFRESH_STORE, String(state.refresh)); } catch (err) { /* private mode */ }
+      writeHash();
       schedule();
     });
+    bindFilterBar();
     $('reload').addEventListener('click', () => refresh());
     $('apikey').addEventListener('change', (e) => {
       try {
@@ -277,16 +424,113 @@
     });
     $('controls').addEventListener('submit', (e) => e.preventDefault());
     document.addEventListener('visibilitychange', () => { if (!document.hidden && state.refresh) refresh(); });
-    window.addEventListener('hashchange', () => {
-      const h = readHash();
-      if (h.dataset && h.dataset !== state.dataset && state.datasets.some((d) => d.name === h.dataset)) {
-        state.dataset = h.dataset;
-        state.dashboard = h.dashboard;
-        state.range = h.range || state.range;
-        state.granularity = h.granularity || state.granularity;
-        rebuild();
-      }
+    window.addEventListener('hashchange', applyHash);
+    window.addEventListener('popstate', applyHash);
+  }
+
+  // ---- filters ------------------------------------------------------------------------------
+
+  // addFilter restricts every panel to one more value of a dimension: a value joins an
+  // existing eq or in filter of the dimension, otherwise a new eq filter is added.
+  function addFilter(dimension, value) {
+    const f = state.filters.find((x) => x.dimension === dimension && (x.op === 'eq' || x.op === 'in'));
+    if (f && f.values.includes(value)) return;
+    if (f) { f.op = 'in'; f.values.push(value); } else state.filters.push({ dimension, op: 'eq', values: [value] });
+    writeHash(true);
+    syncFilterBar();
+    refresh();
+  }
+
+  function removeFilter(i) {
+    state.filters.splice(i, 1);
+    writeHash(true);
+    syncFilterBar();
+    refresh();
+  }
+
+  // drillable says whether clicking a value of dimension filters on it: not when the page
+  // already restricts the dimension to that one value.
+  function drillable(dimension) {
+    return !state.filters.some((f) => f.dimension === dimension && f.op === 'eq');
+  }
+
+  function currentDataset() {
+    return state.datasets.find((d) => d.name === state.dataset) || { dimensions: [] };
+  }
+
+  function syncFilterBar() {
+    const chips = state.filters.map((f, i) => el('span', { class: 'chip', 'data-filter': f.dimension },
+      el('span', { text: `${f.dimension} ${opLabel(f.op)} ${f.values.map((v) => v === '' ? '(empty)' : v).join(', ')}` }),
+      el('button', { type: 'button', class: 'chip-x', title: 'remove this filter', 'aria-label': `remove filter on ${f.dimension}`, 'data-remove': String(i) }, '×')));
+    $('filter-chips').replaceChildren(...chips);
+    const dims = currentDataset().dimensions;
+    const sel = $('filter-dim');
+    const keep = sel.value;
+    fillSelect(sel, dims);
+    if (dims.includes(keep)) sel.value = keep;
+    $('filter-clear').hidden = state.filters.length === 0;
+    document.body.dataset.filters = JSON.stringify(state.filters);
+  }
+
+  function opLabel(op) {
+    return { eq: '=', neq: '≠', in: 'in', not_in: 'not in', prefix: 'starts with', contains: 'contains' }[op] || op;
+  }
+
+  let valuesTimer = 0;
+  let valuesSeq = 0;
+
+  // suggestValues fills the value picker from GET api/v1/values: the dimension's most frequent
+  // values over the page's range starting with what was typed.
+  async function suggestValues() {
+    const dim = $('filter-dim').value;
+    if (!dim) return;
+    const seq = ++valuesSeq;
+    const w = pageWindow(Date.now());
+    const q = new URLSearchParams({ dataset: state.dataset, dimension: dim, limit: '50', from: iso(w.from), to: iso(w.to) });
+    const prefix = $('filter-value').value;
+    if (prefix) q.set('prefix', prefix);
+    let data;
+    try {
+      data = await api('api/v1/values?' + q.toString());
+    } catch (e) {
+      if (seq === valuesSeq) $('filter-values').replaceChildren();
+      return;
+    }
+    if (seq !== valuesSeq) return;
+    const list = (data && data.values) || [];
+    $('filter-values').replaceChildren(...list.map((v) => el('option', { value: v.value, label: v.count === null || v.count === undefined ? v.value : `${v.value || '(empty)'} · ${fmtNum(v.count)}` })));
+    $('filter-bar').dataset.suggestions = String(list.length);
+  }
+
+  function bindFilterBar() {
+    $('filter-chips').addEventListener('click', (e) => {
+      const b = e.target.closest('[data-remove]');
+      if (b) removeFilter(Number(b.dataset.remove));
     });
+    $('filter-clear').addEventListener('click', () => {
+      state.filters = [];
+      writeHash(true);
+      syncFilterBar();
+      refresh();
+    });
+    const later = () => { clearTimeout(valuesTimer); valuesTimer = setTimeout(suggestValues, 200); };
+    $('filter-value').addEventListener('input', later);
+    $('filter-value').addEventListener('focus', later);
+    $('filter-dim').addEventListener('change', () => { $('filter-value').value = ''; later(); });
+    const add = () => {
+      const dim = $('filter-dim').value, v = $('filter-value').value, op = $('filter-op').value;
+      if (!dim || (v === '' && op !== 'eq')) return;
+      if (op === 'eq') addFilter(dim, v);
+      else {
+        state.filters.push({ dimension: dim, op, values: [v] });
+        writeHash(true);
+        syncFilterBar();
+        refresh();
+      }
+      $('filter-value').value = '';
+    };
+    $('filter-add').addEventListener('click', add);
+    $('filter-value').addEventListener('keydown', (e) => { if (e.key === 'Enter') { e.preventDefault(); add(); } });
   }
 
   function banner(msg) {
@@ -331,8 +575,11 @@
       name = def ? def.dataset : state.datasets[0].name;
     }
     state.dashboard = state.dashboard || h.dashboard;
-    state.range = state.range || h.range;
+    if (!state.range && h.range) Object.assign(state, { range: h.range, from: h.from, to: h.to });
     state.granularity = h.granularity || state.granularity;
+    if (h.filters && (!h.dataset || name === h.dataset)) state.filters = h.filters;
+    if (h.tz) state.tz = h.tz;
+    if (h.refresh !== null) state.refresh = h.refresh;
     selectDataset(name, true);
     if (!dashboardsFor(name).some((d) => d.id === state.dashboard)) state.dashboard = (currentDashboard() || {}).id || '';
     rebuild();
@@ -356,10 +603,20 @@
         class: 'panel', 'data-panel': p.id, 'data-panel-type': p.type, 'data-state': 'loading',
         style: `grid-column: span ${width}`,
       },
-      el('div', { class: 'panel-head' }, el('h2', { text: p.title || p.id }), el('span', { class: 'info' }), el('span', { class: 'badges' })),
+      el('div', { class: 'panel-head' }, el('h2', { text: p.title || p.id }), el('span', { class: 'info' }), el('span', { class: 'badges' }),
+        el('button', { type: 'button', class: 'export', 'data-export': p.id, title: 'download this panel\'s data as CSV' }, 'CSV')),
       el('div', { class: 'panel-body' }),
       el('div', { class: 'panel-foot' })));
     }
+    grid.onclick = (e) => {
+      const x = e.target.closest('[data-export]');
+      if (x) { exportPanel(d.panels.find((p) => p.id === x.dataset.export)); return; }
+      const drill = e.target.closest('[data-drill]');
+      const node = e.target.closest('[data-panel]');
+      if (!drill || !node) return;
+      const p = d.panels.find((q) => q.id === node.dataset.panel);
+      if (p && p.dimension && drillable(p.dimension)) addFilter(p.dimension, drill.dataset.drill);
+    };
     refresh();
   }
 
@@ -391,12 +648,43 @@
 
   // ---- panels -------------------------------------------------------------------------------
 
+  // pageWindow is the page's range: the custom one, or the preset's up to the next minute.
+  function pageWindow(now) {
+    if (state.range === 'custom') return { from: state.from, to: state.to };
+    const to = floorTo(now, 'minute') + 60e3;
+    return { from: to - RANGES[state.range || '24h'], to };
+  }
+
+  // autoGranularity picks the bucket of a custom range: about 50 to 1,500 points.
+  function autoGranularity(span) {
+    if (span <= 6 * 3600e3) return 'minute';
+    if (span <= 10 * DAY) return 'hour';
+    if (span <= 400 * DAY) return 'day';
+    return 'week';
+  }
+
+  // panelWindow is what a panel shows. A preset applies to panels without a range of their
+  // own; a custom range applies to every panel (the user chose that window). A panel's own
+  // granularity always holds.
   function panelWindow(p, now) {
+    if (state.range === 'custom') {
+      const granularity = p.granularity || (state.granularity === 'auto' || !state.granularity ? autoGranularity(state.to - state.from) : state.granularity);
+      return { range: 'custom', granularity, from: floorTo(state.from, granularity), to: state.to };
+    }
     const range = p.range || state.range || '24h';
-    let granularity = p.granularity || (state.granularity === 'auto' || !state.granularity ? AUTO_GRANULARITY[range] : state.granularity);
+    const granularity = p.granularity || (state.granularity === 'auto' || !state.granularity ? AUTO_GRANULARITY[range] : state.granularity);
     const to = floorTo(now, 'minute') + 60e3;
     const from = floorTo(now - RANGES[range], granularity);
     return { range, granularity, from, to };
+  }
+
+  // panelFilters are the panel's own filters and the page's.
+  function panelFilters(p) {
+    return (p.filters || []).concat(state.filters);
+  }
+
+  function rangeLabel(w) {
+    return w.range === 'custom' ? `${fmtTime(w.from)} → ${fmtTime(w.to)}` : w.range;
   }
 
   function panelRequest(p, w) {
@@ -409,7 +697,8 @@
       to: iso(w.to),
       granularity: timeChart ? w.granularity : 'all',
     };
-    if (p.filters && p.filters.length) req.filters = p.filters;
+    const filters = panelFilters(p);
+    if (filters.length) req.filters = filters;
     if (p.exact) req.exact = true;
     return req;
   }
@@ -420,8 +709,9 @@
     const w = panelWindow(p, now);
     const req = panelRequest(p, w);
     const info = node.querySelector('.info');
-    info.textContent = `${w.range} · ${req.granularity === 'all' ? 'whole range' : 'by ' + req.granularity}` +
-      (p.filters && p.filters.length ? ' · ' + p.filters.map((f) => `${f.dimension} ${f.op} ${f.values.join(',')}`).join(' · ') : '');
+    info.textContent = `${rangeLabel(w)} · ${req.granularity === 'all' ? 'whole range' : 'by ' + req.granularity}` +
+      (p.filters && p.filters.length ? ' · ' + p.filters.map((f) => `${f.dimension} ${opLabel(f.op)} ${f.values.join(',')}`).join(' · ') : '');
+    node.dataset.filters = JSON.stringify(req.filters || []);
     let res;
     try {
       res = await api('api/v1/query', req);
@@ -437,6 +727,51 @@
       showPanelError(node, p, new APIError(0, 'cannot draw the answer: ' + e.message, 'api/v1/query'));
       console.error(e);
     }
+  }
+
+  // exportPanel downloads what the panel shows as CSV (the same query, format=csv), and says
+  // on the panel when the file was cut at serving.max_rows or the range is incomplete.
+  async function exportPanel(p) {
+    if (!p) return;
+    const node = document.querySelector(`.panel[data-panel="${CSS.escape(p.id)}"]`);
+    const w = panelWindow(p, Date.now());
+    const req = panelRequest(p, w);
+    node.dataset.exportState = 'loading';
+    const foot = node.querySelector('.panel-foot');
+    let r;
+    try {
+      r = await apiCSV(req);
+    } catch (e) {
+      node.dataset.exportState = 'error';
+      node.dataset.exportError = String(e);
+      foot.textContent = `CSV export failed: ${e}`;
+      return;
+    }
+    const name = `${state.dataset}-${p.id}-${iso(w.from).replace(/[:]/g, '')}.csv`;
+    const url = URL.createObjectURL(new Blob([r.text], { type: 'text/csv' }));
+    const a = el('a', { href: url, download: name, hidden: true });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60e3);
+    node.dataset.exportRows = String(Math.max(0, csvRecords(r.text) - 1));
+    node.dataset.exportTruncated = String(r.truncated);
+    node.dataset.exportState = 'ok';
+    const notes = [];
+    if (r.truncated) notes.push(`the CSV holds the first ${node.dataset.exportRows} rows only (serving.max_rows): narrow the range or add filters`);
+    if (!r.complete) notes.push('part of the range has no data source');
+    if (notes.length) foot.textContent = 'CSV export: ' + notes.join('; ');
+  }
+
+  // csvRecords counts the records of a CSV text (newlines inside quotes do not end one).
+  function csvRecords(text) {
+    let n = 0, quoted = false;
+    for (let i = 0; i < text.length; i++) {
+      const c = text[i];
+      if (c === '"') quoted = !quoted;
+      else if (c === '\n' && !quoted) n++;
+    }
+    return text.length && text[text.length - 1] !== '\n' ? n + 1 : n;
   }
 
   function showPanelError(node, p, e) {
@@ -531,7 +866,26 @@
       totals.set(k, (totals.get(k) || 0) + (metricValue(r, m) || 0));
     }
     return [...totals.entries()].sort((a, b) => b[1] - a[1]).slice(0, p.limit || 5)
-      .map(([k]) => ({ label: `${k || '(empty)'}`, metric: m, match: (r) => String(r[p.dimension] ?? '') === k }));
+      .map(([k]) => ({ label: `${k || '(empty)'}`, value: k, metric: m, match: (r) => String(r[p.dimension] ?? '') === k }));
+  }
+
+  // bucketEnd is the start of the bucket after the one starting at ms.
+  function bucketEnd(ms, granularity) {
+    const d = new Date(ms);
+    switch (granularity) {
+      case 'month': return Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + 1, 1);
+      case 'week': return ms + 7 * DAY;
+      default: return ms + (bucketMs(granularity) || 0);
+    }
+  }
+
+  // partialBucket returns the start of the chart's last bucket when it is not complete (it
+  // holds now, or the range ends inside it), else null: its value is still growing and must
+  // not read as a drop.
+  function partialBucket(w, now) {
+    const end = Math.min(now, w.to);
+    const start = floorTo(end - 1, w.granularity);
+    return bucketEnd(start, w.granularity) > end ? start : null;
   }
 
   function renderTimeseries(node, body, p, w, rows, meta) {
@@ -541,17 +895,23 @@
     const data = [times.map((t) => t / 1000)];
     const uSeries = [{}];
     const metricsShown = [...new Set(series.map((s) => s.metric))];
+    const partial = partialBucket(w, Date.now());
+    const partialIdx = partial === null ? undefined : at.get(partial);
+    const drill = p.dimension && drillable(p.dimension);
     let points = 0;
     series.forEach((s, si) => {
       const exact = new Array(times.length).fill(null);
       const approx = new Array(times.length).fill(null);
+      const part = new Array(times.length).fill(null);
       for (const r of rows) {
         if (!s.match(r)) continue;
         const i = at.get(parseTime(r.time));
         const v = metricValue(r, s.metric);
         if (i === undefined || v === null) continue;
         points++;
-        if (r.exact === false) approx[i] = v; else exact[i] = v;
+        if (i === partialIdx) part[i] = v;
+        else if (r.exact === false) approx[i] = v;
+        else exact[i] = v;
       }
       // Join the two styles so the line does not break where exact turns approximate.
       for (let i = 1; i < times.length; i++) {
@@ -561,9 +921,11 @@
       const color = PALETTE[si % PALETTE.length];
       const scale = p.dimension ? metricsShown[0] : s.metric;
       const pts = { show: times.length <= 48, size: 4 };
-      data.push(exact, approx);
+      data.push(exact, approx, part);
       uSeries.push({ label: s.label, scale, stroke: color, width: 1.6, points: pts, spanGaps: false },
-        { label: s.label + ' (approximate)', scale, stroke: color, width: 1.6, dash: [6, 4], points: pts, spanGaps: false });
+        { label: s.label + ' (approximate)', scale, stroke: color, width: 1.6, dash: [6, 4], points: pts, spanGaps: false },
+        // The bucket still filling: a hollow point, no line to it.
+        { label: s.label + ' (partial)', scale, stroke: color, width: 0, paths: () => null, points: { show: true, size: 8, width: 2, stroke: color, fill: '#fff' } });
       s.color = color;
     });
 
@@ -571,15 +933,19 @@
     const inside = boundary !== null && boundary > w.from && boundary <= w.to;
     node.dataset.boundary = inside ? '1' : '0';
     if (boundary !== null) node.dataset.boundaryTime = iso(boundary); else delete node.dataset.boundaryTime;
+    node.dataset.partial = partialIdx === undefined ? '0' : '1';
+    if (partialIdx !== undefined) node.dataset.partialTime = iso(partial); else delete node.dataset.partialTime;
 
     const old = state.charts.get(p.id);
     if (old) { old.destroy(); state.charts.delete(p.id); }
     if (!points) return 0;
 
-    const legend = el('div', { class: 'legend' }, series.map((s) => el('span', { class: 'item' },
-      el('span', { class: 'line', style: `border-color:${s.color}` }), s.label, el('span', { class: 'val' }))));
+    const legend = el('div', { class: 'legend' }, series.map((s) => el('span', {
+      class: 'item' + (drill ? ' drill' : ''), 'data-drill': drill ? s.value : undefined, title: drill ? 'click to filter on it' : undefined,
+    }, el('span', { class: 'line', style: `border-color:${s.color}` }), s.label, el('span', { class: 'val' }))));
+    if (partialIdx !== undefined) legend.append(el('span', { class: 'item partial-key', title: 'the current bucket is still filling: its value will grow' }, el('span', { class: 'dot' }), 'partial bucket'));
     const readout = el('div', { class: 'readout' });
-    const chartBox = el('div', { class: 'chart' });
+    const chartBox = el('div', { class: 'chart' + (drill ? ' drill' : '') });
     body.replaceChildren(chartBox, legend, readout);
 
     const axes = [{ stroke: '#68707c', grid: { stroke: '#eef0f3' }, ticks: { stroke: '#dde1e6' }, values: timeLabels }];
@@ -591,28 +957,66 @@
     }));
     // The x range is the requested window, widened to the end of the last bucket so a day
     // bucket after the boundary gets its width.
-    const lastEnd = times.length ? times[times.length - 1] + bucketMs(w.granularity) : w.to;
+    const lastEnd = times.length ? bucketEnd(times[times.length - 1], w.granularity) : w.to;
     const xRange = [w.from / 1000, Math.max(w.to, lastEnd) / 1000];
     const scales = { x: { time: true, range: () => xRange } };
     for (const m of metricsShown) scales[m] = { auto: true, range: (u, min, max) => [Math.min(0, min), max > 0 ? max * 1.08 : 1] };
 
     const width = Math.max(200, chartBox.clientWidth || body.clientWidth || 400);
+    let focused = null;
     const opts = {
       width, height: 220,
-      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC'),
+      tzDate: (ts) => (state.tz === 'local' ? new Date(ts * 1e3) : uPlot.tzDate(new Date(ts * 1e3), 'Etc/UTC')),
       legend: { show: false },
-      cursor: { drag: { x: true, y: false } },
+      cursor: { drag: { x: true, y: false }, focus: { prox: 24 } },
+      focus: { alpha: 0.4 },
       scales, axes, series: uSeries,
       hooks: {
         drawClear: [(u) => drawApproxRegion(u, boundary)],
-        draw: [(u) => drawBoundaryLine(u, boundary, inside)],
-        setCursor: [(u) => showReadout(u, series, legend, readout)],
+        draw: [(u) => { drawBoundaryLine(u, boundary, inside); drawPartial(u, partialIdx === undefined ? null : partial, w); }],
+        setCursor: [(u) => showReadout(u, series, legend, readout, partialIdx)],
+        setSeries: [(u, idx, o) => { if (o && o.focus !== undefined) focused = o.focus ? idx : null; }],
       },
     };
     const u = new uPlot(opts, data, chartBox);
+    if (drill) {
+      // A click on the chart filters on the series nearest the cursor (not after a zoom drag).
+      u.over.addEventListener('click', () => {
+        if (focused === null || focused === undefined || u.select.width > 2) return;
+        const s = series[Math.floor((focused - 1) / 3)];
+        if (s) addFilter(p.dimension, s.value);
+      });
+    }
     state.charts.set(p.id, u);
-    showReadout(u, series, legend, readout);
+    showReadout(u, series, legend, readout, partialIdx);
     return points;
+  }
+
+  // drawPartial marks the bucket still filling: a hatched band labelled "partial".
+  function drawPartial(u, start, w) {
+    if (start === null) return;
+    const { left, top, width, height } = u.bbox;
+    const x0 = Math.max(left, Math.round(u.valToPos(start / 1000, 'x', true)));
+    const x1 = Math.min(left + width, Math.round(u.valToPos(bucketEnd(start, w.granularity) / 1000, 'x', true)));
+    if (!(x1 > x0)) return;
+    const ctx = u.ctx;
+    const dpr = devicePixelRatio;
+    ctx.save();
+    ctx.fillStyle = 'rgba(104, 112, 124, 0.10)';
+    ctx.fillRect(x0, top, x1 - x0, height);
+    ctx.strokeStyle = 'rgba(104, 112, 124, 0.6)';
+    ctx.lineWidth = dpr;
+    ctx.setLineDash([3 * dpr, 3 * dpr]);
+    ctx.beginPath();
+    ctx.moveTo(x0, top);
+    ctx.lineTo(x0, top + height);
+    ctx.stroke();
+    ctx.font = `${10 * dpr}px system-ui, sans-serif`;
+    ctx.fillStyle = '#68707c';
+    ctx.textBaseline = 'bottom';
+    ctx.textAlign = 'right';
+    ctx.fillText('partial', x1 - 2 * dpr, top + height - 2 * dpr);
+    ctx.restore();
   }
 
   // drawApproxRegion shades the part of the plot after the batch boundary (all of it when no
@@ -673,17 +1077,18 @@
     return { minute: 60e3, hour: 3600e3, day: DAY, week: 7 * DAY, month: 30 * DAY }[granularity] || 0;
   }
 
-  // timeLabels formats x ticks in UTC, 24-hour, with the date under midnight and the first tick.
+  // timeLabels formats x ticks in the page's zone, 24-hour, with the date under midnight and
+  // the first tick.
   function timeLabels(u, splits, axisIdx, space, incr) {
     return splits.map((v, i) => {
-      const s = new Date(v * 1000).toISOString();
+      const s = wallClock(v * 1000);
       if (incr >= 86400) return s.slice(5, 10);
       const hm = s.slice(11, 16);
       return hm === '00:00' || i === 0 ? hm + '\n' + s.slice(5, 10) : hm;
     });
   }
 
-  function showReadout(u, series, legend, readout) {
+  function showReadout(u, series, legend, readout, partialIdx) {
     let i = u.cursor.idx;
     const n = u.data[0].length;
     if (i === null || i === undefined) i = n - 1;
@@ -691,13 +1096,14 @@
     const vals = legend.querySelectorAll('.val');
     let approx = false;
     series.forEach((s, si) => {
-      const e = u.data[1 + 2 * si][i];
-      const a = u.data[2 + 2 * si][i];
-      const v = e !== null && e !== undefined ? e : a;
+      const e = u.data[1 + 3 * si][i];
+      const a = u.data[2 + 3 * si][i];
+      const pt = u.data[3 + 3 * si][i];
+      const v = e !== null && e !== undefined ? e : (a !== null && a !== undefined ? a : pt);
       if ((e === null || e === undefined) && a !== null && a !== undefined) approx = true;
       vals[si].textContent = v === null || v === undefined ? '—' : ((e === null || e === undefined) ? '≈' : '') + fmtNum(v);
     });
-    readout.textContent = `${fmtTime(u.data[0][i] * 1000)}${approx ? ' · approximate' : ''}` +
+    readout.textContent = `${fmtTime(u.data[0][i] * 1000)}${i === partialIdx ? ' · partial: still filling' : ''}${approx ? ' · approximate' : ''}` +
       (u.cursor.idx === null || u.cursor.idx === undefined ? ' (latest; hover for others, drag to zoom, double-click to reset)' : '');
   }
 
@@ -706,8 +1112,10 @@
     const items = rows.map((r) => ({ label: String(r[p.dimension] ?? ''), v: metricValue(r, m), exact: r.exact !== false, source: r.source }))
       .filter((x) => x.v !== null).sort((a, b) => b.v - a.v).slice(0, p.limit || 20);
     const max = Math.max(0, ...items.map((x) => x.v)) || 1;
+    const drill = drillable(p.dimension);
     body.replaceChildren(el('div', { class: 'bars' }, items.map((x) => el('div', {
-      class: 'bar-row', 'data-exact': String(x.exact), title: `${x.label || '(empty)'}: ${fmtNum(x.v)} (${x.exact ? 'exact' : 'approximate'}, ${x.source || '?'})`,
+      class: 'bar-row' + (drill ? ' drill' : ''), 'data-exact': String(x.exact), 'data-drill': drill ? x.label : undefined,
+      title: `${x.label || '(empty)'}: ${fmtNum(x.v)} (${x.exact ? 'exact' : 'approximate'}, ${x.source || '?'})${drill ? ' · click to filter on it' : ''}`,
     },
     el('span', { class: 'bar-label', text: x.label || '(empty)' }),
     el('span', { class: 'bar-track' }, el('span', { class: 'bar-fill', style: `width:${Math.max(0.5, (100 * x.v) / max).toFixed(2)}%` })),
@@ -722,7 +1130,8 @@
     else items.sort((a, b) => parseTime(b.time) - parseTime(a.time));
     items = items.slice(0, p.limit || 50);
     const head = el('tr', {}, el('th', { text: key }), p.metrics.map((m) => el('th', { text: m })), el('th', { text: 'source' }));
-    const trs = items.map((r) => el('tr', { 'data-exact': String(r.exact !== false) },
+    const drill = p.dimension && drillable(p.dimension);
+    const trs = items.map((r) => el('tr', { 'data-exact': String(r.exact !== false), class: drill ? 'drill' : '', 'data-drill': drill ? String(r[p.dimension] ?? '') : undefined, title: drill ? 'click to filter on it' : undefined },
       el('td', { text: p.dimension ? (String(r[p.dimension] ?? '') || '(empty)') : fmtTime(parseTime(r.time)) }),
       p.metrics.map((m) => el('td', { class: r.exact === false ? 'approx' : '', text: (r.exact === false ? '≈' : '') + fmtNum(r[m]) })),
       el('td', { text: (r.source || '') + (r.exact === false ? ' ≈' : '') })));

@@ -155,11 +155,19 @@ type Dimension struct {
 
 // Metric is a value computed over events. Type is one of count, sum, min, max, avg, uniq,
 // quantile; every type but count reads Field; quantile needs 0 < Level < 1.
+//
+// Type ratio is a derived metric: Numerator / Denominator, two other (stored) metrics of the
+// dataset. It is stored nowhere; readers compute it from the merged values of its parts.
 type Metric struct {
-	Name  string  `yaml:"name"`
-	Type  string  `yaml:"type"`
-	Field string  `yaml:"field"`
-	Level float64 `yaml:"level"`
+	Name        string  `yaml:"name"`
+	Type        string  `yaml:"type"`
+	Field       string  `yaml:"field"`
+	Level       float64 `yaml:"level"`
+	Numerator   string  `yaml:"numerator,omitempty"`
+	Denominator string  `yaml:"denominator,omitempty"`
+	// Decimals makes a sum exact to that many decimals (money: 2): values rounded to them and
+	// summed as integers of that scale, the result a Decimal. 0: a Float64 sum.
+	Decimals int `yaml:"decimals,omitempty"`
 }
 
 // SpeedConf is a dataset's speed view.

@@ -44,6 +44,15 @@ func TestBadConfigs(t *testing.T) {
 		"not_yaml":       "not_yaml.bad.yaml:3: invalid YAML: did not find expected",
 		"metric_field":   `datasets[0] (events).metrics[2].name: "value" is also the raw column of a metric field`,
 		"lease":          `batch.lease.path: "lambda/lease/" is not a ZooKeeper path`,
+		"ratio_field":    "datasets[0] (events).metrics[3].field: a ratio takes no field",
+		"ratio_level":    "datasets[0] (events).metrics[3].level: only a quantile takes a level",
+		"ratio_missing":  "datasets[0] (events).metrics[3].denominator: a ratio needs a denominator",
+		"ratio_unknown":  `datasets[0] (events).metrics[3].denominator: unknown metric "orders"`,
+		"ratio_nested":   `datasets[0] (events).metrics[4].numerator: "revenue_per_event" is a ratio itself`,
+		"ratio_parts":    "datasets[0] (events).metrics[3].numerator: only a ratio takes a numerator and a denominator",
+		"decimals_type":  "datasets[0] (events).metrics[3].decimals: only a sum takes decimals",
+		"decimals_range": "datasets[0] (events).metrics[2].decimals: decimals must be 1 to 9, got 12",
+		"view_names":     `datasets[0] (events).batch.grouping_sets: the grouping sets "country_device" and "country,device" both make the view <dataset>_lambda_by_country_device`,
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")
 	if err != nil {
@@ -111,6 +120,16 @@ func TestGoodConfig(t *testing.T) {
 	if cfg.Version == "" {
 		t.Error("no version")
 	}
+	// A ratio is a metric of the API, never a stored column.
+	if n := len(d.Specs()); n != 3 {
+		t.Errorf("want 3 stored metrics, got %d: %+v", n, d.Specs())
+	}
+	if r, ok := d.RatioOf("revenue_per_user"); !ok || r.Numerator != "revenue" || r.Denominator != "users" || len(d.Ratios()) != 1 {
+		t.Errorf("ratio: %+v %v", d.Ratios(), ok)
+	}
+	if got := strings.Join(d.MetricNames(), ","); got != "events,users,revenue,revenue_per_user" {
+		t.Errorf("metric names: %s", got)
+	}
 }
 
 func TestDemoConfig(t *testing.T) {
@@ -118,7 +137,7 @@ func TestDemoConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(cfg.Datasets) != 1 || len(cfg.Datasets[0].Metrics) != 4 {
+	if len(cfg.Datasets) != 1 || len(cfg.Datasets[0].Specs()) != 4 || len(cfg.Datasets[0].Ratios()) != 1 {
 		t.Fatalf("demo: %+v", cfg.Datasets)
 	}
 }
@@ -254,7 +273,7 @@ datasets:
 		`many.yaml:5: speed.flush_interval: invalid duration "1 second" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
 		`many.yaml:11: datasets[0] (events).dimensions[1].name: "time" is reserved (reserved: id, time, day, minute, grouping, source, exact, dataset, run_id, payload, reason, topic, partition, offset, names starting with _ or ending in _state)`,
 		`many.yaml:14: datasets[0] (events).metrics[1].level: want a number, got "high"`,
-		`many.yaml:15: datasets[0] (events).metrics[2].type: unknown metric type "uniqq" (known: count, sum, min, max, avg, uniq, quantile)`,
+		`many.yaml:15: datasets[0] (events).metrics[2].type: unknown metric type "uniqq" (known: count, sum, min, max, avg, uniq, quantile, ratio)`,
 		`many.yaml:16: datasets[0] (events).raw_retention: invalid duration "90days" (use a number with h, m, s or d: 2160h, 90d, 1h30m)`,
 		`many.yaml:17: datasets[0] (events).speed.dimensionz: unknown key "dimensionz" (did you mean "dimensions"?)`,
 	}

@@ -29,14 +29,54 @@ func ColumnName(field string) string {
 	return b.String()
 }
 
-// Specs returns the dataset's metrics as catalogue entries, in config order.
+// Specs returns the dataset's stored metrics as catalogue entries, in config order: every
+// metric but the ratios (see Ratios), which no table stores.
 func (d *Dataset) Specs() []metric.Spec {
-	out := make([]metric.Spec, len(d.Metrics))
-	for i, m := range d.Metrics {
-		out[i] = metric.Spec{Name: m.Name, Type: metric.Type(m.Type), Level: m.Level}
-		if m.Type != string(metric.Count) {
-			out[i].Column = ColumnName(m.Field)
+	out := make([]metric.Spec, 0, len(d.Metrics))
+	for _, m := range d.Metrics {
+		if m.Type == string(metric.Ratio) {
+			continue
 		}
+		s := metric.Spec{Name: m.Name, Type: metric.Type(m.Type), Level: m.Level, Decimals: m.Decimals}
+		if m.Type != string(metric.Count) {
+			s.Column = ColumnName(m.Field)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Ratio is a derived metric: Numerator / Denominator, both stored metrics of the dataset.
+type Ratio struct {
+	Name, Numerator, Denominator string
+}
+
+// Ratios returns the dataset's ratio metrics in config order.
+func (d *Dataset) Ratios() []Ratio {
+	var out []Ratio
+	for _, m := range d.Metrics {
+		if m.Type == string(metric.Ratio) {
+			out = append(out, Ratio{Name: m.Name, Numerator: m.Numerator, Denominator: m.Denominator})
+		}
+	}
+	return out
+}
+
+// RatioOf returns the ratio metric with the given name.
+func (d *Dataset) RatioOf(name string) (Ratio, bool) {
+	for _, r := range d.Ratios() {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Ratio{}, false
+}
+
+// MetricNames returns the names of every metric, stored and ratio, in config order.
+func (d *Dataset) MetricNames() []string {
+	out := make([]string, len(d.Metrics))
+	for i, m := range d.Metrics {
+		out[i] = m.Name
 	}
 	return out
 }
@@ -148,6 +188,16 @@ func (d *Dataset) Ordered(names []string) []string {
 		}
 	}
 	return out
+}
+
+// GroupingViewSuffix is what names a grouping set's own view after <ds>_lambda_ (and
+// <ds>_lambda_hourly_): "total" for the day's total, "by_" and the dimensions in config order
+// joined by underscores otherwise ("by_country", "by_event_country_device").
+func GroupingViewSuffix(set []string) string {
+	if len(set) == 0 {
+		return "total"
+	}
+	return "by_" + strings.Join(set, "_")
 }
 
 // GroupingName is the value of the grouping column for a set of dimensions given in config

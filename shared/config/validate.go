@@ -119,6 +119,33 @@ func (c *Config) problems() []Problem {
 
 type fieldError struct{ field, msg string }
 
+// validateRatio checks a ratio metric: its parts are two stored metrics of the dataset (a ratio
+// of ratios would need their parts' parts; declare it from those), and it reads no field.
+func (d *Dataset) validateRatio(p string, m Metric, add func(field, format string, args ...any)) {
+	if m.Field != "" {
+		add(p+".field", "a ratio takes no field: it divides two metrics (numerator, denominator)")
+	}
+	if m.Level != 0 {
+		add(p+".level", "only a quantile takes a level")
+	}
+	if m.Decimals != 0 {
+		add(p+".decimals", "only a sum takes decimals (an exact decimal sum, e.g. 2 for money)")
+	}
+	for _, part := range []struct{ key, name string }{{"numerator", m.Numerator}, {"denominator", m.Denominator}} {
+		if part.name == "" {
+			add(p+"."+part.key, "a ratio needs a %s: the name of a metric of the dataset", part.key)
+			continue
+		}
+		i := slices.IndexFunc(d.Metrics, func(x Metric) bool { return x.Name == part.name })
+		switch {
+		case i < 0:
+			add(p+"."+part.key, "unknown metric %q", part.name)
+		case d.Metrics[i].Type == string(metric.Ratio):
+			add(p+"."+part.key, "%q is a ratio itself: a ratio divides two stored metrics", part.name)
+		}
+	}
+}
+
 func (d *Dataset) validate() []fieldError {
 	var errs []fieldError
 	add := func(field, format string, args ...any) {
@@ -163,9 +190,22 @@ func (d *Dataset) validate() []fieldError {
 	for j, m := range d.Metrics {
 		p := fmt.Sprintf("metrics[%d]", j)
 		claim(p+".name", m.Name, p)
-		if !metric.Known(m.Type) {
-			add(p+".type", "unknown metric type %q (known: count, sum, min, max, avg, uniq, quantile)", m.Type)
+		if m.Type == string(metric.Ratio) {
+			d.validateRatio(p, m, add)
 			continue
+		}
+		if !metric.Known(m.Type) {
+			add(p+".type", "unknown metric type %q (known: count, sum, min, max, avg, uniq, quantile, ratio)", m.Type)
+			continue
+		}
+		if m.Numerator != "" || m.Denominator != "" {
+			add(p+".numerator", "only a ratio takes a numerator and a denominator")
+		}
+		switch {
+		case m.Decimals != 0 && m.Type != string(metric.Sum):
+			add(p+".decimals", "only a sum takes decimals (an exact decimal sum, e.g. 2 for money)")
+		case m.Decimals < 0 || m.Decimals > 9:
+			add(p+".decimals", "decimals must be 1 to 9, got %d (values are summed as 64-bit integers of that scale)", m.Decimals)
 		}
 		if m.Type == string(metric.Quantile) {
 			if m.Level <= 0 || m.Level >= 1 {
@@ -208,6 +248,14 @@ func (d *Dataset) validate() []fieldError {
 		if slices.Contains(reserved, col) {
 			add("metrics", "the raw column %q of a metric field is reserved", col)
 		}
+	}
+	views := map[string]string{}
+	for _, set := range d.GroupingSets() {
+		name, set := GroupingViewSuffix(set), GroupingName(set)
+		if other, dup := views[name]; dup {
+			add("batch.grouping_sets", "the grouping sets %q and %q both make the view <dataset>_lambda_%s: rename a dimension", other, set, name)
+		}
+		views[name] = set
 	}
 	for j, n := range d.SpeedConf.Dimensions {
 		if !d.HasDimension(n) {

@@ -9,6 +9,7 @@ package metric
 import (
 	"fmt"
 	"strconv"
+	"strings"
 )
 
 // Type is a metric type.
@@ -44,6 +45,27 @@ type Spec struct {
 	Type   Type    //
 	Column string  // the <ds>_raw column it reads; empty for count
 	Level  float64 // quantile level
+	// Decimals, for a sum, makes it exact to that many decimals (money): each value is rounded
+	// to them and summed as an integer of that scale in every state and exact expression, and
+	// the value is a Decimal(38, Decimals), with no float noise. 0: a Float64 sum.
+	Decimals int
+}
+
+// decimal reports whether the metric is an exact decimal sum.
+func (s Spec) decimal() bool { return s.Type == Sum && s.Decimals > 0 }
+
+// scale is 10^Decimals as a literal.
+func (s Spec) scale() string { return "1" + strings.Repeat("0", s.Decimals) }
+
+// scaled is a number as an integer of the metric's scale: 12.34 with 2 decimals is 1234. round
+// first: toDecimal of a float truncates (0.29 is 0.28999… and would become 0.28).
+func (s Spec) scaled(arg string) string {
+	return fmt.Sprintf("toInt64(round(%s * %s))", arg, s.scale())
+}
+
+// unscaled turns a sum of scaled integers into the Decimal value: 1234 is 12.34.
+func (s Spec) unscaled(expr string) string {
+	return fmt.Sprintf("toDecimal128(%s, %d) / %s", expr, s.Decimals, s.scale())
 }
 
 // NumberType is the raw column type of a numeric field: missing values are NULL, so that
@@ -91,9 +113,11 @@ func (s Spec) StateType() string {
 		return "AggregateFunction(count)"
 	case KeyType:
 		return fmt.Sprintf("AggregateFunction(%s, String)", s.fn())
-	default:
-		return fmt.Sprintf("AggregateFunction(%s, Float64)", s.fn())
 	}
+	if s.decimal() {
+		return "AggregateFunction(sum, Int64)"
+	}
+	return fmt.Sprintf("AggregateFunction(%s, Float64)", s.fn())
 }
 
 // StateExpr is the -State expression over raw columns, e.g.
@@ -115,9 +139,11 @@ func (s Spec) StateExpr() string {
 	case KeyType:
 		// A missing key is '' in raw: it adds nothing, never a distinct ''.
 		return fmt.Sprintf("%sStateIf%s(toString(%s), toString(%s) != '')", name, params, s.args(), s.args())
-	default:
-		return fmt.Sprintf("%sStateIf%s(toFloat64(assumeNotNull(%s)), isNotNull(%s))", name, params, s.args(), s.args())
 	}
+	if s.decimal() {
+		return fmt.Sprintf("sumStateIf(%s, isNotNull(%s))", s.scaled("assumeNotNull("+s.args()+")"), s.args())
+	}
+	return fmt.Sprintf("%sStateIf%s(toFloat64(assumeNotNull(%s)), isNotNull(%s))", name, params, s.args(), s.args())
 }
 
 // MergeExpr turns a state column into the metric's value, e.g. "uniqMerge(users)". Over no
@@ -127,6 +153,9 @@ func (s Spec) StateExpr() string {
 func (s Spec) MergeExpr(stateCol string) string {
 	if s.Type == Quantile {
 		return fmt.Sprintf("quantileMerge(%s)(%s)", s.levelString(), stateCol)
+	}
+	if s.decimal() {
+		return s.unscaled("sumMerge(" + stateCol + ")")
 	}
 	return fmt.Sprintf("%sMerge(%s)", s.Type, stateCol)
 }
@@ -179,6 +208,11 @@ func (s Spec) ExactExpr() string {
 		return fmt.Sprintf("uniqExactIf(%s, %s != '')", s.args(), s.args())
 	case Quantile:
 		return fmt.Sprintf("quantileExact(%s)(%s)", s.levelString(), s.args())
+	case Sum:
+		if s.decimal() {
+			return s.unscaled("sum(" + s.scaled(s.args()) + ")")
+		}
+		return fmt.Sprintf("sum(%s)", s.args())
 	default:
 		return fmt.Sprintf("%s(%s)", s.Type, s.args())
 	}
@@ -187,9 +221,11 @@ func (s Spec) ExactExpr() string {
 // ValueType is the column type of the metric's value in <ds>_daily, and the type every query
 // casts the metric to, so that UNION ALL of sources never mixes types.
 func (s Spec) ValueType() string {
-	switch s.Type {
-	case Count, Uniq:
+	switch {
+	case s.Type == Count || s.Type == Uniq:
 		return "UInt64"
+	case s.decimal():
+		return fmt.Sprintf("Nullable(Decimal(38, %d))", s.Decimals)
 	default:
 		return NumberType
 	}
@@ -201,6 +237,8 @@ func (s Spec) Cast(expr string) string {
 	switch {
 	case s.ValueType() == "UInt64":
 		return "toUInt64(" + expr + ")"
+	case s.decimal():
+		return fmt.Sprintf("toNullable(toDecimal128(%s, %d))", expr, s.Decimals)
 	case s.Type == Avg || s.Type == Quantile:
 		return fmt.Sprintf("if(isNaN(toFloat64(%s)), NULL, toNullable(toFloat64(%s)))", expr, expr)
 	default:
@@ -250,6 +288,21 @@ func (s Spec) Combine(col string) string {
 	}
 	return ""
 }
+
+// Ratio is the one derived metric type: numerator / denominator, two metrics of the same
+// dataset. It is stored nowhere: every reader computes it from the two merged values of a row
+// (never by adding up ratios), so it is exact exactly where both parts are.
+const Ratio Type = "ratio"
+
+// RatioExpr is the value of a ratio over two value expressions (ValueType each): NULL where the
+// denominator is 0 or NULL, or the numerator NULL. nullIf, not if(d = 0, NULL, …): ClickHouse
+// 18.16 refuses a Nullable inside the Nullable that if(…, NULL, …) makes.
+func RatioExpr(num, den string) string {
+	return fmt.Sprintf("toFloat64(%s) / nullIf(toFloat64(%s), 0)", num, den)
+}
+
+// RatioType is the column type of a ratio's value.
+const RatioType = NumberType
 
 // quoteIdent quotes a ClickHouse identifier. Names are validated to [a-z][a-z0-9_]* by the
 // config, so this only guards against keywords.

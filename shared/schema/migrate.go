@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"regexp"
 	"slices"
 	"strings"
 
@@ -70,7 +71,52 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg *config.Config, opts Mig
 			}
 		}
 	}
+	if err := m.dropStaleSetViews(ctx, cfg, objs); err != nil {
+		return m.ran, err
+	}
 	return m.ran, nil
+}
+
+// dropStaleSetViews drops the views of grouping sets the configuration no longer has
+// (<ds>_lambda_by_…, <ds>_lambda_hourly_by_… of a removed dimension or set): they would fail on
+// the columns a removed dimension leaves behind, or answer from a set no longer computed.
+func (m *migrator) dropStaleSetViews(ctx context.Context, cfg *config.Config, objs []Object) error {
+	want := map[string]bool{}
+	for _, o := range objs {
+		want[o.Name] = true
+	}
+	var names []string
+	for _, d := range cfg.Datasets {
+		names = append(names, d.Name)
+	}
+	// Names are [a-z][a-z0-9_]* (validated): nothing to escape.
+	setView := regexp.MustCompile("^(" + strings.Join(names, "|") + ")_lambda_(hourly_)?(total|by_[a-z0-9_]+)$")
+	rows, err := m.conn.Query(ctx, "SELECT name FROM system.tables WHERE database = ? AND engine = 'View'", m.g.DB)
+	if err != nil {
+		return fmt.Errorf("cannot list the grouping set views: %w", err)
+	}
+	var stale []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return fmt.Errorf("cannot list the grouping set views: %w", err)
+		}
+		if !want[name] && setView.MatchString(name) {
+			stale = append(stale, name)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("cannot list the grouping set views: %w", err)
+	}
+	for _, name := range stale {
+		m.log.Info("dropping the view of a grouping set the config no longer has", "view", name)
+		if err := m.exec(ctx, "DROP TABLE IF EXISTS "+m.g.T(name)+m.g.OnCluster()); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 type migrator struct {

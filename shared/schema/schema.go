@@ -345,14 +345,27 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	driftKey := []string{"day", "metric", "at"}
 	drift := g.table(Drift(ds), ds, driftCols, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(driftKey), driftKey)
 
-	view := Object{Name: Lambda(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d, "day")}
-	hourlyView := Object{Name: LambdaHourly(ds), Kind: View, Dataset: ds, Create: g.lambdaView(d, "hour")}
 	out := append(raw, rawDays...)
 	out = append(out, daysMV)
 	out = append(out, speed...)
 	out = append(out, mv, daily, hourly)
 	out = append(out, rejects...)
-	return append(out, drift, view, hourlyView)
+	out = append(out, drift)
+	// The views: <ds>_lambda and <ds>_lambda_hourly with every grouping set, then each set's
+	// own view, which an analyst can sum without knowing about grouping.
+	for _, gr := range []grain{"day", "hour"} {
+		name := Lambda(ds)
+		if gr == "hour" {
+			name = LambdaHourly(ds)
+		}
+		out = append(out, Object{Name: name, Kind: View, Dataset: ds, Create: g.lambdaView(d, gr, nil, false)})
+	}
+	for _, gr := range []grain{"day", "hour"} {
+		for _, set := range d.GroupingSets() {
+			out = append(out, Object{Name: LambdaSet(ds, set, gr == "hour"), Kind: View, Dataset: ds, Create: g.lambdaView(d, gr, set, true)})
+		}
+	}
+	return out
 }
 
 // DailyKey is the sorting key of <ds>_daily.
@@ -482,6 +495,16 @@ func indent(sql, by string) string { return strings.ReplaceAll(sql, "\n", "\n"+b
 // LambdaHourly names the hourly variant of <ds>_lambda.
 func LambdaHourly(ds string) string { return ds + "_lambda_hourly" }
 
+// LambdaSet names the view of one grouping set: <ds>_lambda_total for the day's total,
+// <ds>_lambda_by_<dims joined by _> otherwise (<ds>_lambda_hourly_… per hour). Such a view holds
+// one set only, so summing it without a filter counts every event once.
+func LambdaSet(ds string, set []string, hourly bool) string {
+	if hourly {
+		return LambdaHourly(ds) + "_" + config.GroupingViewSuffix(set)
+	}
+	return Lambda(ds) + "_" + config.GroupingViewSuffix(set)
+}
+
 // grain is a view's time column: "day" (<ds>_lambda, from <ds>_daily) or "hour"
 // (<ds>_lambda_hourly, from <ds>_hourly).
 type grain string
@@ -493,60 +516,100 @@ func (gr grain) of(col string) string {
 	return "toDate(" + col + ")"
 }
 
-// lambdaView is <ds>_lambda (per day) or <ds>_lambda_hourly (per hour): per bucket, dimensions
-// and grouping, the batch rows up to the boundary (exact unless the day is dirty), and after it
-// the speed rows re-aggregated per grouping set (approximate) and, for the sets with a dimension
-// the speed view does not keep, deduplicated raw (exact), as the API reads them.
-func (g *Generator) lambdaView(d *config.Dataset, gr grain) string {
+// metricCols are a view branch's metric columns in config order: each stored metric's value
+// from value(spec), each ratio computed from its parts' values in the same row.
+func metricCols(d *config.Dataset, value func(metric.Spec) string) []string {
+	specs := map[string]metric.Spec{}
+	for _, s := range d.Specs() {
+		specs[s.Name] = s
+	}
+	var out []string
+	for _, m := range d.Metrics {
+		if r, ok := d.RatioOf(m.Name); ok {
+			out = append(out, metric.RatioExpr(value(specs[r.Numerator]), value(specs[r.Denominator]))+" AS "+Q(r.Name))
+			continue
+		}
+		out = append(out, value(specs[m.Name])+" AS "+Q(m.Name))
+	}
+	return out
+}
+
+// lambdaView is <ds>_lambda (per day) or <ds>_lambda_hourly (per hour), with set nil: per
+// bucket, dimensions and grouping, the batch rows up to the boundary (exact unless the day is
+// dirty), and after it the speed rows re-aggregated per grouping set (approximate) and, for the
+// sets with a dimension the speed view does not keep, deduplicated raw (exact), as the API reads
+// them. perSet makes it the view of one set (LambdaSet): the same rows of that set only, without
+// the grouping column and the dimensions outside the set.
+func (g *Generator) lambdaView(d *config.Dataset, gr grain, set []string, perSet bool) string {
 	ds := d.Name
-	dims := d.DimensionNames()
 	sdims := d.SpeedDimensions()
-	specs := d.Specs()
 	wm := ledger.BoundarySQL(g.DB, ds)
 	name, table, day := Lambda(ds), Daily(ds), "day"
 	if gr == "hour" {
 		name, table, day = LambdaHourly(ds), Hourly(ds), "toDate(hour)"
 	}
+	dims, sets := d.DimensionNames(), d.GroupingSets()
+	if perSet {
+		name, dims, sets = LambdaSet(ds, set, gr == "hour"), set, [][]string{set}
+	}
 
-	batch := []string{string(gr), "grouping"}
+	batch := []string{string(gr)}
+	if !perSet {
+		batch = append(batch, "grouping")
+	}
 	for _, n := range dims {
 		batch = append(batch, Q(n))
 	}
-	for _, s := range specs {
-		batch = append(batch, s.Cast(Q(s.Name))+" AS "+Q(s.Name))
-	}
+	batch = append(batch, metricCols(d, func(s metric.Spec) string { return s.Cast(Q(s.Name)) })...)
 	batch = append(batch, "'batch' AS source", "toUInt8("+day+" NOT IN ("+ledger.DirtyDaysSQL(g.DB, ds)+")) AS exact")
-
-	inner := []string{"minute"}
-	for _, n := range sdims {
-		inner = append(inner, Q(n)+" AS "+Q("d_"+n))
+	batchWhere := day + " <= " + wm
+	if perSet {
+		batchWhere += " AND grouping = '" + config.GroupingName(set) + "'"
 	}
-	for _, s := range specs {
-		inner = append(inner, Q(s.Name)+" AS "+Q("s_"+s.Name))
-	}
-	for _, c := range d.PresenceColumns() {
-		inner = append(inner, Q(metric.PresenceColumn(c))+" AS "+Q("p_"+c))
-	}
-	outer := []string{gr.of("minute") + " AS " + string(gr), GroupingExpr + " AS grouping"}
-	group := []string{string(gr), "grouping"}
-	for _, n := range dims {
-		if contains(sdims, n) {
-			outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
-			group = append(group, Q(n))
-		} else {
-			outer = append(outer, "'' AS "+Q(n))
-		}
-	}
-	for _, s := range specs {
-		outer = append(outer, s.ValueFromStates(Q("s_"+s.Name), Q("p_"+s.Column))+" AS "+Q(s.Name))
-	}
-	outer = append(outer, "'speed' AS source", "materialize(toUInt8(0)) AS exact")
-
 	sql := fmt.Sprintf(`CREATE VIEW %s%s AS
 SELECT
     %s
 FROM %s
-WHERE %s <= %s
+WHERE %s`, g.T(name), g.OnCluster(), strings.Join(batch, ",\n    "), g.T(table), batchWhere)
+
+	if speedSets := intersect(sets, SpeedSets(d)); len(speedSets) > 0 {
+		inner := []string{"minute"}
+		for _, n := range sdims {
+			if !perSet || contains(set, n) {
+				inner = append(inner, Q(n)+" AS "+Q("d_"+n))
+			}
+		}
+		for _, s := range d.Specs() {
+			inner = append(inner, Q(s.Name)+" AS "+Q("s_"+s.Name))
+		}
+		for _, c := range d.PresenceColumns() {
+			inner = append(inner, Q(metric.PresenceColumn(c))+" AS "+Q("p_"+c))
+		}
+		outer := []string{gr.of("minute") + " AS " + string(gr)}
+		group := []string{string(gr)}
+		if !perSet {
+			outer = append(outer, GroupingExpr+" AS grouping")
+			group = append(group, "grouping")
+		}
+		for _, n := range dims {
+			switch {
+			case perSet:
+				outer = append(outer, Q("d_"+n)+" AS "+Q(n))
+				group = append(group, Q(n))
+			case contains(sdims, n):
+				outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
+				group = append(group, Q(n))
+			default:
+				outer = append(outer, "'' AS "+Q(n))
+			}
+		}
+		outer = append(outer, metricCols(d, func(s metric.Spec) string { return s.ValueFromStates(Q("s_"+s.Name), Q("p_"+s.Column)) })...)
+		outer = append(outer, "'speed' AS source", "materialize(toUInt8(0)) AS exact")
+		arrayJoin := ""
+		if !perSet {
+			arrayJoin = "\nARRAY JOIN " + GroupingArray(speedSets) + " AS gd"
+		}
+		sql += fmt.Sprintf(`
 UNION ALL
 SELECT
     %s
@@ -556,50 +619,72 @@ FROM
         %s
     FROM %s
     WHERE toDate(minute) > %s
-)
-ARRAY JOIN %s AS gd
-GROUP BY %s`, g.T(name), g.OnCluster(),
-		strings.Join(batch, ",\n    "), g.T(table), day, wm,
-		strings.Join(outer, ",\n    "),
-		strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm,
-		GroupingArray(SpeedSets(d)), strings.Join(group, ", "))
-	if other := OtherSets(d); len(other) > 0 {
-		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, gr, "toDate(time) > "+wm)
+)%s
+GROUP BY %s`, strings.Join(outer, ",\n    "), strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm, arrayJoin, strings.Join(group, ", "))
+	}
+	if other := intersect(sets, OtherSets(d)); len(other) > 0 {
+		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, gr, "toDate(time) > "+wm, perSet)
 	}
 	return sql
 }
 
+// intersect returns the sets of a that b holds too, in a's order.
+func intersect(a, b [][]string) [][]string {
+	var out [][]string
+	for _, s := range a {
+		if slices.ContainsFunc(b, func(x []string) bool { return slices.Equal(x, s) }) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // rawSetsSelect computes the grouping sets sets exactly from deduplicated raw rows where where
-// holds, per day, in the shape of the view's rows.
-func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, where string) string {
+// holds, per bucket, in the shape of the view's rows (perSet: of the one set's view).
+func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, where string, perSet bool) string {
+	dims := d.DimensionNames()
+	if perSet {
+		dims = sets[0]
+	}
 	inner := []string{"id", "time"}
-	for _, n := range d.DimensionNames() {
+	for _, n := range dims {
 		inner = append(inner, Q(n)+" AS "+Q("d_"+n))
 	}
 	for _, c := range d.ValueColumns() {
 		inner = append(inner, Q(c.Name)+" AS "+Q("v_"+c.Name))
 	}
-	outer := []string{gr.of("time") + " AS " + string(gr), GroupingExpr + " AS grouping"}
-	group := []string{string(gr), "grouping"}
-	for _, n := range d.DimensionNames() {
-		outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
+	outer := []string{gr.of("time") + " AS " + string(gr)}
+	group := []string{string(gr)}
+	if !perSet {
+		outer = append(outer, GroupingExpr+" AS grouping")
+		group = append(group, "grouping")
+	}
+	for _, n := range dims {
+		if perSet {
+			outer = append(outer, Q("d_"+n)+" AS "+Q(n))
+		} else {
+			outer = append(outer, fmt.Sprintf("if(has(gd, '%s'), %s, '') AS %s", n, Q("d_"+n), Q(n)))
+		}
 		group = append(group, Q(n))
 	}
-	for _, s := range d.Specs() {
+	outer = append(outer, metricCols(d, func(s metric.Spec) string {
 		in := s
 		if in.Column != "" {
 			in.Column = "v_" + in.Column
 		}
-		outer = append(outer, s.Cast(in.ExactExpr())+" AS "+Q(s.Name))
-	}
+		return s.Cast(in.ExactExpr())
+	})...)
 	outer = append(outer, "'raw' AS source", "materialize(toUInt8(1)) AS exact")
+	arrayJoin := ""
+	if !perSet {
+		arrayJoin = "\nARRAY JOIN " + GroupingArray(sets) + " AS gd"
+	}
 	return fmt.Sprintf(`SELECT
     %s
 FROM
 (
     %s
-)
-ARRAY JOIN %s AS gd
+)%s
 GROUP BY %s`, strings.Join(outer, ",\n    "), indent(DedupRaw(inner, g.T(Raw(d.Name)), where), "    "),
-		GroupingArray(sets), strings.Join(group, ", "))
+		arrayJoin, strings.Join(group, ", "))
 }

@@ -82,13 +82,42 @@ func TestMigrateTwice(t *testing.T) {
 			t.Errorf("second migrate changed something: %s", s)
 		}
 	}
-	// The views answer on an empty schema.
-	for _, q := range []string{"SELECT count() FROM `" + cfg.ClickHouse.Database + "`.events_lambda"} {
-		var n uint64
-		if err := conn.QueryRow(ctx, q).Scan(&n); err != nil {
-			t.Errorf("%s: %v", q, err)
+	// Every view answers on an empty schema, and with speed rows (every column computed,
+	// ratios included).
+	for _, rows := range []bool{false, true} {
+		if rows {
+			if err := conn.Exec(ctx, "INSERT INTO `"+cfg.ClickHouse.Database+"`.events_raw (id, time, event, country, device, user_id, value) SELECT 'a', now(), 'view', 'de', 'ios', 'u1', 1.5 UNION ALL SELECT 'b', now(), 'buy', 'fr', 'web', 'u2', NULL"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, name := range viewNames(cfg) {
+			q := "SELECT * FROM `" + cfg.ClickHouse.Database + "`.`" + name + "`"
+			r, err := conn.Query(ctx, q)
+			if err != nil {
+				t.Errorf("%s: %v", q, err)
+				continue
+			}
+			n := 0
+			for r.Next() {
+				n++
+			}
+			if err := r.Err(); err != nil || (rows && n == 0) {
+				t.Errorf("%s: %d rows, %v", q, n, err)
+			}
+			r.Close()
 		}
 	}
+}
+
+// viewNames are the views (not materialized) a configuration makes.
+func viewNames(cfg *config.Config) []string {
+	var out []string
+	for _, o := range schema.NewGenerator(cfg).Objects(cfg) {
+		if o.Kind == schema.View && strings.HasPrefix(o.Create, "CREATE VIEW") {
+			out = append(out, o.Name)
+		}
+	}
+	return out
 }
 
 func TestMigrateUpgrade(t *testing.T) {
@@ -122,6 +151,10 @@ func TestMigrateUpgrade(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT countMerge(events) FROM `"+db+"`.events_speed").Scan(&n); err != nil || n != 2 {
 		t.Errorf("speed after rebuild: %d events, err %v (want 2)", n, err)
 	}
+	// The new dimension has its grouping set's views.
+	if err := conn.QueryRow(ctx, "SELECT count() FROM `"+db+"`.events_lambda_by_os").Scan(&n); err != nil {
+		t.Errorf("the view of the new dimension's set: %v", err)
+	}
 	// Removing the dimension again is refused, and nothing changes.
 	_, err = schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{})
 	if err == nil || !strings.Contains(err.Error(), `has column "os" that the config no longer declares`) || !strings.Contains(err.Error(), "--allow-drop") {
@@ -138,6 +171,13 @@ func TestMigrateUpgrade(t *testing.T) {
 	if containsCol(cols, "os") {
 		t.Error("--allow-drop kept the column in raw")
 	}
+	// The views of the removed dimension's sets are gone; the others stay.
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name IN ('events_lambda_by_os', 'events_lambda_hourly_by_os', 'events_lambda_by_event_country_device_os')", db).Scan(&n); err != nil || n != 0 {
+		t.Errorf("views of the removed dimension's sets: %d left, err %v", n, err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name = 'events_lambda_by_country'", db).Scan(&n); err != nil || n != 1 {
+		t.Errorf("events_lambda_by_country: %d, err %v", n, err)
+	}
 }
 
 func containsCol(cols []schema.Column, name string) bool {
@@ -153,7 +193,12 @@ func containsCol(cols []schema.Column, name string) bool {
 // ClickHouse engine; 18.16 runs them in TestMigrateTwice.
 func TestStatementsOnCurrentClickHouse(t *testing.T) {
 	stmts := schema.Statements(demo(t))
-	chtest.RequireChDB(t, append(stmts, "SELECT count() FROM lambda.events_lambda"))
+	stmts = append(stmts, "INSERT INTO lambda.events_raw (id, time, event, country, device, user_id, value) SELECT 'a', now(), 'view', 'de', 'ios', 'u1', 1.5 UNION ALL SELECT 'b', now(), 'buy', 'fr', 'web', 'u2', NULL")
+	for _, name := range viewNames(demo(t)) {
+		// Every column, ratios included, over the speed rows the insert made.
+		stmts = append(stmts, "SELECT throwIf(count() = 0), groupArray(tuple(*)) FROM lambda.`"+name+"`")
+	}
+	chtest.RequireChDB(t, stmts)
 }
 
 // TestMigrateCluster migrates the demo schema onto the local cluster (2 shards x 2 replicas)

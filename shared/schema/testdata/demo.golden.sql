@@ -182,6 +182,7 @@ SELECT
     toUInt64(`users`) AS `users`,
     toNullable(toFloat64(`revenue`)) AS `revenue`,
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
     toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
@@ -212,6 +213,7 @@ SELECT
     toUInt64(uniqMerge(`s_users`)) AS `users`,
     if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
     if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
     'speed' AS source,
     materialize(toUInt8(0)) AS exact
 FROM
@@ -243,6 +245,7 @@ SELECT
     toUInt64(`users`) AS `users`,
     toNullable(toFloat64(`revenue`)) AS `revenue`,
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
     toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
@@ -273,6 +276,7 @@ SELECT
     toUInt64(uniqMerge(`s_users`)) AS `users`,
     if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
     if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
     'speed' AS source,
     materialize(toUInt8(0)) AS exact
 FROM
@@ -292,3 +296,549 @@ FROM
 )
 ARRAY JOIN [[''], ['event'], ['country'], ['device'], ['event', 'country', 'device']] AS gd
 GROUP BY hour, grouping, `event`, `country`, `device`;
+
+CREATE VIEW `lambda`.`events_lambda_total` AS
+SELECT
+    day,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_daily`
+WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = ''
+UNION ALL
+SELECT
+    toDate(minute) AS day,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY day;
+
+CREATE VIEW `lambda`.`events_lambda_by_event` AS
+SELECT
+    day,
+    `event`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_daily`
+WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event'
+UNION ALL
+SELECT
+    toDate(minute) AS day,
+    `d_event` AS `event`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `event` AS `d_event`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY day, `event`;
+
+CREATE VIEW `lambda`.`events_lambda_by_country` AS
+SELECT
+    day,
+    `country`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_daily`
+WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'country'
+UNION ALL
+SELECT
+    toDate(minute) AS day,
+    `d_country` AS `country`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `country` AS `d_country`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY day, `country`;
+
+CREATE VIEW `lambda`.`events_lambda_by_device` AS
+SELECT
+    day,
+    `device`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_daily`
+WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'device'
+UNION ALL
+SELECT
+    toDate(minute) AS day,
+    `d_device` AS `device`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `device` AS `d_device`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY day, `device`;
+
+CREATE VIEW `lambda`.`events_lambda_by_event_country_device` AS
+SELECT
+    day,
+    `event`,
+    `country`,
+    `device`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_daily`
+WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event,country,device'
+UNION ALL
+SELECT
+    toDate(minute) AS day,
+    `d_event` AS `event`,
+    `d_country` AS `country`,
+    `d_device` AS `device`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `event` AS `d_event`,
+        `country` AS `d_country`,
+        `device` AS `d_device`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY day, `event`, `country`, `device`;
+
+CREATE VIEW `lambda`.`events_lambda_hourly_total` AS
+SELECT
+    hour,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_hourly`
+WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = ''
+UNION ALL
+SELECT
+    toStartOfHour(minute) AS hour,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY hour;
+
+CREATE VIEW `lambda`.`events_lambda_hourly_by_event` AS
+SELECT
+    hour,
+    `event`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_hourly`
+WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event'
+UNION ALL
+SELECT
+    toStartOfHour(minute) AS hour,
+    `d_event` AS `event`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `event` AS `d_event`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY hour, `event`;
+
+CREATE VIEW `lambda`.`events_lambda_hourly_by_country` AS
+SELECT
+    hour,
+    `country`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_hourly`
+WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'country'
+UNION ALL
+SELECT
+    toStartOfHour(minute) AS hour,
+    `d_country` AS `country`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `country` AS `d_country`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY hour, `country`;
+
+CREATE VIEW `lambda`.`events_lambda_hourly_by_device` AS
+SELECT
+    hour,
+    `device`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_hourly`
+WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'device'
+UNION ALL
+SELECT
+    toStartOfHour(minute) AS hour,
+    `d_device` AS `device`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `device` AS `d_device`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY hour, `device`;
+
+CREATE VIEW `lambda`.`events_lambda_hourly_by_event_country_device` AS
+SELECT
+    hour,
+    `event`,
+    `country`,
+    `device`,
+    toUInt64(`events`) AS `events`,
+    toUInt64(`users`) AS `users`,
+    toNullable(toFloat64(`revenue`)) AS `revenue`,
+    if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
+    toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
+    'batch' AS source,
+    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
+    toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
+    toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
+FROM
+(
+    SELECT day, toUInt64(sum(rows)) AS r_raw, toUInt8(0) AS r_has, '' AS r_run, toUInt64(0) AS r_read, toUInt64(0) AS r_out,
+        toUInt64(0) AS r_hourly, toUInt64(0) AS r_speed
+    FROM `lambda`.`events_raw_days` GROUP BY day
+    UNION ALL
+    SELECT day, toUInt64(0), toUInt8(1), s_run, toUInt64(s_read), toUInt64(s_out), toUInt64(s_hourly), toUInt64(s_speed)
+    FROM (SELECT day, argMax(run_id, at_us) AS s_run, argMax(rows_raw, at_us) AS s_read, argMax(rows_out, at_us) AS s_out,
+    argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
+FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
+)
+GROUP BY day) WHERE dirty = 1)) AS exact
+FROM `lambda`.`events_hourly`
+WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event,country,device'
+UNION ALL
+SELECT
+    toStartOfHour(minute) AS hour,
+    `d_event` AS `event`,
+    `d_country` AS `country`,
+    `d_device` AS `device`,
+    toUInt64(countMerge(`s_events`)) AS `events`,
+    toUInt64(uniqMerge(`s_users`)) AS `users`,
+    if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`)))) AS `revenue`,
+    if(isNaN(toFloat64(quantileMerge(0.95)(`s_value_p95`))), NULL, toNullable(toFloat64(quantileMerge(0.95)(`s_value_p95`)))) AS `value_p95`,
+    toFloat64(if(sumMerge(`p_value`) = 0, NULL, toNullable(toFloat64(sumMerge(`s_revenue`))))) / nullIf(toFloat64(toUInt64(countMerge(`s_events`))), 0) AS `revenue_per_event`,
+    'speed' AS source,
+    materialize(toUInt8(0)) AS exact
+FROM
+(
+    SELECT
+        minute,
+        `event` AS `d_event`,
+        `country` AS `d_country`,
+        `device` AS `d_device`,
+        `events` AS `s_events`,
+        `users` AS `s_users`,
+        `revenue` AS `s_revenue`,
+        `value_p95` AS `s_value_p95`,
+        `_n_value` AS `p_value`
+    FROM `lambda`.`events_speed`
+    WHERE toDate(minute) > (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
+)
+GROUP BY hour, `event`, `country`, `device`;
