@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -189,6 +190,22 @@ func TestSendRefusals(t *testing.T) {
 	f.query(fmt.Sprintf("SELECT count() FROM %s", f.raw), &n)
 	if n != 10 {
 		t.Errorf("raw holds %d rows, want 10", n)
+	}
+
+	// Credentials: the read-only analyst user (deploy/local) gets in and is refused the
+	// insert; a wrong password is refused at the handshake.
+	for _, tc := range []struct {
+		password string
+		codes    []int32
+	}{{"analyst", []int32{164}}, {"wrong", []int32{193, 516}}} {
+		c := cfg.ClickHouse
+		c.Username, c.Password = "analyst", tc.password
+		n := NewNative(c)
+		err := NewWriter(f.raw, f.ds, n).Send(ctx, []Part{{Topic: "events", Partition: 0, Rows: f.rows("a", 3, 0)}})
+		n.Close()
+		if !errors.As(err, &ex) || !slices.Contains(tc.codes, ex.Code) {
+			t.Errorf("analyst with password %q: %v, want the server's exception %v", tc.password, err, tc.codes)
+		}
 	}
 
 	// A cancelled context ends the insert.
