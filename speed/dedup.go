@@ -2,6 +2,7 @@ package speed
 
 import (
 	"hash/maphash"
+	"runtime"
 	"sync"
 	"time"
 
@@ -27,6 +28,8 @@ type dedup struct {
 	seed   maphash.Seed
 	window int64 // seconds
 	shards [dedupShards]dedupShard
+	// offHeap is the size of the memory the tables take outside the Go heap (allocEntries).
+	offHeap int
 }
 
 const dedupShards = 32
@@ -50,12 +53,17 @@ type dedupEntry struct {
 func newDedup(window time.Duration, maxIDs int) *dedup {
 	d := &dedup{seed: maphash.MakeSeed(), window: int64(window / time.Second)}
 	per := max(1, maxIDs/dedupShards)
+	size := 2*per + 1
+	all, offHeap, free := allocEntries(dedupShards * size)
+	d.offHeap = offHeap
 	for i := range d.shards {
 		s := &d.shards[i]
-		s.entries = make([]dedupEntry, 2*per+1)
-		s.sweepAt = len(s.entries) * 65 / 100
+		s.entries = all[i*size : (i+1)*size : (i+1)*size]
+		s.sweepAt = size * 65 / 100
 		s.keep = uint32(per)
 	}
+	// The tables may live outside the heap: unmapped once the window is unreachable.
+	runtime.AddCleanup(d, func(free func()) { free() }, free)
 	return d
 }
 

@@ -3,6 +3,7 @@ package speed
 import (
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -195,4 +196,35 @@ func BenchmarkDedupReference(b *testing.B) {
 	for i := range b.N {
 		r.seen(d.hash(ids[2_000_000+i%2_000_000]), now)
 	}
+}
+
+// TestDedupFullSize runs a window of the default size, whose table comes from allocEntries
+// (on Linux, memory of its own outside the heap): ids are remembered, duplicates found,
+// forgotten ids new again, and the table is freed once the window is unreachable.
+func TestDedupFullSize(t *testing.T) {
+	d := newDedup(time.Hour, 2_000_000)
+	if runtime.GOOS == "linux" && d.offHeap < 2_000_000*2*16 {
+		t.Errorf("the table of 2M ids takes %d bytes off the heap, want at least %d", d.offHeap, 2_000_000*2*16)
+	}
+	now := int64(1_700_000_000)
+	for i := range 200_000 {
+		if d.seenHash(d.hash(fmt.Sprint("id", i)), now) {
+			t.Fatalf("id%d is new", i)
+		}
+	}
+	for i := range 200_000 {
+		if !d.seenHash(d.hash(fmt.Sprint("id", i)), now) {
+			t.Fatalf("id%d is a duplicate", i)
+		}
+	}
+	d.forgetHash(d.hash("id7"))
+	if d.seenHash(d.hash("id7"), now) {
+		t.Fatal("a forgotten id is still a duplicate")
+	}
+	if n := d.counting(now); n != 200_000 {
+		t.Errorf("%d ids count, want 200000", n)
+	}
+	d = nil
+	runtime.GC() // the cleanup unmaps the table; nothing may touch it after
+	runtime.GC()
 }

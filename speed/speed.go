@@ -22,7 +22,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -134,8 +136,17 @@ func New(cfg *config.Config, o Options) (*Speed, error) {
 	}
 	s.native = rawbatch.NewNative(cfg.ClickHouse)
 	s.m = newMetrics(o.Registerer)
+	offHeap := 0
 	for i := range cfg.Datasets {
-		s.sets = append(s.sets, newDataset(s, &cfg.Datasets[i]))
+		d := newDataset(s, &cfg.Datasets[i])
+		s.sets = append(s.sets, d)
+		offHeap += d.dedup.offHeap
+	}
+	// The dedup tables may live outside the Go heap (huge pages): a soft memory limit set for
+	// the process (GOMEMLIMIT, or lambda speed's default) is lowered by their size, so that it
+	// still bounds the whole process.
+	if limit := debug.SetMemoryLimit(-1); offHeap > 0 && limit != math.MaxInt64 {
+		debug.SetMemoryLimit(max(limit-int64(offHeap), limit/4))
 	}
 	return s, nil
 }
