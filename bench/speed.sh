@@ -41,8 +41,8 @@ if [ "${BENCH_SHARED_CH:-0}" = 1 ]; then
 else
   PORT="${BENCH_CH_PORT:-19600}"
   export CH_DATA_DIR="$OUT/clickhouse" CH_TCP_PORT="$PORT" CH_HTTP_PORT="$((PORT + 1))" CH_INTERSERVER_PORT="$((PORT + 2))"
-  deploy/local/clickhouse.sh start
-  trap 'deploy/local/clickhouse.sh stop' EXIT
+  deploy/local/clickhouse.sh start >&2
+  trap 'deploy/local/clickhouse.sh stop >&2' EXIT
   ADDR="127.0.0.1:$PORT"
   PIDFILE="$CH_DATA_DIR/clickhouse-server.pid"
 fi
