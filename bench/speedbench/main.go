@@ -615,6 +615,18 @@ type result struct {
 	latency    *latency
 	load       string
 	rawBytes   float64 // compressed bytes per row of raw on disk (active parts)
+	speedRows  uint64  // rows of the speed table's active parts once visible: groups written
+}
+
+// speedRows is the row count of the speed table's active parts: how many per-minute groups
+// the inserts wrote (before merges combine them), which drives the view's share of
+// ClickHouse's CPU.
+func (b *bench) speedRows(ctx context.Context, db string) uint64 {
+	var rows uint64
+	q := fmt.Sprintf("SELECT toUInt64(sum(rows)) FROM system.parts WHERE database = '%s' AND table = '%s' AND active",
+		db, schema.Speed(b.cfg.Datasets[0].Name))
+	_ = b.conn.QueryRow(ctx, q).Scan(&rows)
+	return rows
 }
 
 // rawBytesPerRow is raw's compressed size per row, from its active parts (for the capacity
@@ -708,6 +720,7 @@ func (b *bench) baseline(ctx context.Context, round int) (result, error) {
 	if err != nil {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
+	res.speedRows = b.speedRows(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
@@ -870,6 +883,7 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	if firstErr != nil {
 		return res, fmt.Errorf("insert floor: %w", firstErr)
 	}
+	res.speedRows = b.speedRows(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("insert floor: %w", err)
 	}
@@ -967,6 +981,7 @@ func (b *bench) speedRunOf(ctx context.Context, bin, name string, round int, pro
 	}
 	res.metrics = b.scrape()
 	res.rawBytes = b.rawBytesPerRow(ctx, db)
+	res.speedRows = b.speedRows(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("lambda speed: %w", err)
 	}
@@ -1561,6 +1576,8 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "| that steady state's CPU (cores): speed / ClickHouse (with the poller's 10 queries/s) / broker | %.2f / %.2f / %.2f | | |\n",
 			l.cpu.speed/sec, l.cpu.ch/sec, l.cpu.broker/sec)
 	}
+	fmt.Fprintf(w, "\nRows in the per-minute speed table's active parts once the backlog was visible (groups the inserts wrote, before merges; medians): baseline %d, insert floor %d, `lambda speed` %d.\n",
+		mb.speedRows, mf.speedRows, ms.speedRows)
 	if ms.rawBytes > 0 {
 		fmt.Fprintf(w, "\nRaw on disk after the median `lambda speed` drain: %.1f compressed bytes per event (active parts, before every merge).\n", ms.rawBytes)
 	}
