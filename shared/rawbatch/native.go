@@ -129,13 +129,15 @@ type nconn struct {
 
 func (c *nconn) close() { _ = c.conn.Close() }
 
-func (n *Native) get(ctx context.Context) (*nconn, error) {
+// get returns an idle connection (pooled) or a new one.
+func (n *Native) get(ctx context.Context) (c *nconn, pooled bool, err error) {
 	select {
 	case c := <-n.idle:
-		return c, nil
+		return c, true, nil
 	default:
 	}
-	return n.dial(ctx)
+	c, err = n.dial(ctx)
+	return c, false, err
 }
 
 func (n *Native) put(c *nconn) {
@@ -465,10 +467,36 @@ func (n *Native) insert(ctx context.Context, query string, rows int, cols []colu
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	c, err := n.get(ctx)
+	c, pooled, err := n.get(ctx)
 	if err != nil {
 		return err
 	}
+	err = n.insertOn(ctx, c, query, rows, cols)
+	var stale *staleError
+	if pooled && errors.As(err, &stale) && ctx.Err() == nil {
+		// An idle connection the server or the network closed meanwhile fails before any
+		// row is sent: once more on a new one, which does not duplicate anything.
+		if c, err = n.dial(ctx); err != nil {
+			return err
+		}
+		err = n.insertOn(ctx, c, query, rows, cols)
+	}
+	if errors.As(err, &stale) {
+		return stale.err
+	}
+	return err
+}
+
+// staleError is a network error before the server asked for the insert's data: no row was
+// sent.
+type staleError struct{ err error }
+
+func (e *staleError) Error() string { return e.err.Error() }
+func (e *staleError) Unwrap() error { return e.err }
+
+// insertOn runs the insert on c, which it returns to the pool after a clean end and closes
+// otherwise.
+func (n *Native) insertOn(ctx context.Context, c *nconn, query string, rows int, cols []column) (err error) {
 	ok := false
 	defer func() {
 		if ok {
@@ -487,7 +515,8 @@ func (n *Native) insert(ctx context.Context, query string, rows int, cols []colu
 	_ = c.conn.SetDeadline(deadline)
 	defer func() { _ = c.conn.SetDeadline(time.Time{}) }()
 
-	err = c.run(n, query+" VALUES", rows, cols)
+	sent := false
+	err = c.run(n, query+" VALUES", rows, cols, &sent)
 	var ex *clickhouse.Exception
 	var be *BuildError
 	switch {
@@ -498,12 +527,15 @@ func (n *Native) insert(ctx context.Context, query string, rows int, cols []colu
 		return err
 	case ctx.Err() != nil:
 		return ctx.Err()
+	case !sent:
+		return &staleError{fmt.Errorf("clickhouse %s: %w", c.conn.RemoteAddr(), err)}
 	default:
 		return fmt.Errorf("clickhouse %s: %w", c.conn.RemoteAddr(), err)
 	}
 }
 
-func (c *nconn) run(n *Native, body string, rows int, cols []column) error {
+// run is one INSERT on c; sent turns true once the server has asked for the data.
+func (c *nconn) run(n *Native, body string, rows int, cols []column, sent *bool) error {
 	c.putQuery(n, body)
 	if err := c.flushPkt(); err != nil {
 		return err
@@ -517,6 +549,7 @@ func (c *nconn) run(n *Native, body string, rows int, cols []column) error {
 	if err := c.readHeader(); err != nil {
 		return err
 	}
+	*sent = true
 	// The server lists the columns of the statement, in its order.
 	types := make(map[string]string, len(c.header))
 	for _, h := range c.header {

@@ -262,3 +262,29 @@ func TestSendCluster(t *testing.T) {
 		t.Errorf("right after the insert the cluster holds %d rows, want 20000 (insert_distributed_sync not applied?)", n)
 	}
 }
+
+// TestSendAfterIdleConnectionDied: the pooled connection of an earlier insert is cut (as a
+// server restart or a NAT timeout would); the next insert goes through on a new connection
+// without an error and without writing anything twice.
+func TestSendAfterIdleConnectionDied(t *testing.T) {
+	cfg := chtest.Config(t, nil)
+	conn := chtest.New(t, cfg)
+	proxy := nettest.NewProxy(t, chtest.Addr())
+	pc := *cfg
+	pc.ClickHouse.Addr = []string{proxy.Addr()}
+	f := newFixture(t, &pc, conn)
+	ctx := context.Background()
+	if err := f.w.Send(ctx, []Part{{Topic: "events", Partition: 0, Rows: f.rows("a", 10, 0)}}); err != nil {
+		t.Fatal(err)
+	}
+	proxy.Cut()
+	proxy.Restore()
+	if err := f.w.Send(ctx, []Part{{Topic: "events", Partition: 0, Rows: f.rows("b", 10, 100)}}); err != nil {
+		t.Fatalf("insert after the idle connection died: %v", err)
+	}
+	var n uint64
+	f.query(fmt.Sprintf("SELECT count() FROM %s", f.raw), &n)
+	if n != 20 {
+		t.Errorf("raw holds %d rows, want 20", n)
+	}
+}
