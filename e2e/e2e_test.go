@@ -82,6 +82,7 @@ func TestEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test skipped in -short mode")
 	}
+	t.Parallel()
 	ch := startClickHouse(t)
 	dir := t.TempDir()
 	brokerAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))

@@ -15,11 +15,14 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/lambda-platform/lambda/shared/chtest"
 )
 
 func repoRoot() string {
@@ -72,27 +75,76 @@ func freePort(t *testing.T) int {
 type clickhouse struct {
 	t                    *testing.T
 	env                  []string
+	dataDir              string
 	tcp, http, interPort int
 }
 
 func startClickHouse(t *testing.T) *clickhouse {
 	t.Helper()
-	c := &clickhouse{t: t, tcp: freePort(t), http: freePort(t), interPort: freePort(t)}
+	c := &clickhouse{t: t, tcp: freePort(t), http: freePort(t), interPort: freePort(t), dataDir: filepath.Join(t.TempDir(), "clickhouse")}
 	c.env = append(os.Environ(),
 		fmt.Sprintf("CH_TCP_PORT=%d", c.tcp), fmt.Sprintf("CH_HTTP_PORT=%d", c.http),
-		fmt.Sprintf("CH_INTERSERVER_PORT=%d", c.interPort), "CH_DATA_DIR="+filepath.Join(t.TempDir(), "clickhouse"))
+		fmt.Sprintf("CH_INTERSERVER_PORT=%d", c.interPort), "CH_DATA_DIR="+c.dataDir)
 	c.run("start")
 	t.Cleanup(func() { c.run("stop") })
 	return c
 }
 
+// sharedClickHouse is the test server that `make test` started (LAMBDA_TEST_CLICKHOUSE_ADDR,
+// chtest.Addr), for tests that do not restart ClickHouse: each gives itself a database of its
+// own. Its HTTP port is LAMBDA_TEST_CLICKHOUSE_HTTP_PORT, 8123 by default (deploy/local).
+func sharedClickHouse(t *testing.T) *clickhouse {
+	t.Helper()
+	_, port, err := net.SplitHostPort(chtest.Addr())
+	if err != nil {
+		t.Fatalf("LAMBDA_TEST_CLICKHOUSE_ADDR %q: %v", chtest.Addr(), err)
+	}
+	c := &clickhouse{t: t, http: 8123}
+	c.tcp, _ = strconv.Atoi(port)
+	if v := os.Getenv("LAMBDA_TEST_CLICKHOUSE_HTTP_PORT"); v != "" {
+		c.http, _ = strconv.Atoi(v)
+	}
+	if _, err := c.query("SELECT 1"); err != nil {
+		t.Fatalf("the test server's HTTP interface (port %d, LAMBDA_TEST_CLICKHOUSE_HTTP_PORT): %v", c.http, err)
+	}
+	return c
+}
+
 func (c *clickhouse) run(verb string) {
 	c.t.Helper()
+	if c.env == nil {
+		c.t.Fatalf("clickhouse.sh %s: the shared test server is not the test's to %s", verb, verb)
+	}
 	cmd := exec.Command("bash", filepath.Join(repoRoot(), "deploy", "local", "clickhouse.sh"), verb)
 	cmd.Env = c.env
 	if out, err := cmd.CombinedOutput(); err != nil {
 		c.t.Fatalf("clickhouse.sh %s: %v\n%s", verb, err, out)
 	}
+}
+
+// crash SIGKILLs the server (no graceful shutdown: queries in flight die with it); start it
+// again with run("start").
+func (c *clickhouse) crash() {
+	c.t.Helper()
+	if c.env == nil {
+		c.t.Fatal("crash: the shared test server is not the test's to crash")
+	}
+	pidFile := filepath.Join(c.dataDir, "clickhouse-server.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		c.t.Fatalf("crash: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		c.t.Fatalf("crash: pid file %s: %v", pidFile, err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		c.t.Fatalf("crash: kill %d: %v", pid, err)
+	}
+	for syscall.Kill(pid, 0) == nil {
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = os.Remove(pidFile)
 }
 
 func (c *clickhouse) addr() string { return fmt.Sprintf("127.0.0.1:%d", c.tcp) }
@@ -134,14 +186,15 @@ func (w syncWriter) Write(p []byte) (int, error) {
 	return w.b.Write(p)
 }
 
-// startProc starts `lambda args...` with extra environment variables env.
+// startProc starts `lambda args...` with extra environment variables env. Its log is printed
+// when the test fails, or always with LAMBDA_E2E_LOGS set.
 func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
 	p := &proc{t: t, name: name, env: env, args: args, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	p.start()
 	t.Cleanup(func() {
 		p.stop(syscall.SIGTERM)
-		if t.Failed() {
+		if t.Failed() || os.Getenv("LAMBDA_E2E_LOGS") != "" {
 			p.mu.Lock()
 			t.Logf("--- %s log (last 4 KiB) ---\n%s", p.name, tail(p.log.String(), 4096))
 			p.mu.Unlock()
@@ -191,6 +244,24 @@ func (p *proc) stop(sig syscall.Signal) error {
 		err := <-p.done
 		p.done <- err
 		return fmt.Errorf("%s did not stop within 30s after %v", p.name, sig)
+	}
+}
+
+// output is what the process has logged so far (every run of it).
+func (p *proc) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.log.String()
+}
+
+// signal sends sig to the running process (SIGSTOP and SIGCONT to stall it and let it go).
+func (p *proc) signal(sig syscall.Signal) {
+	p.t.Helper()
+	if p.cmd == nil || p.cmd.Process == nil {
+		p.t.Fatalf("%s: no process to signal", p.name)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("%s: %v: %v", p.name, sig, err)
 	}
 }
 

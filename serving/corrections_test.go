@@ -286,3 +286,51 @@ func TestCacheFollowsDaily(t *testing.T) {
 		t.Error("not cached once daily holds the runs batch_runs names")
 	}
 }
+
+// TestUnrunDayNeverExact: history loaded into raw for a day below the boundary that no batch run
+// has read is read from raw (daily holds nothing for it) and never flagged exact, whether exact
+// was asked for or not; it is listed as a pending correction.
+func TestUnrunDayNeverExact(t *testing.T) {
+	e := newEnv(t, nil)
+	old := genEvents(mustDay("2024-03-02"), mustDay("2024-03-03"), 10, 9)
+	insertRaw(t, e.conn, e.cfg, old)
+	for _, exact := range []string{"false", "true"} {
+		r := e.query(t, `{"dataset":"events","metrics":["events","users"],"from":"2024-02-28","to":"2024-03-11","granularity":"day","exact":`+exact+`}`)
+		seen := false
+		for _, row := range r.Rows {
+			if row["time"].(string)[:10] != "2024-03-02" {
+				continue
+			}
+			seen = true
+			if row["source"] != SourceRaw || row["exact"] != false {
+				t.Errorf("exact:%s: the unrun day %v, want from raw, not exact", exact, row)
+			}
+		}
+		if !seen {
+			t.Errorf("exact:%s: no row for the unrun day", exact)
+		}
+		if !slices.Contains(r.Meta.Pending, "2024-03-02") {
+			t.Errorf("pending corrections %v lack the unrun day", r.Meta.Pending)
+		}
+	}
+}
+
+// TestRawExactOnlyWhenComplete: rows read from raw are exact only for ranges the speed layer has
+// consumed: exact:true over a day that is not over reads raw and flags it approximate.
+func TestRawExactOnlyWhenComplete(t *testing.T) {
+	e := newEnv(t, nil)
+	g := schema.NewGenerator(e.cfg)
+	// The speed layer is caught up (a fresh ledger row saying lag 0): the speed watermark is now.
+	if err := e.conn.Exec(context.Background(), fmt.Sprintf(`INSERT INTO %s (dataset, topic, partition, first_offset, last_offset, high_watermark, raw_rows, rejected_rows, duplicate_rows, late_rows, max_event_time, consumer)
+SELECT 'events', 'events', 0, 0, 99, 100, 100, 0, 0, 0, toDateTime('2024-03-10 11:59:00', 'UTC'), 'test'`, g.T(schema.SpeedFlushes))); err != nil {
+		t.Fatal(err)
+	}
+	r := e.query(t, `{"dataset":"events","metrics":["events","users"],"from":"2024-03-09","to":"2024-03-11","granularity":"day","exact":true}`)
+	got := map[string]string{}
+	for _, row := range r.Rows {
+		got[row["time"].(string)[:10]] = fmt.Sprintf("%v %v", row["source"], row["exact"])
+	}
+	if got["2024-03-09"] != "raw true" || got["2024-03-10"] != "raw false" {
+		t.Errorf("exact:true over a complete day and today: %v, want 03-09 raw exact, 03-10 raw approximate", got)
+	}
+}

@@ -84,21 +84,51 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		dec.Parts = append(dec.Parts, pt)
 	}
 	oldestRaw := ledger.DayOf(now.Add(-ds.RawRetention.D()))
-	addRaw := func(from, to time.Time) *APIError {
+	unrun := daySet(st.Unrun)
+	// Deduplicated raw is exact for what it holds; the row is exact only where raw is known to
+	// hold everything: up to the speed watermark (Kafka has nothing older unconsumed, late
+	// data aside), and never for a day below the boundary with raw rows and no successful run
+	// (history being loaded: nothing says all of it is there yet).
+	bound := dec.Boundary
+	complete := st.SpeedWatermark.Truncate(time.Minute) // raw is complete before it
+	var addRaw func(from, to time.Time) *APIError
+	addRaw = func(from, to time.Time) *APIError {
 		if !from.Before(to) {
 			return nil
 		}
 		if from.Before(oldestRaw) {
 			return rawTooOld(from, oldestRaw)
 		}
-		add(Part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Table: TableRaw, Exact: true}})
+		if !bound.IsZero() && from.Before(bound) && bound.Before(to) {
+			if err := addRaw(from, bound); err != nil {
+				return err
+			}
+			return addRaw(bound, to)
+		}
+		if from.Before(complete) && complete.Before(to) {
+			if err := addRaw(from, complete); err != nil {
+				return err
+			}
+			return addRaw(complete, to)
+		}
+		// Below the boundary a day is complete when a run of it succeeded (it was sealed, or an
+		// operator ran it): not an unrun day, nor one the state (a second old) believes empty,
+		// which may be receiving history now. After it, up to the speed watermark.
+		exact := true
+		if bound.IsZero() || to.After(bound) {
+			exact = !st.SpeedWatermark.IsZero() && !to.After(complete)
+		} else {
+			for d := ledger.DayOf(from); d.Before(to); d = d.AddDate(0, 0, 1) {
+				exact = exact && !unrun[d] && st.Runs[d].ID != ""
+			}
+		}
+		add(Part{SourceRange: SourceRange{From: from, To: to, Source: SourceRaw, Table: TableRaw, Exact: exact}})
 		return nil
 	}
-	bound := dec.Boundary
 
 	// The batch side, day by day.
 	if batchEnd := minT(q.To, bound); q.From.Before(batchEnd) {
-		dirty, unrun := daySet(st.Dirty), daySet(st.Unrun)
+		dirty := daySet(st.Dirty)
 		for d := ledger.DayOf(q.From); d.Before(batchEnd); d = d.AddDate(0, 0, 1) {
 			s, e := maxT(q.From, d), minT(batchEnd, d.AddDate(0, 0, 1))
 			day := sealedDay{d: d, dirty: dirty[d], run: st.Runs[d], sets: p.setsOf(ds, st, d)}
@@ -319,6 +349,26 @@ func (q *Query) bucketOf(t time.Time) time.Time {
 		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
 	}
 	return q.From
+}
+
+// bucketEnd is the end of the bucket starting at b (clipped to the query's range).
+func (q *Query) bucketEnd(b time.Time) time.Time {
+	var end time.Time
+	switch q.Granularity {
+	case "minute":
+		end = b.Add(time.Minute)
+	case "hour":
+		end = b.Add(time.Hour)
+	case "day":
+		end = b.AddDate(0, 0, 1)
+	case "week":
+		end = b.AddDate(0, 0, 7)
+	case "month":
+		end = b.AddDate(0, 1, 0)
+	default:
+		end = q.To
+	}
+	return minT(end, q.To)
 }
 
 func floorTo(t time.Time, d time.Duration) time.Time { return t.Truncate(d) }

@@ -51,6 +51,9 @@ type State struct {
 	Runs map[time.Time]Run
 	// SpeedOldest is the oldest minute held by <ds>_speed (zero: empty).
 	SpeedOldest time.Time
+	// SpeedWatermark is how far the speed layer has consumed (zero: nothing): what raw holds
+	// before it is complete (late data aside), after it raw may still be missing records.
+	SpeedWatermark time.Time
 	// Sets maps days before the boundary to the grouping sets <ds>_daily holds for them (a
 	// day keeps the sets of the configuration its run had). Nil, or a day missing: the
 	// configuration's sets.

@@ -53,7 +53,12 @@ var planCases = []struct{ name, req string }{
 // planState is the state the golden plans are made with: watermark 2024-03-08 (effective
 // 2024-03-07, as 2024-03-08 is dirty), speed from 2024-03-06.
 func planState() *State {
-	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: []time.Time{mustDay("2024-03-08")}, SpeedOldest: mustDay("2024-03-06")}
+	runs := map[time.Time]Run{}
+	for d := mustDay("2023-12-01"); !d.After(mustDay("2024-03-08")); d = d.AddDate(0, 0, 1) {
+		runs[d] = Run{ID: "run-1", Rows: 1, Read: 1, RawRows: 1}
+	}
+	return &State{Watermark: mustDay("2024-03-08"), Effective: mustDay("2024-03-07"), Dirty: []time.Time{mustDay("2024-03-08")}, SpeedOldest: mustDay("2024-03-06"),
+		SpeedWatermark: testNow, Runs: runs}
 }
 
 func planFor(t *testing.T, cfg *config.Config, req string, st *State) *Plan {
@@ -141,8 +146,18 @@ func TestPlanSources(t *testing.T) {
 	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-07","to":"2024-03-10","exact":true}`, nil, "batch() 03-07T00..03-08T00, raw 03-08T00..03-10T00", true)
 	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-08","granularity":"week","exact":true}`, nil, "raw 03-01T00..03-08T00", true)
 	// Adjacent raw ranges are one branch: one row per bucket, so a distinct count over the
-	// whole range stays exact.
-	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-06T12:00:00Z","to":"2024-03-11","granularity":"all","exact":true}`, nil, "raw 03-06T12..03-11T00", true)
+	// whole range stays exact; raw is exact only up to the speed watermark (now here): what
+	// comes after may still be arriving.
+	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-06T12:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"all","exact":true}`, nil, "raw 03-06T12..03-10T12", true)
+	f(`{"dataset":"events","metrics":["users"],"from":"2024-03-06T12:00:00Z","to":"2024-03-11","granularity":"all","exact":true}`, nil, "raw 03-06T12..03-10T12, raw~ 03-10T12..03-11T00", true)
+	lagging := planState()
+	lagging.SpeedWatermark = mustDay("2024-03-09").Add(20 * time.Hour)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-08","to":"2024-03-10T12:00:00Z","exact":true}`, lagging, "raw 03-08T00..03-09T20, raw~ 03-09T20..03-10T12", true)
+	// A day below the boundary with raw rows and no successful run is never exact, from raw
+	// either (history being loaded).
+	backfill := planState()
+	backfill.Unrun = []time.Time{mustDay("2024-03-02")}
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-04"}`, backfill, "batch() 03-01T00..03-02T00, raw~ 03-02T00..03-03T00, batch() 03-03T00..03-04T00", true)
 	// The sets each day holds: 03-05 and 03-06 were computed before device was a dimension
 	// (sets '', event, country and event,country). Grouping by device reads them from raw;
 	// by country, their country set; by event and country, exact from their own all-set, a

@@ -195,6 +195,7 @@ func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response
 		parts = append(parts, r)
 	}
 	res := mergeResults(q, parts)
+	res = flagPartial(q, pl.Sources, res)
 	// The page: each statement returned up to offset+limit+1 rows in the query's order, and
 	// the merge kept as many, so the rows before offset and one after the page are known.
 	rows := res.Rows[min(q.Offset, len(res.Rows)):]
@@ -204,6 +205,41 @@ func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response
 	}
 	resp.Rows = &Result{Columns: res.Columns, Rows: rows}
 	return resp, nil
+}
+
+// flagPartial marks approximate every row whose bucket an approximate part (or a range no
+// source covers) overlaps, even when that part gave the row nothing: a bucket is exact only
+// where every source of every instant of it is. (Rows are copied before they change: results
+// are shared with the cache.)
+func flagPartial(q *Query, sources []SourceRange, res *Result) *Result {
+	var inexact []SourceRange
+	for _, s := range sources {
+		if !s.Exact {
+			inexact = append(inexact, s)
+		}
+	}
+	if len(inexact) == 0 || len(res.Rows) == 0 {
+		return res
+	}
+	ex := len(res.Columns) - 1
+	out := &Result{Columns: res.Columns, Rows: make([][]any, len(res.Rows))}
+	for i, row := range res.Rows {
+		out.Rows[i] = row
+		if row[ex] != true {
+			continue
+		}
+		from := row[0].(time.Time)
+		to := q.bucketEnd(from)
+		for _, s := range inexact {
+			if s.From.Before(to) && from.Before(s.To) {
+				r := slices.Clone(row)
+				r[ex] = false
+				out.Rows[i] = r
+				break
+			}
+		}
+	}
+	return out
 }
 
 // columns are the columns of a query's result rows.

@@ -25,6 +25,8 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/kafkaconn"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -43,6 +45,9 @@ type Options struct {
 	// Health are checks of other layers in the same process (lambda dev): /healthz answers
 	// 503 with every problem while one fails.
 	Health []func() error
+	// NoKafka: the speed watermark goes by the ledger's heartbeats alone, without asking Kafka
+	// for the consumer group's offsets (a deployment whose API may not reach Kafka).
+	NoKafka bool
 }
 
 // Server is the HTTP API.
@@ -98,7 +103,17 @@ func New(cfg *config.Config, opts Options) (*Server, error) {
 		s.keys = append(s.keys, []byte(k))
 	}
 	s.planner = NewPlanner(cfg)
-	s.state = &stateCache{conn: s.conn, cfg: cfg, g: s.planner.g, m: map[string]*snapshot{}, ttl: stateTTL}
+	s.state = &stateCache{conn: s.conn, cfg: cfg, g: s.planner.g, m: map[string]*snapshot{}, ttl: stateTTL, log: s.log}
+	if len(cfg.Kafka.Brokers) > 0 && !opts.NoKafka {
+		// Kafka's offsets are the evidence of what is consumed (rows from raw are exact only up
+		// to the speed watermark); without them, the ledger's heartbeats.
+		sc, err := kafkaconn.Config(cfg.Kafka, cfg.Kafka.ClientID+"-serve")
+		if err != nil {
+			return nil, err
+		}
+		sc.Net.DialTimeout, sc.Metadata.Retry.Max = time.Second, 0
+		s.state.kafka = ledger.NewKafkaReader(cfg.Kafka.Brokers, sc)
+	}
 	s.cache = newResultCache(cfg.Serving.CacheEntries)
 	s.sets = &setsCache{}
 	s.m = &serverMetrics{
@@ -128,6 +143,9 @@ func (s *Server) Handler() http.Handler { return s.engine }
 func (s *Server) Run(ctx context.Context) error {
 	if s.ownConn {
 		defer s.conn.Close()
+	}
+	if s.state.kafka != nil {
+		defer s.state.kafka.Close()
 	}
 	addr := s.cfg.Serving.Listen
 	if len(s.keys) == 0 && !loopback(addr) {

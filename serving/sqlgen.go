@@ -90,7 +90,7 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 	for _, pt := range parts {
 		switch pt.Table {
 		case TableRaw:
-			branches = append(branches, p.rawBranch(q, sh, pt.From, pt.To))
+			branches = append(branches, p.rawBranch(q, sh, pt.From, pt.To, pt.Exact))
 		case TableSpeed:
 			branches = append(branches, p.speedBranch(q, sh, pt))
 		case TableDaily, TableHourly:
@@ -181,7 +181,7 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 
 // rawBranch reads deduplicated raw: the first-ingested copy of each id within its day, as the
 // batch layer keeps it.
-func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time) branch {
+func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) branch {
 	cols := []string{"id", "time"}
 	for _, d := range q.neededDims() {
 		cols = append(cols, schema.Q(d))
@@ -206,7 +206,7 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time) branch {
 			sel = append(sel, s.StateExpr()+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, fmt.Sprintf("'%s' AS src", SourceRaw), "toUInt8(1) AS ex")
+	sel = append(sel, fmt.Sprintf("'%s' AS src", SourceRaw), fmt.Sprintf("toUInt8(%d) AS ex", b2i(exact)))
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
 	args = append(args, fargs...)

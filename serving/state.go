@@ -3,6 +3,7 @@ package serving
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -26,10 +27,9 @@ const stateTTL = time.Second
 type snapshot struct {
 	State
 	// days is the ledger's word on every day (raw rows, runs), for cache keys.
-	days           ledger.Days
-	SpeedWatermark time.Time
-	Partitions     []ledger.Partition
-	ReadAt         time.Time
+	days       ledger.Days
+	Partitions []ledger.Partition
+	ReadAt     time.Time
 }
 
 type stateCache struct {
@@ -42,6 +42,43 @@ type stateCache struct {
 	refreshing map[string]bool
 	// ttl is stateTTL, zero in tests that must see every write at once.
 	ttl time.Duration
+	// kafka, when not nil, reads Kafka's offsets: the evidence of which partitions are caught
+	// up (see ledger.Speed). After a failure the ledger's heartbeats are the evidence until
+	// kafkaRetry.
+	kafka      *ledger.KafkaReader
+	kafkaMu    sync.Mutex
+	kafkaRetry time.Time
+	log        *slog.Logger
+}
+
+// kafkaBackoff is how long the API goes by heartbeats alone after Kafka could not be read.
+const kafkaBackoff = 30 * time.Second
+
+// offsets reads Kafka's word on the dataset's topic, nil when there is no reader or Kafka
+// cannot be read now.
+func (c *stateCache) offsets(ctx context.Context, ds *config.Dataset) map[int32]ledger.KafkaOffsets {
+	if c.kafka == nil {
+		return nil
+	}
+	c.kafkaMu.Lock()
+	wait := time.Now().Before(c.kafkaRetry)
+	c.kafkaMu.Unlock()
+	if wait {
+		return nil
+	}
+	kctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	m, err := c.kafka.Read(kctx, ds.Topic, c.cfg.Kafka.GroupPrefix+"-"+ds.Name)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("cannot read offsets from kafka: the speed watermark goes by the ledger's heartbeats", "dataset", ds.Name, "retry_in", kafkaBackoff, "err", err)
+		}
+		c.kafkaMu.Lock()
+		c.kafkaRetry = time.Now().Add(kafkaBackoff)
+		c.kafkaMu.Unlock()
+		return nil
+	}
+	return m
 }
 
 // get returns the dataset's snapshot, reading it again when older than the TTL. One caller
@@ -60,7 +97,7 @@ func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time)
 	}
 	c.refreshing[ds.Name] = true
 	c.mu.Unlock()
-	s, err := readState(ctx, c.conn, c.g, ds, now)
+	s, err := readState(ctx, c.conn, c.g, ds, now, c.offsets(ctx, ds))
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.refreshing[ds.Name] = false
@@ -97,9 +134,9 @@ func setsSQL(g *schema.Generator, ds string) string {
 
 // readState reads what the planner needs of a dataset from the ledger: the persisted boundary,
 // the exact watermark (never past the boundary), the dirty and unrun days, the newest
-// successful run per day, the speed watermark (on the ledger's heartbeats: the API does not ask
-// Kafka) and the oldest minute the speed view still holds.
-func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *config.Dataset, now time.Time) (*snapshot, error) {
+// successful run per day, the speed watermark (on Kafka's offsets when kafka is not nil, else
+// on the ledger's heartbeats) and the oldest minute the speed view still holds.
+func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *config.Dataset, now time.Time, kafka map[int32]ledger.KafkaOffsets) (*snapshot, error) {
 	s := &snapshot{ReadAt: now}
 	wm, ok, err := ledger.Boundary(ctx, conn, g.DB, ds.Name)
 	if err != nil {
@@ -128,7 +165,7 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *c
 	for day, k := range days.Runs() {
 		s.Runs[day] = Run{ID: k.Run, Rows: k.RowsOut, Hourly: k.RowsHourly, Speed: k.RowsSpeed, Read: k.RowsRead, RawRows: k.RawRows}
 	}
-	s.SpeedWatermark, s.Partitions, err = ledger.Speed(ctx, conn, g.DB, ds.Name, now, nil)
+	s.SpeedWatermark, s.Partitions, err = ledger.Speed(ctx, conn, g.DB, ds.Name, now, kafka)
 	if err != nil {
 		return nil, err
 	}

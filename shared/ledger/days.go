@@ -51,6 +51,17 @@ func DirtyDaysSQL(db, ds string) string {
 	return fmt.Sprintf("SELECT day FROM (%s) WHERE dirty = 1", DaysSQL(db, ds))
 }
 
+// ExactRunsSQL lists (day, run_id) for the days whose batch rows are exact (Day.Exact): the day's
+// newest successful run, when the day is not dirty. A view flags a row of <ds>_daily or
+// <ds>_hourly exact when its own (day, run_id) is listed, so that rows swapped in by a run whose
+// success was never written (killed between the swap and `succeeded`) or by an older run are
+// not, whichever of the rows and the ledger the query happened to read first: ClickHouse takes
+// a query's table snapshot when it builds the pipeline and reads an IN subquery in a SELECT
+// list later, so a swap and its success can fall in between.
+func ExactRunsSQL(db, ds string) string {
+	return fmt.Sprintf("SELECT day, run_id FROM (%s) WHERE has_run = 1 AND dirty = 0", DaysSQL(db, ds))
+}
+
 // Day is what the ledger knows of one day of a dataset.
 type Day struct {
 	Day time.Time

@@ -181,4 +181,10 @@ SELECT 'events', 'events', %d, 0, 99, %d, 100, 0, 0, 0, toDateTime('%s', 'UTC'),
 	if err != nil || !wm.Equal(newest) || len(parts) != 3 || parts[2].CaughtUp || !parts[1].CaughtUp {
 		t.Fatalf("stale heartbeat: watermark %v (want %v) %+v %v", wm, newest, parts, err)
 	}
+	// The SQL form (the views) says the same.
+	var sqlWM time.Time
+	if err := conn.QueryRow(ctx, "SELECT "+ledger.SpeedWatermarkSQL(cfg.ClickHouse.Database, "events")).Scan(&sqlWM); err != nil || !sqlWM.Equal(newest) {
+		t.Errorf("SpeedWatermarkSQL %v (%v), want %v", sqlWM, err, newest)
+	}
+	chtest.RequireChDB(t, append(schema.Statements(cfg), "SELECT "+ledger.SpeedWatermarkSQL(cfg.ClickHouse.Database, "events")))
 }

@@ -55,6 +55,18 @@ func progressSQL(db string) string {
 FROM %s WHERE dataset = ? GROUP BY partition ORDER BY partition`, t(db, SpeedFlushes))
 }
 
+// SpeedWatermarkSQL is the speed watermark on the ledger's heartbeats alone, as a scalar
+// subquery (1970-01-01 00:00:00 when nothing was consumed): the SQL form of Speed without
+// Kafka's offsets, for the views. Partition by partition: now when its newest ledger row is
+// younger than FreshFor by ClickHouse's clock and says lag 0, else its newest committed event
+// time, capped at now; the minimum over partitions.
+func SpeedWatermarkSQL(db, ds string) string {
+	return fmt.Sprintf(`(SELECT min(if(p_hw <= p_committed AND p_age <= %d, now(), least(p_newest, now())))
+    FROM (SELECT partition, max(last_offset) + 1 AS p_committed, argMax(high_watermark, (flushed_at, last_offset)) AS p_hw,
+        max(max_event_time) AS p_newest, toInt64(now()) - toInt64(max(flushed_at)) AS p_age
+        FROM %s WHERE dataset = %s GROUP BY partition))`, int64(FreshFor.Seconds()), t(db, SpeedFlushes), lit(ds))
+}
+
 // PartitionTime is a partition's contribution to the speed watermark: now when it is caught up,
 // else its newest committed event time, capped at now. The speed layer's own gauge uses it too.
 func PartitionTime(caughtUp bool, newest, now time.Time) time.Time {

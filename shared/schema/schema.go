@@ -535,8 +535,9 @@ func metricCols(d *config.Dataset, value func(metric.Spec) string) []string {
 }
 
 // lambdaView is <ds>_lambda (per day) or <ds>_lambda_hourly (per hour), with set nil: per
-// bucket, dimensions and grouping, the batch rows up to the boundary (exact unless the day is
-// dirty), and after it the speed rows re-aggregated per grouping set (approximate) and, for the
+// bucket, dimensions and grouping, the batch rows up to the boundary (exact when they are
+// the rows of the day's newest successful run and the day is not dirty: ledger.ExactRunsSQL),
+// and after it the speed rows re-aggregated per grouping set (approximate) and, for the
 // sets with a dimension the speed view does not keep, deduplicated raw (exact), as the API reads
 // them. perSet makes it the view of one set (LambdaSet): the same rows of that set only, without
 // the grouping column and the dimensions outside the set.
@@ -561,7 +562,7 @@ func (g *Generator) lambdaView(d *config.Dataset, gr grain, set []string, perSet
 		batch = append(batch, Q(n))
 	}
 	batch = append(batch, metricCols(d, func(s metric.Spec) string { return s.Cast(Q(s.Name)) })...)
-	batch = append(batch, "'batch' AS source", "toUInt8("+day+" NOT IN ("+ledger.DirtyDaysSQL(g.DB, ds)+")) AS exact")
+	batch = append(batch, "'batch' AS source", "toUInt8(("+day+", run_id) IN ("+ledger.ExactRunsSQL(g.DB, ds)+")) AS exact")
 	batchWhere := day + " <= " + wm
 	if perSet {
 		batchWhere += " AND grouping = '" + config.GroupingName(set) + "'"
@@ -674,7 +675,13 @@ func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, 
 		}
 		return s.Cast(in.ExactExpr())
 	})...)
-	outer = append(outer, "'raw' AS source", "materialize(toUInt8(1)) AS exact")
+	// Exact where the speed layer has consumed the whole bucket (what comes after may still be
+	// arriving), as the API flags its raw rows.
+	end := "toDateTime(day, 'UTC') + 86400"
+	if gr == "hour" {
+		end = "hour + 3600"
+	}
+	outer = append(outer, "'raw' AS source", fmt.Sprintf("toUInt8(%s <= toStartOfMinute(%s)) AS exact", end, ledger.SpeedWatermarkSQL(g.DB, d.Name)))
 	arrayJoin := ""
 	if !perSet {
 		arrayJoin = "\nARRAY JOIN " + GroupingArray(sets) + " AS gd"

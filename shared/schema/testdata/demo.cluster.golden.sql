@@ -234,7 +234,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -249,7 +249,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 UNION ALL
@@ -297,7 +297,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -312,7 +312,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 UNION ALL
@@ -356,7 +356,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -371,7 +371,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = ''
 UNION ALL
@@ -408,7 +408,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -423,7 +423,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event'
 UNION ALL
@@ -462,7 +462,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -477,7 +477,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'country'
 UNION ALL
@@ -516,7 +516,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -531,7 +531,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'device'
 UNION ALL
@@ -572,7 +572,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -587,7 +587,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event,country,device'
 UNION ALL
@@ -629,7 +629,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -644,7 +644,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = ''
 UNION ALL
@@ -681,7 +681,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -696,7 +696,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event'
 UNION ALL
@@ -735,7 +735,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -750,7 +750,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'country'
 UNION ALL
@@ -789,7 +789,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -804,7 +804,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'device'
 UNION ALL
@@ -845,7 +845,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -860,7 +860,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event,country,device'
 UNION ALL

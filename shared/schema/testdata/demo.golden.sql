@@ -184,7 +184,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -199,7 +199,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 UNION ALL
@@ -247,7 +247,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -262,7 +262,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events')
 UNION ALL
@@ -306,7 +306,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -321,7 +321,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = ''
 UNION ALL
@@ -358,7 +358,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -373,7 +373,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event'
 UNION ALL
@@ -412,7 +412,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -427,7 +427,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'country'
 UNION ALL
@@ -466,7 +466,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -481,7 +481,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'device'
 UNION ALL
@@ -522,7 +522,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(day NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((day, run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -537,7 +537,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_daily`
 WHERE day <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event,country,device'
 UNION ALL
@@ -579,7 +579,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -594,7 +594,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = ''
 UNION ALL
@@ -631,7 +631,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -646,7 +646,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event'
 UNION ALL
@@ -685,7 +685,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -700,7 +700,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'country'
 UNION ALL
@@ -739,7 +739,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -754,7 +754,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'device'
 UNION ALL
@@ -795,7 +795,7 @@ SELECT
     if(isNaN(toFloat64(`value_p95`)), NULL, toNullable(toFloat64(`value_p95`))) AS `value_p95`,
     toFloat64(toNullable(toFloat64(`revenue`))) / nullIf(toFloat64(toUInt64(`events`)), 0) AS `revenue_per_event`,
     'batch' AS source,
-    toUInt8(toDate(hour) NOT IN (SELECT day FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
+    toUInt8((toDate(hour), run_id) IN (SELECT day, run_id FROM (SELECT day, sum(r_raw) AS raw_rows, max(r_has) AS has_run, max(r_run) AS run_id, max(r_read) AS rows_read, max(r_out) AS rows_out,
     max(r_hourly) AS rows_hourly, max(r_speed) AS rows_speed,
     toUInt8(has_run = 1 AND raw_rows > 0 AND raw_rows != rows_read) AS dirty,
     toUInt8(has_run = 0 AND raw_rows > 0) AS unrun
@@ -810,7 +810,7 @@ FROM
     argMax(rows_hourly, at_us) AS s_hourly, argMax(rows_speed, at_us) AS s_speed
 FROM `lambda`.`batch_runs` WHERE dataset = 'events' AND status = 'succeeded' GROUP BY day)
 )
-GROUP BY day) WHERE dirty = 1)) AS exact
+GROUP BY day) WHERE has_run = 1 AND dirty = 0)) AS exact
 FROM `lambda`.`events_hourly`
 WHERE toDate(hour) <= (SELECT argMax(watermark, at_us) FROM `lambda`.`batch_watermarks` WHERE dataset = 'events') AND grouping = 'event,country,device'
 UNION ALL
