@@ -217,7 +217,7 @@ func (d *dataset) write(ctx context.Context, pieces []piece, beats []*part, rows
 func (d *dataset) lose(pieces []piece, err error) error {
 	n := 0
 	for _, pc := range pieces {
-		d.dedup.forget(pc.b.ID)
+		d.dedup.forget(&pc.b.Columns)
 		n += pc.b.n
 	}
 	d.dropped.Add(int64(n))
@@ -329,8 +329,8 @@ func (d *dataset) insertDays(ctx context.Context, pieces []piece, refused *[]ref
 	// Usually every row is within a few days: the span of days settles it without a set.
 	lo, hi := int64(math.MaxInt64), int64(math.MinInt64)
 	for _, pc := range pieces {
-		for _, t := range pc.b.Time {
-			day := dayOf(t)
+		for i := range pc.b.rows() {
+			day := pc.b.DayAt(i)
 			lo, hi = min(lo, day), max(hi, day)
 		}
 	}
@@ -339,8 +339,8 @@ func (d *dataset) insertDays(ctx context.Context, pieces []piece, refused *[]ref
 	}
 	days := map[int64]bool{}
 	for _, pc := range pieces {
-		for _, t := range pc.b.Time {
-			days[dayOf(t)] = true
+		for i := range pc.b.rows() {
+			days[pc.b.DayAt(i)] = true
 		}
 	}
 	sorted := make([]int64, 0, len(days))
@@ -353,7 +353,7 @@ func (d *dataset) insertDays(ctx context.Context, pieces []piece, refused *[]ref
 		sub := make([]piece, len(pieces))
 		for j, pc := range pieces {
 			sub[j] = piece{pc.p, pc.b.filter(func(i int) bool {
-				day := dayOf(pc.b.Time[i])
+				day := pc.b.DayAt(i)
 				return day >= lo && day <= hi
 			}, d.isKey)}
 		}
@@ -370,7 +370,7 @@ func (d *dataset) sendRaw(ctx context.Context, pieces []piece) error {
 	for i, pc := range pieces {
 		parts[i] = rawbatch.Part{Topic: pc.p.topic, Partition: pc.p.partition, Rows: &pc.b.Columns}
 	}
-	return d.raw.Send(ctx, d.s.conn, parts)
+	return d.raw.Send(ctx, parts)
 }
 
 func (d *dataset) sendRejects(ctx context.Context, pieces []piece) (err error) {

@@ -196,7 +196,7 @@ func (d *dataset) notInRaw(ctx context.Context, pieces []piece) ([]piece, error)
 		first, last := pc.b.Offset[0], pc.b.Offset[0]
 		for i, off := range pc.b.Offset {
 			first, last = min(first, off), max(last, off)
-			t := pc.b.Time[i]
+			t := pc.b.TimeAt(i)
 			if lo.IsZero() || t.Before(lo) {
 				lo = t
 			}
@@ -292,16 +292,16 @@ func sliceRows(pieces []piece, from, to int, isKey []bool) []piece {
 // only (keeping every record too would double its memory); the record itself stays in Kafka
 // at the reject's _topic, _partition and _offset.
 func (d *dataset) rowJSON(b *buffer, i int) string {
-	row := map[string]any{"id": b.ID[i], "time": b.Time[i].UTC().Format(time.RFC3339Nano), "_late": b.Late[i]}
+	row := map[string]any{"id": b.IDAt(i), "time": b.TimeAt(i).Format(time.RFC3339Nano), "_late": b.Late[i]}
 	for k, name := range d.dimNames {
-		row[name] = b.Dims[k][i]
+		row[name] = b.Dims[k].Row(i)
 	}
 	for k, name := range d.valNames {
 		switch {
 		case d.isKey[k]:
-			row[name] = b.Keys[k][i]
-		case b.Nums[k][i].Valid:
-			row[name] = b.Nums[k][i].Float64
+			row[name] = b.Keys[k].Row(i)
+		case b.Nums[k].Valid(i):
+			row[name] = b.Nums[k].Values[i]
 		default:
 			row[name] = nil
 		}

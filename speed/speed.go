@@ -22,7 +22,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -32,6 +34,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/IBM/sarama"
 	"github.com/prometheus/client_golang/prometheus"
+	gometrics "github.com/rcrowley/go-metrics"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/lambda-platform/lambda/shared/chconn"
@@ -64,7 +67,9 @@ type Speed struct {
 	m        *metrics
 	conn     driver.Conn
 	ownsConn bool
-	sets     []*dataset
+	// native writes raw (rawbatch's insert client); conn everything else.
+	native *rawbatch.Native
+	sets   []*dataset
 	// stallAfter is how long a partition may lag without a committed flush before Health
 	// reports it.
 	stallAfter time.Duration
@@ -92,7 +97,17 @@ const (
 	minStall = 30 * time.Second
 	// shutdownTimeout bounds the final flush after SIGTERM when ClickHouse fails.
 	shutdownTimeout = 30 * time.Second
+	// fetchMin and fetchWait: see saramaConfig. fetchWait adds at most itself to the
+	// produce-to-visible latency, under the flush interval.
+	fetchMin  = 1 << 20
+	fetchWait = 250 * time.Millisecond
 )
+
+// sarama's go-metrics registry costs CPU on every fetch (4% of the speed process at 10k
+// events/s) and nothing reads it. The switch is the library's and global, read whenever a
+// sarama client is made: set before main, it turns off the metrics of every sarama client of
+// a binary that has the speed layer in it.
+func init() { gometrics.UseNilMetrics = true }
 
 // New returns the speed layer of a configuration. It does not connect: Run waits for
 // ClickHouse and Kafka to be reachable.
@@ -119,9 +134,19 @@ func New(cfg *config.Config, o Options) (*Speed, error) {
 		}
 		s.conn, s.ownsConn = conn, true
 	}
+	s.native = rawbatch.NewNative(cfg.ClickHouse)
 	s.m = newMetrics(o.Registerer)
+	offHeap := 0
 	for i := range cfg.Datasets {
-		s.sets = append(s.sets, newDataset(s, &cfg.Datasets[i]))
+		d := newDataset(s, &cfg.Datasets[i])
+		s.sets = append(s.sets, d)
+		offHeap += d.dedup.offHeap
+	}
+	// The dedup tables may live outside the Go heap (huge pages): a soft memory limit set for
+	// the process (GOMEMLIMIT, or lambda speed's default) is lowered by their size, so that it
+	// still bounds the whole process.
+	if limit := debug.SetMemoryLimit(-1); offHeap > 0 && limit != math.MaxInt64 {
+		debug.SetMemoryLimit(max(limit-int64(offHeap), limit/4))
 	}
 	return s, nil
 }
@@ -132,6 +157,7 @@ func New(cfg *config.Config, o Options) (*Speed, error) {
 // shutdown (they stay uncommitted and will be consumed again).
 func (s *Speed) Run(ctx context.Context) error {
 	defer func() {
+		s.native.Close()
 		if s.ownsConn {
 			_ = s.conn.Close()
 		}
@@ -238,7 +264,7 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 	for _, r := range event.Reasons {
 		ds.rejected[r] = s.m.rejected.WithLabelValues(d.Name, string(r))
 	}
-	ds.raw = rawbatch.NewWriter(g.T(schema.Raw(d.Name)), d)
+	ds.raw = rawbatch.NewWriter(g.T(schema.Raw(d.Name)), d, s.native)
 	ds.isKey = ds.raw.IsKey()
 	for _, c := range d.ValueColumns() {
 		ds.valNames = append(ds.valNames, c.Name)
@@ -273,6 +299,11 @@ func (d *dataset) saramaConfig() (*sarama.Config, error) {
 	sc.Consumer.Return.Errors = true
 	sc.Consumer.Fetch.Default = 4 << 20
 	sc.Consumer.Fetch.Max = 64 << 20
+	// A fetch waits for fetchMin bytes, or fetchWait: at a low rate the broker answers a few
+	// times a second with many records rather than at once with a handful (Fetch.Min 1 made
+	// the broker spend as much CPU as ClickHouse at 10k events/s). A backlog fills it at once.
+	sc.Consumer.Fetch.Min = fetchMin
+	sc.Consumer.MaxWaitTime = fetchWait
 	sc.ChannelBufferSize = 4096
 	sc.Consumer.Group.Rebalance.GroupStrategies = []sarama.BalanceStrategy{sarama.NewBalanceStrategySticky()}
 	sc.Consumer.Group.Rebalance.Timeout = rebalanceTimeout
@@ -400,12 +431,20 @@ func (h handler) Cleanup(sarama.ConsumerGroupSession) error {
 	return nil
 }
 
+// consumeBatch is the most messages a partition's consumer takes at once: what sarama's
+// channel already holds, up to this many, is decoded under one lock with one clock reading
+// and one update of the counters.
+const consumeBatch = 512
+
 func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.ConsumerGroupClaim) error {
 	d := h.d
 	p := d.own(sess, claim)
 	defer d.release(p)
-	dec := event.NewDecoder(d.d, d.lim)
-	var row event.Row
+	c := &consumer{d: d, p: p, dec: event.NewDecoder(d.d, d.lim)}
+	// The id and keys are copied into the buffer's columns and hashed for dedup at once.
+	c.dec.Transient = true
+	msgs := claim.Messages()
+	batch := make([]*sarama.ConsumerMessage, 0, consumeBatch)
 	// Buffered beyond the flushes in flight: at most one more flush.
 	maxRows := int64(d.s.cfg.Speed.FlushRows)
 	maxBytes := int64(d.s.cfg.Speed.FlushBytes)
@@ -419,13 +458,33 @@ func (h handler) ConsumeClaim(sess sarama.ConsumerGroupSession, claim sarama.Con
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
+		batch = batch[:0]
 		select {
-		case msg, ok := <-claim.Messages():
+		case msg, ok := <-msgs:
 			if !ok {
 				return nil
 			}
-			d.consume(p, dec, &row, msg)
+			batch = append(batch, msg)
 		case <-sess.Context().Done():
+			return nil
+		}
+		closed := false
+	more:
+		for len(batch) < consumeBatch {
+			select {
+			case msg, ok := <-msgs:
+				if !ok {
+					closed = true
+					break more
+				}
+				batch = append(batch, msg)
+			default:
+				break more
+			}
+		}
+		c.consume(batch)
+		clear(batch) // let the messages go
+		if closed {
 			return nil
 		}
 	}
@@ -475,7 +534,7 @@ func (d *dataset) release(p *part) {
 	if !buf.empty() {
 		d.rows.Add(-int64(buf.n))
 		d.bytes.Add(-int64(buf.bytes))
-		d.dedup.forget(buf.ID)
+		d.dedup.forget(&buf.Columns)
 		d.dropped.Add(int64(buf.n))
 		d.log.Warn("partition revoked before its rows could be flushed: dropped uncommitted, they will be consumed again",
 			"partition", p.partition, "rows", buf.rows(), "first_offset", buf.first)
@@ -510,37 +569,58 @@ func (d *dataset) recycle(pieces []piece) {
 	}
 }
 
-// consume decodes one message into its partition's buffer.
-func (d *dataset) consume(p *part, dec *event.Decoder, row *event.Row, msg *sarama.ConsumerMessage) {
+// consumer decodes one partition's messages into its buffer.
+type consumer struct {
+	d   *dataset
+	p   *part
+	dec *event.Decoder
+	row event.Row
+}
+
+// consume decodes messages of the partition, in offset order, into its buffer, and accounts
+// for them once.
+func (c *consumer) consume(batch []*sarama.ConsumerMessage) {
+	d, p, row := c.d, c.p, &c.row
 	now := d.s.now()
-	d.consumed.Inc()
-	reason, detail := dec.Decode(msg.Value, msg.Topic, msg.Partition, msg.Offset, now, row)
+	sec := now.Unix()
+	wm := d.wm.Load()
+	var size, dups, late int
 	p.mu.Lock()
 	b := p.buf
-	b.cover(msg.Offset, len(msg.Value))
-	switch {
-	case reason != "":
-		payload := msg.Value
-		if len(payload) > maxRejectPayload {
-			payload = payload[:maxRejectPayload]
-			detail += fmt.Sprintf(" (payload cut to %d of %d bytes)", maxRejectPayload, len(msg.Value))
+	for _, msg := range batch {
+		size += len(msg.Value)
+		reason, detail := c.dec.Decode(msg.Value, msg.Topic, msg.Partition, msg.Offset, now, row)
+		b.cover(msg.Offset, len(msg.Value))
+		switch {
+		case reason != "":
+			payload := msg.Value
+			if len(payload) > maxRejectPayload {
+				payload = payload[:maxRejectPayload]
+				detail += fmt.Sprintf(" (payload cut to %d of %d bytes)", maxRejectPayload, len(msg.Value))
+			}
+			b.rejects = append(b.rejects, reject{payload: string(payload), reason: string(reason), detail: detail, offset: msg.Offset})
+			d.rejected[reason].Inc()
+		case d.dedup.seenHash(d.dedup.hash(row.ID), sec):
+			b.dups++
+			dups++
+		default:
+			isLate := wm >= 0 && dayOf(row.Time) <= wm
+			if isLate {
+				late++
+			}
+			b.add(row, msg.Offset, isLate, d.isKey)
 		}
-		b.rejects = append(b.rejects, reject{payload: string(payload), reason: string(reason), detail: detail, offset: msg.Offset})
-		d.rejected[reason].Inc()
-	case d.dedup.seen(row.ID, now):
-		b.dups++
-		d.duplicates.Inc()
-	default:
-		wm := d.wm.Load()
-		late := wm >= 0 && dayOf(row.Time) <= wm
-		if late {
-			d.corrections.Inc()
-		}
-		b.add(row, msg.Offset, late, d.isKey)
 	}
 	p.mu.Unlock()
-	rows := d.rows.Add(1)
-	bytes := d.bytes.Add(int64(len(msg.Value)))
+	d.consumed.Add(float64(len(batch)))
+	if dups > 0 {
+		d.duplicates.Add(float64(dups))
+	}
+	if late > 0 {
+		d.corrections.Add(float64(late))
+	}
+	rows := d.rows.Add(int64(len(batch)))
+	bytes := d.bytes.Add(int64(size))
 	if rows >= int64(d.s.cfg.Speed.FlushRows) || bytes >= int64(d.s.cfg.Speed.FlushBytes) {
 		select {
 		case d.kick <- struct{}{}:

@@ -23,7 +23,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"database/sql"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,6 +38,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,12 +49,14 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/IBM/sarama"
+	gometrics "github.com/rcrowley/go-metrics"
 	"github.com/valyala/fastjson"
 
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
 	"github.com/lambda-platform/lambda/shared/gen"
+	"github.com/lambda-platform/lambda/shared/rawbatch"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -83,6 +85,7 @@ const flatTopic = "events_flat"
 
 type bench struct {
 	lambda     string
+	before     string
 	addr       string
 	n          int
 	partitions int
@@ -107,15 +110,16 @@ type bench struct {
 	nonce      int64
 	fp         string // fingerprint of the first raw table, compared with every other
 
-	cols      *columns      // the backlog decoded, for the insert floor
-	values    []byte        // the backlog's platform events, back to back, for the decoder floor
-	ends      []int         // where each event ends in values
-	lastSpeed time.Duration // the last timed lambda speed drain, for the profile's length
+	chunks    [][]rawbatch.Part // the backlog decoded in flushes of flush_rows, a part per partition, for the insert and encode floors
+	values    []byte            // the backlog's platform events, back to back, for the decoder floor
+	ends      []int             // where each event ends in values
+	lastSpeed time.Duration     // the last timed lambda speed drain, for the profile's length
 }
 
 func main() {
 	b := &bench{}
 	flag.StringVar(&b.lambda, "lambda", "bin/lambda", "the lambda binary")
+	flag.StringVar(&b.before, "before", "", "another lambda binary (e.g. built from main) to drain the backlog in every round too, for a before/after in the same conditions")
 	flag.StringVar(&b.addr, "addr", "127.0.0.1:9000", "ClickHouse native address")
 	flag.IntVar(&b.n, "events", 1_000_000, "backlog: events produced into each topic")
 	flag.IntVar(&b.partitions, "partitions", 4, "partitions of both topics")
@@ -206,6 +210,13 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 			return err
 		}
 		rep.speed = append(rep.speed, sp)
+		if b.before != "" {
+			bs, err := b.speedRunOf(ctx, b.before, "before", r, false)
+			if err != nil {
+				return fmt.Errorf("-before: %w", err)
+			}
+			rep.before = append(rep.before, bs)
+		}
 	}
 	// The profiled drain, then the latency run in the same, caught-up process.
 	prof, err := b.speedRun(ctx, repeat+1, true)
@@ -217,6 +228,10 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 	rep.print(os.Stdout)
 	return nil
 }
+
+// The speed layer turns sarama's go-metrics off (speed.init); so does the driver, for its
+// sarama drain floor to cost what the speed layer's consumer costs.
+func init() { gometrics.UseNilMetrics = true }
 
 // ---- broker and backlog ----
 
@@ -312,7 +327,8 @@ func (b *bench) produceBacklog(ctx context.Context, rep *report) error {
 	g := gen.New(ds, gen.Options{Seed: 1})
 	fl := newFlattener(ds)
 	dec := event.NewDecoder(ds, event.Limits{})
-	b.cols = newColumns(ds, b.n)
+	w := rawbatch.NewWriter("x", ds, nil)
+	isKey := w.IsKey()
 	var row event.Row
 	start := time.Now()
 	from := start.Add(-b.span)
@@ -327,7 +343,15 @@ func (b *bench) produceBacklog(ctx context.Context, rep *report) error {
 		if reason, detail := dec.Decode(ev.Value, ds.Topic, int32(i%b.partitions), int64(i), start, &row); reason != "" {
 			return fmt.Errorf("generated event rejected: %s %s: %s", reason, detail, ev.Value)
 		}
-		b.cols.add(&row, ds.Topic, int32(i%b.partitions), int64(i))
+		if i%b.cfg.Speed.FlushRows == 0 {
+			chunk := make([]rawbatch.Part, b.partitions)
+			for p := range chunk {
+				c := rawbatch.New(len(ds.Dimensions), len(isKey))
+				chunk[p] = rawbatch.Part{Topic: ds.Topic, Partition: int32(p), Rows: &c}
+			}
+			b.chunks = append(b.chunks, chunk)
+		}
+		b.chunks[len(b.chunks)-1][i%b.partitions].Rows.Add(&row, int64(i), false, isKey)
 		b.values = append(b.values, ev.Value...)
 		b.ends = append(b.ends, len(b.values))
 		bytesNested += len(ev.Value)
@@ -463,50 +487,6 @@ func appendString(dst []byte, v *fastjson.Value) []byte {
 	}
 }
 
-// columns is the backlog decoded into <ds>_raw's columns.
-type columns struct {
-	id     []string
-	time   []time.Time
-	dims   [][]string
-	nums   [][]sql.NullFloat64
-	keys   [][]string
-	isKey  []bool
-	topic  []string
-	part   []int32
-	offset []int64
-	late   []uint8
-}
-
-func newColumns(ds *config.Dataset, n int) *columns {
-	c := &columns{dims: make([][]string, len(ds.Dimensions))}
-	for _, v := range ds.ValueColumns() {
-		c.isKey = append(c.isKey, strings.Contains(v.Type, "String"))
-	}
-	c.nums = make([][]sql.NullFloat64, len(c.isKey))
-	c.keys = make([][]string, len(c.isKey))
-	c.id = make([]string, 0, n)
-	return c
-}
-
-func (c *columns) add(r *event.Row, topic string, part int32, off int64) {
-	c.id = append(c.id, r.ID)
-	c.time = append(c.time, r.Time)
-	for i, d := range r.Dims {
-		c.dims[i] = append(c.dims[i], d)
-	}
-	for i, k := range c.isKey {
-		if k {
-			c.keys[i] = append(c.keys[i], r.Keys[i])
-		} else {
-			c.nums[i] = append(c.nums[i], r.Nums[i])
-		}
-	}
-	c.topic = append(c.topic, topic)
-	c.part = append(c.part, part)
-	c.offset = append(c.offset, off)
-	c.late = append(c.late, 0)
-}
-
 // ---- stage floors: sarama drain and decoding, each alone ----
 
 func (b *bench) stageFloors(ctx context.Context, rep *report) error {
@@ -517,6 +497,8 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 	sc := b.saramaConfig()
 	sc.Consumer.Fetch.Default = 4 << 20
 	sc.Consumer.Fetch.Max = 64 << 20
+	sc.Consumer.Fetch.Min = 1 << 20
+	sc.Consumer.MaxWaitTime = 250 * time.Millisecond
 	sc.ChannelBufferSize = 4096
 	for range 3 {
 		c, err := sarama.NewConsumer([]string{b.brokerAddr}, sc)
@@ -557,11 +539,19 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 		}
 	}
 	slices.SortFunc(rep.drains, func(a, b drain) int { return int(a.wall - b.wall) })
+	// The in-process floors are one goroutine each, timed in CPU seconds of this process
+	// (nothing else of it runs meanwhile; wall time would count other tests on the machine),
+	// with the garbage collector off: the driver's heap holds the whole backlog, which the
+	// speed process does not.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	cpuSince := func(c0 float64) time.Duration {
+		return time.Duration((procCPU(os.Getpid()) - c0) * float64(time.Second))
+	}
 	// Decoder: one goroutine, so the figure is per core; the values as generated.
 	dec := event.NewDecoder(ds, event.Limits{MaxBytes: b.cfg.Speed.MaxEventBytes, FutureSkew: b.cfg.Speed.FutureSkew.D(), MaxAge: ds.RawRetention.D()})
 	var row event.Row
 	now := time.Now()
-	start := time.Now()
+	c0 := procCPU(os.Getpid())
 	from := 0
 	for i, end := range b.ends {
 		if reason, _ := dec.Decode(b.values[from:end], ds.Topic, 0, int64(i), now, &row); reason != "" {
@@ -569,10 +559,41 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 		}
 		from = end
 	}
-	rep.decode = time.Since(start)
-	log.Printf("stage floors: sarama drain %s (median of 3), decoder (1 core) %s", rep.drains[1].wall.Round(time.Millisecond), rep.decode.Round(time.Millisecond))
+	rep.decode = cpuSince(c0)
+	// Decoding into the columns of a flush (the speed layer's consume loop without Kafka and
+	// dedup), one goroutine, the columns reset at every flush size as recycled buffers are.
+	w := rawbatch.NewWriter("x", ds, nil)
+	cols := rawbatch.New(len(ds.Dimensions), len(w.IsKey()))
+	c0 = procCPU(os.Getpid())
+	from = 0
+	for i, end := range b.ends {
+		if i%b.cfg.Speed.FlushRows == 0 {
+			cols.Reset()
+		}
+		if reason, _ := dec.Decode(b.values[from:end], ds.Topic, 0, int64(i), now, &row); reason != "" {
+			return fmt.Errorf("decoder floor: rejected %s", reason)
+		}
+		cols.Add(&row, int64(i), false, w.IsKey())
+		from = end
+	}
+	rep.decodeAdd = cpuSince(c0)
+	// Encoding every flush into LZ4 frames of the native block, one goroutine, no server.
+	var wire countWriter
+	c0 = procCPU(os.Getpid())
+	for _, chunk := range b.chunks {
+		if err := w.Encode(&wire, chunk); err != nil {
+			return err
+		}
+	}
+	rep.encode, rep.wireBytes = cpuSince(c0), wire.n
+	log.Printf("stage floors: sarama drain %s (median of 3), decoder (1 core) %s, decode into columns %s, encode %s",
+		rep.drains[1].wall.Round(time.Millisecond), rep.decode.Round(time.Millisecond), rep.decodeAdd.Round(time.Millisecond), rep.encode.Round(time.Millisecond))
 	return nil
 }
+
+type countWriter struct{ n int64 }
+
+func (w *countWriter) Write(p []byte) (int, error) { w.n += int64(len(p)); return len(p), nil }
 
 // drain is one sarama drain of the backlog: wall time, CPU seconds of the consumer and of the
 // broker.
@@ -593,6 +614,31 @@ type result struct {
 	profile    string
 	latency    *latency
 	load       string
+	rawBytes   float64 // compressed bytes per row of raw on disk (active parts)
+	speedRows  uint64  // rows of the speed table's active parts once visible: groups written
+}
+
+// speedRows is the row count of the speed table's active parts: how many per-minute groups
+// the inserts wrote (before merges combine them), which drives the view's share of
+// ClickHouse's CPU.
+func (b *bench) speedRows(ctx context.Context, db string) uint64 {
+	var rows uint64
+	q := fmt.Sprintf("SELECT toUInt64(sum(rows)) FROM system.parts WHERE database = '%s' AND table = '%s' AND active",
+		db, schema.Speed(b.cfg.Datasets[0].Name))
+	_ = b.conn.QueryRow(ctx, q).Scan(&rows)
+	return rows
+}
+
+// rawBytesPerRow is raw's compressed size per row, from its active parts (for the capacity
+// model's storage).
+func (b *bench) rawBytesPerRow(ctx context.Context, db string) float64 {
+	var bytes, rows uint64
+	q := fmt.Sprintf("SELECT sum(data_compressed_bytes), sum(rows) FROM system.parts WHERE database = '%s' AND table = '%s' AND active",
+		db, schema.Raw(b.cfg.Datasets[0].Name))
+	if err := b.conn.QueryRow(ctx, q).Scan(&bytes, &rows); err != nil || rows == 0 {
+		return 0
+	}
+	return float64(bytes) / float64(rows)
 }
 
 func (r result) total() time.Duration { return max(r.raw, r.speed) }
@@ -674,6 +720,7 @@ func (b *bench) baseline(ctx context.Context, round int) (result, error) {
 	if err != nil {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
+	res.speedRows = b.speedRows(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
@@ -704,12 +751,15 @@ func (b *bench) speedViewFrom(db, from, name string) (string, error) {
 	return "", fmt.Errorf("no %s in the schema", schema.SpeedMV(ds.Name))
 }
 
-// waitVisible polls every 100 ms until count() of raw and countMerge of speed reach N. tick,
-// when set, runs at every poll (RSS sampling).
+// waitVisible polls every 100 ms until raw's rows and countMerge of speed reach N. tick,
+// when set, runs at every poll (RSS sampling). Raw's rows are read from its active parts
+// (metadata: a count() scans a column on 18.16, which at 10 polls a second would charge
+// ClickHouse's CPU with the measurement itself), and speed's count only once raw is complete
+// (the same insert blocks write both).
 func (b *bench) waitVisible(ctx context.Context, db string, start time.Time, res *result, tick func() error) error {
 	ds := &b.cfg.Datasets[0]
-	qs := fmt.Sprintf("SELECT (SELECT count() FROM %s.%s), (SELECT countMerge(events) FROM %s.%s)",
-		schema.Q(db), schema.Q(schema.Raw(ds.Name)), schema.Q(db), schema.Q(schema.Speed(ds.Name)))
+	qr := fmt.Sprintf("SELECT toUInt64(sum(rows)) FROM system.parts WHERE database = '%s' AND table = '%s' AND active", db, schema.Raw(ds.Name))
+	qs := fmt.Sprintf("SELECT countMerge(events) FROM %s.%s", schema.Q(db), schema.Q(schema.Speed(ds.Name)))
 	deadline := start.Add(b.timeout)
 	var raw, spd, last uint64
 	moved := time.Now()
@@ -732,7 +782,11 @@ func (b *bench) waitVisible(ctx context.Context, db string, start time.Time, res
 			}
 		}
 		at := time.Since(start)
-		if err := b.conn.QueryRow(ctx, qs).Scan(&raw, &spd); err == nil {
+		err := b.conn.QueryRow(ctx, qr).Scan(&raw)
+		if err == nil && raw >= uint64(b.n) {
+			err = b.conn.QueryRow(ctx, qs).Scan(&spd)
+		}
+		if err == nil {
 			// More rows than events: duplicates (the Kafka engine reads again what it had not
 			// committed when its consumers rebalance). Then raw is complete when every id is
 			// in, and speed, fed the same blocks, with it.
@@ -797,15 +851,9 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 		return result{}, err
 	}
 	defer b.dropDB(ctx, db)
-	var names []string
-	for _, c := range schema.RawColumns(ds) {
-		if c.Name != "_ingested_at" {
-			names = append(names, schema.Q(c.Name))
-		}
-	}
-	stmt := fmt.Sprintf("INSERT INTO %s.%s (%s)", schema.Q(db), schema.Q(schema.Raw(ds.Name)), strings.Join(names, ", "))
-	c := b.cols
-	size := b.cfg.Speed.FlushRows
+	native := rawbatch.NewNative(b.cfg.ClickHouse)
+	defer native.Close()
+	w := rawbatch.NewWriter(schema.Q(db)+"."+schema.Q(schema.Raw(ds.Name)), ds, native)
 	res := result{round: round}
 	cpu0, self0 := b.cpu(), procCPU(os.Getpid())
 	start := time.Now()
@@ -813,51 +861,13 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	var wg sync.WaitGroup
 	var firstErr error
 	var mu sync.Mutex
-	for lo := 0; lo < b.n; lo += size {
-		hi := min(lo+size, b.n)
+	for _, chunk := range b.chunks {
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			err := func() (err error) {
-				batch, err := b.conn.PrepareBatch(ctx, stmt)
-				if err != nil {
-					return err
-				}
-				defer func() {
-					if err != nil {
-						_ = batch.Abort()
-					}
-				}()
-				cols := []any{c.id[lo:hi], c.time[lo:hi]}
-				for _, d := range c.dims {
-					cols = append(cols, d[lo:hi])
-				}
-				for i, k := range c.isKey {
-					if k {
-						cols = append(cols, c.keys[i][lo:hi])
-					} else {
-						// As the speed layer does: clickhouse-go writes an invalid
-						// sql.NullFloat64 in a slice as 0, so NULLs go as nil pointers.
-						ptrs := make([]*float64, hi-lo)
-						for j := range ptrs {
-							if v := &c.nums[i][lo+j]; v.Valid {
-								ptrs[j] = &v.Float64
-							}
-						}
-						cols = append(cols, ptrs)
-					}
-				}
-				cols = append(cols, c.topic[lo:hi], c.part[lo:hi], c.offset[lo:hi], c.late[lo:hi])
-				for i, col := range cols {
-					if err := batch.Column(i).Append(col); err != nil {
-						return fmt.Errorf("column %d: %w", i, err)
-					}
-				}
-				return batch.Send()
-			}()
-			if err != nil {
+			if err := w.Send(ctx, chunk); err != nil {
 				mu.Lock()
 				firstErr = cmpOr(firstErr, err)
 				mu.Unlock()
@@ -873,6 +883,7 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	if firstErr != nil {
 		return res, fmt.Errorf("insert floor: %w", firstErr)
 	}
+	res.speedRows = b.speedRows(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("insert floor: %w", err)
 	}
@@ -890,20 +901,26 @@ func cmpOr(a, b error) error {
 // ---- lambda speed ----
 
 func (b *bench) speedRun(ctx context.Context, round int, profile bool) (result, error) {
-	db := fmt.Sprintf("%s_lambda_%d", b.prefix, round)
+	return b.speedRunOf(ctx, b.lambda, "lambda", round, profile)
+}
+
+// speedRunOf is a speed run of the lambda binary bin; name tells its database, group and log
+// apart.
+func (b *bench) speedRunOf(ctx context.Context, bin, name string, round int, profile bool) (result, error) {
+	db := fmt.Sprintf("%s_%s_%d", b.prefix, name, round)
 	if err := b.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+schema.Q(db)); err != nil {
 		return result{}, err
 	}
 	defer b.dropDB(ctx, db)
-	logf, err := os.Create(filepath.Join(b.out, fmt.Sprintf("speed-%d.log", round)))
+	logf, err := os.Create(filepath.Join(b.out, fmt.Sprintf("speed-%s-%d.log", name, round)))
 	if err != nil {
 		return result{}, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(b.lambda, "speed", "--config", b.cfgFile)
+	cmd := exec.Command(bin, "speed", "--config", b.cfgFile)
 	cmd.Env = append(os.Environ(),
 		"LAMBDA_CLICKHOUSE_DATABASE="+db,
-		fmt.Sprintf("LAMBDA_KAFKA_GROUP_PREFIX=bench-%d-%d", b.nonce, round),
+		fmt.Sprintf("LAMBDA_KAFKA_GROUP_PREFIX=bench-%s-%d-%d", name, b.nonce, round),
 		"LAMBDA_SPEED_METRICS_LISTEN="+b.metrics)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	res := result{round: round}
@@ -963,6 +980,8 @@ func (b *bench) speedRun(ctx context.Context, round int, profile bool) (result, 
 		return res, fmt.Errorf("lambda speed: %w", err)
 	}
 	res.metrics = b.scrape()
+	res.rawBytes = b.rawBytesPerRow(ctx, db)
+	res.speedRows = b.speedRows(ctx, db)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("lambda speed: %w", err)
 	}
@@ -1355,7 +1374,7 @@ func newStages() []*stage {
 	return []*stage{
 		{name: "GC background mark workers", prefixes: []string{}},
 		{name: "decode (shared/event, fastjson)", prefixes: []string{"github.com/lambda-platform/lambda/shared/event.", "github.com/valyala/fastjson"}},
-		{name: "speed: dedup window", prefixes: []string{"github.com/lambda-platform/lambda/speed.(*dedup)"}},
+		{name: "speed: dedup window", prefixes: []string{"github.com/lambda-platform/lambda/speed.(*dedup"}},
 		{name: "speed: consume loop, buffers, flush bookkeeping", prefixes: []string{"github.com/lambda-platform/lambda/"}},
 		{name: "clickhouse-go / ch-go (encode columns, lz4, send)", prefixes: []string{"github.com/ClickHouse/", "github.com/pierrec/lz4", "github.com/paulmach", "github.com/shopspring"}},
 		{name: "sarama: its go-metrics registry", prefixes: []string{"github.com/rcrowley/go-metrics"}},
@@ -1453,8 +1472,11 @@ type report struct {
 	sampleNested       string
 	sampleFlat         string
 	decode             time.Duration
+	decodeAdd, encode  time.Duration
+	wireBytes          int64
 	drains             []drain // sorted by wall time
 	base, floor, speed []result
+	before             []result // -before: another lambda binary, same rounds
 	prof               *result
 }
 
@@ -1476,23 +1498,40 @@ func (r *report) print(w io.Writer) {
 		"platform events %.0f bytes on average (country and device nested), the flat JSONEachRow copies %.0f bytes. Produced in %s.\n\n",
 		b.n, b.partitions, b.span, r.avgNested, r.avgFlat, r.produced.Round(time.Millisecond))
 	fmt.Fprintf(w, "```\n%s\n%s\n```\n\n", r.sampleNested, r.sampleFlat)
-	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: client (`lambda speed`; the driver for the floor) / ClickHouse / broker / machine | load (1 5 15) |\n|---|---|---|---|---|---|---|\n")
+	perM := func(c cpuSample) string {
+		return fmt.Sprintf("%.2f / %.2f / %.2f / **%.2f**", c.speed*1e6/n, c.ch*1e6/n, c.broker*1e6/n, (c.speed+c.ch+c.broker)*1e6/n)
+	}
+	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: client (`lambda speed`; the driver for the floor) / ClickHouse / broker / machine | CPU s per 1M events: client / ClickHouse / broker / **pipeline** | load (1 5 15) |\n|---|---|---|---|---|---|---|---|\n")
 	for i := range r.base {
+		before := result{}
+		if i < len(r.before) {
+			before = r.before[i]
+		}
 		for _, x := range []struct {
 			name string
 			res  result
 		}{
 			{fmt.Sprintf("baseline: Kafka engine (%d consumers, block %d)", b.consumers, b.block), r.base[i]},
-			{"floor: clickhouse-go inserts alone (100k rows, 2 in flight)", r.floor[i]},
+			{"floor: the speed layer's raw inserts alone (rawbatch, 100k rows, 2 in flight)", r.floor[i]},
 			{"`lambda speed`", r.speed[i]},
+			{"`lambda speed` before (`-before` binary)", before},
 		} {
-			fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s |\n", x.res.round, x.name, secs(x.res.raw), secs(x.res.speed), eps(x.res.total()), cpuCell(x.res.cpu), x.res.load)
+			if x.res.round == 0 {
+				continue
+			}
+			fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", x.res.round, x.name, secs(x.res.raw), secs(x.res.speed), eps(x.res.total()), cpuCell(x.res.cpu), perM(x.res.cpu), x.res.load)
 		}
 	}
 	if p := r.prof; p != nil {
-		fmt.Fprintf(w, "| %d | `lambda speed`, profiled | %s | %s | %s | %s | %s |\n", p.round, secs(p.raw), secs(p.speed), eps(p.total()), cpuCell(p.cpu), p.load)
+		fmt.Fprintf(w, "| %d | `lambda speed`, profiled | %s | %s | %s | %s | %s | %s |\n", p.round, secs(p.raw), secs(p.speed), eps(p.total()), cpuCell(p.cpu), perM(p.cpu), p.load)
 	}
 	mb, mf, ms := medianOf(r.base), medianOf(r.floor), medianOf(r.speed)
+	if len(r.before) > 0 {
+		mo := medianOf(r.before)
+		fmt.Fprintf(w, "\n`-before` binary (median of %d): %s events/s, %.2f CPU-s per 1M events in the speed process, VmHWM %d MiB; "+
+			"this build: %s events/s, %.2f CPU-s per 1M events.\n", len(r.before), eps(mo.total()), mo.cpu.speed*1e6/n, mo.hwm>>10,
+			eps(ms.total()), ms.cpu.speed*1e6/n)
+	}
 	var hwm, rss int64
 	for _, s := range append(slices.Clone(r.speed), *r.prof) {
 		hwm, rss = max(hwm, s.hwm), max(rss, s.rss)
@@ -1505,9 +1544,43 @@ func (r *report) print(w io.Writer) {
 		all = append(all, secs(d.wall))
 	}
 	md := r.drains[len(r.drains)/2]
-	fmt.Fprintf(w, "\nStage floors in this run: sarama alone (4 partition consumers, messages counted and dropped) drains the %d records in %s s "+
-		"(median of %s; %s/s; CPU s consumer / broker %.1f / %.1f); the decoder, one goroutine, %s s (%s events/s per core).\n",
-		b.n, secs(md.wall), strings.Join(all, ", "), eps(md.wall), md.consumer, md.brokerCPU, secs(r.decode), eps(r.decode))
+	fmt.Fprintf(w, "\nStage floors in this run: sarama alone (4 partition consumers with the speed layer's fetch settings, messages counted and dropped) drains the %d records in %s s "+
+		"(median of %s; %s/s; CPU s consumer / broker %.1f / %.1f); in CPU seconds of one goroutine: the decoder %s s (%s events/s per core), "+
+		"decoding into a flush's columns %s s, encoding every flush into LZ4 frames %s s (%.1f wire bytes per row).\n",
+		b.n, secs(md.wall), strings.Join(all, ", "), eps(md.wall), md.consumer, md.brokerCPU, secs(r.decode), eps(r.decode),
+		secs(r.decodeAdd), secs(r.encode), float64(r.wireBytes)/n)
+	stages := md.consumer + r.decodeAdd.Seconds() + r.encode.Seconds()
+	fmt.Fprintf(w, "Per million events: sarama %.2f + decode into columns %.2f + encode %.2f = **%.2f CPU-s**, the sum of the standalone stages.\n",
+		md.consumer*1e6/n, r.decodeAdd.Seconds()*1e6/n, r.encode.Seconds()*1e6/n, stages*1e6/n)
+	speedPerM := ms.cpu.speed * 1e6 / n
+	pipePerM := (ms.cpu.speed + ms.cpu.ch + ms.cpu.broker) * 1e6 / n
+	basePerM := (mb.cpu.ch + mb.cpu.broker) * 1e6 / n
+	verdict := func(ok bool) string {
+		if ok {
+			return "met"
+		}
+		return "**not met**"
+	}
+	ratio := mb.total().Seconds() / ms.total().Seconds()
+	fmt.Fprintf(w, "\n| figure (medians of %d rounds) | value | target | |\n|---|---|---|---|\n", len(r.base))
+	fmt.Fprintf(w, "| baseline (Kafka engine) | %s events/s, %.2f CPU-s per 1M events (ClickHouse + broker) | | |\n", eps(mb.total()), basePerM)
+	fmt.Fprintf(w, "| `lambda speed` | %s events/s | | |\n", eps(ms.total()))
+	fmt.Fprintf(w, "| throughput ratio | %.2f | ≥ 3 | %s |\n", ratio, verdict(ratio >= 3))
+	fmt.Fprintf(w, "| speed process CPU per 1M events | %.2f CPU-s (standalone stages %.2f) | ≤ 2.0 | %s |\n", speedPerM, stages*1e6/n, verdict(speedPerM <= 2))
+	fmt.Fprintf(w, "| pipeline CPU per 1M events (speed + ClickHouse + broker) | %.2f CPU-s, %.2f× the engine's | ≤ 2× | %s |\n", pipePerM, pipePerM/basePerM, verdict(pipePerM <= 2*basePerM))
+	fmt.Fprintf(w, "| speed process peak RSS (VmHWM, every drain) | %d MiB | ≤ 300 | %s |\n", hwm>>10, verdict(hwm>>10 <= 300))
+	if p := r.prof; p != nil && p.latency != nil {
+		l := p.latency
+		fmt.Fprintf(w, "| produce-to-visible p99 at %d events/s | %s | ≤ 2 s | %s |\n", b.rate, l.p99.Round(time.Millisecond), verdict(l.p99 <= 2*time.Second))
+		sec := l.dur.Seconds()
+		fmt.Fprintf(w, "| that steady state's CPU (cores): speed / ClickHouse (with the poller's 10 queries/s) / broker | %.2f / %.2f / %.2f | | |\n",
+			l.cpu.speed/sec, l.cpu.ch/sec, l.cpu.broker/sec)
+	}
+	fmt.Fprintf(w, "\nRows in the per-minute speed table's active parts once the backlog was visible (groups the inserts wrote, before merges; medians): baseline %d, insert floor %d, `lambda speed` %d.\n",
+		mb.speedRows, mf.speedRows, ms.speedRows)
+	if ms.rawBytes > 0 {
+		fmt.Fprintf(w, "\nRaw on disk after the median `lambda speed` drain: %.1f compressed bytes per event (active parts, before every merge).\n", ms.rawBytes)
+	}
 	if m := ms.metrics; len(m) > 0 && m["lambda_speed_insert_seconds_count"] > 0 {
 		fmt.Fprintf(w, "\n`lambda speed` median round, from its metrics: %.0f raw inserts, %.0f rows per flush on average, %.2f s spent in raw inserts in total (%.2f s each; two run at once); %.0f GC cycles.\n",
 			m["lambda_speed_insert_seconds_count"], m["lambda_speed_batch_rows_sum"]/max(1, m["lambda_speed_batch_rows_count"]),
@@ -1518,7 +1591,8 @@ func (r *report) print(w io.Writer) {
 		l := p.latency
 		fmt.Fprintf(w, "\nLatency: %d events/s for %s into the caught-up process: %d sent, %d seen in raw; produce-to-visible "+
 			"p50 %s, p90 %s, **p99 %s** (target ≤ 2 s), max %s (visibility polled every 100 ms, poll p50 %s, max %s; a figure is the poll's start minus the time in the id). "+
-			"VmHWM after it %d MiB. CPU s over %s: speed proc %.1f, ClickHouse %.1f, broker %.1f, machine %.1f (of %.0f core-seconds); load %s.\n",
+			"VmHWM after it %d MiB. CPU s over %s: speed proc %.1f, ClickHouse %.1f, broker %.1f, machine %.1f (of %.0f core-seconds); load %s. "+
+			"(ClickHouse's figure includes the poller's query every 100 ms.)\n",
 			b.rate, b.latDur, l.sent, l.seen, l.p50.Round(time.Millisecond), l.p90.Round(time.Millisecond), l.p99.Round(time.Millisecond),
 			l.max.Round(time.Millisecond), l.pollP50.Round(time.Millisecond), l.pollMax.Round(time.Millisecond), l.hwm>>10,
 			l.dur.Round(time.Second), l.cpu.speed, l.cpu.ch, l.cpu.broker, l.cpu.machine, l.dur.Seconds()*float64(runtime.NumCPU()), l.load)

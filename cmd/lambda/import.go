@@ -189,7 +189,9 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 	if err := tableExists(ctx, conn, cfg.ClickHouse.Database, schema.Raw(d.Name)); err != nil {
 		return st, err
 	}
-	w := rawbatch.NewWriter(raw, d)
+	native := rawbatch.NewNative(cfg.ClickHouse)
+	defer native.Close()
+	w := rawbatch.NewWriter(raw, d, native)
 	rejSQL := "INSERT INTO " + g.T(schema.Rejects(d.Name)) + " (payload, reason, detail, _topic, _partition, _offset)"
 	isKey := w.IsKey()
 	lim := event.Limits{MaxBytes: cfg.Speed.MaxEventBytes, FutureSkew: cfg.Speed.FutureSkew.D(), MaxAge: d.RawRetention.D()}
@@ -230,8 +232,8 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 				st.Records += b.records
 				st.Rows += int64(b.rows.Len())
 				st.Rejects += int64(len(b.rejects))
-				for _, t := range b.rows.Time {
-					st.Days[rawbatch.DayOf(t)]++
+				for i := range b.rows.Len() {
+					st.Days[b.rows.DayAt(i)]++
 				}
 				for _, r := range b.rejects {
 					st.Reasons[event.Reason(r.reason)]++
@@ -369,7 +371,7 @@ func insertBatch(ctx context.Context, conn driver.Conn, w *rawbatch.Writer, rejS
 			continue
 		}
 		part := []rawbatch.Part{{Topic: b.topic, Partition: -1, Rows: rows}}
-		if err := retryInsert(ctx, func(ctx context.Context) error { return w.Send(ctx, conn, part) }); err != nil {
+		if err := retryInsert(ctx, func(ctx context.Context) error { return w.Send(ctx, part) }); err != nil {
 			return fmt.Errorf("cannot insert %d rows of %s: %w", rows.Len(), strings.TrimPrefix(b.topic, "import:"), err)
 		}
 	}
@@ -403,8 +405,8 @@ func insertBatch(ctx context.Context, conn driver.Conn, w *rawbatch.Writer, rejS
 // else in pieces that each do.
 func splitDays(c *rawbatch.Columns, isKey []bool) []*rawbatch.Columns {
 	days := map[int64]bool{}
-	for _, t := range c.Time {
-		days[rawbatch.DayOf(t)] = true
+	for i := range c.Len() {
+		days[c.DayAt(i)] = true
 	}
 	if len(days) <= rawbatch.MaxDaysPerInsert {
 		return []*rawbatch.Columns{c}
@@ -417,7 +419,7 @@ func splitDays(c *rawbatch.Columns, isKey []bool) []*rawbatch.Columns {
 	var out []*rawbatch.Columns
 	for i := 0; i < len(sorted); i += rawbatch.MaxDaysPerInsert {
 		lo, hi := sorted[i], sorted[min(i+rawbatch.MaxDaysPerInsert, len(sorted))-1]
-		sub := c.Filter(func(i int) bool { day := rawbatch.DayOf(c.Time[i]); return day >= lo && day <= hi }, isKey)
+		sub := c.Filter(func(i int) bool { day := c.DayAt(i); return day >= lo && day <= hi }, isKey)
 		out = append(out, &sub)
 	}
 	return out

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/valyala/fastjson"
 
@@ -75,6 +76,11 @@ type Row struct {
 // Decoder decodes the events of one dataset. It is not safe for concurrent use: each
 // consumer goroutine has its own.
 type Decoder struct {
+	// Transient makes the id and key strings of a Row point into the event (no copy, no
+	// allocation): they are then valid only while the event's bytes are, and until the next
+	// Decode. For a caller that copies them at once (the speed layer's columns).
+	Transient bool
+
 	lim      Limits
 	p        fastjson.Parser
 	idPath   []string
@@ -161,7 +167,7 @@ func (dec *Decoder) Decode(value []byte, topic string, partition int32, offset i
 		if iv := v.Get(dec.idPath...); iv != nil {
 			switch iv.Type() {
 			case fastjson.TypeString:
-				r.ID = string(iv.GetStringBytes())
+				r.ID = dec.string(iv.GetStringBytes())
 			case fastjson.TypeNumber:
 				r.ID = string(iv.MarshalTo(nil))
 			case fastjson.TypeNull:
@@ -233,7 +239,7 @@ func (dec *Decoder) str(v *fastjson.Value, intern map[string]string) (string, bo
 		return "", false
 	}
 	if intern == nil {
-		return string(b), true
+		return dec.string(b), true
 	}
 	if s, ok := intern[string(b)]; ok {
 		return s, true
@@ -245,16 +251,26 @@ func (dec *Decoder) str(v *fastjson.Value, intern map[string]string) (string, bo
 	return s, true
 }
 
+// string returns b as a string: a copy, or b itself when the decoder is Transient.
+func (dec *Decoder) string(b []byte) string {
+	if dec.Transient && len(b) > 0 {
+		return unsafe.String(&b[0], len(b))
+	}
+	return string(b)
+}
+
 // maxMillis is the largest epoch-milliseconds time accepted (DateTime's end, 2106).
 const maxMillis = int64(math.MaxUint32) * 1000
 
 func parseTime(v *fastjson.Value) (time.Time, Reason, string) {
 	switch v.Type() {
 	case fastjson.TypeString:
-		s := string(v.GetStringBytes())
+		// Parsed in place: time.Parse keeps nothing of its input but in its error.
+		b := v.GetStringBytes()
+		s := unsafe.String(unsafe.SliceData(b), len(b))
 		t, err := time.Parse(time.RFC3339Nano, s)
 		if err != nil {
-			return time.Time{}, BadTime, fmt.Sprintf("%q is neither RFC 3339 nor epoch milliseconds", s)
+			return time.Time{}, BadTime, fmt.Sprintf("%q is neither RFC 3339 nor epoch milliseconds", string(b))
 		}
 		return t.UTC(), "", ""
 	case fastjson.TypeNumber:

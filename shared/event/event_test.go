@@ -121,6 +121,34 @@ func TestDecodeReusesRowAndInterns(t *testing.T) {
 
 // FuzzDecode checks that any payload either decodes into a row that satisfies the limits or
 // is rejected with a known reason, and that nothing panics.
+// TestDecodeTransient: a Transient decoder gives the same rows without copying the id and
+// the keys (they point into the event).
+func TestDecodeTransient(t *testing.T) {
+	ds := dataset(t)
+	copying, transient := NewDecoder(ds, Limits{}), NewDecoder(ds, Limits{})
+	transient.Transient = true
+	for i, ev := range []string{
+		`{"meta":{"id":"abc-1"},"ts":"2026-03-01T10:00:00Z","geo":{"country":"DE"},"amount":3.5,"user":{"id":"u1"}}`,
+		`{"meta":{"id":17},"ts":1772359200000,"geo":{"country":"FR"},"user":{"id":42}}`,
+		`{"ts":"2026-03-01T10:00:00Z","geo":{"country":null}}`,
+	} {
+		var a, b Row
+		ra, _ := copying.Decode([]byte(ev), "t", 0, int64(i), now, &a)
+		rb, _ := transient.Decode([]byte(ev), "t", 0, int64(i), now, &b)
+		if ra != rb || fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Errorf("%s: transient %v %+v, copying %v %+v", ev, rb, b, ra, a)
+		}
+	}
+	ev := []byte(`{"meta":{"id":"abc-1"},"ts":"2026-03-01T10:00:00Z","user":{"id":"u1"}}`)
+	allocs := func(dec *Decoder) float64 {
+		var r Row
+		return testing.AllocsPerRun(100, func() { dec.Decode(ev, "t", 0, 0, now, &r) })
+	}
+	if a, b := allocs(copying), allocs(transient); b > a-2 {
+		t.Errorf("a transient decode allocates %v times, a copying one %v: the id and the key were copied", b, a)
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	for _, s := range []string{
 		`{"meta":{"id":"a1"},"ts":"2026-03-10T11:30:00.250+02:00","geo":{"country":"DE"},"plan":"pro","user":{"id":"u7"},"amount":12.5}`,
@@ -172,6 +200,21 @@ func demo(b *testing.B) *config.Dataset {
 func BenchmarkDecode(b *testing.B) {
 	dec := NewDecoder(demo(b), Limits{MaxBytes: 64 << 10, FutureSkew: time.Hour})
 	var r Row
+	b.SetBytes(int64(len(benchEvent)))
+	for b.Loop() {
+		if reason, detail := dec.Decode(benchEvent, "events", 0, 1, now, &r); reason != "" {
+			b.Fatal(reason, detail)
+		}
+	}
+}
+
+// BenchmarkDecodeTransient is BenchmarkDecode with the id and key strings pointing into the
+// event, as the speed layer decodes.
+func BenchmarkDecodeTransient(b *testing.B) {
+	dec := NewDecoder(demo(b), Limits{MaxBytes: 64 << 10, FutureSkew: time.Hour})
+	dec.Transient = true
+	var r Row
+	b.ReportAllocs()
 	b.SetBytes(int64(len(benchEvent)))
 	for b.Loop() {
 		if reason, detail := dec.Decode(benchEvent, "events", 0, 1, now, &r); reason != "" {
