@@ -61,7 +61,7 @@ func (r *recorder) statements() []string {
 
 // Datasets of the golden comparison besides the demo one: every metric type (two distinct-count
 // keys, two quantiles of one column, one of a column with a value that holds a third of the
-// values), fewer speed dimensions, an extra grouping set; and one without a count, with a
+// values, a sum exact to the cent, a ratio, which stores nothing), fewer speed dimensions, an extra grouping set; and one without a count, with a
 // dotted field.
 const (
 	fullYAML = `
@@ -82,6 +82,8 @@ datasets:
       - {name: p50, type: quantile, field: amount, level: 0.5}
       - {name: p99, type: quantile, field: amount, level: 0.99}
       - {name: lat_p90, type: quantile, field: latency, level: 0.9}
+      - {name: cents, type: sum, field: amount, decimals: 2}
+      - {name: per_n, type: ratio, numerator: cents, denominator: n}
     speed: {dimensions: [event, country]}
     batch: {grouping_sets: [[event, country]]}
 `

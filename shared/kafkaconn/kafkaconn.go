@@ -13,7 +13,6 @@ package kafkaconn
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -27,6 +26,7 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/connerr"
 )
 
 // Config returns the sarama configuration of a client: the protocol version, clientID, TLS and
@@ -122,31 +122,10 @@ func (c *scramClient) Step(challenge string) (string, error) {
 func (c *scramClient) Done() bool { return c.done }
 
 // Error is a failed connection to a broker, with what it means.
-type Error struct {
-	Addr string
-	Err  error
-	// Permanent says the failure is a setting (TLS, SASL), not a passing outage: retrying
-	// cannot help.
-	Permanent bool
-	hint      string
-}
+type Error = connerr.Error
 
-// Error formats the failure in one line: `kafka ADDR: WHAT: CAUSE (HINT)`.
-func (e *Error) Error() string {
-	s := "kafka " + e.Addr + ": " + e.Err.Error()
-	if e.hint != "" {
-		s += " (" + e.hint + ")"
-	}
-	return s
-}
-
-func (e *Error) Unwrap() error { return e.Err }
-
-// IsPermanent reports whether err is an *Error that retrying cannot fix.
-func IsPermanent(err error) bool {
-	var e *Error
-	return errors.As(err, &e) && e.Permanent
-}
+// IsPermanent reports whether err holds an *Error that retrying cannot fix.
+func IsPermanent(err error) bool { return connerr.IsPermanent(err) }
 
 // Check connects to the bootstrap brokers in turn (dial, TLS handshake, SASL authentication,
 // a metadata request) and returns nil at the first that works. Otherwise it returns the
@@ -219,7 +198,7 @@ func checkBroker(ctx context.Context, addr string, k config.Kafka, sc *sarama.Co
 	case r = <-done:
 	case <-ctx.Done():
 		go func() { <-done; _ = b.Close() }()
-		return &Error{Addr: addr, Err: ctx.Err()}
+		return &Error{System: "kafka", Addr: addr, Err: ctx.Err()}
 	}
 	_ = b.Close()
 	if r.err == nil {
@@ -249,36 +228,21 @@ func handshake(ctx context.Context, addr string, tc *tls.Config, timeout time.Du
 // classify turns the error of a connection to addr into an *Error that says what failed: the
 // TLS handshake (and why), the SASL authentication, or reaching the broker.
 func classify(addr string, k config.Kafka, err error, st stage) *Error {
-	e := &Error{Addr: addr, Err: err}
+	e := &Error{System: "kafka", Addr: addr, Err: err}
+	plaintext := "kafka.tls.enabled is set: is this the broker's plaintext listener?"
+	if connerr.TLS(e, err, "kafka.tls", "broker", plaintext) {
+		return e
+	}
 	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		header    tls.RecordHeaderError
-		alert     tls.AlertError
-		kerr      sarama.KError
-		netErr    *net.OpError
+		kerr   sarama.KError
+		netErr *net.OpError
 	)
 	s := k.SASL
 	who := fmt.Sprintf("%s as %q", s.Mechanism, s.Username)
-	plaintext := "kafka.tls.enabled is set: is this the broker's plaintext listener?"
 	switch {
-	case errors.As(err, &unknownCA):
-		e.Err, e.Permanent = errors.New("tls: certificate signed by unknown authority"), true
-		e.hint = "set kafka.tls.ca_file to the CA that signed the broker's certificate"
-	case errors.As(err, &hostname):
-		e.Err, e.Permanent = errors.New("tls: "+strings.TrimPrefix(hostname.Error(), "x509: ")), true
-		e.hint = "set kafka.tls.server_name to a name the certificate carries"
-	case errors.As(err, &invalid):
-		e.Err, e.Permanent = errors.New("tls: "+strings.TrimPrefix(invalid.Error(), "x509: ")), true
-	case errors.As(err, &header):
-		e.Err, e.Permanent = errors.New("tls: the server does not speak TLS"), true
-		e.hint = plaintext
-	case errors.As(err, &alert):
-		e.Err, e.Permanent = fmt.Errorf("tls: the server refused the handshake: %w", alert), true
 	case errors.As(err, &kerr) && (kerr == sarama.ErrSASLAuthenticationFailed || kerr == sarama.ErrIllegalSASLState):
 		e.Err, e.Permanent = fmt.Errorf("SASL authentication failed (%s): %w", who, err), true
-		e.hint = "check kafka.sasl.username and the password"
+		e.Hint = "check kafka.sasl.username and the password"
 	case errors.As(err, &kerr) && kerr == sarama.ErrUnsupportedSASLMechanism:
 		e.Err, e.Permanent = fmt.Errorf("SASL mechanism %s is not enabled on the broker", s.Mechanism), true
 	case s.Mechanism != "" && strings.Contains(err.Error(), "SCRAM"):
@@ -288,19 +252,19 @@ func classify(addr string, k config.Kafka, err error, st stage) *Error {
 	case st == stageTLS && (errors.Is(err, context.DeadlineExceeded) || errors.As(err, &netErr) && netErr.Timeout()):
 		// The server took the connection but did not answer the ClientHello.
 		e.Err, e.Permanent = errors.New("tls: no answer to the TLS handshake"), true
-		e.hint = plaintext
+		e.Hint = plaintext
 	case st == stageTLS && isClosed(err):
 		e.Err, e.Permanent = errors.New("tls: the server closed the connection during the handshake"), true
-		e.hint = plaintext
+		e.Hint = plaintext
 	case isClosed(err) && st == stageConnect && s.Mechanism != "":
 		e.Err, e.Permanent = fmt.Errorf("SASL authentication failed (%s): the broker closed the connection", who), true
-		e.hint = "check kafka.sasl.username, the password and the mechanism"
+		e.Hint = "check kafka.sasl.username, the password and the mechanism"
 	case isClosed(err) && st == stageRequest:
 		e.Err, e.Permanent = errors.New("the broker closed the connection at the first request"), true
-		e.hint = "does the listener need TLS or SASL? set kafka.tls or kafka.sasl"
+		e.Hint = "does the listener need TLS or SASL? set kafka.tls or kafka.sasl"
 	case !k.TLS.Enabled && isGarbage(err):
 		e.Err, e.Permanent = fmt.Errorf("the answer is not Kafka's: %w", err), true
-		e.hint = "is this a TLS listener? set kafka.tls.enabled"
+		e.Hint = "is this a TLS listener? set kafka.tls.enabled"
 	}
 	return e
 }
