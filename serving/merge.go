@@ -171,20 +171,26 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		}
 	}
 
-	// A bucket combines parts when two adjacent parts meet inside it.
+	dec.States = q.combines(dec.Parts)
+	dec.Split = bound.IsZero() || !q.bucketOf(bound.Add(-time.Nanosecond)).Equal(q.bucketOf(bound))
+	return dec, nil
+}
+
+// combines reports whether a bucket combines rows of several of parts (in time order): two
+// adjacent parts meet inside a bucket.
+func (q *Query) combines(parts []Part) bool {
 	var prev *Part
-	for i := range dec.Parts {
-		pt := &dec.Parts[i]
+	for i := range parts {
+		pt := &parts[i]
 		if pt.Source == SourceNone {
 			continue
 		}
 		if prev != nil && q.bucketOf(prev.To.Add(-time.Nanosecond)).Equal(q.bucketOf(pt.From)) {
-			dec.States = true
+			return true
 		}
 		prev = pt
 	}
-	dec.Split = bound.IsZero() || !q.bucketOf(bound.Add(-time.Nanosecond)).Equal(q.bucketOf(bound))
-	return dec, nil
+	return false
 }
 
 // sealedDay is what the planner knows of a day before the boundary.

@@ -175,7 +175,9 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	case len(batch) > 0 && len(speed) > 0 && !dec.Split:
 		pl.All = p.query(q, sh, append(batch, speed...))
 	default:
-		pl.Batch, pl.Speed = p.query(q, sh, batch), p.query(q, sh, speed)
+		// Each statement carries states only if one of its own buckets combines parts.
+		pl.Batch = p.query(q, shape{states: q.combines(batch)}, batch)
+		pl.Speed = p.query(q, shape{states: q.combines(speed)}, speed)
 	}
 	return pl, nil
 }

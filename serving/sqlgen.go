@@ -129,7 +129,15 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 			if sh.hasValue(s) {
 				sel = append(sel, s.Cast(schema.Q(s.Name))+" AS "+valCol(s.Name))
 			}
-			if sh.hasState(s) {
+			// A direct part's rows are alone in their buckets (its range is aligned to its
+			// grain, the buckets' grain), and a bucket of one row takes a distinct count's or
+			// a quantile's value, not its state (outer): an empty state stands in, and the
+			// stored one (the largest column) is not read. An avg has only its state then.
+			switch {
+			case !sh.hasState(s):
+			case s.Type == metric.Uniq || s.Type == metric.Quantile:
+				sel = append(sel, s.EmptyStateExpr()+" AS "+stCol(s.Name))
+			default:
 				sel = append(sel, schema.Q(s.StateColumn())+" AS "+stCol(s.Name))
 			}
 			continue

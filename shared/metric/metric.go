@@ -311,6 +311,21 @@ func (s Spec) HasDailyState() bool {
 	return s.Type == Avg || s.Type == Uniq || s.Type == Quantile
 }
 
+// EmptyStateExpr is an empty state of StateType that reads no column (the -State function
+// over an empty array), for the metrics with a daily state (HasDailyState): what a row that is
+// its bucket's only row carries in place of its stored state, which is never merged then and
+// costs more to read than the rest of the row.
+func (s Spec) EmptyStateExpr() string {
+	name, arg := string(s.Type)+"State", "emptyArrayFloat64()"
+	if s.Type == Quantile {
+		name = "quantileState(" + s.levelString() + ")"
+	}
+	if s.RawType() == KeyType {
+		arg = "emptyArrayString()"
+	}
+	return fmt.Sprintf("arrayReduce('%s', %s)", name, arg)
+}
+
 // StateColumn is the name of the metric's state column in <ds>_daily.
 func (s Spec) StateColumn() string { return s.Name + "_state" }
 

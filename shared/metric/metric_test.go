@@ -324,3 +324,44 @@ func TestDecimalSumExactToTheCent(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyStateExpr: the empty state has the state's type and merges into nothing, on 18.16
+// and on current ClickHouse (chDB).
+func TestEmptyStateExpr(t *testing.T) {
+	var qs []string
+	var want []string
+	for _, s := range specs() {
+		if !s.HasDailyState() {
+			continue
+		}
+		qs = append(qs, fmt.Sprintf("SELECT concat(toTypeName(%s), ' ', toString(%s)) FROM (SELECT %s AS st)", s.EmptyStateExpr(), s.MergeExpr("st"), s.EmptyStateExpr()))
+		merged := "nan"
+		if s.Type == metric.Uniq {
+			merged = "0"
+		}
+		want = append(want, s.StateType()+" "+merged)
+	}
+	check := func(where string, got []string) {
+		t.Helper()
+		for i := range want {
+			if got[i] != want[i] {
+				t.Errorf("%s: %s: got %q, want %q", where, qs[i], got[i], want[i])
+			}
+		}
+	}
+	conn := chtest.New(t, chtest.Config(t, nil))
+	var got []string
+	for _, q := range qs {
+		var s string
+		if err := conn.QueryRow(context.Background(), q).Scan(&s); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		got = append(got, s)
+	}
+	check("18.16", got)
+	got = got[:0]
+	for _, r := range chtest.RequireChDB(t, qs) {
+		got = append(got, strings.Trim(strings.TrimSpace(r.Out), `"`))
+	}
+	check("chDB", got)
+}
