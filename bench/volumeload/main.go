@@ -132,7 +132,8 @@ func main() {
 	cu := cpuOf("this build, uncached", uncached.URL, false)
 	cc := cpuOf("this build, cached (a dashboard refresh)", cached.URL, true)
 	if *baseBin != "" {
-		base := startBase(ctx, conn, cfg)
+		base, stop := startBase(ctx, conn, cfg)
+		defer stop()
 		cb := cpuOf("baseline build (-base-bin), its own cache", base, true)
 		fmt.Printf("\ncached refresh / baseline refresh: %.1f%% of the baseline's ClickHouse CPU (uncached: %.1f%%)\n", 100*cc/cb, 100*cu/cb)
 	}
@@ -349,8 +350,8 @@ func ms(d time.Duration) string {
 }
 
 // startBase copies the raw data to <db>_base, lets the baseline binary migrate it and seal the
-// same days, and starts its serve; it returns the API's URL.
-func startBase(ctx context.Context, conn driver.Conn, cfg *config.Config) string {
+// same days, and starts its serve; it returns the API's URL and a function that stops it.
+func startBase(ctx context.Context, conn driver.Conn, cfg *config.Config) (string, func()) {
 	bdb := *db + "_base"
 	env := append(os.Environ(), "LAMBDA_CLICKHOUSE_ADDR="+*addr, "LAMBDA_CLICKHOUSE_DATABASE="+bdb, "LAMBDA_LOG_LEVEL=WARN")
 	check(conn.Exec(ctx, "DROP DATABASE IF EXISTS `"+bdb+"`"))
@@ -395,8 +396,9 @@ func startBase(ctx context.Context, conn driver.Conn, cfg *config.Config) string
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	go func() { _ = cmd.Wait() }()
-	return url
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	return url, func() { _ = cmd.Process.Kill(); <-done }
 }
 
 func check(err error) {
