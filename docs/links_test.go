@@ -1,7 +1,8 @@
 // Package docs_test checks the repository's Markdown: every link points at a file inside the
 // repository that exists, and every #anchor at a heading of its file. A link that leaves the
 // repository (a URL, or a path above its root) is dead in a clone or unreviewed, so none is
-// allowed.
+// allowed. Files of the docs folder link to files outside it from the root ("/BENCHMARKS.md"),
+// never with "../", which reads as leaving the repository.
 package docs_test
 
 import (
@@ -89,8 +90,15 @@ func TestMarkdownLinks(t *testing.T) {
 				continue
 			}
 			path, anchor, _ := strings.Cut(target, "#")
+			if strings.HasPrefix(path, "../") {
+				t.Errorf("%s: link %s: link from the repository's root (\"/…\") instead of with \"../\"", rel, target)
+				continue
+			}
 			abs := f
-			if path != "" {
+			switch {
+			case strings.HasPrefix(path, "/"): // from the repository's root, as GitHub reads it
+				abs = filepath.Join(root, path)
+			case path != "":
 				abs = filepath.Join(filepath.Dir(f), path)
 			}
 			inRepo, _ := filepath.Rel(root, abs)
