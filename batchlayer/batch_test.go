@@ -814,21 +814,7 @@ FROM system.numbers LIMIT 100`, q.g.T(schema.Raw(d.Name))),
 
 // A dataset without a count metric, with a dotted field and an extra grouping set: recompute still runs on both servers.
 func TestOtherDatasetShape(t *testing.T) {
-	yaml := `
-datasets:
-  - name: pay
-    topic: pay
-    id_field: id
-    time_field: ts
-    dimensions: [{name: shop, field: shop}, {name: method, field: m.kind}, {name: region, field: region}]
-    metrics:
-      - {name: total, type: sum, field: amount}
-      - {name: avg_amount, type: avg, field: amount}
-      - {name: top, type: max, field: amount}
-      - {name: low, type: min, field: amount}
-    batch: {grouping_sets: [[shop, method]]}
-`
-	base, err := config.Parse("pay.yaml", []byte(yaml), nil)
+	base, err := config.Parse("pay.yaml", []byte(payYAML), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

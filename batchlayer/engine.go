@@ -875,27 +875,12 @@ func (p split) String() string {
 		b.WriteString(" (aggregate from the speed minutes)")
 	}
 	if len(p.inA) > 0 {
-		idx := make([]int, 0, len(p.inA))
-		for i := range p.inA {
-			idx = append(idx, i)
-		}
-		slices.Sort(idx)
-		fmt.Fprintf(&b, ", exact in the aggregate pass %v", idx)
+		fmt.Fprintf(&b, ", exact in the aggregate pass %v", slices.Sorted(maps.Keys(p.inA)))
 	}
-	cols := make([]string, 0, len(p.distinct))
-	for c := range p.distinct {
-		cols = append(cols, c)
-	}
-	slices.Sort(cols)
-	for _, c := range cols {
+	for _, c := range slices.Sorted(maps.Keys(p.distinct)) {
 		fmt.Fprintf(&b, ", distinct %s %d", c, p.distinct[c])
 	}
-	idx := make([]int, 0, len(p.quantile))
-	for i := range p.quantile {
-		idx = append(idx, i)
-	}
-	slices.Sort(idx)
-	for _, i := range idx {
+	for _, i := range slices.Sorted(maps.Keys(p.quantile)) {
 		fmt.Fprintf(&b, ", quantile #%d %d", i, p.quantile[i])
 	}
 	return b.String()

@@ -270,6 +270,22 @@ type rollup struct {
 	// filter, when set, is a condition on the level-2 group (_t, _g, _o<i>) applied before
 	// level 2 aggregates.
 	filter string
+	// cols are the parts table's columns of the level-2 results, in order (partsInsert).
+	cols []string
+}
+
+// add appends l1, an aggregate over the rows, and its group's result l2, with %s standing for
+// l1's result, into the parts table's column col.
+func (r *rollup) add(l1, l2, col string) {
+	r.level2 = append(r.level2, strings.ReplaceAll(l2, "%s", fmt.Sprintf("_a%d", len(r.level1))))
+	r.level1 = append(r.level1, l1)
+	r.cols = append(r.cols, col)
+}
+
+// addLevel2 appends l2, an expression over the group's earlier results (_b<i>), into column col.
+func (r *rollup) addLevel2(l2, col string) {
+	r.level2 = append(r.level2, l2)
+	r.cols = append(r.cols, col)
 }
 
 // keyAliases returns the alias of every extra key of the rollup.
@@ -341,12 +357,12 @@ GROUP BY %s`, strings.Join(l2, ",\n    "), strings.Join(l1, ",\n        "), r.sr
 }
 
 // partsInsert inserts the rollup's results into the parts table: the group and, per _b<i>, the
-// column cols[i].
-func (q *queries) partsInsert(table string, gen int, r rollup, cols []string, day time.Time) string {
+// column r.cols[i].
+func (q *queries) partsInsert(table string, gen int, r rollup, day time.Time) string {
 	into := append([]string{"_p", "_t", "_g"}, q.d.DimensionNames()...)
-	into = append(into, cols...)
+	into = append(into, r.cols...)
 	sel := append([]string{strconv.Itoa(gen)}, q.groupCols()...)
-	for i := range cols {
+	for i := range r.cols {
 		sel = append(sel, fmt.Sprintf("_b%d", i))
 	}
 	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM\n(\n%s\n)", q.g.T(table), quoteAll(into), strings.Join(sel, ", "),
@@ -375,34 +391,27 @@ func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c 
 	if n > 1 {
 		r.where = append(r.where, timeChunk("time", day, n, c))
 	}
-	var cols []string
-	add := func(l1, l2, col string) {
-		r.level2 = append(r.level2, fmt.Sprintf(l2, fmt.Sprintf("_a%d", len(r.level1))))
-		r.level1 = append(r.level1, l1)
-		cols = append(cols, col)
-	}
 	for i, s := range q.d.Specs() {
 		switch s.Type {
 		case metric.Count, metric.Sum, metric.Min, metric.Max:
-			add(s.ExactExpr(), s.Combine("%s"), valueCol(i))
+			r.add(s.ExactExpr(), s.Combine("%s"), valueCol(i))
 		case metric.Uniq, metric.Quantile:
 			if exact[i] {
-				add(s.ExactStateExpr(), s.ExactMergeExpr("%s"), valueCol(i))
+				r.add(s.ExactStateExpr(), s.ExactMergeExpr("%s"), valueCol(i))
 			}
 		}
 		if s.HasDailyState() {
-			add(s.StateExpr(), s.MergeStateExpr("%s"), stateCol(i))
+			r.add(s.StateExpr(), s.MergeStateExpr("%s"), stateCol(i))
 		}
 		switch s.Type {
 		case metric.Quantile:
-			add("count("+schema.Q(s.Column)+")", "sum(%s)", presentCol(i))
+			r.add("count("+schema.Q(s.Column)+")", "sum(%s)", presentCol(i))
 		case metric.Uniq:
 			// The count of the merged sketch (the level-2 state just added).
-			r.level2 = append(r.level2, fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1))
-			cols = append(cols, estimateCol(i))
+			r.addLevel2(fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1), estimateCol(i))
 		}
 	}
-	return q.partsInsert(table, gen, r, cols, day)
+	return q.partsInsert(table, gen, r, day)
 }
 
 // canAggregateSpeed reports whether the aggregate pass can read the day's rewritten speed
@@ -433,20 +442,14 @@ func (q *queries) aggregateSpeedPass(table, speed string, gen int, day time.Time
 	if n > 1 {
 		r.where = append(r.where, timeChunk("minute", day, n, c))
 	}
-	var cols []string
-	add := func(l1, l2, col string) {
-		r.level2 = append(r.level2, fmt.Sprintf(l2, fmt.Sprintf("_a%d", len(r.level1))))
-		r.level1 = append(r.level1, l1)
-		cols = append(cols, col)
-	}
 	for i, s := range q.d.Specs() {
 		state := schema.Q(s.Name)
 		switch s.Type {
 		case metric.Count, metric.Sum, metric.Min, metric.Max:
-			add(s.ValueFromStates(state, schema.Q(metric.PresenceColumn(s.Column))), s.Combine("%s"), valueCol(i))
+			r.add(s.ValueFromStates(state, schema.Q(metric.PresenceColumn(s.Column))), s.Combine("%s"), valueCol(i))
 		}
 		if s.HasDailyState() {
-			add(s.MergeStateExpr(state), s.MergeStateExpr("%s"), stateCol(i))
+			r.add(s.MergeStateExpr(state), s.MergeStateExpr("%s"), stateCol(i))
 		}
 		switch s.Type {
 		case metric.Quantile:
@@ -454,13 +457,12 @@ func (q *queries) aggregateSpeedPass(table, speed string, gen int, day time.Time
 			if slices.Contains(q.d.PresenceColumns(), s.Column) {
 				present = "sumMerge(" + schema.Q(metric.PresenceColumn(s.Column)) + ")"
 			}
-			add(present, "sum(%s)", presentCol(i))
+			r.add(present, "sum(%s)", presentCol(i))
 		case metric.Uniq:
-			r.level2 = append(r.level2, fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1))
-			cols = append(cols, estimateCol(i))
+			r.addLevel2(fmt.Sprintf("finalizeAggregation(_b%d)", len(r.level2)-1), estimateCol(i))
 		}
 	}
-	return q.partsInsert(table, gen, r, cols, day)
+	return q.partsInsert(table, gen, r, day)
 }
 
 // distinctPass computes the exact distinct counts of the uniq metrics reading column col over
@@ -470,22 +472,20 @@ func (q *queries) distinctPass(table, src string, gen int, day time.Time, col st
 	if n > 1 {
 		r.where = append(r.where, keyBucket(col, n, b))
 	}
-	var cols []string
 	for i, s := range q.d.Specs() {
 		if s.Type == metric.Uniq && s.Column == col {
-			r.level2 = append(r.level2, s.ExactMergeExpr(fmt.Sprintf("_a%d", len(r.level1))))
-			r.level1 = append(r.level1, s.ExactStateExpr())
-			cols = append(cols, valueCol(i))
+			r.add(s.ExactStateExpr(), s.ExactMergeExpr("%s"), valueCol(i))
 		}
 	}
-	return q.partsInsert(table, gen, r, cols, day)
+	return q.partsInsert(table, gen, r, day)
 }
 
 // quantilePass computes the exact quantile of metric i over every group at once.
 func (q *queries) quantilePass(table, src string, gen int, day time.Time, i int) string {
 	s := q.d.Specs()[i]
-	r := rollup{src: src, level1: []string{s.ExactStateExpr()}, level2: []string{s.ExactMergeExpr("_a0")}}
-	return q.partsInsert(table, gen, r, []string{valueCol(i)}, day)
+	r := rollup{src: src}
+	r.add(s.ExactStateExpr(), s.ExactMergeExpr("%s"), valueCol(i))
+	return q.partsInsert(table, gen, r, day)
 }
 
 // Quantiles of groups too large to hold at once are selected by value range: the present values

@@ -47,6 +47,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/lambda-platform/lambda/bench/internal/proc"
+
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/IBM/sarama"
 	gometrics "github.com/rcrowley/go-metrics"
@@ -175,12 +177,12 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 	}
 	if pid, err := readPid(b.chPidFile); err == nil {
 		b.chPid = pid
-	} else if pid := serverOnPort(b.addr); pid > 0 {
+	} else if pid := proc.ClickHouseOn(b.addr); pid > 0 {
 		b.chPid = pid
 	} else {
 		log.Printf("no ClickHouse pid (%v, and no clickhouse-server whose config has the port of %s): its CPU time is not reported", err, b.addr)
 	}
-	rep := &report{b: b, loadStart: loadavg()}
+	rep := &report{b: b, loadStart: proc.LoadAvg()}
 
 	stopBroker, err := b.startBroker(ctx)
 	if err != nil {
@@ -224,7 +226,7 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 		return err
 	}
 	rep.prof = &prof
-	rep.loadEnd = loadavg()
+	rep.loadEnd = proc.LoadAvg()
 	rep.print(os.Stdout)
 	return nil
 }
@@ -506,7 +508,7 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 			return err
 		}
 		var total atomic.Int64
-		self0, broker0 := procCPU(os.Getpid()), procCPU(b.brokerPid)
+		self0, broker0 := proc.CPU(os.Getpid()), proc.CPU(b.brokerPid)
 		start := time.Now()
 		var wg sync.WaitGroup
 		for p := range int32(b.partitions) {
@@ -532,7 +534,7 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 			}()
 		}
 		wg.Wait()
-		rep.drains = append(rep.drains, drain{time.Since(start), procCPU(os.Getpid()) - self0, procCPU(b.brokerPid) - broker0})
+		rep.drains = append(rep.drains, drain{time.Since(start), proc.CPU(os.Getpid()) - self0, proc.CPU(b.brokerPid) - broker0})
 		_ = c.Close()
 		if n := total.Load(); n != int64(b.n) {
 			return fmt.Errorf("sarama drain read %d records, want %d", n, b.n)
@@ -545,13 +547,13 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 	// speed process does not.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
 	cpuSince := func(c0 float64) time.Duration {
-		return time.Duration((procCPU(os.Getpid()) - c0) * float64(time.Second))
+		return time.Duration((proc.CPU(os.Getpid()) - c0) * float64(time.Second))
 	}
 	// Decoder: one goroutine, so the figure is per core; the values as generated.
 	dec := event.NewDecoder(ds, event.Limits{MaxBytes: b.cfg.Speed.MaxEventBytes, FutureSkew: b.cfg.Speed.FutureSkew.D(), MaxAge: ds.RawRetention.D()})
 	var row event.Row
 	now := time.Now()
-	c0 := procCPU(os.Getpid())
+	c0 := proc.CPU(os.Getpid())
 	from := 0
 	for i, end := range b.ends {
 		if reason, _ := dec.Decode(b.values[from:end], ds.Topic, 0, int64(i), now, &row); reason != "" {
@@ -564,7 +566,7 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 	// dedup), one goroutine, the columns reset at every flush size as recycled buffers are.
 	w := rawbatch.NewWriter("x", ds, nil)
 	cols := rawbatch.New(len(ds.Dimensions), len(w.IsKey()))
-	c0 = procCPU(os.Getpid())
+	c0 = proc.CPU(os.Getpid())
 	from = 0
 	for i, end := range b.ends {
 		if i%b.cfg.Speed.FlushRows == 0 {
@@ -579,7 +581,7 @@ func (b *bench) stageFloors(ctx context.Context, rep *report) error {
 	rep.decodeAdd = cpuSince(c0)
 	// Encoding every flush into LZ4 frames of the native block, one goroutine, no server.
 	var wire countWriter
-	c0 = procCPU(os.Getpid())
+	c0 = proc.CPU(os.Getpid())
 	for _, chunk := range b.chunks {
 		if err := w.Encode(&wire, chunk); err != nil {
 			return err
@@ -710,7 +712,7 @@ func (b *bench) baseline(ctx context.Context, round int) (result, error) {
 	}
 	err = b.waitVisible(ctx, db, start, &res, nil)
 	res.cpu = b.cpu().sub(cpu0)
-	res.load = loadavg()
+	res.load = proc.LoadAvg()
 	// The consumers stop with their table; the view goes first so nothing is half-written.
 	for _, t := range []string{"events_queue_mv", "events_queue_speed_mv", "events_queue"} {
 		if err := b.conn.Exec(ctx, "DROP TABLE IF EXISTS "+q(t)); err != nil {
@@ -855,7 +857,7 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	defer native.Close()
 	w := rawbatch.NewWriter(schema.Q(db)+"."+schema.Q(schema.Raw(ds.Name)), ds, native)
 	res := result{round: round}
-	cpu0, self0 := b.cpu(), procCPU(os.Getpid())
+	cpu0, self0 := b.cpu(), proc.CPU(os.Getpid())
 	start := time.Now()
 	sem := make(chan struct{}, 2) // the speed layer writes two flushes at once
 	var wg sync.WaitGroup
@@ -878,8 +880,8 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 	res.raw = time.Since(start)
 	res.speed = res.raw // the view is written by the same insert
 	res.cpu = b.cpu().sub(cpu0)
-	res.cpu.speed = procCPU(os.Getpid()) - self0 // the client here is this process
-	res.load = loadavg()
+	res.cpu.speed = proc.CPU(os.Getpid()) - self0 // the client here is this process
+	res.load = proc.LoadAvg()
 	if firstErr != nil {
 		return res, fmt.Errorf("insert floor: %w", firstErr)
 	}
@@ -974,7 +976,7 @@ func (b *bench) speedRunOf(ctx context.Context, bin, name string, round int, pro
 	}
 	err = b.waitVisible(ctx, db, start, &res, tick)
 	res.cpu = b.cpu().sub(cpu0)
-	res.load = loadavg()
+	res.load = proc.LoadAvg()
 	res.hwm = procStatus(pid, "VmHWM")
 	if err != nil {
 		return res, fmt.Errorf("lambda speed: %w", err)
@@ -1213,7 +1215,7 @@ func (b *bench) latencyRun(ctx context.Context, db string, pid int) (*latency, e
 	}
 	lat.cpu = b.cpu().sub(cpu0)
 	lat.dur = time.Since(begin)
-	lat.load = loadavg()
+	lat.load = proc.LoadAvg()
 	prod.AsyncClose()
 	if err := <-profErr; err != nil {
 		log.Printf("no latency profile: %v", err)
@@ -1257,23 +1259,7 @@ var speedPid atomic.Int64
 func (b *bench) setSpeedPid(pid int) { speedPid.Store(int64(pid)) }
 
 func (b *bench) cpu() cpuSample {
-	return cpuSample{speed: procCPU(int(speedPid.Load())), ch: procCPU(b.chPid), broker: procCPU(b.brokerPid), machine: machineBusy()}
-}
-
-// procCPU is utime + stime of a process in seconds (0 when it is gone).
-func procCPU(pid int) float64 {
-	if pid <= 0 {
-		return 0
-	}
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	s := string(data)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
+	return cpuSample{speed: proc.CPU(int(speedPid.Load())), ch: proc.CPU(b.chPid), broker: proc.CPU(b.brokerPid), machine: machineBusy()}
 }
 
 func machineBusy() float64 {
@@ -1307,43 +1293,12 @@ func procStatus(pid int, field string) int64 {
 	return 0
 }
 
-// serverOnPort finds a clickhouse-server whose --config-file sets the tcp_port of addr (the
-// server may have been started from another checkout's data folder).
-func serverOnPort(addr string) int {
-	_, port, _ := net.SplitHostPort(addr)
-	dirs, _ := os.ReadDir("/proc")
-	for _, d := range dirs {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-		for _, arg := range strings.Split(string(cmd), "\x00") {
-			if file, ok := strings.CutPrefix(arg, "--config-file="); ok && strings.Contains(string(cmd), "clickhouse") {
-				if conf, err := os.ReadFile(file); err == nil && strings.Contains(string(conf), "<tcp_port>"+port+"</tcp_port>") {
-					return pid
-				}
-			}
-		}
-	}
-	return 0
-}
-
 func readPid(path string) (int, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return 0, err
 	}
 	return strconv.Atoi(strings.TrimSpace(string(data)))
-}
-
-func loadavg() string {
-	data, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "?"
-	}
-	f := strings.Fields(string(data))
-	return strings.Join(f[:3], " ")
 }
 
 func freePort() int {
