@@ -793,7 +793,7 @@ func TestQueryShapesChDB(t *testing.T) {
 SELECT toString(number %% 90), toDateTime('2024-03-01 00:00:00', 'UTC') + number * 60, toString(number %% 7), toString(number %% 3), '',
     toString(number %% 11), if(number %% 10 = 0, NULL, toFloat64(number)), 'events', 0, toInt64(number), 0, now()
 FROM system.numbers LIMIT 100`, q.g.T(schema.Raw(d.Name))),
-		q.createStaging(stage),
+		q.createStaging(stage, ""),
 		q.recompute(stage, d1, "r1"),
 		ledger.RawRowsSQL(q.db, d.Name, d1), fmt.Sprintf("SELECT uniqExact(id) FROM %s", q.g.T(schema.Raw(d.Name))), q.countDay(stage, d1), q.totals(stage, d1), q.speedTotals(d1),
 		q.swap(stage, d1), q.dropTable(stage),
@@ -849,5 +849,5 @@ FROM system.numbers LIMIT 1000`, g.T(schema.Raw("pay")))); err != nil {
 	}
 	q := newQueries(cfg, &cfg.Datasets[0])
 	stage := stagingName("pay", "x")
-	chtest.RequireChDB(t, append(schema.Statements(cfg), q.createStaging(stage), q.recompute(stage, d1, "r")))
+	chtest.RequireChDB(t, append(schema.Statements(cfg), q.createStaging(stage, ""), q.recompute(stage, d1, "r")))
 }

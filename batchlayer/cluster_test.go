@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -177,4 +178,55 @@ func TestClusterReplicaDown(t *testing.T) {
 	if got, want := e.checksumOn(nodes[1], d1), e.checksumOn(nodes[0], d1); got != want {
 		t.Errorf("daily on the returned replica %s, on s1r1 %s", got, want)
 	}
+}
+
+// TestClusterOldRollupLayout runs a day on a cluster whose rollup tables keep the layout of an
+// earlier version (time first in the sorting key, 8192 rows a granule): migrate leaves them as
+// they are in cluster mode, and the run stages into the layout the tables have, so the day
+// swaps in and equals the single server's.
+func TestClusterOldRollupLayout(t *testing.T) {
+	c := newClusterEnv(t)
+	s := newEnv(t)
+	ctx := context.Background()
+	db := c.cfg.ClickHouse.Database
+	for _, o := range c.g.Objects(c.cfg) {
+		timeCol := map[string]string{"events_daily": "day", "events_hourly": "hour"}[o.Name]
+		if timeCol == "" {
+			continue
+		}
+		old := strings.Replace(o.Create, "ORDER BY (`grouping`, `"+timeCol+"`", "ORDER BY (`"+timeCol+"`, `grouping`", 1)
+		old = strings.Replace(old, fmt.Sprintf(" SETTINGS index_granularity = %d", schema.RollupGranularity), "", 1)
+		old = strings.Replace(old, "/"+o.Name+"'", "/"+o.Name+"_old_layout'", 1) // a replication path of its own
+		if old == o.Create {
+			t.Fatalf("%s: the old layout is the new one", o.Name)
+		}
+		for _, sql := range []string{"DROP TABLE " + c.g.T(o.Name) + c.g.OnCluster(), old} {
+			if err := c.conn.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+	}
+	if _, err := schema.Migrate(ctx, c.conn, c.cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatalf("migrate refused the old layout in cluster mode: %v", err)
+	}
+	var key string
+	if err := c.conn.QueryRow(ctx, "SELECT sorting_key FROM system.tables WHERE database = ? AND name = 'events_hourly'", db).Scan(&key); err != nil || !strings.HasPrefix(key, "hour") {
+		t.Fatalf("events_hourly's sorting key after migrate: %q, %v (want the old one kept)", key, err)
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	evs := gen(rng, d1, 2000, 0.05, "o")
+	for _, e := range []*env{c, s} {
+		e.insertRaw(evs)
+		e.setNow(d2.Add(time.Hour))
+		if err := e.layer(Options{}).RunDays(ctx, "events", d1, d1, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.requireExact(evs, d1)
+	if got, want := c.checksum(d1), s.checksum(d1); got != want {
+		t.Errorf("daily checksum %s on the old layout, %s on the single server", got, want)
+	}
+	d := &s.cfg.Datasets[0]
+	sameRows(t, "hourly on the old layout", c.strings(rowStrings(c.g, d, c.g.T(schema.Hourly("events")), "hourly", d1)),
+		s.strings(rowStrings(s.g, d, s.g.T(schema.Hourly("events")), "hourly", d1)))
 }

@@ -793,7 +793,11 @@ func (j *job) assemble(ctx context.Context, staging string) error {
 	}
 	slices.Sort(gens)
 	w0 := j.workers[0]
-	if err := w0.conn.Exec(ctx, j.q.createHourlyStaging(hourlyStage(j.stage))); err != nil {
+	engine, err := j.q.stagingEngine(ctx, w0.conn, schema.Hourly(j.q.d.Name))
+	if err != nil {
+		return err
+	}
+	if err := w0.conn.Exec(ctx, j.q.createHourlyStaging(hourlyStage(j.stage), engine)); err != nil {
 		return fmt.Errorf("cannot create %s: %w", hourlyStage(j.stage), err)
 	}
 	parts, exact := j.everywhere(partsTable(j.stage)), j.everywhere(exactTable(j.stage))

@@ -705,10 +705,10 @@ func (q *queries) assemble(table, parts, exact string, gen int, gens []int, inA 
 	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT\n    %s\nFROM %s", q.g.T(table), quoteAll(cols), strings.Join(sel, ",\n    "), from)
 }
 
-// createHourlyStaging creates a staging table shaped like <ds>_hourly (a plain MergeTree also in
-// cluster mode, where <ds>_hourly is replicated).
-func (q *queries) createHourlyStaging(table string) string {
-	return fmt.Sprintf("CREATE TABLE %s AS %s ENGINE = %s", q.g.T(table), q.g.T(schema.Hourly(q.d.Name)), schema.HourlyStagingEngine(q.d))
+// createHourlyStaging creates a staging table shaped like <ds>_hourly, with engine
+// (stagingEngine) when it is not "".
+func (q *queries) createHourlyStaging(table, engine string) string {
+	return createLike(q.g.T(table), q.g.T(schema.Hourly(q.d.Name)), engine)
 }
 
 // createSpeedStaging creates a staging table shaped like <ds>_speed on a node (like its

@@ -129,7 +129,11 @@ func (l *Layer) compute(ctx context.Context, d *dataset, day time.Time, staging 
 		}
 	}()
 	w0 := workers[0]
-	if err := w0.conn.Exec(ctx, q.createStaging(staging)); err != nil {
+	engine, err := q.stagingEngine(ctx, w0.conn, schema.Daily(name))
+	if err != nil {
+		return err
+	}
+	if err := w0.conn.Exec(ctx, q.createStaging(staging, engine)); err != nil {
 		return fmt.Errorf("cannot create staging table %s: %w", staging, err)
 	}
 	// What the run reads: raw's rows of the day, counted before and after the computation.

@@ -1,9 +1,12 @@
 package batchlayer
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/metric"
@@ -51,15 +54,36 @@ func stagingName(ds, runID string) string {
 // stagingPrefix starts every staging table name of a dataset (for cleaning up after a crash).
 func stagingPrefix(ds string) string { return schema.Daily(ds) + "_stage_" }
 
-// createStaging creates a staging table shaped like <ds>_daily. In cluster mode <ds>_daily is
-// replicated, and a copy of its engine would register a replica: staging is a plain MergeTree
-// on the node that swaps it in.
-func (q *queries) createStaging(table string) string {
-	s := fmt.Sprintf("CREATE TABLE %s AS %s", q.g.T(table), q.g.T(schema.Daily(q.d.Name)))
-	if q.g.Cluster != "" {
-		s += " ENGINE = " + schema.StagingEngine(q.d)
+// createStaging creates a staging table shaped like <ds>_daily, with engine (stagingEngine)
+// when it is not "".
+func (q *queries) createStaging(table, engine string) string {
+	return createLike(q.g.T(table), q.g.T(schema.Daily(q.d.Name)), engine)
+}
+
+func createLike(table, like, engine string) string {
+	s := fmt.Sprintf("CREATE TABLE %s AS %s", table, like)
+	if engine != "" {
+		s += " ENGINE = " + engine
 	}
 	return s
+}
+
+// stagingEngine is the engine of a staging table swapped into target (<ds>_daily or
+// <ds>_hourly): "" (a copy of the target's) on one server. In cluster mode the target is
+// replicated, and a copy of its engine would register a replica: staging is a plain MergeTree
+// with the target's partitioning, sorting key and granularity, read from the table itself,
+// since a cluster may keep the layout of an earlier version (schema.Migrate does not copy
+// replicated tables into a new layout).
+func (q *queries) stagingEngine(ctx context.Context, conn driver.Conn, target string) (string, error) {
+	if q.g.Cluster == "" {
+		return "", nil
+	}
+	var full string
+	sql := "SELECT engine_full FROM system.tables WHERE database = ? AND name = ?"
+	if err := conn.QueryRow(ctx, sql, q.db, target).Scan(&full); err != nil {
+		return "", fmt.Errorf("cannot read the engine of %s: %w", target, err)
+	}
+	return schema.PlainEngine(full)
 }
 
 func (q *queries) dropTable(table string) string {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -146,10 +147,11 @@ func firstLine(s string) string {
 }
 
 type tablePlan struct {
-	exists  bool
-	add     []Column
-	drop    []string
-	rebuild bool // the sorting key of an aggregating table changed
+	exists   bool
+	add      []Column
+	drop     []string
+	rebuild  bool   // the sorting key of an aggregating table changed
+	relayout string // the sorting key or granularity of a Relayout table changed: how, "" if not
 }
 
 // Columns returns the existing columns of a table in order, nil when it does not exist.
@@ -172,6 +174,17 @@ func Columns(ctx context.Context, conn driver.Conn, db, table string) ([]Column,
 
 func (m *migrator) planTable(ctx context.Context, o Object, allowDrop bool) (tablePlan, error) {
 	p, err := m.planChanges(ctx, o, allowDrop)
+	if err == nil && p.exists && o.Relayout {
+		p.relayout, err = m.layoutChange(ctx, o)
+	}
+	if err == nil && p.relayout != "" && m.g.Cluster != "" {
+		// Copying a replicated table would need a new replication path on every node: the old
+		// layout stays, which reads more but answers the same (the batch layer stages into
+		// the layout the table has).
+		m.log.Warn("table keeps its old layout in cluster mode: rebuild it by hand to make its queries cheaper (docs/operations.md, \"Changing the schema of a cluster\")",
+			"table", o.Name, "change", p.relayout)
+		p.relayout = ""
+	}
 	if err != nil || m.g.Cluster == "" || (len(p.add) == 0 && len(p.drop) == 0 && !p.rebuild) {
 		return p, err
 	}
@@ -233,6 +246,69 @@ func normType(t string) string {
 	return strings.NewReplacer(" ", "", `"`, "'").Replace(t)
 }
 
+// layoutChange describes how a table's sorting key or index granularity differs from o's, ""
+// when they are the same.
+func (m *migrator) layoutChange(ctx context.Context, o Object) (string, error) {
+	var key, engine string
+	q := "SELECT sorting_key, engine_full FROM system.tables WHERE database = ? AND name = ?"
+	if err := m.conn.QueryRow(ctx, q, m.g.DB, o.Name).Scan(&key, &engine); err != nil {
+		return "", fmt.Errorf("cannot read the layout of %s: %w", o.Name, err)
+	}
+	var change []string
+	if want := strings.Join(o.Key, ", "); normKey(key) != normKey(want) {
+		change = append(change, fmt.Sprintf("sorting key (%s) to (%s)", key, want))
+	}
+	if have := Granularity(engine); o.Granularity != 0 && have != o.Granularity {
+		change = append(change, fmt.Sprintf("index_granularity %d to %d", have, o.Granularity))
+	}
+	return strings.Join(change, ", "), nil
+}
+
+var granularityRE = regexp.MustCompile(`\bindex_granularity\s*=\s*(\d+)`)
+
+// Granularity is the index granularity a table's engine_full (system.tables) states, 8192 (the
+// server's default) when it states none.
+func Granularity(engineFull string) int {
+	if m := granularityRE.FindStringSubmatch(engineFull); m != nil {
+		n, err := strconv.Atoi(m[1])
+		if err == nil {
+			return n
+		}
+	}
+	return 8192
+}
+
+// normKey makes sorting keys comparable: servers differ in spaces and quoting.
+func normKey(k string) string {
+	return strings.NewReplacer(" ", "", "`", "", "(", "", ")", "").Replace(k)
+}
+
+// relayout copies a table's rows into a new table of o's layout and swaps it in. The copy is
+// made beside the table (<name>_relayout) and renamed over it, so a failure before the rename
+// leaves the table as it was.
+func (m *migrator) relayout(ctx context.Context, o Object, change string) error {
+	t, tmp, old := m.g.T(o.Name), m.g.T(o.Name+"_relayout"), m.g.T(o.Name+"_relayout_old")
+	m.log.Warn("copying table into its new layout", "table", o.Name, "change", change)
+	cols := make([]string, len(o.Columns))
+	for i, c := range o.Columns {
+		cols[i] = Q(c.Name)
+	}
+	list := strings.Join(cols, ", ")
+	for _, sql := range []string{
+		"DROP TABLE IF EXISTS " + tmp,
+		"DROP TABLE IF EXISTS " + old,
+		strings.Replace(o.Create, t, tmp, 1),
+		fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM %s", tmp, list, list, t),
+		fmt.Sprintf("RENAME TABLE %s TO %s, %s TO %s", t, old, tmp, t),
+		"DROP TABLE " + old,
+	} {
+		if err := m.exec(ctx, sql); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error {
 	t := m.g.T(o.Name)
 	if p.rebuild {
@@ -268,6 +344,9 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 		}
 	}
 	for _, name := range p.drop {
+		if p.relayout != "" {
+			break // the copy leaves them behind, those of the old sorting key too
+		}
 		if slices.Contains(o.Key, name) {
 			// ClickHouse cannot drop a column of the sorting key; it stays, unused.
 			m.log.Warn("column removed from the config stays: it is part of the sorting key", "table", o.Name, "column", name)
@@ -276,6 +355,9 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 		if err := m.exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP COLUMN %s", t, Q(name))); err != nil {
 			return err
 		}
+	}
+	if p.relayout != "" {
+		return m.relayout(ctx, o, p.relayout)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package schema_test
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"regexp"
 	"strings"
@@ -333,4 +334,119 @@ func TestClusterStatementsOnCurrentClickHouse(t *testing.T) {
 		"INSERT INTO lambda.events_raw_local (id, time, event, country, device, user_id, value) SELECT toString(number), now(), 'view', 'de', 'ios', toString(number % 7), number FROM numbers(100)",
 		"SELECT throwIf(countMerge(events) != 100) FROM lambda.events_speed",
 		"SELECT count() FROM lambda.events_lambda"))
+}
+
+// oldLayout is a rollup table's CREATE statement as versions before RollupGranularity made it:
+// sorted by time first, the server's default granularity.
+func oldLayout(create, timeCol string) string {
+	create = strings.Replace(create, "ORDER BY (`grouping`, `"+timeCol+"`", "ORDER BY (`"+timeCol+"`, `grouping`", 1)
+	return strings.Replace(create, fmt.Sprintf(" SETTINGS index_granularity = %d", schema.RollupGranularity), "", 1)
+}
+
+// TestMigrateRelayout upgrades rollup tables of the old layout (time first in the sorting key,
+// 8192 rows a granule): migrate copies their rows into the new layout, keeps every row, and
+// does nothing the next time.
+func TestMigrateRelayout(t *testing.T) {
+	cfg := chtest.Config(t, nil)
+	conn := chtest.New(t, cfg)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	db := cfg.ClickHouse.Database
+	rollups := map[string]string{"events_daily": "day", "events_hourly": "hour"}
+	for _, o := range schema.NewGenerator(cfg).Objects(cfg) {
+		timeCol, ok := rollups[o.Name]
+		if !ok {
+			continue
+		}
+		old := oldLayout(o.Create, timeCol)
+		if old == o.Create {
+			t.Fatalf("%s: the test's old layout is the new one:\n%s", o.Name, o.Create)
+		}
+		for _, sql := range []string{
+			"DROP TABLE `" + db + "`.`" + o.Name + "`",
+			old,
+			// Rows of two days and two sets, states included.
+			fmt.Sprintf("INSERT INTO `%s`.`%s` (`%s`, grouping, country, events, users, users_state, run_id) SELECT toDate('2026-03-01') + number %% 2, if(number %% 3 = 0, '', 'country'), if(number %% 3 = 0, '', toString(number %% 5)), number, 1, uniqState(toString(number)), 'r1' FROM (SELECT number FROM system.numbers LIMIT 30) GROUP BY number",
+				db, o.Name, timeCol),
+		} {
+			if err := conn.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+	}
+	digest := func(table string) (n, sum, uniq uint64) {
+		t.Helper()
+		q := fmt.Sprintf("SELECT count(), sum(events), uniqMerge(users_state) FROM `%s`.`%s`", db, table)
+		if err := conn.QueryRow(ctx, q).Scan(&n, &sum, &uniq); err != nil {
+			t.Fatal(err)
+		}
+		return n, sum, uniq
+	}
+	before := map[string][3]uint64{}
+	for table := range rollups {
+		n, s, u := digest(table)
+		before[table] = [3]uint64{n, s, u}
+	}
+
+	ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	joined := strings.Join(ran, "\n")
+	for table, timeCol := range rollups {
+		if !strings.Contains(joined, "RENAME TABLE `"+db+"`.`"+table+"` TO") {
+			t.Errorf("%s was not copied into the new layout; ran:\n%s", table, joined)
+		}
+		n, s, u := digest(table)
+		if got := [3]uint64{n, s, u}; got != before[table] || n != 30 {
+			t.Errorf("%s: rows, sum, uniq %v after the copy, %v before", table, got, before[table])
+		}
+		var key, engine string
+		if err := conn.QueryRow(ctx, "SELECT sorting_key, engine_full FROM system.tables WHERE database = ? AND name = ?", db, table).Scan(&key, &engine); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(strings.ReplaceAll(key, "`", ""), "grouping, "+timeCol) || schema.Granularity(engine) != schema.RollupGranularity {
+			t.Errorf("%s: sorting key %q, engine %q after the copy", table, key, engine)
+		}
+	}
+	var left uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name LIKE '%relayout%'", db).Scan(&left); err != nil || left != 0 {
+		t.Errorf("%d tables of the copy left, err %v", left, err)
+	}
+	// The views read the renamed tables.
+	var n uint64
+	if err := conn.QueryRow(ctx, "SELECT count() FROM `"+db+"`.events_lambda_hourly_by_country").Scan(&n); err != nil {
+		t.Errorf("the hourly view after the copy: %v", err)
+	}
+	ran, err = schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range ran {
+		if !strings.Contains(s, "IF NOT EXISTS") {
+			t.Errorf("migrate after the copy changed something: %s", s)
+		}
+	}
+}
+
+func TestGranularityAndPlainEngine(t *testing.T) {
+	for full, want := range map[string]int{
+		"MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (day, grouping) SETTINGS index_granularity = 8192": 8192,
+		"MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (grouping, day) SETTINGS index_granularity = 64":   64,
+		"MergeTree ORDER BY x SETTINGS index_granularity_bytes = 10485760, index_granularity = 256":         256,
+		"MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (day, grouping)":                                   8192,
+	} {
+		if got := schema.Granularity(full); got != want {
+			t.Errorf("Granularity(%q) = %d, want %d", full, got, want)
+		}
+	}
+	full := "ReplicatedMergeTree('/clickhouse/lambda/all/db/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (grouping, day) SETTINGS index_granularity = 64"
+	if got, err := schema.PlainEngine(full); err != nil || got != "MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (grouping, day) SETTINGS index_granularity = 64" {
+		t.Errorf("PlainEngine = %q, %v", got, err)
+	}
+	if _, err := schema.PlainEngine("MergeTree ORDER BY x"); err == nil {
+		t.Error("PlainEngine of a plain engine: no error")
+	}
 }

@@ -165,7 +165,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_daily` ON CLUSTER `lambda`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (`day`, `grouping`, `event`, `country`, `device`);
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (`grouping`, `day`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly` ON CLUSTER `lambda`
 (
@@ -182,7 +182,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly` ON CLUSTER `lambda`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`hour`, `grouping`, `event`, `country`, `device`);
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
 (

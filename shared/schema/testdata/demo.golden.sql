@@ -127,7 +127,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_daily`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (`day`, `grouping`, `event`, `country`, `device`);
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (`grouping`, `day`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly`
 (
@@ -144,7 +144,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`hour`, `grouping`, `event`, `country`, `device`);
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects`
 (
