@@ -486,7 +486,11 @@ func (j *job) aggregate(ctx context.Context) error {
 			if err := w.conn.Exec(ctx, j.q.dropTable(speedStage(j.stage))); err != nil {
 				return err
 			}
-			return w.conn.Exec(ctx, j.q.createSpeedStaging(speedStage(j.stage)))
+			engine, err := j.q.stagingEngine(ctx, w.conn, schema.Local(schema.Speed(j.q.d.Name)))
+			if err != nil {
+				return err
+			}
+			return w.conn.Exec(ctx, j.q.createSpeedStaging(speedStage(j.stage), engine))
 		}); err != nil {
 			return fmt.Errorf("cannot create %s: %w", speedStage(j.stage), err)
 		}

@@ -712,9 +712,9 @@ func (q *queries) createHourlyStaging(table, engine string) string {
 }
 
 // createSpeedStaging creates a staging table shaped like <ds>_speed on a node (like its
-// <ds>_speed_local in cluster mode).
-func (q *queries) createSpeedStaging(table string) string {
-	return fmt.Sprintf("CREATE TABLE %s AS %s ENGINE = %s", q.g.T(table), q.g.LocalT(schema.Speed(q.d.Name)), schema.SpeedStagingEngine(q.d))
+// <ds>_speed_local in cluster mode), with engine (stagingEngine) when it is not "".
+func (q *queries) createSpeedStaging(table, engine string) string {
+	return createLike(q.g.T(table), q.g.LocalT(schema.Speed(q.d.Name)), engine)
 }
 
 // speedPass rewrites chunk c of n of the day's minutes from the deduplicated rows (every row of

@@ -68,8 +68,8 @@ func createLike(table, like, engine string) string {
 	return s
 }
 
-// stagingEngine is the engine of a staging table swapped into target (<ds>_daily or
-// <ds>_hourly): "" (a copy of the target's) on one server. In cluster mode the target is
+// stagingEngine is the engine of a staging table swapped into target (<ds>_daily, <ds>_hourly
+// or <ds>_speed_local): "" (a copy of the target's) on one server. In cluster mode the target is
 // replicated, and a copy of its engine would register a replica: staging is a plain MergeTree
 // with the target's partitioning, sorting key and granularity, read from the table itself,
 // since a cluster may keep the layout of an earlier version (schema.Migrate does not copy

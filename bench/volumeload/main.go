@@ -173,6 +173,7 @@ func run(env []string, name string, args ...string) {
 // namedReq is one query a dashboard panel sends for a view.
 type namedReq struct {
 	view, panel string
+	extra       bool // not a panel: left out of a dashboard refresh
 	req         serving.Request
 	body        []byte
 	from, to    time.Time
@@ -222,13 +223,27 @@ func dashboardRequests(now time.Time) []namedReq {
 			}
 		}
 	}
+	// The queries the targets of issue 14 name, as a user types them (the first hour partial):
+	// four metrics by hour over the last 24 hours and the last 7 days. They are no panel, so a
+	// dashboard refresh leaves them out.
+	for _, view := range strings.Split(*views, ",") {
+		if view != "24h" && view != "7d" {
+			continue
+		}
+		r := serving.Request{Dataset: "events", Metrics: []string{"events", "users", "revenue", "value_p95"},
+			From: "now-" + view, To: "now", Granularity: "hour"}
+		body, _ := json.Marshal(r)
+		out = append(out, namedReq{view: view, panel: "four metrics by hour (issue 14)", req: r, body: body,
+			from: now.Add(-ranges[view]), to: now, extra: true})
+	}
 	return out
 }
 
+// viewReqs are the panels' queries of a view: one dashboard refresh.
 func viewReqs(all []namedReq, view string) []namedReq {
 	var out []namedReq
 	for _, r := range all {
-		if r.view == view {
+		if r.view == view && !r.extra {
 			out = append(out, r)
 		}
 	}

@@ -344,8 +344,8 @@ func oldLayout(create, timeCol string) string {
 }
 
 // TestMigrateRelayout upgrades rollup tables of the old layout (time first in the sorting key,
-// 8192 rows a granule): migrate copies their rows into the new layout, keeps every row, and
-// does nothing the next time.
+// 8192 rows a granule) and a speed table of the old granularity: migrate copies their rows into
+// the new layout, keeps every row, feeds speed from raw again, and does nothing the next time.
 func TestMigrateRelayout(t *testing.T) {
 	cfg := chtest.Config(t, nil)
 	conn := chtest.New(t, cfg)
@@ -411,6 +411,38 @@ func TestMigrateRelayout(t *testing.T) {
 			t.Errorf("%s: sorting key %q, engine %q after the copy", table, key, engine)
 		}
 	}
+	// <ds>_speed of the old granularity: copied with its states, and its view feeds it after.
+	for _, o := range schema.NewGenerator(cfg).Objects(cfg) {
+		if o.Name != "events_speed" {
+			continue
+		}
+		old := strings.Replace(o.Create, fmt.Sprintf(" SETTINGS index_granularity = %d", schema.SpeedGranularity), "", 1)
+		for _, sql := range []string{
+			"DROP TABLE `" + db + "`.events_speed_mv",
+			"DROP TABLE `" + db + "`.events_speed",
+			old,
+			"INSERT INTO `" + db + "`.events_speed (minute, event, country, device, events, users) SELECT toDateTime('2026-03-01 00:00:00', 'UTC') + number * 60, 'view', 'de', 'ios', countState(), uniqState(toString(number)) FROM (SELECT number FROM system.numbers LIMIT 10) GROUP BY number",
+		} {
+			if err := conn.Exec(ctx, sql); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+	}
+	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.Exec(ctx, "INSERT INTO `"+db+"`.events_raw (id, time, event, country, device, user_id, value) SELECT 'a', now(), 'view', 'de', 'ios', 'u1', 1.5"); err != nil {
+		t.Fatal(err)
+	}
+	var speedEvents, speedUsers uint64
+	var engine string
+	if err := conn.QueryRow(ctx, "SELECT countMerge(events), uniqMerge(users) FROM `"+db+"`.events_speed").Scan(&speedEvents, &speedUsers); err != nil || speedEvents != 11 || speedUsers != 11 {
+		t.Errorf("events_speed after the copy and an insert into raw: %d events, %d users, err %v (want 11, 11)", speedEvents, speedUsers, err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT engine_full FROM system.tables WHERE database = ? AND name = 'events_speed'", db).Scan(&engine); err != nil || schema.Granularity(engine) != schema.SpeedGranularity {
+		t.Errorf("events_speed's engine after the copy: %q, %v", engine, err)
+	}
+
 	var left uint64
 	if err := conn.QueryRow(ctx, "SELECT count() FROM system.tables WHERE database = ? AND name LIKE '%relayout%'", db).Scan(&left); err != nil || left != 0 {
 		t.Errorf("%d tables of the copy left, err %v", left, err)

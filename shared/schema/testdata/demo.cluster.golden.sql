@@ -119,7 +119,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_local` ON CLUSTER `lambda`
     `value_p95` AggregateFunction(quantile(0.95), Float64),
     `_n_value` AggregateFunction(sum, UInt64)
 )
-ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/lambda/{shard}/lambda/events_speed_local', '{replica}') PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`);
+ENGINE = ReplicatedAggregatingMergeTree('/clickhouse/lambda/{shard}/lambda/events_speed_local', '{replica}') PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`) SETTINGS index_granularity = 1024;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_speed` ON CLUSTER `lambda`
 (

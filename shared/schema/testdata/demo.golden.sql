@@ -95,7 +95,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed`
     `value_p95` AggregateFunction(quantile(0.95), Float64),
     `_n_value` AggregateFunction(sum, UInt64)
 )
-ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`);
+ENGINE = AggregatingMergeTree PARTITION BY toYYYYMMDD(minute) ORDER BY (`minute`, `event`, `country`, `device`) SETTINGS index_granularity = 1024;
 
 CREATE MATERIALIZED VIEW `lambda`.`events_speed_mv` TO `lambda`.`events_speed` AS
 SELECT
