@@ -90,6 +90,8 @@ type Decoder struct {
 	valNames []string
 	isKey    []bool
 	dimNames []string
+	// The scanner's state (scan.go).
+	sc scanner
 	// intern holds the dimension values seen, so that a value repeated by millions of events
 	// is one string. It stops growing at internMax entries per dimension.
 	intern []map[string]string
@@ -113,6 +115,7 @@ func NewDecoder(d *config.Dataset, lim Limits) *Decoder {
 		dec.valNames = append(dec.valNames, c.Field)
 		dec.isKey = append(dec.isKey, c.Type == metric.KeyType)
 	}
+	dec.sc = newScanner(dec)
 	return dec
 }
 
@@ -131,7 +134,23 @@ func KeyID(topic string, partition int32, offset int64) string {
 
 // Decode decodes one event into r. On rejection it returns the reason and a detail naming the
 // field; r is then unspecified. now is the clock the time limits are checked against.
+//
+// The event goes through the field scanner (scan.go); what the scanner does not take (not an
+// object, not JSON, an escaped key on a configured path, an array on a path with an index,
+// deep nesting) goes through the fastjson tree, which decides the same way.
 func (dec *Decoder) Decode(value []byte, topic string, partition int32, offset int64, now time.Time, r *Row) (Reason, string) {
+	if dec.lim.MaxBytes > 0 && len(value) > dec.lim.MaxBytes {
+		return TooLarge, fmt.Sprintf("%d bytes, over max_event_bytes %d", len(value), dec.lim.MaxBytes)
+	}
+	if dec.scan(value) {
+		return dec.decodeScanned(topic, partition, offset, now, r)
+	}
+	return dec.decodeTree(value, topic, partition, offset, now, r)
+}
+
+// decodeTree is Decode through a fastjson parse tree: the reference the scanner is tested
+// against, and its fallback.
+func (dec *Decoder) decodeTree(value []byte, topic string, partition int32, offset int64, now time.Time, r *Row) (Reason, string) {
 	if dec.lim.MaxBytes > 0 && len(value) > dec.lim.MaxBytes {
 		return TooLarge, fmt.Sprintf("%d bytes, over max_event_bytes %d", len(value), dec.lim.MaxBytes)
 	}
