@@ -35,6 +35,9 @@ import (
 // past its limit.
 const maxScanDepth = fastjson.MaxDepth - 10
 
+// recentSize is the number of recent values kept per dimension: a power of two.
+const recentSize = 64
+
 // scanner is a Decoder's scanning state.
 type scanner struct {
 	nodes []*node // nodes[0] is the event's object
@@ -42,8 +45,11 @@ type scanner struct {
 	// in this event (a later duplicate is skipped).
 	vals []field
 	seen []bool
-	// buf holds the unescaped strings of this event.
+	// ev is the event scanned; buf holds its unescaped strings.
+	ev  []byte
 	buf []byte
+	// recent holds, per dimension, a few of its values (see scannedStr).
+	recent [][recentSize]string
 
 	time, id   int // node ids; id is -1 without an id field
 	dims, nums []int
@@ -61,11 +67,14 @@ type node struct {
 
 // field is the raw text of a value found: a string's between its quotes (escapes kept), a
 // number's as written.
+//
+// It holds offsets, not a slice: no pointer, so filling and clearing fields needs no write
+// barrier.
 type field struct {
-	t   fastjson.Type
-	raw []byte
-	esc bool // a string with a backslash
-	set bool
+	t          fastjson.Type
+	start, end int  // the raw text is the event's [start:end]
+	esc        bool // a string with a backslash
+	set        bool
 }
 
 func newScanner(dec *Decoder) scanner {
@@ -101,6 +110,7 @@ func newScanner(dec *Decoder) scanner {
 		sc.nums = append(sc.nums, path(p))
 	}
 	sc.vals = make([]field, len(sc.nodes))
+	sc.recent = make([][recentSize]string, len(dec.dimPaths))
 	sc.seen = make([]bool, len(sc.nodes))
 	return sc
 }
@@ -110,7 +120,7 @@ func (dec *Decoder) scan(b []byte) bool {
 	sc := &dec.sc
 	clear(sc.vals)
 	clear(sc.seen)
-	sc.buf = sc.buf[:0]
+	sc.ev, sc.buf = b, sc.buf[:0]
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
 		return false
@@ -141,16 +151,16 @@ func (sc *scanner) object(b []byte, i int, n *node, depth int) (int, bool) {
 		if i >= len(b) || b[i] != '"' {
 			return i, false
 		}
-		end, ok := stringEnd(b, i+1)
+		end, esc, ok := stringEnd(b, i+1)
 		if !ok {
 			return i, false
 		}
 		var kid *node
 		if n != nil {
-			key := b[i+1 : end]
-			if bytes.IndexByte(key, '\\') >= 0 {
+			if esc {
 				return i, false
 			}
+			key := b[i+1 : end]
 			for _, k := range n.kids {
 				if k.name == string(key) {
 					if !sc.seen[k.id] {
@@ -222,7 +232,6 @@ func (sc *scanner) value(b []byte, i int, n *node, depth int) (int, bool) {
 		return i, false
 	}
 	var f field
-	start := i
 	switch c := b[i]; c {
 	case '{':
 		kids := n
@@ -244,11 +253,11 @@ func (sc *scanner) value(b []byte, i int, n *node, depth int) (int, bool) {
 		}
 		f.t = fastjson.TypeArray
 	case '"':
-		end, ok := stringEnd(b, i+1)
+		end, esc, ok := stringEnd(b, i+1)
 		if !ok {
 			return i, false
 		}
-		f.t, f.raw = fastjson.TypeString, b[i+1:end]
+		f.t, f.start, f.end, f.esc = fastjson.TypeString, i+1, end, esc
 		i = end + 1
 	case 't':
 		if !bytes.HasPrefix(b[i:], []byte("true")) {
@@ -265,7 +274,7 @@ func (sc *scanner) value(b []byte, i int, n *node, depth int) (int, bool) {
 		case bytes.HasPrefix(b[i:], []byte("null")):
 			f.t, i = fastjson.TypeNull, i+4
 		case len(b)-i >= 3 && isInfNaN(b[i:i+3]):
-			f.t, f.raw, i = fastjson.TypeNumber, b[i:i+3], i+3
+			f.t, f.start, f.end, i = fastjson.TypeNumber, i, i+3, i+3
 		default:
 			return i, false
 		}
@@ -282,11 +291,10 @@ func (sc *scanner) value(b []byte, i int, n *node, depth int) (int, bool) {
 			}
 			j += 3
 		}
-		f.t, f.raw, i = fastjson.TypeNumber, b[start:j], j
+		f.t, f.start, f.end, i = fastjson.TypeNumber, i, j, j
 	}
 	if n != nil {
 		f.set = true
-		f.esc = f.t == fastjson.TypeString && bytes.IndexByte(f.raw, '\\') >= 0
 		sc.vals[n.id] = f
 	}
 	return i, true
@@ -303,33 +311,33 @@ func isInfNaN(s []byte) bool {
 	return strings.EqualFold(x, "inf") || strings.EqualFold(x, "nan")
 }
 
-// stringEnd returns the index of the quote that closes the string starting at b[i]: the first
-// quote after an even run of backslashes.
-func stringEnd(b []byte, i int) (int, bool) {
-	for {
-		n := bytes.IndexByte(b[i:], '"')
-		if n < 0 {
-			return 0, false
+// stringEnd returns the index of the quote that closes the string starting at b[i], and
+// whether the string has a backslash. A backslash escapes the byte after it, so the string
+// ends at the first quote after an even run of backslashes, as fastjson finds it.
+func stringEnd(b []byte, i int) (end int, esc, ok bool) {
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case '"':
+			return i, esc, true
+		case '\\':
+			esc = true
+			i++
 		}
-		q := i + n
-		j := q
-		for j > i && b[j-1] == '\\' {
-			j--
-		}
-		if (q-j)%2 == 0 {
-			return q, true
-		}
-		i = q + 1
 	}
+	return 0, false, false
 }
+
+// raw returns a field's raw text.
+func (sc *scanner) raw(f *field) []byte { return sc.ev[f.start:f.end] }
 
 // str returns a string field's value, unescaped into sc.buf if it has escapes.
 func (sc *scanner) str(f *field) []byte {
+	raw := sc.raw(f)
 	if !f.esc {
-		return f.raw
+		return raw
 	}
 	start := len(sc.buf)
-	sc.buf = appendUnescaped(sc.buf, unsafe.String(unsafe.SliceData(f.raw), len(f.raw)))
+	sc.buf = appendUnescaped(sc.buf, unsafe.String(unsafe.SliceData(raw), len(raw)))
 	return sc.buf[start:len(sc.buf):len(sc.buf)]
 }
 
@@ -364,7 +372,7 @@ func (dec *Decoder) decodeScanned(topic string, partition int32, offset int64, n
 			case fastjson.TypeString:
 				r.ID = dec.string(sc.str(iv))
 			case fastjson.TypeNumber:
-				r.ID = string(iv.raw)
+				r.ID = string(sc.raw(iv))
 			case fastjson.TypeNull:
 			default:
 				return BadType, fmt.Sprintf("%s: want a string or a number, got %s", strings.Join(dec.idPath, "."), iv.t)
@@ -378,7 +386,7 @@ func (dec *Decoder) decodeScanned(topic string, partition int32, offset int64, n
 	// Dimensions.
 	r.Dims = r.Dims[:0]
 	for i, id := range sc.dims {
-		s, ok := dec.scannedStr(&sc.vals[id], dec.intern[i])
+		s, ok := dec.scannedStr(&sc.vals[id], i)
 		if !ok {
 			return BadType, fmt.Sprintf("%s: want a string or a number, got %s", strings.Join(dec.dimPaths[i], "."), sc.vals[id].t)
 		}
@@ -391,7 +399,7 @@ func (dec *Decoder) decodeScanned(topic string, partition int32, offset int64, n
 	for i, id := range sc.nums {
 		fv := &sc.vals[id]
 		if dec.isKey[i] {
-			s, ok := dec.scannedStr(fv, nil)
+			s, ok := dec.scannedStr(fv, -1)
 			if !ok {
 				return BadType, fmt.Sprintf("%s: want a string or a number, got %s", dec.valNames[i], fv.t)
 			}
@@ -407,17 +415,19 @@ func (dec *Decoder) decodeScanned(topic string, partition int32, offset int64, n
 		if fv.t != fastjson.TypeNumber {
 			return BadType, fmt.Sprintf("%s: want a number, got %s", dec.valNames[i], fv.t)
 		}
-		f, err := fastfloat.Parse(unsafe.String(unsafe.SliceData(fv.raw), len(fv.raw)))
+		raw := sc.raw(fv)
+		f, err := fastfloat.Parse(unsafe.String(unsafe.SliceData(raw), len(raw)))
 		if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
-			return BadType, fmt.Sprintf("%s: %s is not a finite number", dec.valNames[i], fv.raw)
+			return BadType, fmt.Sprintf("%s: %s is not a finite number", dec.valNames[i], raw)
 		}
 		r.Nums = append(r.Nums, sql.NullFloat64{Float64: f, Valid: true})
 	}
 	return "", ""
 }
 
-// scannedStr is str for a scanned field.
-func (dec *Decoder) scannedStr(f *field, intern map[string]string) (string, bool) {
+// scannedStr is str for a scanned field; dim is the dimension's index, -1 for a key (not
+// interned).
+func (dec *Decoder) scannedStr(f *field, dim int) (string, bool) {
 	if !f.set {
 		return "", true
 	}
@@ -426,23 +436,40 @@ func (dec *Decoder) scannedStr(f *field, intern map[string]string) (string, bool
 	case fastjson.TypeString:
 		b = dec.sc.str(f)
 	case fastjson.TypeNumber:
-		b = f.raw
+		b = dec.sc.raw(f)
 	case fastjson.TypeNull:
 		return "", true
 	default:
 		return "", false
 	}
-	if intern == nil {
+	if dim < 0 {
 		return dec.string(b), true
 	}
-	if s, ok := intern[string(b)]; ok {
-		return s, true
+	// The recent values of the dimension, before its intern map: a hit costs a compare, not a
+	// hash.
+	slot := &dec.sc.recent[dim][recentSlot(b)]
+	if *slot == string(b) && len(b) > 0 {
+		return *slot, true
 	}
-	s := string(b)
-	if len(intern) < internMax {
-		intern[s] = s
+	intern := dec.intern[dim]
+	s, ok := intern[string(b)]
+	if !ok {
+		s = string(b)
+		if len(intern) < internMax {
+			intern[s] = s
+		}
 	}
+	*slot = s
 	return s, true
+}
+
+// recentSlot picks the slot of a dimension value in scanner.recent.
+func recentSlot(b []byte) int {
+	h := len(b)
+	if len(b) > 0 {
+		h = h*31 + int(b[0])*7 + int(b[len(b)-1])
+	}
+	return h & (recentSize - 1)
 }
 
 // parseTime is the package's parseTime for a scanned field.
@@ -456,7 +483,8 @@ func (sc *scanner) parseTime(f *field) (time.Time, Reason, string) {
 		}
 		return t.UTC(), "", ""
 	case fastjson.TypeNumber:
-		s := unsafe.String(unsafe.SliceData(f.raw), len(f.raw))
+		raw := sc.raw(f)
+		s := unsafe.String(unsafe.SliceData(raw), len(raw))
 		if ms, err := fastfloat.ParseInt64(s); err == nil {
 			if ms > maxMillis {
 				return time.Time{}, FutureTime, fmt.Sprintf("%d milliseconds is past 2106", ms)
@@ -465,7 +493,7 @@ func (sc *scanner) parseTime(f *field) (time.Time, Reason, string) {
 		}
 		v, err := fastfloat.Parse(s)
 		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || math.Abs(v) > float64(maxMillis) {
-			return time.Time{}, BadTime, fmt.Sprintf("%s is not epoch milliseconds", f.raw)
+			return time.Time{}, BadTime, fmt.Sprintf("%s is not epoch milliseconds", raw)
 		}
 		return time.UnixMicro(int64(v * 1000)).UTC(), "", ""
 	default:
