@@ -3,8 +3,10 @@ package event
 import (
 	"bytes"
 	"database/sql"
+	"encoding/binary"
 	"fmt"
 	"math"
+	"math/bits"
 	"strconv"
 	"strings"
 	"time"
@@ -60,6 +62,8 @@ type node struct {
 	id   int
 	name string
 	kids []*node
+	// byLen holds the kids by the length of their name, for a key to be compared with few.
+	byLen [][]*node
 	// indexKids is set when a kid's name is an array index, which fastjson's Get applies to
 	// an array.
 	indexKids bool
@@ -108,6 +112,14 @@ func newScanner(dec *Decoder) scanner {
 	}
 	for _, p := range dec.valPaths {
 		sc.nums = append(sc.nums, path(p))
+	}
+	for _, n := range sc.nodes {
+		for _, k := range n.kids {
+			for len(n.byLen) <= len(k.name) {
+				n.byLen = append(n.byLen, nil)
+			}
+			n.byLen[len(k.name)] = append(n.byLen[len(k.name)], k)
+		}
 	}
 	sc.vals = make([]field, len(sc.nodes))
 	sc.recent = make([][recentSize]string, len(dec.dimPaths))
@@ -160,14 +172,16 @@ func (sc *scanner) object(b []byte, i int, n *node, depth int) (int, bool) {
 			if esc {
 				return i, false
 			}
-			key := b[i+1 : end]
-			for _, k := range n.kids {
-				if k.name == string(key) {
-					if !sc.seen[k.id] {
-						sc.seen[k.id] = true
-						kid = k
+			if l := end - i - 1; l < len(n.byLen) {
+				key := b[i+1 : end]
+				for _, k := range n.byLen[l] {
+					if k.name == string(key) {
+						if !sc.seen[k.id] {
+							sc.seen[k.id] = true
+							kid = k
+						}
+						break
 					}
-					break
 				}
 			}
 		}
@@ -315,16 +329,40 @@ func isInfNaN(s []byte) bool {
 // whether the string has a backslash. A backslash escapes the byte after it, so the string
 // ends at the first quote after an even run of backslashes, as fastjson finds it.
 func stringEnd(b []byte, i int) (end int, esc, ok bool) {
-	for ; i < len(b); i++ {
+	for i < len(b) {
+		// Eight bytes at a time up to a quote or a backslash.
+		for i+8 <= len(b) {
+			x := binary.LittleEndian.Uint64(b[i:])
+			m := hasByte(x, '"') | hasByte(x, '\\')
+			if m == 0 {
+				i += 8
+				continue
+			}
+			i += bits.TrailingZeros64(m) / 8
+			break
+		}
+		if i >= len(b) {
+			break
+		}
 		switch b[i] {
 		case '"':
 			return i, esc, true
 		case '\\':
 			esc = true
+			i += 2
+		default:
 			i++
 		}
 	}
 	return 0, false, false
+}
+
+// hasByte has the high bit set in the bytes of x equal to c, and may have it in bytes above
+// the first such: the lowest set bit marks the first match.
+func hasByte(x uint64, c byte) uint64 {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	y := x ^ (lo * uint64(c))
+	return (y - lo) & ^y & hi
 }
 
 // raw returns a field's raw text.
