@@ -62,6 +62,8 @@ type node struct {
 	id   int
 	name string
 	kids []*node
+	// word is the name as a little-endian word when it has up to 8 bytes.
+	word uint64
 	// byLen holds the kids by the length of their name, for a key to be compared with few.
 	byLen [][]*node
 	// indexKids is set when a kid's name is an array index, which fastjson's Get applies to
@@ -94,6 +96,11 @@ func newScanner(dec *Decoder) scanner {
 				}
 			}
 			k := &node{id: len(sc.nodes), name: name}
+			if len(name) <= 8 {
+				var w [8]byte
+				copy(w[:], name)
+				k.word = binary.LittleEndian.Uint64(w[:])
+			}
 			if _, err := strconv.Atoi(name); err == nil {
 				n.indexKids = true
 			}
@@ -141,6 +148,9 @@ func (dec *Decoder) scan(b []byte) bool {
 	return ok && skipWS(b, i) == len(b)
 }
 
+// wordMask[n] keeps the low n bytes of a word.
+var wordMask = [9]uint64{0, 0xff, 0xffff, 0xffffff, 0xffffffff, 0xffffffffff, 0xffffffffffff, 0xffffffffffffff, 0xffffffffffffffff}
+
 func skipWS(b []byte, i int) int {
 	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
 		i++
@@ -174,8 +184,15 @@ func (sc *scanner) object(b []byte, i int, n *node, depth int) (int, bool) {
 			}
 			if l := end - i - 1; l < len(n.byLen) {
 				key := b[i+1 : end]
+				// Keys of up to 8 bytes are compared as one word when the event has 8
+				// bytes from the key on (it does but at its very end).
+				var w uint64
+				short := l <= 8 && i+9 <= len(b)
+				if short {
+					w = binary.LittleEndian.Uint64(b[i+1:]) & wordMask[l]
+				}
 				for _, k := range n.byLen[l] {
-					if k.name == string(key) {
+					if short && k.word == w || !short && k.name == string(key) {
 						if !sc.seen[k.id] {
 							sc.seen[k.id] = true
 							kid = k
@@ -189,8 +206,14 @@ func (sc *scanner) object(b []byte, i int, n *node, depth int) (int, bool) {
 		if i >= len(b) || b[i] != ':' {
 			return i, false
 		}
-		i, ok = sc.value(b, skipWS(b, i+1), kid, depth)
-		if !ok {
+		i = skipWS(b, i+1)
+		if kid == nil && i < len(b) && b[i] == '"' {
+			// A string no field wants, the most common value skipped.
+			if i, _, ok = stringEnd(b, i+1); !ok {
+				return i, false
+			}
+			i++
+		} else if i, ok = sc.value(b, i, kid, depth); !ok {
 			return i, false
 		}
 		i = skipWS(b, i)
