@@ -148,7 +148,9 @@ func (dec *Decoder) Decode(value []byte, topic string, partition int32, offset i
 		return TooLarge, fmt.Sprintf("%d bytes, over max_event_bytes %d", len(value), dec.lim.MaxBytes)
 	}
 	if dec.scan(value) {
-		return dec.decodeScanned(topic, partition, offset, now, r)
+		reason, detail := dec.decodeScanned(topic, partition, offset, now, r)
+		dec.sc.ev = nil // the event is the caller's again
+		return reason, detail
 	}
 	return dec.decodeTree(value, topic, partition, offset, now, r)
 }
