@@ -152,6 +152,7 @@ func (dec *Decoder) Decode(value []byte, topic string, partition int32, offset i
 		dec.sc.ev = nil // the event is the caller's again
 		return reason, detail
 	}
+	dec.sc.ev = nil
 	return dec.decodeTree(value, topic, partition, offset, now, r)
 }
 
