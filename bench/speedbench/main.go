@@ -1328,7 +1328,7 @@ type stage struct {
 func newStages() []*stage {
 	return []*stage{
 		{name: "GC background mark workers", prefixes: []string{}},
-		{name: "decode (shared/event, fastjson)", prefixes: []string{"github.com/lambda-platform/lambda/shared/event.", "github.com/valyala/fastjson"}},
+		{name: "decode (shared/event: scanner, fastjson fallback)", prefixes: []string{"github.com/lambda-platform/lambda/shared/event.", "github.com/valyala/fastjson"}},
 		{name: "speed: dedup window", prefixes: []string{"github.com/lambda-platform/lambda/speed.(*dedup"}},
 		{name: "speed: consume loop, buffers, flush bookkeeping", prefixes: []string{"github.com/lambda-platform/lambda/"}},
 		{name: "clickhouse-go / ch-go (encode columns, lz4, send)", prefixes: []string{"github.com/ClickHouse/", "github.com/pierrec/lz4", "github.com/paulmach", "github.com/shopspring"}},
