@@ -218,7 +218,7 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) 
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
 	args = append(args, fargs...)
-	inner := "    " + strings.ReplaceAll(schema.DedupRaw(cols, p.g.T(schema.Raw(q.DS.Name)), "time >= toDateTime(?) AND time < toDateTime(?)"), "\n", "\n    ")
+	inner := "    " + strings.ReplaceAll(schema.DedupRaw(cols, p.g.T(schema.Raw(q.DS.Name)), "time >= toDateTime(?) AND time < toDateTime(?)", q.DS.Location()), "\n", "\n    ")
 	sql := fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nWHERE 1%s\nGROUP BY %s", strings.Join(sel, ", "), inner, where, strings.Join(group, ", "))
 	return branch{sql: sql, args: args}
 }
