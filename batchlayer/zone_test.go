@@ -1,0 +1,71 @@
+package batchlayer
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/ledger"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// TestZoneDaylightSaving runs a dataset in New York over the days its clocks change (2026-03-08
+// has 23 hours, 2026-11-01 has 25) and checks every local day of <ds>_daily, every hour of
+// <ds>_hourly and every minute of <ds>_speed against the truth computed in Go, each day in a
+// partition of its local date.
+func TestZoneDaylightSaving(t *testing.T) {
+	e := newEnvYAML(t, allTypesYAML+"    time_zone: America/New_York\n", false)
+	ny := e.cfg.Datasets[0].Location()
+	if ny.String() != "America/New_York" {
+		t.Fatalf("zone %v", ny)
+	}
+	date := func(s string) time.Time { d, _ := time.Parse(time.DateOnly, s); return d }
+	rng := rand.New(rand.NewPCG(31, 32))
+	var evs []event
+	for i, s := range []string{"2026-03-07", "2026-03-08", "2026-03-09", "2026-10-31", "2026-11-01", "2026-11-02"} {
+		start := ledger.DayStart(date(s), ny)
+		// From the local midnight, and two hours later: a 23-hour day spills into the next,
+		// the 25th hour of a long day is covered.
+		evs = append(evs, gen(rng, start, 1500, 0.05, fmt.Sprintf("z%d", i))...)
+		evs = append(evs, gen(rng, start.Add(2*time.Hour), 500, 0.05, fmt.Sprintf("y%d", i))...)
+	}
+	e.insertRaw(evs)
+	l := e.layer(Options{})
+	ctx := context.Background()
+	for _, r := range [][2]string{{"2026-03-07", "2026-03-09"}, {"2026-10-31", "2026-11-02"}} {
+		if err := l.RunDays(ctx, "events", date(r[0]), date(r[1]), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct {
+		day   string
+		hours int
+	}{{"2026-03-07", 24}, {"2026-03-08", 23}, {"2026-03-09", 24}, {"2026-10-31", 24}, {"2026-11-01", 25}, {"2026-11-02", 24}} {
+		day := date(c.day)
+		e.requireExact(evs, day)
+		e.requireHoursAndMinutes(evs, day, e.lastRun(day))
+		var hours uint64
+		var first, last time.Time
+		q := fmt.Sprintf("SELECT count(), min(hour), max(hour) FROM %s WHERE grouping = '' AND toDate(hour, 'America/New_York') = %s",
+			e.g.T(schema.Hourly("events")), dateLit(day))
+		if err := e.conn.QueryRow(ctx, q).Scan(&hours, &first, &last); err != nil {
+			t.Fatal(err)
+		}
+		if int(hours) != c.hours || !first.Equal(ledger.DayStart(day, ny)) || !last.Equal(ledger.DayEnd(day, ny).Add(-time.Hour)) {
+			t.Errorf("%s: %d hours from %v to %v, want %d from the local midnight", c.day, hours, first, last, c.hours)
+		}
+	}
+	// Each local day is one partition of every table the batch replaces.
+	for _, table := range []string{schema.Daily("events"), schema.Hourly("events"), schema.Speed("events"), schema.RawDays("events")} {
+		var parts []string
+		q := "SELECT groupUniqArray(partition) FROM system.parts WHERE database = ? AND table = ? AND active AND partition IN ('20260308', '20261101')"
+		if err := e.conn.QueryRow(ctx, q, e.cfg.ClickHouse.Database, table).Scan(&parts); err != nil {
+			t.Fatal(err)
+		}
+		if len(parts) != 2 {
+			t.Errorf("%s: partitions %v, want the local days 20260308 and 20261101", table, parts)
+		}
+	}
+}
