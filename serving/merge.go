@@ -218,8 +218,8 @@ type sealedDay struct {
 	d          time.Time
 	start, end time.Time
 	dirty      bool
-	run   Run
-	sets  [][]string
+	run        Run
+	sets       [][]string
 }
 
 // hasHourly and hasSpeed report whether the day's run wrote <ds>_hourly rows and rewrote its
