@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
@@ -73,4 +74,72 @@ func TestZoneViews(t *testing.T) {
 			t.Errorf("%s: %d rows, %v", name, n, err)
 		}
 	}
+}
+
+// TestMigrateZoneChange: a dataset made in UTC, with raw rows, a run and a boundary, is
+// migrated to New York. Migrate refuses, naming time_zone and --recompute-zone; with
+// RecomputeZone it rebuilds the per-day tables in the new zone (raw's day counts and the speed
+// minutes from raw) and forgets the dataset's runs and boundary, so that every day is unrun.
+func TestMigrateZoneChange(t *testing.T) {
+	cfg := chtest.Config(t, nil)
+	conn := chtest.New(t, cfg)
+	ctx := context.Background()
+	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	db := "`" + cfg.ClickHouse.Database + "`"
+	// 03:00 UTC is the previous day in New York; now() is within the speed retention.
+	for _, s := range []string{
+		"INSERT INTO " + db + ".events_raw (id, time, event, country, device, user_id, value) SELECT toString(number), toDateTime(toDate(now()), 'UTC') + 3 * 3600 + number, 'view', 'de', 'ios', 'u1', 1.5 FROM system.numbers LIMIT 10",
+		"INSERT INTO " + db + ".batch_runs (dataset, day, run_id, status, rows_raw) SELECT 'events', toDate(now()), 'r1', 'succeeded', 10",
+		"INSERT INTO " + db + ".batch_watermarks (dataset, watermark, run_id) SELECT 'events', toDate(now()), 'r1'",
+	} {
+		if err := conn.Exec(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inZone(cfg, "America/New_York")
+	_, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{})
+	if err == nil || !strings.Contains(err.Error(), "datasets[0] (events).time_zone: events keeps its days in UTC, the config says America/New_York") ||
+		!strings.Contains(err.Error(), "--recompute-zone") {
+		t.Fatalf("a changed zone: %v, want a refusal naming time_zone and --recompute-zone", err)
+	}
+	// schema_objects knows a view's newest statement by the second it was recorded in: the
+	// views recreated in the new zone must be recorded in a later second than the first ones.
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	if _, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{RecomputeZone: true}); err != nil {
+		t.Fatal(err)
+	}
+	f := func(q, want string) {
+		t.Helper()
+		var got string
+		if err := conn.QueryRow(ctx, q).Scan(&got); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		if got != want {
+			t.Errorf("%s: %q, want %q", q, got, want)
+		}
+	}
+	f("SELECT partition_key FROM system.tables WHERE database = '"+cfg.ClickHouse.Database+"' AND name = 'events_hourly'", "toYYYYMMDD(hour, 'America/New_York')")
+	f("SELECT toString(groupArray((day, rows))) FROM (SELECT day, sum(rows) AS rows FROM "+db+".events_raw_days GROUP BY day)",
+		"[('"+time.Now().UTC().AddDate(0, 0, -1).Format(time.DateOnly)+"',10)]")
+	f("SELECT toString(countMerge(events)) FROM "+db+".events_speed", "10")
+	f("SELECT toString(count()) FROM "+db+".batch_runs WHERE dataset = 'events'", "0")
+	f("SELECT toString(count()) FROM "+db+".batch_watermarks WHERE dataset = 'events'", "0")
+	f("SELECT toString(sum(events)) FROM "+db+".events_lambda_total", "10")
+	// Twice is a no-op; raw rows keep feeding both views.
+	if ran, err := schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, s := range ran {
+			if !strings.Contains(s, "IF NOT EXISTS") {
+				t.Errorf("second migrate changed something: %s", s)
+			}
+		}
+	}
+	if err := conn.Exec(ctx, "INSERT INTO "+db+".events_raw (id, time, event, country, device, user_id, value) SELECT 'x', now(), 'view', 'de', 'ios', 'u1', 1"); err != nil {
+		t.Fatal(err)
+	}
+	f("SELECT toString(countMerge(events)) FROM "+db+".events_speed", "11")
+	f("SELECT toString(sum(rows)) FROM "+db+".events_raw_days", "11")
 }
