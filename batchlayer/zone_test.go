@@ -69,3 +69,25 @@ func TestZoneDaylightSaving(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterZone runs New York's 25-hour day on the local cluster with 1 MiB (passes in time
+// chunks spread over the shards): its day, hours and minutes exact through the cluster, and the
+// watermark moved once every node holds the day.
+func TestClusterZone(t *testing.T) {
+	e := newEnvYAML(t, allTypesYAML+"    time_zone: America/New_York\n", true)
+	e.cfg.Batch.MaxMemory = 1 << 20
+	day := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	start := ledger.DayStart(day, e.cfg.Datasets[0].Location())
+	rng := rand.New(rand.NewPCG(41, 42))
+	evs := append(gen(rng, start, 1500, 0.05, "c"), gen(rng, start.Add(2*time.Hour), 500, 0.05, "d")...)
+	e.insertRaw(evs)
+	e.setNow(start.Add(72 * time.Hour))
+	if err := e.layer(Options{}).RunDays(context.Background(), "events", day, day, nil); err != nil {
+		t.Fatal(err)
+	}
+	e.requireExact(evs, day)
+	e.requireHoursAndMinutes(evs, day, e.lastRun(day))
+	if got := e.watermark(); got != "2026-11-01" {
+		t.Errorf("cluster watermark %s, want 2026-11-01", got)
+	}
+}
