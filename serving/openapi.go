@@ -209,6 +209,7 @@ func (s *Server) OpenAPI() map[string]any {
 				"DatasetInfo": object(nil, obj{
 					"name": str, "dimensions": arr(str), "speed_dimensions": arr(str), "metrics": arr(ref("MetricInfo")),
 					"grouping_sets": arr(str), "granularities": arr(str),
+					"time_zone": obj{"type": "string", "description": "IANA zone of the dataset's days: the default time_zone of a query"},
 				}),
 				"DatasetsResponse": object([]string{"datasets"}, obj{"datasets": arr(ref("DatasetInfo"))}),
 				"Value": object([]string{"value", "count", "exact"}, obj{
