@@ -91,3 +91,36 @@ func TestClusterZone(t *testing.T) {
 		t.Errorf("cluster watermark %s, want 2026-11-01", got)
 	}
 }
+
+// TestZoneSealing: New York's 2026-03-08 ends at 04:00 UTC on the 9th (a 23-hour day); the
+// scheduler seals it 30 minutes (batch.grace) after that, not after the UTC day's end.
+func TestZoneSealing(t *testing.T) {
+	e := newEnvYAML(t, allTypesYAML+"    time_zone: America/New_York\n", false)
+	ny := e.cfg.Datasets[0].Location()
+	day := time.Date(2026, 3, 8, 0, 0, 0, 0, time.UTC)
+	end := ledger.DayEnd(day, ny)
+	evs := gen(rand.New(rand.NewPCG(51, 52)), ledger.DayStart(day, ny), 500, 0.05, "s")
+	e.insertRaw(evs)
+	l := e.layer(Options{})
+	ctx := context.Background()
+	for _, c := range []struct {
+		after time.Duration
+		runs  int
+	}{{29 * time.Minute, 0}, {31 * time.Minute, 1}} {
+		e.flush(0, 10, 11, end) // caught up, by a fresh heartbeat
+		e.setNow(end.Add(c.after))
+		if err := l.Tick(ctx, "events"); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(e.runs()["2026-03-08"]); got != c.runs {
+			t.Fatalf("%v after the local day's end: %d runs of 2026-03-08, want %d (runs %v)", c.after, got, c.runs, e.runs())
+		}
+	}
+	if got := e.runs()["2026-03-08"]; got[0] != "succeeded" {
+		t.Fatalf("run of 2026-03-08: %v", got)
+	}
+	e.requireExact(evs, day)
+	if got := e.watermark(); got != "2026-03-08" {
+		t.Errorf("watermark %s, want 2026-03-08", got)
+	}
+}
