@@ -181,10 +181,13 @@ func (r row) String() string {
 }
 
 // expected computes every grouping set of a day in Go, independently of ClickHouse.
-func expected(evs []event, day time.Time) map[string]row {
+func expected(evs []event, day time.Time) map[string]row { return expectedIn(evs, day, time.UTC) }
+
+// expectedIn is expected for the local day of a dataset in the zone loc.
+func expectedIn(evs []event, day time.Time, loc *time.Location) map[string]row {
 	first := map[string]event{}
 	for _, e := range evs {
-		if !ledger.DayOf(e.t).Equal(day) {
+		if !ledger.DayIn(e.t, loc).Equal(day) {
 			continue
 		}
 		f, ok := first[e.id]
@@ -277,7 +280,7 @@ func eqf(a, b *float64) bool {
 
 func (e *env) requireExact(evs []event, day time.Time) {
 	e.t.Helper()
-	want := expected(evs, day)
+	want := expectedIn(evs, day, e.cfg.Datasets[0].Location())
 	got, _ := e.daily(day)
 	if len(got) != len(want) {
 		e.t.Errorf("%s: %d rows in daily, want %d", day.Format(time.DateOnly), len(got), len(want))

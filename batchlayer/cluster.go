@@ -245,8 +245,8 @@ func (l *Layer) verifiedUpTo(ctx context.Context, d *dataset, from, to time.Time
 	daily, hourly := schema.Daily(d.d.Name), schema.Hourly(d.d.Name)
 	q := fmt.Sprintf(`SELECT %s, day, count(), groupUniqArray(run_id) FROM %s WHERE day > %s AND day <= %s GROUP BY day
 UNION ALL
-SELECT %s, toDate(hour) AS day, count(), groupUniqArray(run_id) FROM %s WHERE day > %s AND day <= %s GROUP BY day`,
-		strLit(daily), d.q.g.T(daily), dateLit(from), dateLit(to), strLit(hourly), d.q.g.T(hourly), dateLit(from), dateLit(to))
+SELECT %s, toDate(hour%s) AS day, count(), groupUniqArray(run_id) FROM %s WHERE day > %s AND day <= %s GROUP BY day`,
+		strLit(daily), d.q.g.T(daily), dateLit(from), dateLit(to), strLit(hourly), schema.Zone(d.d), d.q.g.T(hourly), dateLit(from), dateLit(to))
 	last := to
 	why := ""
 	for _, n := range live {

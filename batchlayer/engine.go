@@ -812,8 +812,10 @@ func (j *job) assemble(ctx context.Context, staging string) error {
 		return nil
 	}}}
 	chunks := min(max(j.plan.chunks, j.conc), 24)
+	// Whole hours of the day in its zone: 23 or 25 on the days clocks change.
+	start, hours := j.q.start(j.day), int(j.q.end(j.day).Sub(j.q.start(j.day))/time.Hour)
 	for c := range chunks {
-		from, to := j.day.Add(time.Duration(24*c/chunks)*time.Hour), j.day.Add(time.Duration(24*(c+1)/chunks)*time.Hour)
+		from, to := start.Add(time.Duration(hours*c/chunks)*time.Hour), start.Add(time.Duration(hours*(c+1)/chunks)*time.Hour)
 		cond := ""
 		if chunks > 1 {
 			cond = fmt.Sprintf("_t >= %s AND _t < %s", timeLit(from), timeLit(to))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -136,10 +137,14 @@ func newEnvYAML(t *testing.T, yaml string, cluster bool) *env {
 // content, ingested earlier (so the copy wins) or in the same second or later at a later offset,
 // and every 50th row late (_late = 1).
 func rawSQL(g *schema.Generator, d *config.Dataset, day time.Time, n, seed int) string {
+	// The day in the dataset's zone: from its local midnight, 23 or 25 hours long when the
+	// clocks change.
+	start := ledger.DayStart(day, d.Location())
+	secs := int64(ledger.DayEnd(day, d.Location()).Sub(start) / time.Second)
 	cols := []string{"id", "time"}
 	exprs := []string{
 		fmt.Sprintf("concat('s%d-', toString(if(number %% 5 = 2, toUInt64(number - 2), number)))", seed),
-		fmt.Sprintf("toDateTime('%s 00:00:00', 'UTC') + intDiv(number * 86399, %d)", day.Format(time.DateOnly), n),
+		fmt.Sprintf("toDateTime('%s', 'UTC') + intDiv(number * %d, %d)", start.Format(time.DateTime), secs-1, n),
 	}
 	for i, name := range d.DimensionNames() {
 		cols = append(cols, name)
@@ -159,7 +164,7 @@ func rawSQL(g *schema.Generator, d *config.Dataset, day time.Time, n, seed int) 
 	}
 	cols = append(cols, "_topic", "_partition", "_offset", "_late", "_ingested_at")
 	exprs = append(exprs, "'t'", "toInt32(number % 4)", fmt.Sprintf("toInt64(intDiv(number, 4) + %d)", seed*1_000_000), "toUInt8(number % 50 = 3)",
-		fmt.Sprintf("toDateTime('%s 00:00:00', 'UTC') + intDiv(if(number %% 5 = 2 AND number %% 2 = 0, toUInt64(number - 4), number), 3)", day.Format(time.DateOnly)))
+		fmt.Sprintf("toDateTime('%s', 'UTC') + intDiv(if(number %% 5 = 2 AND number %% 2 = 0, toUInt64(number - 4), number), 3)", start.Format(time.DateTime)))
 	return fmt.Sprintf("INSERT INTO %s (%s) SELECT %s FROM system.numbers LIMIT %d", g.T(schema.Raw(d.Name)), quoteAll(cols), strings.Join(exprs, ", "), n)
 }
 
@@ -173,7 +178,7 @@ func rowStrings(g *schema.Generator, d *config.Dataset, table, kind string, day 
 	case "daily", "hourly":
 		first := "toString(day)"
 		if kind == "hourly" {
-			first, where = "toString(hour)", fmt.Sprintf("toDate(hour) = %s", dateLit(day))
+			first, where = "toString(hour)", fmt.Sprintf("toDate(hour%s) = %s", schema.Zone(d), dateLit(day))
 		}
 		cols = append(cols, first, "grouping")
 		cols = append(cols, d.DimensionNames()...)
@@ -188,7 +193,7 @@ func rowStrings(g *schema.Generator, d *config.Dataset, table, kind string, day 
 	case "speed":
 		// Merged per minute and dimensions: the rows of a key may sit in several parts, or
 		// on several shards.
-		where = fmt.Sprintf("toDate(minute) = %s", dateLit(day))
+		where = fmt.Sprintf("toDate(minute%s) = %s", schema.Zone(d), dateLit(day))
 		cols = append(cols, "toString(minute)")
 		cols = append(cols, d.SpeedDimensions()...)
 		for _, s := range d.Specs() {
@@ -270,7 +275,7 @@ func references(g *schema.Generator, q *queries, day time.Time) []string {
 // buckets, value ranges, a range of one hot value). The second run's statements are replayed on
 // a current ClickHouse (chDB), where the same comparison must hold.
 func TestGoldenAgainstSingleQuery(t *testing.T) {
-	f := func(t *testing.T, yaml string, memory config.ByteSize, chdb bool) {
+	f := func(t *testing.T, yaml string, d1 time.Time, memory config.ByteSize, chdb bool) {
 		e := newEnvYAML(t, yaml, false)
 		rec := &recorder{Conn: e.conn}
 		e.cfg.Batch.MaxMemory = memory
@@ -281,7 +286,7 @@ func TestGoldenAgainstSingleQuery(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		e.setNow(d3)
+		e.setNow(d1.AddDate(0, 0, 2))
 		l, err := New(e.cfg, Options{Conn: rec, Now: e.clock})
 		if err != nil {
 			t.Fatal(err)
@@ -331,11 +336,15 @@ func TestGoldenAgainstSingleQuery(t *testing.T) {
 			sameRows(t, "chDB "+c.table, lines(res[2*i].Out), lines(res[2*i+1].Out))
 		}
 	}
+	// A dataset in New York on the day its clocks fall back (25 hours, in time chunks too).
+	zoned := allTypesYAML + "    time_zone: America/New_York\n"
+	fallBack := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 	for _, c := range []struct {
 		name, yaml string
-	}{{"demo", ""}, {"every_metric", fullYAML}, {"no_count", payYAML}} {
-		t.Run(c.name+"/default_memory", func(t *testing.T) { f(t, c.yaml, 2<<30, false) })
-		t.Run(c.name+"/1MiB", func(t *testing.T) { f(t, c.yaml, 1<<20, true) })
+		day        time.Time
+	}{{"demo", "", d1}, {"every_metric", fullYAML, d1}, {"no_count", payYAML, d1}, {"new_york", zoned, fallBack}} {
+		t.Run(c.name+"/default_memory", func(t *testing.T) { f(t, c.yaml, c.day, 2<<30, false) })
+		t.Run(c.name+"/1MiB", func(t *testing.T) { f(t, c.yaml, c.day, 1<<20, true) })
 	}
 }
 
@@ -459,10 +468,10 @@ func (b *bucket) String(withUsers bool) string {
 
 // truth computes, from the events of a day (the first-ingested copy of each id), every hour
 // bucket of every grouping set and every minute bucket of every dimension value.
-func truth(evs []event, day time.Time) (hours, minutes map[string]*bucket) {
+func truth(evs []event, day time.Time, loc *time.Location) (hours, minutes map[string]*bucket) {
 	first := map[string]event{}
 	for _, e := range evs {
-		if !e.t.Truncate(24 * time.Hour).Equal(day) {
+		if !ledger.DayIn(e.t, loc).Equal(day) {
 			continue
 		}
 		f, ok := first[e.id]
@@ -502,11 +511,13 @@ func truth(evs []event, day time.Time) (hours, minutes map[string]*bucket) {
 // what the tables hold.
 func (e *env) requireHoursAndMinutes(evs []event, day time.Time, runID string) {
 	e.t.Helper()
-	hours, minutes := truth(evs, day)
+	loc := e.cfg.Datasets[0].Location()
+	zone := schema.Zone(&e.cfg.Datasets[0])
+	hours, minutes := truth(evs, day, loc)
 	got := map[string]string{}
 	runs := map[string]bool{}
 	rows, err := e.conn.Query(context.Background(), fmt.Sprintf(`SELECT toString(hour), grouping, event, country, device, events, users,
-    revenue, low, high, mean, run_id FROM %s WHERE toDate(hour) = %s`, e.g.T(schema.Hourly("events")), dateLit(day)))
+    revenue, low, high, mean, run_id FROM %s WHERE toDate(hour%s) = %s`, e.g.T(schema.Hourly("events")), zone, dateLit(day)))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -536,7 +547,7 @@ func (e *env) requireHoursAndMinutes(evs []event, day time.Time, runID string) {
 	rows, err = e.conn.Query(context.Background(), fmt.Sprintf(`SELECT toString(minute), event, country, device, countMerge(events),
     if(sumMerge(_n_value) = 0, NULL, sumMerge(revenue)), if(sumMerge(_n_value) = 0, NULL, minMerge(low)), if(sumMerge(_n_value) = 0, NULL, maxMerge(high)),
     if(isNaN(avgMerge(mean)), NULL, avgMerge(mean))
-FROM %s WHERE toDate(minute) = %s GROUP BY minute, event, country, device`, e.g.T(schema.Speed("events")), dateLit(day)))
+FROM %s WHERE toDate(minute%s) = %s GROUP BY minute, event, country, device`, e.g.T(schema.Speed("events")), zone, dateLit(day)))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -563,10 +574,10 @@ FROM %s WHERE toDate(minute) = %s GROUP BY minute, event, country, device`, e.g.
 		e.g.T(schema.BatchRuns), runID)).Scan(&hourly, &speed); err != nil {
 		e.t.Fatal(err)
 	}
-	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s WHERE toDate(hour) = %s", e.g.T(schema.Hourly("events")), dateLit(day))).Scan(&inHourly); err != nil {
+	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s WHERE toDate(hour%s) = %s", e.g.T(schema.Hourly("events")), zone, dateLit(day))).Scan(&inHourly); err != nil {
 		e.t.Fatal(err)
 	}
-	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s WHERE toDate(minute) = %s", e.g.T(schema.Speed("events")), dateLit(day))).Scan(&inSpeed); err != nil {
+	if err := e.conn.QueryRow(context.Background(), fmt.Sprintf("SELECT count() FROM %s WHERE toDate(minute%s) = %s", e.g.T(schema.Speed("events")), zone, dateLit(day))).Scan(&inSpeed); err != nil {
 		e.t.Fatal(err)
 	}
 	if hourly == 0 || hourly != inHourly || speed == 0 || speed != inSpeed {

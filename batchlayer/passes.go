@@ -106,7 +106,7 @@ FROM
     WHERE %s
     ORDER BY _ingested_at, _partition, _offset
     LIMIT 1 BY id
-)`, cols, cols, raw, strings.Join(append([]string{rawDayWhere(day)}, where...), " AND "))
+)`, cols, cols, raw, strings.Join(append([]string{q.rawDayWhere(day)}, where...), " AND "))
 }
 
 // The dedup reads raw twice, and sorts only the rows of ids that occur more than once. Most ids
@@ -133,7 +133,7 @@ func (q *queries) createDupTable(table string) string {
 
 // dupHashes writes, for bucket b of n of the id hashes, those seen more than once and how often.
 func (q *queries) dupHashes(table, raw string, day time.Time, n, b int) string {
-	where := rawDayWhere(day)
+	where := q.rawDayWhere(day)
 	if n > 1 {
 		where += " AND " + hashBucket(idHash, n, b)
 	}
@@ -145,7 +145,7 @@ func (q *queries) dupHashes(table, raw string, day time.Time, n, b int) string {
 func (q *queries) dedupUnique(table, raw, dups string, day time.Time) string {
 	cols := quoteAll(columnNames(q.dedupColumns()))
 	return fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s\nFROM %s\nWHERE %s AND %s NOT IN (SELECT h FROM %s)",
-		q.g.T(table), cols, cols, raw, rawDayWhere(day), idHash, q.g.T(dups))
+		q.g.T(table), cols, cols, raw, q.rawDayWhere(day), idHash, q.g.T(dups))
 }
 
 // dedupRepeated writes bucket b of n of the rows whose id hash occurs more than once,
@@ -314,7 +314,7 @@ func (q *queries) rollupSelect(r rollup, day time.Time) string {
 	if tc == "" {
 		tc = "time"
 	}
-	l1 := []string{"toStartOfHour(" + tc + ") AS _h"}
+	l1 := []string{q.hourOf(tc) + " AS _h"}
 	g1 := []string{"_h"}
 	for i, n := range dims {
 		l1 = append(l1, fmt.Sprintf("%s AS _d%d", schema.Q(n), i))
@@ -325,7 +325,7 @@ func (q *queries) rollupSelect(r rollup, day time.Time) string {
 	for i, a := range r.level1 {
 		l1 = append(l1, fmt.Sprintf("%s AS _a%d", a, i))
 	}
-	l2 := []string{fmt.Sprintf("if(bitTest(_m, %d), _h, %s) AS _t", hourBit, timeLit(day)), "_m AS _g"}
+	l2 := []string{fmt.Sprintf("if(bitTest(_m, %d), _h, %s) AS _t", hourBit, timeLit(q.start(day))), "_m AS _g"}
 	for i := range dims {
 		l2 = append(l2, fmt.Sprintf("if(bitTest(_m, %d), _d%d, '') AS _o%d", i, i, i))
 	}
@@ -373,8 +373,10 @@ func indent(s string) string { return "    " + strings.ReplaceAll(s, "\n", "\n  
 
 // timeChunk selects chunk c of n of the day by minute (n ≤ 1440) of the time column tc: whole
 // minutes, so that a speed minute is never split.
-func timeChunk(tc string, day time.Time, n, c int) string {
-	return fmt.Sprintf("intDiv(intDiv(toUInt32(%s) - %d, 60) * %d, 1440) = %d", tc, day.Unix(), n, c)
+func (q *queries) timeChunk(tc string, day time.Time, n, c int) string {
+	start := q.start(day)
+	minutes := int64(q.end(day).Sub(start) / time.Minute) // 1380 or 1500 when the clocks change
+	return fmt.Sprintf("intDiv(intDiv(toUInt32(%s) - %d, 60) * %d, %d) = %d", tc, start.Unix(), n, minutes, c)
 }
 
 // keyBucket selects key-hash bucket b of n of a distinct-count key column.
@@ -389,7 +391,7 @@ func keyBucket(col string, n, b int) string {
 func (q *queries) aggregatePass(table, src string, gen int, day time.Time, n, c int, exact map[int]bool) string {
 	r := rollup{src: src}
 	if n > 1 {
-		r.where = append(r.where, timeChunk("time", day, n, c))
+		r.where = append(r.where, q.timeChunk("time", day, n, c))
 	}
 	for i, s := range q.d.Specs() {
 		switch s.Type {
@@ -440,7 +442,7 @@ func (q *queries) countSpec() int {
 func (q *queries) aggregateSpeedPass(table, speed string, gen int, day time.Time, n, c int) string {
 	r := rollup{src: speed, time: "minute"}
 	if n > 1 {
-		r.where = append(r.where, timeChunk("minute", day, n, c))
+		r.where = append(r.where, q.timeChunk("minute", day, n, c))
 	}
 	for i, s := range q.d.Specs() {
 		state := schema.Q(s.Name)
@@ -647,7 +649,7 @@ func (q *queries) assemble(table, parts, exact string, gen int, gens []int, inA 
 		ns[i] = strLit(names[i])
 	}
 	ms[0] = "toUInt64(" + ms[0] + ")"
-	first := "toDate(_t)"
+	first := "toDate(_t" + schema.Zone(q.d) + ")"
 	cols := q.dailyColumns()
 	if hour {
 		first = "_t"
@@ -722,7 +724,7 @@ func (q *queries) createSpeedStaging(table, engine string) string {
 func (q *queries) speedPass(table, src string, day time.Time, n, c int) string {
 	where := "1"
 	if n > 1 {
-		where = timeChunk("time", day, n, c)
+		where = q.timeChunk("time", day, n, c)
 	}
 	return q.g.SpeedSelect(q.d, fmt.Sprintf("INSERT INTO %s ", q.g.T(table)), where, src)
 }

@@ -33,7 +33,7 @@ type plan struct {
 
 // lookbackStart is the first day whose late rows are corrected automatically.
 func lookbackStart(d *dataset, now time.Time) time.Time {
-	return ledger.DayOf(now.Add(-d.d.BatchConf.Lookback.D()))
+	return ledger.DayIn(now.Add(-d.d.BatchConf.Lookback.D()), d.d.Location())
 }
 
 func (l *Layer) readState(ctx context.Context, d *dataset) (state, error) {
@@ -95,7 +95,7 @@ func (l *Layer) plan(ctx context.Context, d *dataset, now time.Time) (plan, erro
 	// A day is sealed when its end plus grace has passed and the speed layer has consumed past
 	// its end; otherwise a lagging (or dead) consumer would let a partial day be sealed.
 	sealed := func(day time.Time) bool {
-		end := day.AddDate(0, 0, 1)
+		end := d.q.end(day)
 		return !end.Add(d.d.BatchConf.Grace.D()).After(now) && !swm.IsZero() && !swm.Before(end)
 	}
 	lookback := lookbackStart(d, now)
@@ -197,7 +197,7 @@ func (l *Layer) updateWatermark(ctx context.Context, d *dataset) (state, error) 
 			l.setPending(name, false)
 		}
 	}
-	l.m.gauges(name, next, st.exact)
+	l.m.gauges(name, next, st.exact, d.d.Location())
 	if (ok && old.Equal(next)) || (!ok && next.IsZero()) {
 		return st, nil
 	}
@@ -250,7 +250,7 @@ func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error 
 		return nil
 	}
 	rawCut := now.Add(-d.d.RawRetention.D())
-	keepRaw := func(day time.Time) bool { return day.AddDate(0, 0, 1).After(rawCut) }
+	keepRaw := func(day time.Time) bool { return d.q.end(day).After(rawCut) }
 	if err := drop(schema.Raw(d.d.Name), keepRaw); err != nil {
 		return err
 	}
@@ -259,8 +259,8 @@ func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error 
 	if err := drop(schema.RawDays(d.d.Name), keepRaw); err != nil {
 		return err
 	}
-	speedCut := wm.AddDate(0, 0, 1).Add(-d.d.SpeedConf.Retention.D())
-	return drop(schema.Speed(d.d.Name), func(day time.Time) bool { return day.AddDate(0, 0, 1).After(speedCut) })
+	speedCut := d.q.end(wm).Add(-d.d.SpeedConf.Retention.D())
+	return drop(schema.Speed(d.d.Name), func(day time.Time) bool { return d.q.end(day).After(speedCut) })
 }
 
 // Run is one batch run with its current state.
@@ -346,13 +346,14 @@ type metrics struct {
 	health    *healthMetrics
 }
 
-// gauges sets the boundary and exact watermark gauges (end of the day, Unix time; 0: none).
-func (m *metrics) gauges(ds string, boundary, exact time.Time) {
+// gauges sets the boundary and exact watermark gauges (end of the day in the dataset's zone
+// loc, Unix time; 0: none).
+func (m *metrics) gauges(ds string, boundary, exact time.Time, loc *time.Location) {
 	end := func(day time.Time) float64 {
 		if day.IsZero() {
 			return 0
 		}
-		return float64(day.AddDate(0, 0, 1).Unix())
+		return float64(ledger.DayEnd(day, loc).Unix())
 	}
 	m.watermark.WithLabelValues(ds).Set(end(boundary))
 	m.exact.WithLabelValues(ds).Set(end(exact))

@@ -251,8 +251,8 @@ func (l *Layer) keepsSpeed(ctx context.Context, d *dataset, day time.Time) (bool
 	if err != nil || !ok || day.After(wm) {
 		return err == nil, err
 	}
-	cut := wm.AddDate(0, 0, 1).Add(-d.d.SpeedConf.Retention.D())
-	return day.AddDate(0, 0, 1).After(cut), nil
+	cut := d.q.end(wm).Add(-d.d.SpeedConf.Retention.D())
+	return d.q.end(day).After(cut), nil
 }
 
 // readSpeedTotals reads the speed view's totals of the day for its drift, unless an earlier run

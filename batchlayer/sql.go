@@ -9,6 +9,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -40,10 +41,25 @@ func partitionID(day time.Time) string { return day.UTC().Format("20060102") }
 
 func strLit(s string) string { return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'" }
 
+// start and end are the instants a day (a Date) begins and ends in the dataset's zone: a day
+// of a zone with daylight saving has 23 or 25 hours.
+func (q *queries) start(day time.Time) time.Time { return ledger.DayStart(day, q.d.Location()) }
+func (q *queries) end(day time.Time) time.Time   { return ledger.DayEnd(day, q.d.Location()) }
+
 // rawDayWhere selects one day of raw by the sorting key's first column, so that both the
 // partition and the primary key prune.
-func rawDayWhere(day time.Time) string {
-	return fmt.Sprintf("time >= %s AND time < %s", timeLit(day), timeLit(day.AddDate(0, 0, 1)))
+func (q *queries) rawDayWhere(day time.Time) string {
+	return fmt.Sprintf("time >= %s AND time < %s", timeLit(q.start(day)), timeLit(q.end(day)))
+}
+
+// hourOf is the local hour of a DateTime column in the dataset's zone, as DateTime('UTC'):
+// toStartOfHour(col) for UTC, the same instants in every zone a whole number of hours from
+// UTC, and a zone's own hours (from :30) in the others.
+func (q *queries) hourOf(col string) string {
+	if z := schema.Zone(q.d); z != "" {
+		return "toDateTime(toStartOfHour(" + col + z + "), 'UTC')"
+	}
+	return "toStartOfHour(" + col + ")"
 }
 
 // stagingName is the staging table of a run.
@@ -155,7 +171,7 @@ func (q *queries) dedupSelect(table string, day time.Time, withTime bool) string
 FROM %s
 WHERE %s
 ORDER BY _ingested_at, _partition, _offset
-LIMIT 1 BY id`, strings.Join(inner, ",\n    "), table, rawDayWhere(day))
+LIMIT 1 BY id`, strings.Join(inner, ",\n    "), table, q.rawDayWhere(day))
 }
 
 // aggregateSets computes every grouping set of the deduplicated rows of source (a subquery of
@@ -166,7 +182,7 @@ func (q *queries) aggregateSets(table, source string, day time.Time, runID strin
 	group := []string{"o_grouping"}
 	cols := q.dailyColumns()
 	if hour {
-		outer[0] = "toStartOfHour(t) AS o_hour"
+		outer[0] = q.hourOf("t") + " AS o_hour"
 		group = append([]string{"o_hour"}, group...)
 		cols = append([]string{"hour"}, cols[1:]...)
 	}
@@ -225,7 +241,7 @@ func (q *queries) speedTotals(day time.Time) string {
 		sel = append(sel, "toNullable(toFloat64("+s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+"))")
 	}
 	return fmt.Sprintf("SELECT %s FROM %s WHERE minute >= %s AND minute < %s", strings.Join(sel, ", "),
-		q.g.T(schema.Speed(q.d.Name)), timeLit(day), timeLit(day.AddDate(0, 0, 1)))
+		q.g.T(schema.Speed(q.d.Name)), timeLit(q.start(day)), timeLit(q.end(day)))
 }
 
 // swap replaces the day's partition of <ds>_daily with the staging table's.

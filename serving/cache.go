@@ -71,11 +71,12 @@ func (s *Server) cacheKey(q *Query, st *snapshot, pl *Plan) string {
 		From, To        int64
 		Desc, Exact     bool
 		Limit, Offset   int
-	}{q.DS.Name, q.Granularity, q.OrderBy, q.Metrics, q.Dimensions, q.Filters, q.Having, q.From.Unix(), minT(q.To, boundary(&st.State)).Unix(), q.Desc, q.Exact, q.Limit, q.Offset}
+		Zone            string
+	}{q.DS.Name, q.Granularity, q.OrderBy, q.Metrics, q.Dimensions, q.Filters, q.Having, q.From.Unix(), minT(q.To, boundary(&st.State, q.DS.Location())).Unix(), q.Desc, q.Exact, q.Limit, q.Offset, q.Zone.String()}
 	b, _ := json.Marshal(canon)
 	h.Write(b)
 	// Raw parts are exact only up to the speed watermark (see Decide).
-	fmt.Fprintf(h, "|%s|%v|", s.cfg.Version, st.SpeedWatermark.Before(minT(q.To, boundary(&st.State))))
+	fmt.Fprintf(h, "|%s|%v|", s.cfg.Version, st.SpeedWatermark.Before(minT(q.To, boundary(&st.State, q.DS.Location()))))
 	dirty := daySet(st.Dirty)
 	for d := pl.BatchFrom; d.Before(pl.BatchTo); d = d.AddDate(0, 0, 1) {
 		k, _ := st.days.Get(d)

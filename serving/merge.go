@@ -1,6 +1,7 @@
 package serving
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"time"
@@ -70,9 +71,16 @@ func (d *Decision) Side(batch bool) []Part {
 // from raw. A dirty day is flagged approximate. After the boundary, <ds>_speed (approximate),
 // or raw when the speed view lacks a dimension or exact:true asks. exact:true reads raw
 // wherever another source would be approximate.
+//
+// Days are the dataset's days (its time_zone). Buckets are in the request's zone: day, week and
+// month buckets in another zone than the dataset's cut its days, so the whole range is read
+// from raw (exact), or refused (400 naming time_zone) when raw no longer holds it; hour buckets
+// whose hours are not the stored hours (a zone a half hour away) read minutes instead.
 func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIError) {
 	ds := q.DS
-	dec := Decision{Complete: true, Boundary: boundary(st)}
+	loc := ds.Location()
+	start := func(d time.Time) time.Time { return ledger.DayStart(d, loc) }
+	dec := Decision{Complete: true, Boundary: boundary(st, loc)}
 	add := func(pt Part) {
 		if pt.From.Equal(pt.To) {
 			return
@@ -83,7 +91,7 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		}
 		dec.Parts = append(dec.Parts, pt)
 	}
-	oldestRaw := ledger.DayOf(now.Add(-ds.RawRetention.D()))
+	oldestRaw := start(ledger.DayIn(now.Add(-ds.RawRetention.D()), loc))
 	unrun := daySet(st.Unrun)
 	// Deduplicated raw is exact for what it holds; the row is exact only where raw is known to
 	// hold everything: up to the speed watermark (Kafka has nothing older unconsumed, late
@@ -118,7 +126,7 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		if bound.IsZero() || to.After(bound) {
 			exact = !st.SpeedWatermark.IsZero() && !to.After(complete)
 		} else {
-			for d := ledger.DayOf(from); d.Before(to); d = d.AddDate(0, 0, 1) {
+			for d := ledger.DayIn(from, loc); start(d).Before(to); d = d.AddDate(0, 0, 1) {
 				exact = exact && !unrun[d] && st.Runs[d].ID != ""
 			}
 		}
@@ -126,17 +134,28 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		return nil
 	}
 
+	if q.otherZone() && (q.Granularity == "day" || q.Granularity == "week" || q.Granularity == "month") {
+		// Another zone's days cut the stored days and their hours: raw alone answers.
+		if err := addRaw(q.From, q.To); err != nil {
+			err.Field, err.Message = "time_zone", fmt.Sprintf("%s buckets in %s (the dataset's days are in %s) are computed from raw, and %s", q.Granularity, q.Zone, loc, err.Message)
+			return Decision{}, err
+		}
+		dec.States = q.combines(dec.Parts)
+		dec.Split = bound.IsZero() || !q.bucketOf(bound.Add(-time.Nanosecond)).Equal(q.bucketOf(bound))
+		return dec, nil
+	}
+
 	// The batch side, day by day.
 	if batchEnd := minT(q.To, bound); q.From.Before(batchEnd) {
 		dirty := daySet(st.Dirty)
-		for d := ledger.DayOf(q.From); d.Before(batchEnd); d = d.AddDate(0, 0, 1) {
-			s, e := maxT(q.From, d), minT(batchEnd, d.AddDate(0, 0, 1))
-			day := sealedDay{d: d, dirty: dirty[d], run: st.Runs[d], sets: p.setsOf(ds, st, d)}
+		for d := ledger.DayIn(q.From, loc); start(d).Before(batchEnd); d = d.AddDate(0, 0, 1) {
+			s, e := maxT(q.From, start(d)), minT(batchEnd, start(d.AddDate(0, 0, 1)))
+			day := sealedDay{d: d, start: start(d), end: start(d.AddDate(0, 0, 1)), dirty: dirty[d], run: st.Runs[d], sets: p.setsOf(ds, st, d)}
 			var err *APIError
 			switch {
 			case unrun[d]:
 				err = addRaw(s, e)
-			case s.Equal(d) && e.Equal(d.AddDate(0, 0, 1)) && q.Granularity != "minute" && q.Granularity != "hour":
+			case s.Equal(day.start) && e.Equal(day.end) && q.Granularity != "minute" && q.Granularity != "hour":
 				var pt Part
 				if pt, err = p.dayPart(q, day, oldestRaw); err == nil {
 					add(pt)
@@ -157,7 +176,7 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 				return Decision{}, err
 			}
 		} else {
-			cover := ledger.DayOf(now.Add(-ds.SpeedConf.Retention.D()))
+			cover := start(ledger.DayIn(now.Add(-ds.SpeedConf.Retention.D()), loc))
 			if !st.SpeedOldest.IsZero() && st.SpeedOldest.Before(cover) {
 				cover = st.SpeedOldest
 			}
@@ -193,12 +212,14 @@ func (q *Query) combines(parts []Part) bool {
 	return false
 }
 
-// sealedDay is what the planner knows of a day before the boundary.
+// sealedDay is what the planner knows of a day before the boundary: d is the day (a Date),
+// [start, end) its instants in the dataset's zone.
 type sealedDay struct {
-	d     time.Time
-	dirty bool
-	run   Run
-	sets  [][]string
+	d          time.Time
+	start, end time.Time
+	dirty      bool
+	run        Run
+	sets       [][]string
 }
 
 // hasHourly and hasSpeed report whether the day's run wrote <ds>_hourly rows and rewrote its
@@ -227,7 +248,7 @@ func (p *Planner) subDay(q *Query, day sealedDay, s, e time.Time, add func(Part)
 		}
 		return addRaw(s, e)
 	}
-	if q.Granularity == "minute" || !day.hasHourly() {
+	if q.Granularity == "minute" || !day.hasHourly() || !q.hoursAlign(day.start, day.end) {
 		return minutes(s, e)
 	}
 	hs, he := ceilTo(s, time.Hour), floorTo(e, time.Hour)
@@ -251,9 +272,9 @@ func (p *Planner) subDay(q *Query, day sealedDay, s, e time.Time, add func(Part)
 // or the day is dirty), or from raw when exact:true asks for more, or when no set the day holds
 // has every dimension the query needs (the day was computed before a dimension was added).
 func (p *Planner) dayPart(q *Query, day sealedDay, oldestRaw time.Time) (Part, *APIError) {
-	d := day.d
+	d := day.start
 	name, direct, exact, ok := chooseSet(q, day.sets, q.neededDims(), "day")
-	r := SourceRange{From: d, To: d.AddDate(0, 0, 1)}
+	r := SourceRange{From: day.start, To: day.end}
 	if !ok || (q.Exact && (!exact || day.dirty)) {
 		if !d.Before(oldestRaw) {
 			r.Source, r.Table, r.Exact = SourceRaw, TableRaw, true
@@ -338,27 +359,34 @@ func chooseSet(q *Query, sets [][]string, needed []string, grain string) (name s
 	return strings.Join(best, ","), false, !q.hasSketch(), true
 }
 
-// bucketOf is the start of the bucket holding t, as the SQL bucket expressions compute it.
+// bucketOf is the start of the bucket holding t in the request's zone, as the SQL bucket
+// expressions compute it: a local hour, midnight, Monday or first of the month, as an instant.
 func (q *Query) bucketOf(t time.Time) time.Time {
 	t = t.UTC()
+	loc := q.zone()
 	switch q.Granularity {
 	case "minute":
 		return t.Truncate(time.Minute)
 	case "hour":
-		return t.Truncate(time.Hour)
+		l := t.In(loc)
+		return t.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
 	case "day":
-		return ledger.DayOf(t)
+		return ledger.DayStart(ledger.DayIn(t, loc), loc)
 	case "week":
-		d := ledger.DayOf(t)
-		return d.AddDate(0, 0, -((int(d.Weekday()) + 6) % 7))
+		d := ledger.DayIn(t, loc)
+		return ledger.DayStart(d.AddDate(0, 0, -((int(d.Weekday())+6)%7)), loc)
 	case "month":
-		return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+		d := ledger.DayIn(t, loc)
+		return ledger.DayStart(time.Date(d.Year(), d.Month(), 1, 0, 0, 0, 0, time.UTC), loc)
 	}
 	return q.From
 }
 
-// bucketEnd is the end of the bucket starting at b (clipped to the query's range).
+// bucketEnd is the end of the bucket starting at b (clipped to the query's range): a day is 23
+// or 25 hours long when the request's zone changes its clocks.
 func (q *Query) bucketEnd(b time.Time) time.Time {
+	loc := q.zone()
+	d := ledger.DayIn(b, loc)
 	var end time.Time
 	switch q.Granularity {
 	case "minute":
@@ -366,15 +394,39 @@ func (q *Query) bucketEnd(b time.Time) time.Time {
 	case "hour":
 		end = b.Add(time.Hour)
 	case "day":
-		end = b.AddDate(0, 0, 1)
+		end = ledger.DayStart(d.AddDate(0, 0, 1), loc)
 	case "week":
-		end = b.AddDate(0, 0, 7)
+		end = ledger.DayStart(d.AddDate(0, 0, 7), loc)
 	case "month":
-		end = b.AddDate(0, 1, 0)
+		end = ledger.DayStart(d.AddDate(0, 1, 0), loc)
 	default:
 		end = q.To
 	}
 	return minT(end, q.To)
+}
+
+// zone is the request's zone (UTC for a Query built without Check).
+func (q *Query) zone() *time.Location {
+	if q.Zone == nil {
+		return time.UTC
+	}
+	return q.Zone
+}
+
+// hoursAlign reports whether the request's hours are the stored hours of <ds>_hourly (the
+// dataset's local hours) over [from, to): the two zones are a whole number of hours apart.
+func (q *Query) hoursAlign(from, to time.Time) bool {
+	if !q.otherZone() {
+		return true
+	}
+	for _, t := range []time.Time{from, to.Add(-time.Second)} {
+		_, a := t.In(q.zone()).Zone()
+		_, b := t.In(q.DS.Location()).Zone()
+		if (a-b)%3600 != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func floorTo(t time.Time, d time.Duration) time.Time { return t.Truncate(d) }

@@ -85,7 +85,8 @@ func (s *Server) OpenAPI() map[string]any {
 		"413": errResp("request body too large (code body_too_large)"),
 	})
 	formatParam := obj{"name": "format", "in": "query", "schema": obj{"type": "string", "enum": []string{"json", "csv"}}}
-	timeDoc := "RFC 3339 time, YYYY-MM-DD (UTC midnight), now, or now-<duration> (now-6h, now-30d)"
+	timeDoc := "RFC 3339 time, YYYY-MM-DD (midnight in time_zone), now, or now-<duration> (now-6h, now-30d)"
+	zoneDoc := "IANA time zone of the buckets and of YYYY-MM-DD (default: the dataset's time_zone); day, week and month buckets in another zone than the dataset's are computed from raw, or refused (400, field time_zone) when raw no longer holds the range; bucket times are UTC instants"
 	getParams := []obj{
 		{"name": "dataset", "in": "query", "required": true, "schema": obj{"type": "string", "enum": datasets}},
 		{"name": "metrics", "in": "query", "required": true, "description": "comma-separated metric names", "schema": str},
@@ -99,6 +100,7 @@ func (s *Server) OpenAPI() map[string]any {
 		{"name": "limit", "in": "query", "schema": obj{"type": "integer", "minimum": 0}},
 		{"name": "offset", "in": "query", "schema": obj{"type": "integer", "minimum": 0, "maximum": maxOffset}},
 		{"name": "exact", "in": "query", "schema": boolean},
+		{"name": "time_zone", "in": "query", "description": zoneDoc, "schema": str},
 		formatParam,
 	}
 	valuesParams := []obj{
@@ -166,6 +168,7 @@ func (s *Server) OpenAPI() map[string]any {
 					"limit":       obj{"type": "integer", "minimum": 0, "description": "0 means serving.max_rows"},
 					"offset":      obj{"type": "integer", "minimum": 0, "maximum": maxOffset, "description": "rows to skip, in the query's order"},
 					"exact":       obj{"type": "boolean", "description": "answer from deduplicated raw events whatever would otherwise be approximate: distinct counts and quantiles that no stored grouping set covers, days waiting for a correction, the speed side"},
+					"time_zone":   obj{"type": "string", "description": zoneDoc},
 				}),
 				"SourceRange": object(nil, obj{
 					"from": obj{"type": "string", "format": "date-time"}, "to": obj{"type": "string", "format": "date-time"},
@@ -206,6 +209,7 @@ func (s *Server) OpenAPI() map[string]any {
 				"DatasetInfo": object(nil, obj{
 					"name": str, "dimensions": arr(str), "speed_dimensions": arr(str), "metrics": arr(ref("MetricInfo")),
 					"grouping_sets": arr(str), "granularities": arr(str),
+					"time_zone": obj{"type": "string", "description": "IANA zone of the dataset's days: the default time_zone of a query"},
 				}),
 				"DatasetsResponse": object([]string{"datasets"}, obj{"datasets": arr(ref("DatasetInfo"))}),
 				"Value": object([]string{"value", "count", "exact"}, obj{

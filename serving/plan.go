@@ -121,22 +121,24 @@ func minT(a, b time.Time) time.Time {
 	return b
 }
 
-// boundary is the end of the persisted boundary day, zero when no day is covered.
-func boundary(st *State) time.Time {
+// boundary is the end of the persisted boundary day in the dataset's zone loc, zero when no
+// day is covered.
+func boundary(st *State, loc *time.Location) time.Time {
 	if st.Watermark.IsZero() {
 		return time.Time{}
 	}
-	return st.Watermark.AddDate(0, 0, 1)
+	return ledger.DayEnd(st.Watermark, loc)
 }
 
 // BatchDays returns the days [from, to) a query reads before the batch boundary (from == to:
 // none): the grouping sets the batch tables hold for them are read before planning.
 func (p *Planner) BatchDays(q *Query, st *State) (from, to time.Time) {
-	end := minT(q.To, boundary(st))
+	loc := q.DS.Location()
+	end := minT(q.To, boundary(st, loc))
 	if !q.From.Before(end) {
 		return time.Time{}, time.Time{}
 	}
-	return ledger.DayOf(q.From), ledger.DayOf(end.Add(-time.Nanosecond)).AddDate(0, 0, 1)
+	return ledger.DayIn(q.From, loc), ledger.DayIn(end.Add(-time.Nanosecond), loc).AddDate(0, 0, 1)
 }
 
 // PlanWhole is Plan with every part in one statement (All), as a tool that compares the API
@@ -169,7 +171,8 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	sh := shape{states: dec.States}
 	batch, speed := dec.Side(true), dec.Side(false)
 	if len(batch) > 0 {
-		pl.BatchFrom, pl.BatchTo = ledger.DayOf(batch[0].From), ledger.DayOf(batch[len(batch)-1].To.Add(-time.Nanosecond)).AddDate(0, 0, 1)
+		loc := q.DS.Location()
+		pl.BatchFrom, pl.BatchTo = ledger.DayIn(batch[0].From, loc), ledger.DayIn(batch[len(batch)-1].To.Add(-time.Nanosecond), loc).AddDate(0, 0, 1)
 	}
 	switch {
 	case len(batch) > 0 && len(speed) > 0 && !dec.Split:

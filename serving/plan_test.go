@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,26 +29,44 @@ func demoConfig(t testing.TB) *config.Config {
 }
 
 // planCases are the planner's shapes: every granularity, ranges before, across and after the
-// watermark, exact and approximate roll-ups, and a gap.
-var planCases = []struct{ name, req string }{
-	{"day_before", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["country"],"from":"2024-03-01","to":"2024-03-08"}`},
-	{"day_across", `{"dataset":"events","metrics":["events","users"],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-11"}`},
-	{"day_after", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"day"}`},
-	{"minute_after", `{"dataset":"events","metrics":["events","revenue"],"from":"now-6h","to":"now","granularity":"minute"}`},
-	{"minute_before", `{"dataset":"events","metrics":["events"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T11:00:00Z","granularity":"minute"}`},
-	{"hour_across", `{"dataset":"events","metrics":["events","value_p95"],"dimensions":["device"],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T04:00:00Z","granularity":"hour"}`},
-	{"week_across", `{"dataset":"events","metrics":["events","users"],"from":"2024-02-26","to":"2024-03-11","granularity":"week"}`},
-	{"month_before", `{"dataset":"events","metrics":["revenue","users"],"dimensions":["event"],"from":"2024-01-01","to":"2024-03-01","granularity":"month"}`},
-	{"all_exact", `{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-11","granularity":"all","exact":true}`},
-	{"day_filters_exact_set", `{"dataset":"events","metrics":["users"],"dimensions":["event"],"filters":[{"dimension":"country","op":"eq","values":["DE"]},{"dimension":"event","op":"in","values":["buy","view"]}],"from":"2024-03-01","to":"2024-03-08"}`},
-	{"day_filters_rollup", `{"dataset":"events","metrics":["users","events"],"dimensions":["event"],"filters":[{"dimension":"country","op":"not_in","values":["DE","x'); DROP TABLE t; --"]}],"from":"2024-03-01","to":"2024-03-08","order_by":"-users","limit":10}`},
-	{"day_partial_edges", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-06T06:00:00Z","to":"2024-03-08T18:00:00Z"}`},
-	{"day_gap", `{"dataset":"events","metrics":["events"],"from":"2024-02-20","to":"2024-03-11"}`},
+// watermark, exact and approximate roll-ups, and a gap; zone is the dataset's time_zone ("":
+// UTC).
+var planCases = []struct{ name, req, zone string }{
+	{"day_before", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["country"],"from":"2024-03-01","to":"2024-03-08"}`, ""},
+	{"day_across", `{"dataset":"events","metrics":["events","users"],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-11"}`, ""},
+	{"day_after", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ""},
+	{"minute_after", `{"dataset":"events","metrics":["events","revenue"],"from":"now-6h","to":"now","granularity":"minute"}`, ""},
+	{"minute_before", `{"dataset":"events","metrics":["events"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T11:00:00Z","granularity":"minute"}`, ""},
+	{"hour_across", `{"dataset":"events","metrics":["events","value_p95"],"dimensions":["device"],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T04:00:00Z","granularity":"hour"}`, ""},
+	{"week_across", `{"dataset":"events","metrics":["events","users"],"from":"2024-02-26","to":"2024-03-11","granularity":"week"}`, ""},
+	{"month_before", `{"dataset":"events","metrics":["revenue","users"],"dimensions":["event"],"from":"2024-01-01","to":"2024-03-01","granularity":"month"}`, ""},
+	{"all_exact", `{"dataset":"events","metrics":["users"],"from":"2024-03-01","to":"2024-03-11","granularity":"all","exact":true}`, ""},
+	{"day_filters_exact_set", `{"dataset":"events","metrics":["users"],"dimensions":["event"],"filters":[{"dimension":"country","op":"eq","values":["DE"]},{"dimension":"event","op":"in","values":["buy","view"]}],"from":"2024-03-01","to":"2024-03-08"}`, ""},
+	{"day_filters_rollup", `{"dataset":"events","metrics":["users","events"],"dimensions":["event"],"filters":[{"dimension":"country","op":"not_in","values":["DE","x'); DROP TABLE t; --"]}],"from":"2024-03-01","to":"2024-03-08","order_by":"-users","limit":10}`, ""},
+	{"day_partial_edges", `{"dataset":"events","metrics":["events","users"],"from":"2024-03-06T06:00:00Z","to":"2024-03-08T18:00:00Z"}`, ""},
+	{"day_gap", `{"dataset":"events","metrics":["events"],"from":"2024-02-20","to":"2024-03-11"}`, ""},
 	// Having, prefix and offset over a split plan; a ratio with its parts unrequested, a
 	// contains filter and having on the ratio; the values endpoint's query.
-	{"day_having_offset", `{"dataset":"events","metrics":["events","revenue"],"dimensions":["country"],"filters":[{"dimension":"country","op":"prefix","values":["D'"]}],"having":[{"metric":"events","op":"gte","value":10},{"metric":"users","op":"lt","value":1e21}],"from":"2024-03-05","to":"2024-03-11","order_by":"-events","limit":5,"offset":5}`},
-	{"hour_ratio_contains", `{"dataset":"events","metrics":["revenue_per_event","users"],"dimensions":["device"],"filters":[{"dimension":"event","op":"contains","values":["u"]}],"having":[{"metric":"revenue_per_event","op":"neq","value":0}],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T04:00:00Z","granularity":"hour","order_by":"revenue_per_event desc"}`},
-	{"values_prefix", `{"dataset":"events","metrics":["events"],"dimensions":["country"],"filters":[{"dimension":"country","op":"prefix","values":["D"]}],"from":"2024-02-09","to":"2024-03-10T12:00:00Z","granularity":"all","order_by":"-events","limit":100}`},
+	{"day_having_offset", `{"dataset":"events","metrics":["events","revenue"],"dimensions":["country"],"filters":[{"dimension":"country","op":"prefix","values":["D'"]}],"having":[{"metric":"events","op":"gte","value":10},{"metric":"users","op":"lt","value":1e21}],"from":"2024-03-05","to":"2024-03-11","order_by":"-events","limit":5,"offset":5}`, ""},
+	{"hour_ratio_contains", `{"dataset":"events","metrics":["revenue_per_event","users"],"dimensions":["device"],"filters":[{"dimension":"event","op":"contains","values":["u"]}],"having":[{"metric":"revenue_per_event","op":"neq","value":0}],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T04:00:00Z","granularity":"hour","order_by":"revenue_per_event desc"}`, ""},
+	{"values_prefix", `{"dataset":"events","metrics":["events"],"dimensions":["country"],"filters":[{"dimension":"country","op":"prefix","values":["D"]}],"from":"2024-02-09","to":"2024-03-10T12:00:00Z","granularity":"all","order_by":"-events","limit":100}`, ""},
+	// Time zones: a dataset in New York (local days, its hours in UTC, its weeks in Kolkata
+	// from raw, local months), and a UTC dataset asked for Kolkata's hours (from minutes).
+	{"zone_day_across", `{"dataset":"events","metrics":["events","users"],"dimensions":["country"],"from":"2024-03-05","to":"2024-03-11"}`, "America/New_York"},
+	{"zone_hour_utc", `{"dataset":"events","metrics":["events","value_p95"],"from":"2024-03-08T20:00:00Z","to":"2024-03-09T08:00:00Z","granularity":"hour","time_zone":"UTC"}`, "America/New_York"},
+	{"zone_week_other", `{"dataset":"events","metrics":["events","users"],"from":"2024-02-26","to":"2024-03-11","granularity":"week","time_zone":"Asia/Kolkata"}`, "America/New_York"},
+	{"zone_month", `{"dataset":"events","metrics":["revenue","users"],"dimensions":["event"],"from":"2024-01-01","to":"2024-03-01","granularity":"month"}`, "America/New_York"},
+	{"zone_hour_half", `{"dataset":"events","metrics":["events","revenue"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T16:00:00Z","granularity":"hour","time_zone":"Asia/Kolkata"}`, ""},
+}
+
+// zoned is cfg with every dataset in zone ("": as it is).
+func zoned(cfg *config.Config, zone string) *config.Config {
+	if zone != "" {
+		for i := range cfg.Datasets {
+			cfg.Datasets[i].TimeZone = zone
+		}
+	}
+	return cfg
 }
 
 // planState is the state the golden plans are made with: watermark 2024-03-08 (effective
@@ -79,10 +98,9 @@ func planFor(t *testing.T, cfg *config.Config, req string, st *State) *Plan {
 }
 
 func TestPlanGolden(t *testing.T) {
-	cfg := demoConfig(t)
 	for _, c := range planCases {
 		t.Run(c.name, func(t *testing.T) {
-			pl := planFor(t, cfg, c.req, planState())
+			pl := planFor(t, zoned(demoConfig(t), c.zone), c.req, planState())
 			src, _ := json.MarshalIndent(pl.Sources, "", "  ")
 			got := fmt.Sprintf("-- request: %s\n-- complete: %v\n-- sources: %s\n", c.req, pl.Complete, src)
 			for _, name := range []string{"batch", "speed", "all"} {
@@ -204,7 +222,9 @@ func TestPlanShapes(t *testing.T) {
 	}
 	chdb := schema.Statements(demoConfig(t))
 	for _, c := range planCases {
-		pl := planFor(t, cfg, c.req, planState())
+		zc := *cfg
+		zc.Datasets = slices.Clone(cfg.Datasets)
+		pl := planFor(t, zoned(&zc, c.zone), c.req, planState())
 		for name, sql := range pl.Statements() {
 			rows, err := conn.Query(ctx, sql.Text, sql.Args...)
 			if err != nil {
@@ -213,7 +233,7 @@ func TestPlanShapes(t *testing.T) {
 			}
 			rows.Close()
 		}
-		demo := planFor(t, demoConfig(t), c.req, planState())
+		demo := planFor(t, zoned(demoConfig(t), c.zone), c.req, planState())
 		for _, sql := range demo.Statements() {
 			chdb = append(chdb, bindLiteral(sql.Text, sql.Args))
 		}

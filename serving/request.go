@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 )
 
@@ -30,6 +31,10 @@ type Request struct {
 	Limit       int      `json:"limit,omitempty"`
 	Offset      int      `json:"offset,omitempty"`
 	Exact       bool     `json:"exact,omitempty"`
+	// TimeZone is the IANA zone of the buckets and of YYYY-MM-DD in from and to; default the
+	// dataset's time_zone. Day, week and month buckets in another zone than the dataset's come
+	// from raw (exact), while raw holds the range.
+	TimeZone string `json:"time_zone,omitempty"`
 }
 
 // Filter restricts a dimension to (eq, in) or away from (neq, not_in) values, or to values
@@ -140,7 +145,13 @@ type Query struct {
 	Limit       int
 	Offset      int
 	Exact       bool
+	// Zone is the request's time zone (time_zone, default the dataset's): buckets start at its
+	// minutes, hours, midnights, Mondays and first days of months.
+	Zone *time.Location
 }
+
+// otherZone reports whether the request's buckets are in another zone than the dataset's days.
+func (q *Query) otherZone() bool { return q.zone().String() != q.DS.Location().String() }
 
 // DecodeRequest decodes a JSON body strictly: unknown fields and trailing data are errors.
 func DecodeRequest(body []byte) (*Request, *APIError) {
@@ -172,6 +183,7 @@ func RequestFromValues(v url.Values) (*Request, *APIError) {
 	r := &Request{
 		Dataset: v.Get("dataset"), Metrics: list("metrics"), Dimensions: list("dimensions"),
 		From: v.Get("from"), To: v.Get("to"), Granularity: v.Get("granularity"), OrderBy: v.Get("order_by"),
+		TimeZone: v.Get("time_zone"),
 	}
 	for _, a := range []struct {
 		key, what string
@@ -209,7 +221,10 @@ func RequestFromValues(v url.Values) (*Request, *APIError) {
 
 // ParseTime reads an RFC 3339 time, a UTC day (2006-01-02), "now", or "now-<duration>" such
 // as now-6h or now-30d.
-func ParseTime(s string, now time.Time) (time.Time, error) {
+func ParseTime(s string, now time.Time) (time.Time, error) { return ParseTimeIn(s, now, time.UTC) }
+
+// ParseTimeIn is ParseTime with a day (2006-01-02) read as its midnight in loc.
+func ParseTimeIn(s string, now time.Time, loc *time.Location) (time.Time, error) {
 	switch {
 	case s == "now":
 		return now.UTC(), nil
@@ -221,7 +236,7 @@ func ParseTime(s string, now time.Time) (time.Time, error) {
 		return now.Add(-d).UTC(), nil
 	}
 	if t, err := time.Parse("2006-01-02", s); err == nil {
-		return t, nil
+		return ledger.DayStart(t, loc), nil
 	}
 	t, err := time.Parse(time.RFC3339, s)
 	if err != nil {
@@ -351,17 +366,25 @@ func Check(cfg *config.Config, r *Request, lim Limits, now time.Time) (*Query, *
 		v := *h.Value
 		q.Having = append(q.Having, Having{Metric: h.Metric, Op: h.Op, Value: &v})
 	}
+	q.Zone = ds.Location()
+	if r.TimeZone != "" {
+		loc, err := config.LoadZone(r.TimeZone)
+		if err != nil {
+			return nil, badRequest(CodeInvalid, "time_zone", "%v", err)
+		}
+		q.Zone = loc
+	}
 	var err error
 	if r.From == "" {
 		return nil, badRequest(CodeMissing, "from", "missing")
 	}
-	if q.From, err = ParseTime(r.From, now); err != nil {
+	if q.From, err = ParseTimeIn(r.From, now, q.Zone); err != nil {
 		return nil, badRequest(CodeBadRange, "from", "%v", err)
 	}
 	if r.To == "" {
 		return nil, badRequest(CodeMissing, "to", "missing")
 	}
-	if q.To, err = ParseTime(r.To, now); err != nil {
+	if q.To, err = ParseTimeIn(r.To, now, q.Zone); err != nil {
 		return nil, badRequest(CodeBadRange, "to", "%v", err)
 	}
 	if q.From.Before(minTime) || q.From.After(maxTime) {

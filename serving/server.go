@@ -429,6 +429,8 @@ type DatasetInfo struct {
 	Metrics         []MetricInfo `json:"metrics"`
 	GroupingSets    []string     `json:"grouping_sets"`
 	Granularities   []string     `json:"granularities"`
+	// TimeZone is the zone of the dataset's days (time_zone): the default of a query's.
+	TimeZone string `json:"time_zone"`
 }
 
 // MetricInfo describes a metric.
@@ -449,7 +451,8 @@ func (s *Server) datasets(c *gin.Context) {
 	out := []DatasetInfo{}
 	for i := range s.cfg.Datasets {
 		d := &s.cfg.Datasets[i]
-		info := DatasetInfo{Name: d.Name, Dimensions: d.DimensionNames(), SpeedDimensions: d.SpeedDimensions(), Granularities: Granularities}
+		info := DatasetInfo{Name: d.Name, Dimensions: d.DimensionNames(), SpeedDimensions: d.SpeedDimensions(), Granularities: Granularities,
+			TimeZone: d.Location().String()}
 		for _, set := range d.GroupingSets() {
 			info.GroupingSets = append(info.GroupingSets, config.GroupingName(set))
 		}

@@ -6,27 +6,42 @@ import (
 	"strings"
 	"time"
 
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/metric"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
 // bucket is the bucket expression over a time column of type t ("DateTime" or "Date"), as
-// DateTime('UTC') so that every branch of the UNION ALL has one type.
+// DateTime('UTC') so that every branch of the UNION ALL has one type. Buckets are in the
+// request's zone: a local hour, or a local date at its midnight there (a Date column holds the
+// dataset's days, read only when the request is in the dataset's zone). A UTC request's SQL
+// names no zone.
 func (q *Query) bucket(col string, isDate bool) (string, []any) {
+	z := ledger.ZoneArg(q.zone())
+	local := func(date string) string { // a local date's midnight
+		if z == "" {
+			return fmt.Sprintf("toDateTime(%s, 'UTC')", date)
+		}
+		return fmt.Sprintf("toDateTime(toDateTime(%s%s), 'UTC')", date, z)
+	}
+	colZ := z
+	if isDate {
+		colZ = ""
+	}
 	switch q.Granularity {
 	case "minute":
 		return fmt.Sprintf("toDateTime(toStartOfMinute(%s), 'UTC')", col), nil
 	case "hour":
-		return fmt.Sprintf("toDateTime(toStartOfHour(%s), 'UTC')", col), nil
+		return fmt.Sprintf("toDateTime(toStartOfHour(%s%s), 'UTC')", col, z), nil
 	case "day":
 		if isDate {
-			return fmt.Sprintf("toDateTime(%s, 'UTC')", col), nil
+			return local(col), nil
 		}
-		return fmt.Sprintf("toDateTime(toDate(%s), 'UTC')", col), nil
+		return local(fmt.Sprintf("toDate(%s%s)", col, z)), nil
 	case "week":
-		return fmt.Sprintf("toDateTime(toMonday(%s), 'UTC')", col), nil
+		return local(fmt.Sprintf("toMonday(%s%s)", col, colZ)), nil
 	case "month":
-		return fmt.Sprintf("toDateTime(toStartOfMonth(%s), 'UTC')", col), nil
+		return local(fmt.Sprintf("toStartOfMonth(%s%s)", col, colZ)), nil
 	}
 	return "toDateTime(?, 'UTC')", []any{q.From.Unix()}
 }
@@ -111,8 +126,9 @@ type branch struct {
 // per bucket and dimensions) or rolled up per bucket.
 func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 	table, col, isDate := schema.Daily(q.DS.Name), "day", true
-	lo, hi := "toDate(?)", any(pt.From.Format(time.DateOnly))
-	hiArg := any(pt.To.Format(time.DateOnly))
+	loc := q.DS.Location()
+	lo, hi := "toDate(?)", any(ledger.DayIn(pt.From, loc).Format(time.DateOnly))
+	hiArg := any(ledger.DayIn(pt.To, loc).Format(time.DateOnly))
 	if pt.Table == TableHourly {
 		table, col, isDate = schema.Hourly(q.DS.Name), "hour", false
 		lo, hi, hiArg = "toDateTime(?)", pt.From.Unix(), pt.To.Unix()
@@ -218,7 +234,7 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) 
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
 	args = append(args, fargs...)
-	inner := "    " + strings.ReplaceAll(schema.DedupRaw(cols, p.g.T(schema.Raw(q.DS.Name)), "time >= toDateTime(?) AND time < toDateTime(?)"), "\n", "\n    ")
+	inner := "    " + strings.ReplaceAll(schema.DedupRaw(cols, p.g.T(schema.Raw(q.DS.Name)), "time >= toDateTime(?) AND time < toDateTime(?)", q.DS.Location()), "\n", "\n    ")
 	sql := fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nWHERE 1%s\nGROUP BY %s", strings.Join(sel, ", "), inner, where, strings.Join(group, ", "))
 	return branch{sql: sql, args: args}
 }

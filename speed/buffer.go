@@ -76,3 +76,13 @@ func (b *buffer) filter(keep func(i int) bool, isKey []bool) *buffer {
 
 // dayOf is the UTC day number of t (days since 1970-01-01).
 func dayOf(t time.Time) int64 { return rawbatch.DayOf(t) }
+
+// localDay is the day number of t's local date in the dataset's zone loc, the day the batch
+// layer and its watermark count it in (a watermark Date read as UTC midnight has its dayOf).
+func localDay(t time.Time, loc *time.Location) int64 {
+	if loc == time.UTC {
+		return dayOf(t)
+	}
+	_, off := t.In(loc).Zone()
+	return dayOf(t.Add(time.Duration(off) * time.Second))
+}

@@ -203,7 +203,8 @@ type dataset struct {
 	rows, bytes atomic.Int64 // buffered and not yet taken by a flush
 	kick        chan struct{}
 	reqs        chan chan struct{}
-	wm          atomic.Int64 // batch watermark as a day number, -1 when none
+	wm          atomic.Int64   // batch watermark as a day number, -1 when none
+	loc         *time.Location // the dataset's zone, whose days the watermark counts
 	wmRead      time.Time
 	dropped     atomic.Int64
 	client      sarama.Client
@@ -247,6 +248,7 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 		lim: event.Limits{MaxBytes: s.cfg.Speed.MaxEventBytes, FutureSkew: s.cfg.Speed.FutureSkew.D(),
 			MaxAge: d.RawRetention.D()},
 		ndims:  len(d.Dimensions),
+		loc:    d.Location(),
 		dedup:  newDedup(s.cfg.Speed.DedupWindow.D(), s.cfg.Speed.DedupMaxIDs),
 		parts:  map[int32]*part{},
 		kick:   make(chan struct{}, 1),
@@ -604,7 +606,7 @@ func (c *consumer) consume(batch []*sarama.ConsumerMessage) {
 			b.dups++
 			dups++
 		default:
-			isLate := wm >= 0 && dayOf(row.Time) <= wm
+			isLate := wm >= 0 && localDay(row.Time, d.loc) <= wm
 			if isLate {
 				late++
 			}

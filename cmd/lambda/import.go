@@ -20,6 +20,7 @@ import (
 	"github.com/lambda-platform/lambda/shared/chconn"
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/event"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/rawbatch"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -199,6 +200,7 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	loc := d.Location()
 	var mu sync.Mutex // guards st and insertErr for the inserters
 	var read, written atomic.Int64
 	batches := make(chan *importBatch, 1)
@@ -233,7 +235,11 @@ func importFiles(ctx context.Context, cfg *config.Config, conn driver.Conn, d *c
 				st.Rows += int64(b.rows.Len())
 				st.Rejects += int64(len(b.rejects))
 				for i := range b.rows.Len() {
-					st.Days[b.rows.DayAt(i)]++
+					if loc == time.UTC {
+						st.Days[b.rows.DayAt(i)]++
+					} else { // the dataset's local day, which the batch layer recomputes
+						st.Days[ledger.DayIn(b.rows.TimeAt(i), loc).Unix()/86400]++
+					}
 				}
 				for _, r := range b.rejects {
 					st.Reasons[event.Reason(r.reason)]++
@@ -488,7 +494,7 @@ func (st *importStats) print(w io.Writer, cfg *config.Config, d *config.Dataset)
 	}
 	fmt.Fprintln(w)
 	if len(st.Days) > 0 {
-		fmt.Fprintf(w, "rows per day touched (UTC):\n")
+		fmt.Fprintf(w, "rows per day touched (%s):\n", d.Location())
 		for _, day := range st.dayList() {
 			fmt.Fprintf(w, "  %s  %12s\n", day.Format(time.DateOnly), itoa(st.Days[rawbatch.DayOf(day)]))
 		}

@@ -18,6 +18,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+	// The zones of datasets and requests never depend on the host's zone database.
+	_ "time/tzdata"
 
 	"github.com/lambda-platform/lambda/shared/config"
 )

@@ -23,6 +23,7 @@ func init() {
 			"lambda migrate --config lambda.yaml",
 			"lambda migrate --print                  # the CREATE statements, without connecting",
 			"lambda migrate --allow-drop             # after removing a dimension or metric from the config",
+			"lambda migrate --recompute-zone         # after changing a dataset's time_zone: rebuild its days from raw",
 		},
 		Notes: "The only command that needs DDL rights in ClickHouse (deploy/config/clickhouse/ has a user per command).\n" +
 			"speed and batch also migrate at start unless --migrate=false; serve never does.",
@@ -32,6 +33,7 @@ func init() {
 func runMigrate(ctx context.Context, args []string) error {
 	fs, path := flags("migrate")
 	allowDrop := fs.Bool("allow-drop", false, "drop columns of dimensions and metrics removed from the config")
+	recomputeZone := fs.Bool("recompute-zone", false, "rebuild the per-day tables of a dataset whose time_zone changed from raw (the batch layer then recomputes every day)")
 	printSQL := fs.Bool("print", false, "print the CREATE statements and exit without connecting")
 	cfg, err := loadConfig(fs, path, args)
 	if err != nil {
@@ -43,7 +45,7 @@ func runMigrate(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
-	return migrate(ctx, cfg, *allowDrop)
+	return migrateWith(ctx, cfg, schema.MigrateOptions{AllowDrop: *allowDrop, RecomputeZone: *recomputeZone})
 }
 
 // migrate connects and applies the schema; speed, batch (unless --migrate=false) and dev call
@@ -52,12 +54,20 @@ func runMigrate(ctx context.Context, args []string) error {
 // idempotent), until ctx is done. A statement ClickHouse refuses, a refused TLS handshake or
 // login, is an error at once.
 func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
+	return migrateWith(ctx, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
+}
+
+// migrateWith is migrate with every option of schema.Migrate.
+func migrateWith(ctx context.Context, cfg *config.Config, opts schema.MigrateOptions) error {
 	start := time.Now()
 	for wait := time.Second; ; wait = min(2*wait, 30*time.Second) {
-		ran, err := migrateOnce(ctx, cfg, allowDrop)
+		ran, err := migrateOnce(ctx, cfg, opts)
 		if err == nil {
 			slog.Info("schema ready", "database", cfg.ClickHouse.Database, "datasets", len(cfg.Datasets), "statements", len(ran), "took", time.Since(start).Round(time.Millisecond))
 			return nil
+		}
+		if errors.Is(err, schema.ErrRefused) {
+			return err // a change the config asks for needs an option: retrying cannot help
 		}
 		var ex *clickhouse.Exception
 		if errors.As(err, &ex) {
@@ -80,13 +90,13 @@ func migrate(ctx context.Context, cfg *config.Config, allowDrop bool) error {
 }
 
 // migrateOnce connects and migrates once.
-func migrateOnce(ctx context.Context, cfg *config.Config, allowDrop bool) ([]string, error) {
+func migrateOnce(ctx context.Context, cfg *config.Config, opts schema.MigrateOptions) ([]string, error) {
 	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	if err != nil {
 		return nil, err
 	}
 	defer conn.Close()
-	return schema.Migrate(ctx, conn, cfg, schema.MigrateOptions{AllowDrop: allowDrop})
+	return schema.Migrate(ctx, conn, cfg, opts)
 }
 
 // deniedDDL reports whether err is ClickHouse refusing a statement for the user's rights:

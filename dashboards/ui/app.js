@@ -36,7 +36,7 @@
     to: NaN,
     granularity: 'auto',
     filters: [], // {dimension, op, values}: applied to every panel, on top of its own
-    tz: 'utc', // 'utc' or 'local': how times are shown (buckets are UTC days and hours)
+    tz: 'utc', // 'utc' or 'local': how times are shown (buckets are the dataset's days and hours)
     refresh: 15,
     timer: 0,
     generation: 0,
@@ -226,6 +226,7 @@
       name: nameOf(d),
       dimensions: (d.dimensions || []).map(nameOf),
       metrics: (d.metrics || []).map((m) => (typeof m === 'string' ? { name: m } : m)),
+      timeZone: d.time_zone || 'UTC', // the zone of the dataset's days, and so of the buckets
     })).filter((d) => d.name);
   }
 
@@ -352,9 +353,11 @@
     const d = currentDashboard();
     $('title').textContent = d ? d.title : 'Dashboards';
     document.title = (d ? d.title + ' · ' : '') + 'Lambda dashboards';
+    const zoneOf = (state.datasets || []).find((x) => x.name === state.dataset);
+    const dsZone = (zoneOf && zoneOf.timeZone) || 'UTC';
     $('zone-note').textContent = state.tz === 'local'
-      ? `Times shown in ${zoneName()}; buckets are UTC hours and days.`
-      : 'All times UTC.';
+      ? `Times shown in ${zoneName()}; buckets are ${dsZone} hours and days.`
+      : (dsZone === 'UTC' ? 'All times UTC.' : `All times UTC; buckets are ${dsZone} days.`);
     syncFilterBar();
   }
 

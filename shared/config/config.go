@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -150,6 +151,45 @@ type Dataset struct {
 	SpeedConf    SpeedConf   `yaml:"speed"`
 	BatchConf    BatchConf   `yaml:"batch"`
 	RawRetention Duration    `yaml:"raw_retention"`
+	// TimeZone is the IANA name of the zone whose days the dataset's days are (default UTC):
+	// daily partitions, sealing, watermarks, the views' day and the API's day, week and month
+	// buckets. Location returns it loaded.
+	TimeZone string `yaml:"time_zone"`
+}
+
+// Location is the dataset's time zone (TimeZone), UTC when it is unset or invalid (Validate
+// refuses an invalid one).
+func (d *Dataset) Location() *time.Location {
+	loc, err := LoadZone(d.TimeZone)
+	if err != nil {
+		return time.UTC
+	}
+	return loc
+}
+
+// zones caches loaded time zones by name: a Location is immutable, and loading one reads the
+// zone database.
+var zones sync.Map
+
+// LoadZone loads an IANA time zone by name ("" and "UTC" are UTC), caching it. A request's
+// time_zone is loaded with it too.
+func LoadZone(name string) (*time.Location, error) {
+	if name == "" || name == "UTC" {
+		return time.UTC, nil
+	}
+	if l, ok := zones.Load(name); ok {
+		return l.(*time.Location), nil
+	}
+	// time.LoadLocation also takes "Local" and paths, which a config must not depend on.
+	if name == "Local" || strings.HasPrefix(name, "/") || strings.Contains(name, "..") {
+		return nil, fmt.Errorf("unknown time zone %q: use an IANA name such as America/New_York", name)
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, fmt.Errorf("unknown time zone %q: use an IANA name such as America/New_York", name)
+	}
+	zones.Store(name, loc)
+	return loc, nil
 }
 
 // Dimension is a string attribute events are grouped by. Field may be a dotted path.
@@ -352,6 +392,9 @@ func datasetDefaults(d *Dataset) {
 	}
 	if d.RawRetention == 0 {
 		d.RawRetention = Duration(90 * 24 * time.Hour)
+	}
+	if d.TimeZone == "" {
+		d.TimeZone = "UTC"
 	}
 }
 

@@ -53,6 +53,7 @@ func TestBadConfigs(t *testing.T) {
 		"ratio_parts":    "datasets[0] (events).metrics[3].numerator: only a ratio takes a numerator and a denominator",
 		"decimals_type":  "datasets[0] (events).metrics[3].decimals: only a sum takes decimals",
 		"decimals_range": "datasets[0] (events).metrics[2].decimals: decimals must be 1 to 9, got 12",
+		"time_zone":      `time_zone.bad.yaml:13: datasets[0] (events).time_zone: unknown time zone "America/Nowhere": use an IANA name such as America/New_York`,
 		"view_names":     `datasets[0] (events).batch.grouping_sets: the grouping sets "country_device" and "country,device" both make the view <dataset>_lambda_by_country_device`,
 	}
 	files, err := filepath.Glob("testdata/*.bad.yaml")
@@ -106,6 +107,9 @@ func TestGoodConfig(t *testing.T) {
 	}
 	if d.BatchConf.Grace.D() != 30*time.Minute || d.SpeedConf.Retention.D() != 72*time.Hour || d.RawRetention.D() != 90*24*time.Hour {
 		t.Errorf("defaults: %+v %+v %v", d.BatchConf, d.SpeedConf, d.RawRetention.D())
+	}
+	if d.TimeZone != "UTC" || d.Location() != time.UTC {
+		t.Errorf("time_zone default: %q %v", d.TimeZone, d.Location())
 	}
 	cols := d.ValueColumns()
 	if len(cols) != 2 || cols[0].Name != "user_id" || cols[0].Type != "String" || cols[1].Name != "value" || cols[1].Type != "Nullable(Float64)" {
@@ -327,5 +331,30 @@ datasets:
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("got:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+func TestTimeZone(t *testing.T) {
+	f := func(name string, wantErr bool) {
+		t.Helper()
+		loc, err := LoadZone(name)
+		if (err != nil) != wantErr {
+			t.Fatalf("LoadZone(%q): %v", name, err)
+		}
+		if err == nil && name != "" && loc.String() != name {
+			t.Fatalf("LoadZone(%q) = %v", name, loc)
+		}
+	}
+	f("", false)
+	f("UTC", false)
+	f("America/New_York", false)
+	f("Asia/Kolkata", false)
+	f("America/Nowhere", true)
+	f("Local", true)
+	f("/etc/localtime", true)
+	f("../zoneinfo/UTC", true)
+	d := Dataset{TimeZone: "America/New_York"}
+	if d.Location().String() != "America/New_York" {
+		t.Fatalf("Location: %v", d.Location())
 	}
 }

@@ -286,6 +286,9 @@ func (d *Dataset) validate() []fieldError {
 			add(name, "must not be negative, got %s", v.D())
 		}
 	}
+	if _, err := LoadZone(d.TimeZone); err != nil {
+		add("time_zone", "%v", err)
+	}
 	if d.BatchConf.Lookback >= d.RawRetention {
 		add("batch.lookback", "%s must be shorter than raw_retention (%s): days outside raw cannot be recomputed",
 			d.BatchConf.Lookback.D(), d.RawRetention.D())

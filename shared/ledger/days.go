@@ -10,10 +10,15 @@ import (
 )
 
 // RawDaysSelect is the materialized view's query from <ds>_raw (the table raw, qualified) into
-// <ds>_raw_days: the rows of every insert block per day. 18.16 pushes an INSERT … SELECT block
-// to its views before converting it to the table's types, hence the casts.
-func RawDaysSelect(raw string) string {
-	return fmt.Sprintf("SELECT toDate(toDateTime(time), 'UTC') AS day, count() AS rows FROM %s GROUP BY day", raw)
+// <ds>_raw_days: the rows of every insert block per day of the dataset's zone loc. 18.16 pushes
+// an INSERT … SELECT block to its views before converting it to the table's types, hence the
+// casts.
+func RawDaysSelect(raw string, loc *time.Location) string {
+	zone := "'UTC'"
+	if z := ZoneArg(loc); z != "" {
+		zone = z[2:]
+	}
+	return fmt.Sprintf("SELECT toDate(toDateTime(time), %s) AS day, count() AS rows FROM %s GROUP BY day", zone, raw)
 }
 
 // RawRowsSQL counts the rows raw holds for one day, as <ds>_raw_days knows them. A run takes

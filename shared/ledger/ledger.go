@@ -58,6 +58,36 @@ func DayOf(t time.Time) time.Time {
 	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
 }
 
+// DayIn is the day holding t in the zone loc (a dataset's time zone), as a Date: midnight UTC
+// of the local calendar date, the value ClickHouse's Date columns read as. Every day of the
+// ledger is such a date; DayStart and DayEnd give the instants it spans. DayIn(t, time.UTC) is
+// DayOf(t).
+func DayIn(t time.Time, loc *time.Location) time.Time {
+	t = t.In(loc)
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
+
+// DayStart is the instant the day (a Date, see DayIn) begins in loc: its local midnight, in UTC.
+func DayStart(day time.Time, loc *time.Location) time.Time {
+	return time.Date(day.Year(), day.Month(), day.Day(), 0, 0, 0, 0, loc).UTC()
+}
+
+// DayEnd is the instant the day ends in loc, the next day's start: 23 or 25 hours after its
+// start on the days a zone with daylight saving changes its clocks.
+func DayEnd(day time.Time, loc *time.Location) time.Time {
+	return DayStart(day.AddDate(0, 0, 1), loc)
+}
+
+// ZoneArg is the time zone argument of ClickHouse's date functions for loc: "" for UTC (the
+// zone of the DateTime('UTC') columns, so that a UTC dataset's SQL is what it was before time
+// zones), ", 'America/New_York'" otherwise: toDate(time, 'America/New_York') is the local date.
+func ZoneArg(loc *time.Location) string {
+	if loc == nil || loc == time.UTC || loc.String() == "UTC" {
+		return ""
+	}
+	return ", " + lit(loc.String())
+}
+
 // Epoch is the zero of DateTime columns: a time column holding it means "none".
 var Epoch = time.Unix(0, 0).UTC()
 

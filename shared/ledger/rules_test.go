@@ -94,3 +94,52 @@ func TestNewDrift(t *testing.T) {
 		t.Error("drift of equal zeros")
 	}
 }
+
+func TestDaysInZone(t *testing.T) {
+	ny, err := time.LoadLocation("America/New_York")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kol, err := time.LoadLocation("Asia/Kolkata")
+	if err != nil {
+		t.Fatal(err)
+	}
+	date := func(s string) time.Time {
+		d, err := time.Parse(time.DateOnly, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	at := func(s string) time.Time {
+		v, err := time.Parse(time.RFC3339, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	f := func(loc *time.Location, instant, day, start string, hours int) {
+		t.Helper()
+		d := DayIn(at(instant), loc)
+		if !d.Equal(date(day)) || d.Location() != time.UTC {
+			t.Fatalf("DayIn(%s, %v) = %v, want %s", instant, loc, d, day)
+		}
+		if s := DayStart(d, loc); !s.Equal(at(start)) {
+			t.Fatalf("DayStart(%s, %v) = %v, want %s", day, loc, s, start)
+		}
+		if h := DayEnd(d, loc).Sub(DayStart(d, loc)); h != time.Duration(hours)*time.Hour {
+			t.Fatalf("day %s in %v has %v, want %dh", day, loc, h, hours)
+		}
+	}
+	f(time.UTC, "2026-03-08T23:59:59Z", "2026-03-08", "2026-03-08T00:00:00Z", 24)
+	f(ny, "2026-03-08T04:59:59Z", "2026-03-07", "2026-03-07T05:00:00Z", 24)
+	f(ny, "2026-03-08T05:00:00Z", "2026-03-08", "2026-03-08T05:00:00Z", 23) // spring forward
+	f(ny, "2026-03-09T03:59:59Z", "2026-03-08", "2026-03-08T05:00:00Z", 23)
+	f(ny, "2026-03-09T04:00:00Z", "2026-03-09", "2026-03-09T04:00:00Z", 24)
+	f(ny, "2026-11-01T04:00:00Z", "2026-11-01", "2026-11-01T04:00:00Z", 25) // fall back
+	f(ny, "2026-11-02T04:59:59Z", "2026-11-01", "2026-11-01T04:00:00Z", 25)
+	f(kol, "2026-03-07T18:30:00Z", "2026-03-08", "2026-03-07T18:30:00Z", 24)
+	if ZoneArg(time.UTC) != "" || ZoneArg(ny) != ", 'America/New_York'" {
+		t.Fatalf("ZoneArg: %q %q", ZoneArg(time.UTC), ZoneArg(ny))
+	}
+}

@@ -20,7 +20,10 @@ import (
 type MigrateOptions struct {
 	// AllowDrop lets Migrate drop columns of dimensions and metrics removed from the config.
 	AllowDrop bool
-	Logger    *slog.Logger
+	// RecomputeZone lets Migrate rebuild the per-day tables of a dataset whose time_zone changed
+	// (see recomputeZone); without it such a change is refused.
+	RecomputeZone bool
+	Logger        *slog.Logger
 }
 
 // Migrate creates every object of the configuration and upgrades existing ones additively: new
@@ -45,6 +48,10 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg *config.Config, opts Mig
 	objs := g.Objects(cfg)
 
 	// Plan every table first, so a refused change leaves everything as it was.
+	rezone, err := m.zoneChanges(ctx, cfg, opts.RecomputeZone)
+	if err != nil {
+		return nil, err
+	}
 	plans := map[string]tablePlan{}
 	for _, o := range objs {
 		if o.Kind != Table {
@@ -55,6 +62,14 @@ func Migrate(ctx context.Context, conn driver.Conn, cfg *config.Config, opts Mig
 			return nil, err
 		}
 		plans[o.Name] = p
+	}
+	for _, ds := range rezone {
+		if err := m.recomputeZone(ctx, ds); err != nil {
+			return m.ran, err
+		}
+		for _, name := range zoneTables(ds) {
+			plans[name] = tablePlan{} // dropped: created anew
+		}
 	}
 	for _, o := range objs {
 		switch o.Kind {
@@ -129,6 +144,8 @@ type migrator struct {
 	rebuilt []string
 	// created names tables created in this run (they did not exist).
 	created []string
+	// rezoned names datasets whose per-day tables are rebuilt in a new time zone.
+	rezoned []string
 }
 
 func (m *migrator) exec(ctx context.Context, sql string) error {
@@ -340,7 +357,13 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 	}
 	if !p.exists {
 		m.created = append(m.created, o.Name)
-		return m.exec(ctx, o.Create)
+		if err := m.exec(ctx, o.Create); err != nil {
+			return err
+		}
+		if o.Rebuild != "" && slices.Contains(m.rezoned, o.Dataset) {
+			return m.exec(ctx, o.Rebuild) // the speed minutes of the new zone's days
+		}
+		return nil
 	}
 	for _, c := range p.add {
 		sql := fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", t, Q(c.Name), c.Type)

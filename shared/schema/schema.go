@@ -28,6 +28,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/ledger"
@@ -281,7 +282,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	sdims := d.SpeedDimensions()
 
 	rawKey := []string{"time", "id"}
-	raw := g.shardedTables(Raw(ds), ds, RawColumns(d), "MergeTree", "PARTITION BY toYYYYMMDD(time) "+orderBy(rawKey), rawKey, "cityHash64(`id`)")
+	raw := g.shardedTables(Raw(ds), ds, RawColumns(d), "MergeTree", "PARTITION BY toYYYYMMDD(time"+Zone(d)+") "+orderBy(rawKey), rawKey, "cityHash64(`id`)")
 
 	speedCols := []Column{{Name: "minute", Type: utc}}
 	for _, n := range sdims {
@@ -311,8 +312,8 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	daysCols := []Column{{Name: "day", Type: "Date"}, {Name: "rows", Type: "UInt64"}}
 	rawDays := g.shardedTables(RawDays(ds), ds, daysCols, "SummingMergeTree", "PARTITION BY toYYYYMMDD(day) ORDER BY (day)", []string{"day"}, "rand()")
 	daysMV := Object{Name: RawDaysMV(ds), Kind: View, Dataset: ds,
-		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s%s TO %s AS\n%s", g.T(RawDaysMV(ds)), g.OnCluster(), g.LocalT(RawDays(ds)), ledger.RawDaysSelect(g.LocalT(Raw(ds)))),
-		Fill:   fmt.Sprintf("INSERT INTO %s (day, rows) %s", g.T(RawDays(ds)), ledger.RawDaysSelect(g.T(Raw(ds)))), FillTarget: rawDays[0].Name}
+		Create: fmt.Sprintf("CREATE MATERIALIZED VIEW %s%s TO %s AS\n%s", g.T(RawDaysMV(ds)), g.OnCluster(), g.LocalT(RawDays(ds)), ledger.RawDaysSelect(g.LocalT(Raw(ds)), d.Location())),
+		Fill:   fmt.Sprintf("INSERT INTO %s (day, rows) %s", g.T(RawDays(ds)), ledger.RawDaysSelect(g.T(Raw(ds)), d.Location())), FillTarget: rawDays[0].Name}
 
 	dailyCols := []Column{{Name: "day", Type: "Date"}, {Name: "grouping", Type: "String"}}
 	for _, n := range dims {
@@ -400,7 +401,7 @@ func HourlyKey(d *config.Dataset) []string {
 }
 
 func hourlyClauses(d *config.Dataset) string {
-	return rollupClauses("hour", HourlyKey(d))
+	return rollupClauses("hour"+Zone(d), HourlyKey(d))
 }
 
 func rollupClauses(timeCol string, key []string) string {
@@ -440,7 +441,7 @@ func SpeedKey(d *config.Dataset) []string {
 const SpeedGranularity = 1024
 
 func speedClauses(d *config.Dataset) string {
-	return fmt.Sprintf("PARTITION BY toYYYYMMDD(minute) %s SETTINGS index_granularity = %d", orderBy(SpeedKey(d)), SpeedGranularity)
+	return fmt.Sprintf("PARTITION BY toYYYYMMDD(minute%s) %s SETTINGS index_granularity = %d", Zone(d), orderBy(SpeedKey(d)), SpeedGranularity)
 }
 
 // SpeedStagingEngine is the engine of a table a day of <ds>_speed is rewritten into before it is
@@ -533,17 +534,22 @@ func OtherSets(d *config.Dataset) [][]string {
 }
 
 // DedupRaw is the deduplicated master dataset: the rows of raw (a qualified table) where
-// where holds, keeping the first-ingested copy of each id within its day, as the batch layer
-// keeps it, with the columns cols (expressions with their aliases). The order makes a rerun pick
-// the same rows.
-func DedupRaw(cols []string, raw, where string) string {
+// where holds, keeping the first-ingested copy of each id within its day (of the dataset's zone
+// loc), as the batch layer keeps it, with the columns cols (expressions with their aliases). The
+// order makes a rerun pick the same rows.
+func DedupRaw(cols []string, raw, where string, loc *time.Location) string {
 	return fmt.Sprintf(`SELECT
     %s
 FROM %s
 WHERE %s
 ORDER BY _ingested_at, _partition, _offset
-LIMIT 1 BY toDate(time), id`, strings.Join(cols, ",\n    "), raw, where)
+LIMIT 1 BY toDate(time%s), id`, strings.Join(cols, ",\n    "), raw, where, ledger.ZoneArg(loc))
 }
+
+// Zone is the time zone argument of the dataset's date functions: "" for UTC, ", 'Zone/Name'"
+// otherwise (ledger.ZoneArg). toYYYYMMDD(hour, 'America/New_York') partitions by local day, so a
+// local day is one partition a batch run replaces; toStartOfHour(time, zone) is a local hour.
+func Zone(d *config.Dataset) string { return ledger.ZoneArg(d.Location()) }
 
 // indent indents every line of a subquery but the first.
 func indent(sql, by string) string { return strings.ReplaceAll(sql, "\n", "\n"+by) }
@@ -565,11 +571,16 @@ func LambdaSet(ds string, set []string, hourly bool) string {
 // (<ds>_lambda_hourly, from <ds>_hourly).
 type grain string
 
-func (gr grain) of(col string) string {
+// of is the grain's bucket of a DateTime column in the dataset's zone (zone: Zone(d)).
+func (gr grain) of(col, zone string) string {
+	if gr == "hour" && zone != "" {
+		// Another zone's DateTime: back to the column type every branch of the view shares.
+		return "toDateTime(toStartOfHour(" + col + zone + "), 'UTC')"
+	}
 	if gr == "hour" {
 		return "toStartOfHour(" + col + ")"
 	}
-	return "toDate(" + col + ")"
+	return "toDate(" + col + zone + ")"
 }
 
 // metricCols are a view branch's metric columns in config order: each stored metric's value
@@ -603,7 +614,7 @@ func (g *Generator) lambdaView(d *config.Dataset, gr grain, set []string, perSet
 	wm := ledger.BoundarySQL(g.DB, ds)
 	name, table, day := Lambda(ds), Daily(ds), "day"
 	if gr == "hour" {
-		name, table, day = LambdaHourly(ds), Hourly(ds), "toDate(hour)"
+		name, table, day = LambdaHourly(ds), Hourly(ds), "toDate(hour"+Zone(d)+")"
 	}
 	dims, sets := d.DimensionNames(), d.GroupingSets()
 	if perSet {
@@ -642,7 +653,7 @@ WHERE %s`, g.T(name), g.OnCluster(), strings.Join(batch, ",\n    "), g.T(table),
 		for _, c := range d.PresenceColumns() {
 			inner = append(inner, Q(metric.PresenceColumn(c))+" AS "+Q("p_"+c))
 		}
-		outer := []string{gr.of("minute") + " AS " + string(gr)}
+		outer := []string{gr.of("minute", Zone(d)) + " AS " + string(gr)}
 		group := []string{string(gr)}
 		if !perSet {
 			outer = append(outer, GroupingExpr+" AS grouping")
@@ -675,12 +686,12 @@ FROM
     SELECT
         %s
     FROM %s
-    WHERE toDate(minute) > %s
+    WHERE toDate(minute%s) > %s
 )%s
-GROUP BY %s`, strings.Join(outer, ",\n    "), strings.Join(inner, ",\n        "), g.T(Speed(ds)), wm, arrayJoin, strings.Join(group, ", "))
+GROUP BY %s`, strings.Join(outer, ",\n    "), strings.Join(inner, ",\n        "), g.T(Speed(ds)), Zone(d), wm, arrayJoin, strings.Join(group, ", "))
 	}
 	if other := intersect(sets, OtherSets(d)); len(other) > 0 {
-		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, gr, "toDate(time) > "+wm, perSet)
+		sql += "\nUNION ALL\n" + g.rawSetsSelect(d, other, gr, "toDate(time"+Zone(d)+") > "+wm, perSet)
 	}
 	return sql
 }
@@ -710,7 +721,7 @@ func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, 
 	for _, c := range d.ValueColumns() {
 		inner = append(inner, Q(c.Name)+" AS "+Q("v_"+c.Name))
 	}
-	outer := []string{gr.of("time") + " AS " + string(gr)}
+	outer := []string{gr.of("time", Zone(d)) + " AS " + string(gr)}
 	group := []string{string(gr)}
 	if !perSet {
 		outer = append(outer, GroupingExpr+" AS grouping")
@@ -734,6 +745,9 @@ func (g *Generator) rawSetsSelect(d *config.Dataset, sets [][]string, gr grain, 
 	// Exact where the speed layer has consumed the whole bucket (what comes after may still be
 	// arriving), as the API flags its raw rows.
 	end := "toDateTime(day, 'UTC') + 86400"
+	if z := Zone(d); z != "" {
+		end = "toDateTime(day + 1" + z + ")" // the next local midnight: days of 23 or 25 hours
+	}
 	if gr == "hour" {
 		end = "hour + 3600"
 	}
@@ -748,6 +762,6 @@ FROM
 (
     %s
 )%s
-GROUP BY %s`, strings.Join(outer, ",\n    "), indent(DedupRaw(inner, g.T(Raw(d.Name)), where), "    "),
+GROUP BY %s`, strings.Join(outer, ",\n    "), indent(DedupRaw(inner, g.T(Raw(d.Name)), where, d.Location()), "    "),
 		arrayJoin, strings.Join(group, ", "))
 }
