@@ -176,15 +176,8 @@ func (dec *Decoder) decodeTree(value []byte, topic string, partition int32, offs
 		return MissingTime, "no " + strings.Join(dec.timePath, ".")
 	}
 	t, reason, detail := parseTime(tv)
-	if reason != "" {
-		return reason, strings.Join(dec.timePath, ".") + ": " + detail
-	}
-	if t.Before(time.Unix(0, 0)) || (dec.lim.MaxAge > 0 && t.Before(now.Add(-dec.lim.MaxAge))) {
-		return TooOld, fmt.Sprintf("%s: %s is older than the raw retention", strings.Join(dec.timePath, "."), t.Format(time.RFC3339))
-	}
-	if t.After(now.Add(dec.lim.FutureSkew)) {
-		return FutureTime, fmt.Sprintf("%s: %s is more than %s ahead of %s", strings.Join(dec.timePath, "."),
-			t.Format(time.RFC3339), dec.lim.FutureSkew, now.UTC().Format(time.RFC3339))
+	if reason, detail := dec.checkTime(t, reason, detail, now); reason != "" {
+		return reason, detail
 	}
 	r.Time = t
 
@@ -250,6 +243,22 @@ func (dec *Decoder) decodeTree(value []byte, topic string, partition int32, offs
 
 // str returns a dimension or key value: a string, a number's JSON text, "" for null or
 // missing. Other types are not accepted.
+// checkTime turns a parsed time (or its parse failure: reason and detail) into the reject of an
+// event whose time is unparseable, older than raw keeps or too far ahead of now ("" if none).
+func (dec *Decoder) checkTime(t time.Time, reason Reason, detail string, now time.Time) (Reason, string) {
+	if reason != "" {
+		return reason, strings.Join(dec.timePath, ".") + ": " + detail
+	}
+	if t.Before(time.Unix(0, 0)) || (dec.lim.MaxAge > 0 && t.Before(now.Add(-dec.lim.MaxAge))) {
+		return TooOld, fmt.Sprintf("%s: %s is older than the raw retention", strings.Join(dec.timePath, "."), t.Format(time.RFC3339))
+	}
+	if t.After(now.Add(dec.lim.FutureSkew)) {
+		return FutureTime, fmt.Sprintf("%s: %s is more than %s ahead of %s", strings.Join(dec.timePath, "."),
+			t.Format(time.RFC3339), dec.lim.FutureSkew, now.UTC().Format(time.RFC3339))
+	}
+	return "", ""
+}
+
 func (dec *Decoder) str(v *fastjson.Value, intern map[string]string) (string, bool) {
 	if v == nil {
 		return "", true

@@ -413,15 +413,8 @@ func (dec *Decoder) decodeScanned(topic string, partition int32, offset int64, n
 		return MissingTime, "no " + strings.Join(dec.timePath, ".")
 	}
 	t, reason, detail := sc.parseTime(tv)
-	if reason != "" {
-		return reason, strings.Join(dec.timePath, ".") + ": " + detail
-	}
-	if t.Before(time.Unix(0, 0)) || (dec.lim.MaxAge > 0 && t.Before(now.Add(-dec.lim.MaxAge))) {
-		return TooOld, fmt.Sprintf("%s: %s is older than the raw retention", strings.Join(dec.timePath, "."), t.Format(time.RFC3339))
-	}
-	if t.After(now.Add(dec.lim.FutureSkew)) {
-		return FutureTime, fmt.Sprintf("%s: %s is more than %s ahead of %s", strings.Join(dec.timePath, "."),
-			t.Format(time.RFC3339), dec.lim.FutureSkew, now.UTC().Format(time.RFC3339))
+	if reason, detail := dec.checkTime(t, reason, detail, now); reason != "" {
+		return reason, detail
 	}
 	r.Time = t
 
