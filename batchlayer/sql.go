@@ -52,15 +52,8 @@ func (q *queries) rawDayWhere(day time.Time) string {
 	return fmt.Sprintf("time >= %s AND time < %s", timeLit(q.start(day)), timeLit(q.end(day)))
 }
 
-// hourOf is the local hour of a DateTime column in the dataset's zone, as DateTime('UTC'):
-// toStartOfHour(col) for UTC, the same instants in every zone a whole number of hours from
-// UTC, and a zone's own hours (from :30) in the others.
-func (q *queries) hourOf(col string) string {
-	if z := schema.Zone(q.d); z != "" {
-		return "toDateTime(toStartOfHour(" + col + z + "), 'UTC')"
-	}
-	return "toStartOfHour(" + col + ")"
-}
+// hourOf is the local hour of a DateTime column in the dataset's zone (schema.LocalHour).
+func (q *queries) hourOf(col string) string { return schema.LocalHour(col, schema.Zone(q.d)) }
 
 // stagingName is the staging table of a run.
 func stagingName(ds, runID string) string {

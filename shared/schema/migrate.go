@@ -374,10 +374,12 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 			return err
 		}
 	}
+	if p.relayout != "" {
+		// The copy has o's columns only: it leaves the dropped ones behind, those of the old
+		// sorting key too.
+		return m.relayout(ctx, o, p.relayout)
+	}
 	for _, name := range p.drop {
-		if p.relayout != "" {
-			break // the copy leaves them behind, those of the old sorting key too
-		}
 		if slices.Contains(o.Key, name) {
 			// ClickHouse cannot drop a column of the sorting key; it stays, unused.
 			m.log.Warn("column removed from the config stays: it is part of the sorting key", "table", o.Name, "column", name)
@@ -386,9 +388,6 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 		if err := m.exec(ctx, fmt.Sprintf("ALTER TABLE %s DROP COLUMN %s", t, Q(name))); err != nil {
 			return err
 		}
-	}
-	if p.relayout != "" {
-		return m.relayout(ctx, o, p.relayout)
 	}
 	return nil
 }

@@ -573,14 +573,21 @@ type grain string
 
 // of is the grain's bucket of a DateTime column in the dataset's zone (zone: Zone(d)).
 func (gr grain) of(col, zone string) string {
-	if gr == "hour" && zone != "" {
-		// Another zone's DateTime: back to the column type every branch of the view shares.
-		return "toDateTime(toStartOfHour(" + col + zone + "), 'UTC')"
-	}
 	if gr == "hour" {
-		return "toStartOfHour(" + col + ")"
+		return LocalHour(col, zone)
 	}
 	return "toDate(" + col + zone + ")"
+}
+
+// LocalHour is the hour of a DateTime('UTC') column in a zone (zone: Zone(d), "" for UTC), as
+// DateTime('UTC'): toStartOfHour(col) for UTC (the same instants in every zone a whole number of
+// hours from UTC), and the zone's own hours (from :30) in the others, cast back to the column
+// type every branch of a view or union shares.
+func LocalHour(col, zone string) string {
+	if zone == "" {
+		return "toStartOfHour(" + col + ")"
+	}
+	return "toDateTime(toStartOfHour(" + col + zone + "), 'UTC')"
 }
 
 // metricCols are a view branch's metric columns in config order: each stored metric's value
