@@ -265,6 +265,20 @@ func (l *Layer) Run(ctx context.Context) error {
 		c.Schedule(sched, job)
 		jobs = append(jobs, job)
 		l.log.Info("batch scheduled", "dataset", name, "schedule", spec)
+		if rspec := d.d.BatchConf.SpeedRollup; rspec != "off" {
+			if l.schedule != "" {
+				rspec = l.schedule
+			}
+			rsched, err := cron.ParseStandard(rspec)
+			if err != nil {
+				return fmt.Errorf("invalid batch.speed_rollup %q of dataset %s: %w", rspec, name, err)
+			}
+			c.Schedule(rsched, chain.Then(cron.FuncJob(func() {
+				if err := l.RollupSpeed(ctx, name); err != nil && ctx.Err() == nil {
+					l.log.Warn("speed rollup failed: the API reads the minutes of the hours it misses", "dataset", name, "err", err)
+				}
+			})))
+		}
 	}
 	l.ticks.start(time.Now(), scheds)
 	defer l.ticks.stop()
@@ -452,6 +466,12 @@ func (l *Layer) RunDays(ctx context.Context, name string, from, to time.Time, pr
 	}
 	if _, err := l.updateWatermark(ctx, d); err != nil {
 		return errors.Join(runErr, err)
+	}
+	if d.d.BatchConf.SpeedRollup != "off" {
+		// The hours after the new boundary, so that the API has them at once.
+		if err := l.RollupSpeed(ctx, name); err != nil {
+			l.log.Warn("speed rollup failed: the API reads the minutes of the hours it misses", "dataset", name, "err", err)
+		}
 	}
 	return runErr
 }

@@ -260,7 +260,11 @@ func (l *Layer) retention(ctx context.Context, d *dataset, now time.Time) error 
 		return err
 	}
 	speedCut := d.q.end(wm).Add(-d.d.SpeedConf.Retention.D())
-	return drop(schema.Speed(d.d.Name), func(day time.Time) bool { return d.q.end(day).After(speedCut) })
+	if err := drop(schema.Speed(d.d.Name), func(day time.Time) bool { return d.q.end(day).After(speedCut) }); err != nil {
+		return err
+	}
+	// The hours rolled up from speed, once the batch tables answer their day.
+	return l.dropRollups(ctx, d, wm)
 }
 
 // Run is one batch run with its current state.

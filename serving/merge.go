@@ -16,6 +16,9 @@ const (
 	TableHourly = "hourly" // <ds>_hourly: exact rows per hour and grouping set
 	TableSpeed  = "speed"  // <ds>_speed: per-minute states (rewritten from raw for sealed days)
 	TableRaw    = "raw"    // deduplicated <ds>_raw
+	// TableSpeedHourly is <ds>_speed_hourly: the completed hours after the boundary rolled up
+	// from <ds>_speed per grouping set (states, approximate like the minutes).
+	TableSpeedHourly = "speed_hourly"
 )
 
 // Part is one source over a range of a query and how it is read.
@@ -186,13 +189,64 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 				dec.Complete = false
 				speedFrom = gapEnd
 			}
-			add(Part{SourceRange: SourceRange{From: speedFrom, To: q.To, Source: SourceSpeed, Table: TableSpeed}})
+			p.speedParts(q, st, speedFrom, q.To, add)
 		}
 	}
 
 	dec.States = q.combines(dec.Parts)
 	dec.Split = bound.IsZero() || !q.bucketOf(bound.Add(-time.Nanosecond)).Equal(q.bucketOf(bound))
 	return dec, nil
+}
+
+// speedParts adds the parts of [s, e) after the boundary: the hours a day's current rollup
+// holds (st.Rollups) from <ds>_speed_hourly, for hour and coarser buckets whose hours are the
+// stored ones, from the smallest grouping set it holds with every needed dimension; the rest
+// from <ds>_speed's minutes. Both are the speed view's states, approximate.
+func (p *Planner) speedParts(q *Query, st *State, s, e time.Time, add func(Part)) {
+	minutes := func(s, e time.Time) {
+		add(Part{SourceRange: SourceRange{From: s, To: e, Source: SourceSpeed, Table: TableSpeed}})
+	}
+	if q.Granularity == "minute" || len(st.Rollups) == 0 || !q.hoursAlign(s, e) {
+		minutes(s, e)
+		return
+	}
+	loc := q.DS.Location()
+	for d := ledger.DayIn(s, loc); s.Before(e) && ledger.DayStart(d, loc).Before(e); d = d.AddDate(0, 0, 1) {
+		r, ok := st.Rollups[d]
+		if !ok {
+			continue
+		}
+		hs, he := hourCeil(maxT(s, ledger.DayStart(d, loc)), loc), minT(r.Valid, ledger.HourStart(e, loc))
+		set := smallestCover(splitSets(r.Sets), q.neededDims())
+		if !hs.Before(he) || set == nil {
+			continue
+		}
+		minutes(s, hs)
+		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: strings.Join(set, ",")})
+		s = he
+	}
+	minutes(s, e)
+}
+
+// hourCeil is the start of the first local hour (in loc) at or after t.
+func hourCeil(t time.Time, loc *time.Location) time.Time {
+	if h := ledger.HourStart(t, loc); h.Before(t) {
+		return h.Add(time.Hour)
+	}
+	return t
+}
+
+// splitSets turns grouping names ("" for the total, else dimensions joined by commas) into
+// sets of dimensions.
+func splitSets(names []string) [][]string {
+	out := make([][]string, len(names))
+	for i, n := range names {
+		out[i] = []string{}
+		if n != "" {
+			out[i] = strings.Split(n, ",")
+		}
+	}
+	return out
 }
 
 // combines reports whether a bucket combines rows of several of parts (in time order): two

@@ -173,7 +173,7 @@ func (s *Server) OpenAPI() map[string]any {
 				"SourceRange": object(nil, obj{
 					"from": obj{"type": "string", "format": "date-time"}, "to": obj{"type": "string", "format": "date-time"},
 					"source":   obj{"type": "string", "enum": sourceEnum},
-					"table":    obj{"type": "string", "enum": []string{TableDaily, TableHourly, TableSpeed, TableRaw}},
+					"table":    obj{"type": "string", "enum": []string{TableDaily, TableHourly, TableSpeed, TableSpeedHourly, TableRaw}},
 					"grouping": str, "exact": boolean,
 				}),
 				"Column": object([]string{"name", "type", "nullable"}, obj{

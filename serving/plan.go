@@ -24,9 +24,9 @@ type SourceRange struct {
 	From   time.Time `json:"from"`
 	To     time.Time `json:"to"`
 	Source string    `json:"source"`
-	// Table is the table read: daily, hourly, speed or raw.
+	// Table is the table read: daily, hourly, speed, speed_hourly or raw.
 	Table string `json:"table,omitempty"`
-	// Grouping is the grouping set read from <ds>_daily or <ds>_hourly.
+	// Grouping is the grouping set read from <ds>_daily, <ds>_hourly or <ds>_speed_hourly.
 	Grouping *string `json:"grouping,omitempty"`
 	Exact    bool    `json:"exact"`
 }
@@ -58,6 +58,9 @@ type State struct {
 	// day keeps the sets of the configuration its run had). Nil, or a day missing: the
 	// configuration's sets.
 	Sets map[time.Time][]string
+	// Rollups maps the days after the boundary to their newest rollup into
+	// <ds>_speed_hourly: hour and coarser buckets read its current hours (Rollup.Valid).
+	Rollups map[time.Time]ledger.Rollup
 }
 
 // Run is the newest successful batch run of a day.
@@ -162,7 +165,7 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	pl := &Plan{Complete: dec.Complete}
 	for _, pt := range dec.Parts {
 		src := pt.SourceRange
-		if pt.Table == TableDaily || pt.Table == TableHourly {
+		if pt.Table == TableDaily || pt.Table == TableHourly || pt.Table == TableSpeedHourly {
 			g := pt.grouping
 			src.Grouping = &g
 		}

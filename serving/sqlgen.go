@@ -106,7 +106,7 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 		switch pt.Table {
 		case TableRaw:
 			branches = append(branches, p.rawBranch(q, sh, pt.From, pt.To, pt.Exact))
-		case TableSpeed:
+		case TableSpeed, TableSpeedHourly:
 			branches = append(branches, p.speedBranch(q, sh, pt))
 		case TableDaily, TableHourly:
 			branches = append(branches, p.rollupBranch(q, sh, pt))
@@ -178,9 +178,15 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 }
 
 // speedBranch reads <ds>_speed: per-minute states, as the speed layer wrote them after the
-// boundary, or as the batch layer rewrote them from deduplicated raw before it.
+// boundary, or as the batch layer rewrote them from deduplicated raw before it; or
+// <ds>_speed_hourly: one grouping set's states per hour, rolled up from the minutes after the
+// boundary.
 func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
-	b, args := q.bucket("minute", false)
+	table, col, cond := schema.Speed(q.DS.Name), "minute", ""
+	if pt.Table == TableSpeedHourly {
+		table, col, cond = schema.SpeedHourly(q.DS.Name), "hour", " AND grouping = ?"
+	}
+	b, args := q.bucket(col, false)
 	sel := []string{b + " AS b"}
 	group := []string{"b"}
 	for _, d := range q.Dimensions {
@@ -198,9 +204,12 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
 	where, fargs := q.filters()
 	args = append(args, pt.From.Unix(), pt.To.Unix())
+	if cond != "" {
+		args = append(args, pt.grouping)
+	}
 	args = append(args, fargs...)
-	return branch{args: args, sql: fmt.Sprintf("SELECT %s\nFROM %s\nWHERE minute >= toDateTime(?) AND minute < toDateTime(?)%s\nGROUP BY %s",
-		strings.Join(sel, ", "), p.g.T(schema.Speed(q.DS.Name)), where, strings.Join(group, ", "))}
+	return branch{args: args, sql: fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s >= toDateTime(?) AND %s < toDateTime(?)%s%s\nGROUP BY %s",
+		strings.Join(sel, ", "), p.g.T(table), col, col, cond, where, strings.Join(group, ", "))}
 }
 
 // rawBranch reads deduplicated raw: the first-ingested copy of each id within its day, as the

@@ -30,6 +30,8 @@ type snapshot struct {
 	days       ledger.Days
 	Partitions []ledger.Partition
 	ReadAt     time.Time
+	// rollupErr is why the speed rollups could not be read (the API reads minutes then).
+	rollupErr error
 }
 
 type stateCache struct {
@@ -98,6 +100,9 @@ func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time)
 	c.refreshing[ds.Name] = true
 	c.mu.Unlock()
 	s, err := readState(ctx, c.conn, c.g, ds, now, c.offsets(ctx, ds))
+	if err == nil && s.rollupErr != nil {
+		c.log.Warn("cannot read the speed rollups: hours after the boundary are read from the minutes", "dataset", ds.Name, "err", s.rollupErr)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.refreshing[ds.Name] = false
@@ -176,6 +181,15 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *c
 	}
 	if n > 0 {
 		s.SpeedOldest = oldest.UTC()
+	}
+	loc := ds.Location()
+	since := ledger.DayIn(now.Add(-ds.SpeedConf.Retention.D()), loc)
+	if !s.Watermark.IsZero() && s.Watermark.After(since) {
+		since = s.Watermark.AddDate(0, 0, 1)
+	}
+	s.Rollups, s.rollupErr = ledger.ReadSpeedRollups(ctx, conn, g.DB, ds.Name, since, loc)
+	if s.rollupErr != nil && ctx.Err() != nil {
+		return nil, s.rollupErr
 	}
 	return s, nil
 }

@@ -20,6 +20,9 @@ type buffer struct {
 	dups    int
 	lateN   int
 	maxTime time.Time
+	// minTime is the oldest time of a row the speed view takes (not late): the hours of
+	// <ds>_speed_hourly the flush may change.
+	minTime time.Time
 	bytes   int
 	n       int // messages covered
 }
@@ -40,7 +43,7 @@ func (b *buffer) reset() {
 	clear(b.rejects)
 	b.rejects = b.rejects[:0]
 	b.dups, b.lateN, b.bytes, b.n, b.refused = 0, 0, 0, 0, 0
-	b.maxTime = time.Time{}
+	b.maxTime, b.minTime = time.Time{}, time.Time{}
 }
 
 func (b *buffer) empty() bool { return b.first < 0 }
@@ -62,6 +65,8 @@ func (b *buffer) add(r *event.Row, offset int64, late bool, isKey []bool) {
 	b.Columns.Add(r, offset, late, isKey)
 	if late {
 		b.lateN++
+	} else if b.minTime.IsZero() || r.Time.Before(b.minTime) {
+		b.minTime = r.Time
 	}
 	if r.Time.After(b.maxTime) {
 		b.maxTime = r.Time

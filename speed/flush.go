@@ -409,9 +409,13 @@ func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part)
 		if maxTime.Before(epoch) {
 			maxTime = epoch
 		}
+		minTime := b.minTime
+		if minTime.Before(epoch) {
+			minTime = epoch
+		}
 		// Refused rows are counted once, as rejects.
 		if err := batch.Append(d.d.Name, p.topic, p.partition, b.first, b.last, p.claim.HighWaterMarkOffset(),
-			uint64(b.rows()-b.refused), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id); err != nil {
+			uint64(b.rows()-b.refused), uint64(len(b.rejects)), uint64(b.dups), uint64(b.lateN), maxTime, d.s.id, minTime); err != nil {
 			return &rawbatch.BuildError{Err: err}
 		}
 	}
@@ -423,7 +427,7 @@ func (d *dataset) sendLedger(ctx context.Context, pieces []piece, beats []*part)
 			maxTime = epoch
 		}
 		if err := batch.Append(d.d.Name, p.topic, p.partition, committed, committed-1, p.claim.HighWaterMarkOffset(),
-			uint64(0), uint64(0), uint64(0), uint64(0), maxTime, d.s.id); err != nil {
+			uint64(0), uint64(0), uint64(0), uint64(0), maxTime, d.s.id, epoch); err != nil {
 			return &rawbatch.BuildError{Err: err}
 		}
 	}

@@ -275,7 +275,7 @@ func newDataset(s *Speed, d *config.Dataset) *dataset {
 	ds.rawTable = g.T(schema.Raw(d.Name))
 	ds.rejSQL = insertSQL(g.T(schema.Rejects(d.Name)), []string{"payload", "reason", "detail", "_topic", "_partition", "_offset"})
 	ds.ledgSQL = insertSQL(g.T(schema.SpeedFlushes), []string{"dataset", "topic", "partition", "first_offset", "last_offset",
-		"high_watermark", "raw_rows", "rejected_rows", "duplicate_rows", "late_rows", "max_event_time", "consumer"})
+		"high_watermark", "raw_rows", "rejected_rows", "duplicate_rows", "late_rows", "max_event_time", "consumer", "min_event_time"})
 	return ds
 }
 

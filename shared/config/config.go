@@ -227,6 +227,9 @@ type BatchConf struct {
 	Schedule string   `yaml:"schedule"`
 	Grace    Duration `yaml:"grace"`
 	Lookback Duration `yaml:"lookback"`
+	// SpeedRollup is the cron schedule of the rollup of the completed hours after the
+	// boundary from <ds>_speed into <ds>_speed_hourly; "off" turns it off.
+	SpeedRollup string `yaml:"speed_rollup"`
 	// GroupingSets lists extra grouping sets beyond the day total, each dimension alone and
 	// all dimensions together.
 	GroupingSets [][]string `yaml:"grouping_sets"`
@@ -383,6 +386,9 @@ func datasetDefaults(d *Dataset) {
 	}
 	if d.BatchConf.Schedule == "" {
 		d.BatchConf.Schedule = "45 0 * * *"
+	}
+	if d.BatchConf.SpeedRollup == "" {
+		d.BatchConf.SpeedRollup = "*/10 * * * *"
 	}
 	if d.BatchConf.Grace == 0 {
 		d.BatchConf.Grace = Duration(30 * time.Minute)

@@ -280,6 +280,11 @@ func (d *Dataset) validate() []fieldError {
 	if err != nil {
 		add("batch.schedule", "invalid cron spec %q: %v", d.BatchConf.Schedule, err)
 	}
+	if d.BatchConf.SpeedRollup != "off" {
+		if _, err := CronParser.Parse(d.BatchConf.SpeedRollup); err != nil {
+			add("batch.speed_rollup", "invalid cron spec %q (or \"off\"): %v", d.BatchConf.SpeedRollup, err)
+		}
+	}
 	for name, v := range map[string]Duration{"speed.retention": d.SpeedConf.Retention, "batch.grace": d.BatchConf.Grace,
 		"batch.lookback": d.BatchConf.Lookback, "raw_retention": d.RawRetention} {
 		if v < 0 {

@@ -41,6 +41,7 @@ const (
 	SpeedFlushes    = "speed_flushes"
 	BatchRuns       = "batch_runs"
 	BatchWatermarks = "batch_watermarks"
+	SpeedRollups    = "speed_rollups"
 )
 
 // RawDays is the name of a dataset's table of raw rows per day; RawDaysMV feeds it.

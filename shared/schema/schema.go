@@ -88,9 +88,12 @@ func Speed(ds string) string   { return ds + "_speed" }
 func SpeedMV(ds string) string { return ds + "_speed_mv" }
 func Daily(ds string) string   { return ds + "_daily" }
 func Hourly(ds string) string  { return ds + "_hourly" }
-func Rejects(ds string) string { return ds + "_rejects" }
-func Drift(ds string) string   { return ds + "_drift" }
-func Lambda(ds string) string  { return ds + "_lambda" }
+
+// SpeedHourly names the hourly rollup of <ds>_speed's unsealed days, per grouping set.
+func SpeedHourly(ds string) string { return ds + "_speed_hourly" }
+func Rejects(ds string) string     { return ds + "_rejects" }
+func Drift(ds string) string       { return ds + "_drift" }
+func Lambda(ds string) string      { return ds + "_lambda" }
 
 // RawDays and RawDaysMV name the table of raw rows per day and the view feeding it (owned by
 // shared/ledger, whose rules read it).
@@ -102,6 +105,7 @@ const (
 	SpeedFlushes    = ledger.SpeedFlushes
 	BatchRuns       = ledger.BatchRuns
 	BatchWatermarks = ledger.BatchWatermarks
+	SpeedRollups    = ledger.SpeedRollups
 	SchemaObjects   = "schema_objects"
 )
 
@@ -223,6 +227,9 @@ func (g *Generator) shared() []Object {
 		{Name: "duplicate_rows", Type: "UInt64"}, {Name: "late_rows", Type: "UInt64"},
 		{Name: "max_event_time", Type: utc}, {Name: "consumer", Type: "String"},
 		{Name: "flushed_at", Type: utc, Default: "now()"},
+		// The oldest event time the flush wrote to raw (1970 for a heartbeat): the hours of
+		// <ds>_speed_hourly that a flush after their rollup changed (shared/ledger).
+		{Name: "min_event_time", Type: utc},
 	}
 	fkey := []string{"dataset", "partition", "flushed_at"}
 	runs := []Column{
@@ -243,6 +250,13 @@ func (g *Generator) shared() []Object {
 		{Name: "run_id", Type: "String"}, {Name: "at", Type: utc}, {Name: "at_us", Type: "UInt64"},
 	}
 	mkey := []string{"dataset", "at_us"}
+	rollups := []Column{
+		{Name: "dataset", Type: "String"}, {Name: "day", Type: "Date"},
+		{Name: "hour_to", Type: utc}, {Name: "snapshot", Type: utc},
+		{Name: "sets", Type: "Array(String)"}, {Name: "rows", Type: "UInt64"},
+		{Name: "at_us", Type: "UInt64"},
+	}
+	ukey := []string{"dataset", "day", "at_us"}
 	objs := []Column{
 		{Name: "object", Type: "String"}, {Name: "statement_hash", Type: "String"},
 		{Name: "at", Type: utc, Default: "now()"},
@@ -251,6 +265,7 @@ func (g *Generator) shared() []Object {
 		g.table(SpeedFlushes, "", flushes, "MergeTree", "PARTITION BY toYYYYMM(flushed_at) "+orderBy(fkey), fkey),
 		g.table(BatchRuns, "", runs, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(rkey), rkey),
 		g.table(BatchWatermarks, "", marks, "MergeTree", "PARTITION BY toYYYYMM(at) "+orderBy(mkey), mkey),
+		g.table(SpeedRollups, "", rollups, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(ukey), ukey),
 		g.table(SchemaObjects, "", objs, "MergeTree", "ORDER BY (object, at)", []string{"object", "at"}),
 	}
 }
@@ -336,6 +351,14 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	hourly := g.table(Hourly(ds), ds, hourlyCols, "MergeTree", hourlyClauses(d), HourlyKey(d))
 	hourly.Granularity, hourly.Relayout = RollupGranularity, true
 
+	// The completed hours of the days after the boundary, per grouping set the speed view can
+	// compute, rolled up from <ds>_speed's minutes by the batch layer (batchlayer/rollup.go):
+	// hour and coarser buckets of today read a state per hour and set instead of one per
+	// minute and combination. speed_rollups says which hours are current.
+	shCols := append([]Column{{Name: "hour", Type: utc}, {Name: "grouping", Type: "String"}}, speedCols[1:]...)
+	speedHourly := g.table(SpeedHourly(ds), ds, shCols, "MergeTree", speedHourlyClauses(d), SpeedHourlyKey(d))
+	speedHourly.Granularity = RollupGranularity
+
 	rejCols := []Column{
 		{Name: "payload", Type: "String"}, {Name: "reason", Type: "String"}, {Name: "detail", Type: "String"},
 		{Name: "_topic", Type: "String"}, {Name: "_partition", Type: "Int32"}, {Name: "_offset", Type: "Int64"},
@@ -357,7 +380,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	out := append(raw, rawDays...)
 	out = append(out, daysMV)
 	out = append(out, speed...)
-	out = append(out, mv, daily, hourly)
+	out = append(out, mv, daily, hourly, speedHourly)
 	out = append(out, rejects...)
 	out = append(out, drift)
 	// The views: <ds>_lambda and <ds>_lambda_hourly with every grouping set, then each set's
@@ -431,6 +454,58 @@ func StagingEngine(d *config.Dataset) string { return "MergeTree " + dailyClause
 // SpeedKey is the sorting key of <ds>_speed.
 func SpeedKey(d *config.Dataset) []string {
 	return append([]string{"minute"}, d.SpeedDimensions()...)
+}
+
+// SpeedHourlyKey is the sorting key of <ds>_speed_hourly.
+func SpeedHourlyKey(d *config.Dataset) []string {
+	return append([]string{"grouping", "hour"}, d.SpeedDimensions()...)
+}
+
+func speedHourlyClauses(d *config.Dataset) string {
+	return rollupClauses("hour"+Zone(d), SpeedHourlyKey(d))
+}
+
+// SpeedHourlyStagingEngine is the engine of a table a day of <ds>_speed_hourly is rolled up
+// into before it is swapped in (on one server; in cluster mode the batch layer reads the
+// target's own engine).
+func SpeedHourlyStagingEngine(d *config.Dataset) string { return "MergeTree " + speedHourlyClauses(d) }
+
+// SpeedHourlyColumns are the columns of <ds>_speed_hourly in the order SpeedHourlySelect
+// fills them.
+func SpeedHourlyColumns(d *config.Dataset) []string {
+	cols := append([]string{"hour", "grouping"}, d.SpeedDimensions()...)
+	for _, s := range d.Specs() {
+		cols = append(cols, s.Name)
+	}
+	for _, c := range d.PresenceColumns() {
+		cols = append(cols, metric.PresenceColumn(c))
+	}
+	return cols
+}
+
+// SpeedHourlySelect rolls the minutes of <ds>_speed in [from, to) up into the dataset's local
+// hours for one grouping set, in the order of SpeedHourlyColumns: the dimensions outside the
+// set are ”. from and to are local hours. Its columns carry no aliases: a state merged into
+// a column of the same name would be a cyclic alias.
+func (g *Generator) SpeedHourlySelect(d *config.Dataset, set []string, from, to time.Time) string {
+	sel := []string{LocalHour("minute", Zone(d)) + " AS h", "'" + strings.Join(set, ",") + "'"}
+	group := []string{"h"}
+	for _, n := range d.SpeedDimensions() {
+		if contains(set, n) {
+			sel = append(sel, Q(n))
+			group = append(group, Q(n))
+		} else {
+			sel = append(sel, "''")
+		}
+	}
+	for _, s := range d.Specs() {
+		sel = append(sel, s.MergeStateExpr(Q(s.Name)))
+	}
+	for _, c := range d.PresenceColumns() {
+		sel = append(sel, "sumMergeState("+Q(metric.PresenceColumn(c))+")")
+	}
+	return fmt.Sprintf("SELECT\n    %s\nFROM %s\nWHERE minute >= toDateTime(%d, 'UTC') AND minute < toDateTime(%d, 'UTC')\nGROUP BY %s",
+		strings.Join(sel, ",\n    "), g.T(Speed(d.Name)), from.Unix(), to.Unix(), strings.Join(group, ", "))
 }
 
 // SpeedGranularity is the index granularity of <ds>_speed. A minute holds a row per combination

@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS `lambda`.`speed_flushes` ON CLUSTER `lambda`
     `late_rows` UInt64,
     `max_event_time` DateTime('UTC'),
     `consumer` String,
-    `flushed_at` DateTime('UTC') DEFAULT now()
+    `flushed_at` DateTime('UTC') DEFAULT now(),
+    `min_event_time` DateTime('UTC')
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/speed_flushes', '{shard}-{replica}') PARTITION BY toYYYYMM(flushed_at) ORDER BY (`dataset`, `partition`, `flushed_at`);
 
@@ -47,6 +48,18 @@ CREATE TABLE IF NOT EXISTS `lambda`.`batch_watermarks` ON CLUSTER `lambda`
     `at_us` UInt64
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/batch_watermarks', '{shard}-{replica}') PARTITION BY toYYYYMM(at) ORDER BY (`dataset`, `at_us`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`speed_rollups` ON CLUSTER `lambda`
+(
+    `dataset` String,
+    `day` Date,
+    `hour_to` DateTime('UTC'),
+    `snapshot` DateTime('UTC'),
+    `sets` Array(String),
+    `rows` UInt64,
+    `at_us` UInt64
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/speed_rollups', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
 
 CREATE TABLE IF NOT EXISTS `lambda`.`schema_objects` ON CLUSTER `lambda`
 (
@@ -183,6 +196,21 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly` ON CLUSTER `lambda`
     `run_id` String
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
+(
+    `hour` DateTime('UTC'),
+    `grouping` String,
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` AggregateFunction(count),
+    `users` AggregateFunction(uniq, String),
+    `revenue` AggregateFunction(sum, Float64),
+    `value_p95` AggregateFunction(quantile(0.95), Float64),
+    `_n_value` AggregateFunction(sum, UInt64)
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
 (

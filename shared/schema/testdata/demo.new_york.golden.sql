@@ -14,7 +14,8 @@ CREATE TABLE IF NOT EXISTS `lambda`.`speed_flushes`
     `late_rows` UInt64,
     `max_event_time` DateTime('UTC'),
     `consumer` String,
-    `flushed_at` DateTime('UTC') DEFAULT now()
+    `flushed_at` DateTime('UTC') DEFAULT now(),
+    `min_event_time` DateTime('UTC')
 )
 ENGINE = MergeTree PARTITION BY toYYYYMM(flushed_at) ORDER BY (`dataset`, `partition`, `flushed_at`);
 
@@ -47,6 +48,18 @@ CREATE TABLE IF NOT EXISTS `lambda`.`batch_watermarks`
     `at_us` UInt64
 )
 ENGINE = MergeTree PARTITION BY toYYYYMM(at) ORDER BY (`dataset`, `at_us`);
+
+CREATE TABLE IF NOT EXISTS `lambda`.`speed_rollups`
+(
+    `dataset` String,
+    `day` Date,
+    `hour_to` DateTime('UTC'),
+    `snapshot` DateTime('UTC'),
+    `sets` Array(String),
+    `rows` UInt64,
+    `at_us` UInt64
+)
+ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
 
 CREATE TABLE IF NOT EXISTS `lambda`.`schema_objects`
 (
@@ -143,6 +156,21 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly`
     `users_state` AggregateFunction(uniq, String),
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
+)
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour, 'America/New_York') ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly`
+(
+    `hour` DateTime('UTC'),
+    `grouping` String,
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` AggregateFunction(count),
+    `users` AggregateFunction(uniq, String),
+    `revenue` AggregateFunction(sum, Float64),
+    `value_p95` AggregateFunction(quantile(0.95), Float64),
+    `_n_value` AggregateFunction(sum, UInt64)
 )
 ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour, 'America/New_York') ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 

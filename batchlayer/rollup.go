@@ -1,0 +1,200 @@
+package batchlayer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/ledger"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// RollupMargin is how long ago an hour must have ended to be rolled up: events a few seconds
+// late (a flush interval, producers' clocks) would otherwise change an hour just rolled up, and
+// the API would read its minutes again until the next rollup.
+const RollupMargin = 5 * time.Minute
+
+// rollupLocks makes the rollups of one dataset sequential within the process (they do not wait
+// for its runs: a run rewrites sealed days, a rollup reads the days after the boundary).
+var rollupLocks sync.Map // dataset name → *sync.Mutex
+
+// RollupSpeed rolls the completed hours of every day after the boundary up from <ds>_speed's
+// minutes into <ds>_speed_hourly, one row per hour, grouping set (those within the speed
+// dimensions) and combination, and records each day's rollup in speed_rollups: the API reads
+// hour and coarser buckets of those days from it, for the hours no flush has changed since
+// (shared/ledger's Rollup). A day is rolled up again when an hour completed or a flush changed
+// one of its hours since its newest rollup; each rollup replaces the day's partition whole. The
+// rows are states of the speed view (approximate), like the minutes they come from.
+func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
+	d, err := l.dataset(name)
+	if err != nil {
+		return err
+	}
+	if l.lease != nil && !l.lease.Held(name) {
+		return nil
+	}
+	mu, _ := rollupLocks.LoadOrStore(l.cfg.ClickHouse.Database+"."+name, &sync.Mutex{})
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	loc := d.d.Location()
+	now := l.now().UTC()
+	hourTo := ledger.HourStart(now.Add(-RollupMargin), loc)
+	first := ledger.DayIn(now.Add(-d.d.SpeedConf.Retention.D()), loc)
+	wm, ok, err := ledger.Boundary(ctx, l.conn, l.cfg.ClickHouse.Database, name)
+	if err != nil {
+		return err
+	}
+	if ok && !wm.Before(first) {
+		first = wm.AddDate(0, 0, 1)
+	}
+	done, err := ledger.ReadSpeedRollups(ctx, l.conn, l.cfg.ClickHouse.Database, name, first, loc)
+	if err != nil {
+		return err
+	}
+	var sets []string
+	for _, s := range schema.SpeedSets(d.d) {
+		sets = append(sets, joinSet(s))
+	}
+	var errs []error
+	for day := first; ledger.DayStart(day, loc).Before(hourTo); day = day.AddDate(0, 0, 1) {
+		end := minTime(ledger.DayEnd(day, loc), hourTo)
+		if r, ok := done[day]; ok && r.HourTo.Equal(end) && r.Valid.Equal(end) && slices.Equal(r.Sets, sets) {
+			continue
+		}
+		if err := l.rollupDay(ctx, d, day, end, sets); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			errs = append(errs, fmt.Errorf("cannot roll up %s of %s: %w", day.Format(time.DateOnly), schema.Speed(name), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// rollupDay rolls the day's hours before end up into a staging table, swaps it in as the day's
+// partition of <ds>_speed_hourly and records it.
+func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, end time.Time, sets []string) (err error) {
+	q, name := d.q, d.d.Name
+	target := schema.SpeedHourly(name)
+	staging := fmt.Sprintf("%srollup_%s", stagingPrefix(name), partitionID(day))
+	engine, err := q.stagingEngine(ctx, l.conn, target)
+	if err != nil {
+		return err
+	}
+	if err := l.conn.Exec(ctx, q.dropTable(staging)); err != nil {
+		return err
+	}
+	if err := l.conn.Exec(ctx, createLike(q.g.T(staging), q.g.T(target), engine)); err != nil {
+		return fmt.Errorf("cannot create %s: %w", staging, err)
+	}
+	defer func() {
+		if derr := l.conn.Exec(context.WithoutCancel(ctx), q.dropTable(staging)); derr != nil && err == nil {
+			err = fmt.Errorf("cannot drop %s: %w", staging, derr)
+		}
+	}()
+	// The snapshot is ClickHouse's clock (the clock of speed_flushes.flushed_at) before the
+	// minutes are read: every flush recorded before it is in what they read.
+	var snapshot time.Time
+	if err := l.conn.QueryRow(ctx, "SELECT now()").Scan(&snapshot); err != nil {
+		return err
+	}
+	start := q.start(day)
+	for _, set := range schema.SpeedSets(d.d) {
+		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), quoteAll(schema.SpeedHourlyColumns(d.d)), q.g.SpeedHourlySelect(d.d, set, start, end))
+		if err := l.conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("cannot roll up grouping set %q: %w", joinSet(set), err)
+		}
+	}
+	var rows uint64
+	if err := l.conn.QueryRow(ctx, q.countRows(q.g.T(staging))).Scan(&rows); err != nil {
+		return err
+	}
+	// REPLACE PARTITION of an empty staging table leaves the target's partition as it was:
+	// a day without minutes (dropped, or never written) drops it.
+	swap := q.swapTo(q.g.T(target), staging, day)
+	if rows == 0 {
+		swap = q.dropPartition(target, day)
+	}
+	if err := l.conn.Exec(ctx, swap); err != nil {
+		return fmt.Errorf("cannot swap in %s: %w", target, err)
+	}
+	if l.cl != nil {
+		// Every node's replica must hold the new partition before the API, reading its own
+		// node, is told the hours are there.
+		if err := l.syncTable(ctx, q, target); err != nil {
+			return err
+		}
+	}
+	_, us := l.stamp()
+	sql := fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us) VALUES", q.g.T(schema.SpeedRollups))
+	b, err := l.conn.PrepareBatch(ctx, sql)
+	if err != nil {
+		return err
+	}
+	if err := b.Append(name, day, end, snapshot, sets, rows, us); err != nil {
+		_ = b.Abort()
+		return err
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("cannot record the rollup in %s: %w", schema.SpeedRollups, err)
+	}
+	l.log.Debug("rolled up speed hours", "dataset", name, "day", day.Format(time.DateOnly), "hour_to", end, "rows", rows)
+	return nil
+}
+
+// syncTable waits, bounded, for every node's replica of a table replicated on every node to
+// apply its replication queue; a node down or lagging is an error.
+func (l *Layer) syncTable(ctx context.Context, q *queries, table string) error {
+	all, live, err := l.cl.nodes(ctx)
+	if err != nil {
+		return err
+	}
+	if len(live) < len(all) {
+		return fmt.Errorf("%d of %d nodes are down: the rollup is not recorded until every replica holds it", len(all)-len(live), len(all))
+	}
+	ctx, cancel := context.WithTimeout(ctx, syncTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(live))
+	for i, n := range live {
+		wg.Go(func() {
+			if err := n.conn.Exec(ctx, "SYSTEM SYNC REPLICA "+q.g.T(table)); err != nil {
+				errs[i] = fmt.Errorf("replica of %s on %s: %w", table, n.Addr, err)
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// dropRollups drops the partitions of <ds>_speed_hourly up to the boundary day wm: those days
+// are read from the batch tables.
+func (l *Layer) dropRollups(ctx context.Context, d *dataset, wm time.Time) error {
+	table := schema.SpeedHourly(d.d.Name)
+	days, err := partitionDaysOn(ctx, l.conn, d.q.partitions(table))
+	if err != nil {
+		return fmt.Errorf("cannot list partitions of %s: %w", table, err)
+	}
+	for _, day := range days {
+		if day.After(wm) {
+			continue
+		}
+		if err := l.conn.Exec(ctx, d.q.dropPartition(table, day)); err != nil {
+			return fmt.Errorf("cannot drop partition %s of %s: %w", partitionID(day), table, err)
+		}
+	}
+	return nil
+}
+
+func joinSet(s []string) string { return strings.Join(s, ",") }
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,154 @@
+package batchlayer
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lambda-platform/lambda/shared/ledger"
+	"github.com/lambda-platform/lambda/shared/schema"
+)
+
+// flushAt records a flush of the speed layer that wrote events from oldest on (late rows of
+// them: late), written now by ClickHouse's clock.
+func (e *env) flushAt(oldest, newest time.Time, rows, late uint64) {
+	e.t.Helper()
+	q := fmt.Sprintf(`INSERT INTO %s (dataset, topic, partition, first_offset, last_offset, high_watermark, raw_rows, rejected_rows, duplicate_rows, late_rows, max_event_time, consumer, min_event_time)
+SELECT 'events', 'events', 0, 0, 1, 2, %d, 0, 0, %d, toDateTime(%d, 'UTC'), 'test', toDateTime(%d, 'UTC')`,
+		e.g.T(schema.SpeedFlushes), rows, late, newest.Unix(), oldest.Unix())
+	if err := e.conn.Exec(context.Background(), q); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+func (e *env) rollups(day time.Time) ledger.Rollup {
+	e.t.Helper()
+	rs, err := ledger.ReadSpeedRollups(context.Background(), e.conn, e.cfg.ClickHouse.Database, "events", day, e.cfg.Datasets[0].Location())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return rs[day]
+}
+
+func (e *env) count(q string) uint64 {
+	e.t.Helper()
+	var n uint64
+	if err := e.conn.QueryRow(context.Background(), q).Scan(&n); err != nil {
+		e.t.Fatalf("%s: %v", q, err)
+	}
+	return n
+}
+
+// The completed hours of a day after the boundary, rolled up per grouping set, hold what the
+// minutes hold: the same counts, sums and distinct counts per hour and set, and the events
+// counted once per set. A day unchanged since its rollup is not rolled up again; a flush that
+// wrote into its hours makes them stale from the first hour it touched, until the next rollup;
+// a flush of late rows alone (which the speed view skips) does not.
+func TestSpeedRollup(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(21, 4))
+	evs := gen(rng, d2, 3000, 0, "r")
+	e.insertRaw(evs)
+	now := d2.Add(13*time.Hour + 20*time.Minute)
+	e.setNow(now)
+	l := e.layer(Options{})
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	hourTo := d2.Add(13 * time.Hour)
+	r := e.rollups(d2)
+	if !r.HourTo.Equal(hourTo) || !r.Valid.Equal(hourTo) || r.Rows == 0 {
+		t.Fatalf("rollup of the day: %+v, want hours up to %s", r, hourTo)
+	}
+	if want := []string{"", "event", "country", "device", "event,country,device"}; strings.Join(r.Sets, "|") != strings.Join(want, "|") {
+		t.Errorf("sets %q, want %q", r.Sets, want)
+	}
+	sh, sp := e.g.T(schema.SpeedHourly("events")), e.g.T(schema.Speed("events"))
+	var truth uint64
+	for _, ev := range evs {
+		if ev.t.Before(hourTo) {
+			truth++
+		}
+	}
+	for _, set := range schema.SpeedSets(&e.cfg.Datasets[0]) {
+		dims, by := "''", ""
+		if len(set) > 0 {
+			dims, by = "concat('', "+strings.Join(set, ", '|', ")+")", ", "+strings.Join(set, ", ")
+		}
+		got := e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+FROM %s WHERE grouping = '%s' GROUP BY hour%s ORDER BY hour, %s`, dims, sh, strings.Join(set, ","), by, dims))
+		want := e.strings(fmt.Sprintf(`SELECT concat(toString(h), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+FROM (SELECT toStartOfHour(minute) AS h, * FROM %s WHERE minute < toDateTime(%d, 'UTC')) GROUP BY h%s ORDER BY h, %s`, dims, sp, hourTo.Unix(), by, dims))
+		sameRows(t, "set "+strings.Join(set, ","), got, want)
+		if n := e.count(fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE grouping = '%s'", sh, strings.Join(set, ","))); n != truth {
+			t.Errorf("set %v counts %d events, the day's first 13 hours hold %d", set, n, truth)
+		}
+		if n := e.count(fmt.Sprintf("SELECT count() FROM (SELECT hour, event, country, device FROM %s WHERE grouping = '%s' GROUP BY hour, event, country, device HAVING count() > 1)", sh, strings.Join(set, ","))); n != 0 {
+			t.Errorf("set %v has %d combinations with more than one row", set, n)
+		}
+	}
+	recorded := func() uint64 {
+		return e.count(fmt.Sprintf("SELECT count() FROM %s WHERE dataset = 'events' AND day = toDate('2024-03-02')", e.g.T(schema.SpeedRollups)))
+	}
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if n := recorded(); n != 1 {
+		t.Errorf("an unchanged day was rolled up again: %d rollups", n)
+	}
+
+	// Late rows alone do not reach the speed view: the rollup stays current.
+	e.flushAt(d2.Add(2*time.Hour), now, 5, 5)
+	if r := e.rollups(d2); !r.Valid.Equal(hourTo) {
+		t.Errorf("a flush of late rows made the hours stale from %s", r.Valid)
+	}
+	// A flush after the rollup with events from 05:30 on: the hours from 05:00 are stale.
+	e.flushAt(d2.Add(5*time.Hour+30*time.Minute), now, 10, 0)
+	if r := e.rollups(d2); !r.Valid.Equal(d2.Add(5 * time.Hour)) {
+		t.Errorf("after a flush into 05:30 the rollup is current up to %s, want 05:00", r.Valid)
+	}
+	// A flush into the next day or into the hours not rolled up yet changes nothing here.
+	e.flushAt(d3.Add(time.Hour), d3.Add(2*time.Hour), 3, 0)
+	e.flushAt(d2.Add(13*time.Hour+5*time.Minute), now, 3, 0)
+	if r := e.rollups(d2); !r.Valid.Equal(d2.Add(5 * time.Hour)) {
+		t.Errorf("flushes outside the rolled-up hours moved its end to %s", r.Valid)
+	}
+	// The next rollup, a second later (flushed_at has whole seconds), is current again.
+	time.Sleep(1100 * time.Millisecond)
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if n, r := recorded(), e.rollups(d2); n != 2 || !r.Valid.Equal(hourTo) {
+		t.Errorf("after the rollup that follows the flush: %d rollups, current up to %s", n, r.Valid)
+	}
+	// An hour completes: the day is rolled up again, one more hour.
+	e.setNow(now.Add(time.Hour))
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rollups(d2); !r.HourTo.Equal(hourTo.Add(time.Hour)) || !r.Valid.Equal(r.HourTo) {
+		t.Errorf("an hour later the rollup holds hours up to %s, current up to %s", r.HourTo, r.Valid)
+	}
+
+	// Once the batch boundary covers the day, its rollup goes and no new one is made.
+	if err := l.RunDays(ctx, "events", d2, d2, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.dropRollups(ctx, l.ds["events"], d2); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count("SELECT count() FROM " + sh); n != 0 {
+		t.Errorf("%d rows of the day are left in %s after the batch covered it", n, schema.SpeedHourly("events"))
+	}
+	before := recorded()
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if n := recorded(); n != before {
+		t.Errorf("a day at the boundary was rolled up")
+	}
+}
