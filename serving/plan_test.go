@@ -14,6 +14,7 @@ import (
 
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/config"
+	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
 
@@ -57,6 +58,31 @@ var planCases = []struct{ name, req, zone string }{
 	{"zone_week_other", `{"dataset":"events","metrics":["events","users"],"from":"2024-02-26","to":"2024-03-11","granularity":"week","time_zone":"Asia/Kolkata"}`, "America/New_York"},
 	{"zone_month", `{"dataset":"events","metrics":["revenue","users"],"dimensions":["event"],"from":"2024-01-01","to":"2024-03-01","granularity":"month"}`, "America/New_York"},
 	{"zone_hour_half", `{"dataset":"events","metrics":["events","revenue"],"from":"2024-03-07T10:00:00Z","to":"2024-03-07T16:00:00Z","granularity":"hour","time_zone":"Asia/Kolkata"}`, ""},
+	// With the speed side's hours rolled up (rollupState): hours across the boundary, days
+	// after it, a filtered dimension.
+	{"rollup_hour_across", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ""},
+	{"rollup_day_filter", `{"dataset":"events","metrics":["events","users"],"dimensions":["event"],"filters":[{"dimension":"country","op":"eq","values":["DE"]}],"from":"2024-03-09","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ""},
+}
+
+// stateFor is the state a plan case is made with: rollupState for the rollup_ cases.
+func stateFor(name string) *State {
+	if strings.HasPrefix(name, "rollup_") {
+		return rollupState()
+	}
+	return planState()
+}
+
+// rollupState is planState with the speed side's hours rolled up: all of 03-09, and 03-10 up
+// to 11:00, current up to 06:00 (a flush after the rollup wrote into 06:xx).
+func rollupState() *State {
+	st := planState()
+	sets := []string{"", "event", "country", "device", "event,country,device"}
+	d9, d10 := mustDay("2024-03-09"), mustDay("2024-03-10")
+	st.Rollups = map[time.Time]ledger.Rollup{
+		d9:  {Day: d9, HourTo: d10, Valid: d10, Sets: sets},
+		d10: {Day: d10, HourTo: d10.Add(11 * time.Hour), Valid: d10.Add(6 * time.Hour), Sets: sets},
+	}
+	return st
 }
 
 // zoned is cfg with every dataset in zone ("": as it is).
@@ -100,7 +126,7 @@ func planFor(t *testing.T, cfg *config.Config, req string, st *State) *Plan {
 func TestPlanGolden(t *testing.T) {
 	for _, c := range planCases {
 		t.Run(c.name, func(t *testing.T) {
-			pl := planFor(t, zoned(demoConfig(t), c.zone), c.req, planState())
+			pl := planFor(t, zoned(demoConfig(t), c.zone), c.req, stateFor(c.name))
 			src, _ := json.MarshalIndent(pl.Sources, "", "  ")
 			got := fmt.Sprintf("-- request: %s\n-- complete: %v\n-- sources: %s\n", c.req, pl.Complete, src)
 			for _, name := range []string{"batch", "speed", "all"} {
@@ -197,6 +223,20 @@ func TestPlanSources(t *testing.T) {
 	if got := fmt.Sprintf("%s %q %v %s", pl.Sources[0].Source, *pl.Sources[0].Grouping, pl.Sources[0].Exact, pl.Sources[1].Source); got != `batch "" false raw` {
 		t.Errorf("old day beyond raw retention: %s %+v", got, pl.Sources)
 	}
+	// The speed side's rolled-up hours: hour and coarser buckets read them where current (up
+	// to 03-10 06:00 here), from the smallest set with every needed dimension; minutes around
+	// them; minute buckets and hours a half hour off the stored ones read minutes only.
+	ru := rollupState()
+	f(`{"dataset":"events","metrics":["events","users"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ru,
+		"raw 03-08T20..03-09T00, speed~() 03-09T00..03-10T06, speed~ 03-10T06..03-10T11", true)
+	f(`{"dataset":"events","metrics":["events"],"dimensions":["event"],"filters":[{"dimension":"device","op":"neq","values":["ios"]}],"from":"2024-03-09T05:20:00Z","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ru,
+		"speed~ 03-09T05..03-09T06, speed~(event,country,device) 03-09T06..03-10T06, speed~ 03-10T06..03-10T12", true)
+	f(`{"dataset":"events","metrics":["events"],"dimensions":["country"],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T00:00:00Z","granularity":"hour"}`, ru,
+		"speed~(country) 03-09T00..03-10T00", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-09T00:00:00Z","to":"2024-03-09T03:00:00Z","granularity":"minute"}`, ru, "speed~ 03-09T00..03-09T03", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-09T00:00:00Z","to":"2024-03-09T03:00:00Z","granularity":"hour","time_zone":"Asia/Kolkata"}`, ru, "speed~ 03-09T00..03-09T03", true)
+	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-09T00:00:00Z","to":"2024-03-09T03:00:00Z","granularity":"hour","exact":true}`, ru, "raw 03-09T00..03-09T03", true)
+
 	// No batch watermark: everything after the speed view's start is speed; before it, none.
 	st := &State{SpeedOldest: mustDay("2024-03-08")}
 	pl = planFor(t, cfg, `{"dataset":"events","metrics":["events"],"from":"2024-03-01","to":"2024-03-10"}`, st)
@@ -224,7 +264,7 @@ func TestPlanShapes(t *testing.T) {
 	for _, c := range planCases {
 		zc := *cfg
 		zc.Datasets = slices.Clone(cfg.Datasets)
-		pl := planFor(t, zoned(&zc, c.zone), c.req, planState())
+		pl := planFor(t, zoned(&zc, c.zone), c.req, stateFor(c.name))
 		for name, sql := range pl.Statements() {
 			rows, err := conn.Query(ctx, sql.Text, sql.Args...)
 			if err != nil {
@@ -233,7 +273,7 @@ func TestPlanShapes(t *testing.T) {
 			}
 			rows.Close()
 		}
-		demo := planFor(t, zoned(demoConfig(t), c.zone), c.req, planState())
+		demo := planFor(t, zoned(demoConfig(t), c.zone), c.req, stateFor(c.name))
 		for _, sql := range demo.Statements() {
 			chdb = append(chdb, bindLiteral(sql.Text, sql.Args))
 		}

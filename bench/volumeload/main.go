@@ -29,6 +29,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"github.com/lambda-platform/lambda/batchlayer"
 	"github.com/lambda-platform/lambda/bench/internal/proc"
 	"github.com/lambda-platform/lambda/dashboards"
 	"github.com/lambda-platform/lambda/serving"
@@ -81,7 +82,17 @@ func main() {
 		t0 = time.Now()
 		run(env, *bin, "batch", "run", "--dataset", "events", "--from", first.Format(time.DateOnly), "--to", today.AddDate(0, 0, -1).Format(time.DateOnly))
 		log.Printf("sealed %d days in %s (%.1f s a day)", *days, time.Since(t0).Round(time.Second), time.Since(t0).Seconds()/float64(*days))
+	} else {
+		run(env, *bin, "migrate")
 	}
+	// Today's completed hours rolled up, as `lambda batch` keeps them (batch.speed_rollup).
+	bl, err := batchlayer.New(cfg, batchlayer.Options{Conn: conn})
+	check(err)
+	t0 := time.Now()
+	check(bl.RollupSpeed(ctx, "events"))
+	var rolled time.Time
+	check(conn.QueryRow(ctx, fmt.Sprintf("SELECT argMax(hour_to, at_us) FROM `%s`.speed_rollups WHERE dataset = 'events' AND day = toDate('%s')", *db, today.Format(time.DateOnly))).Scan(&rolled))
+	log.Printf("rolled up today's hours up to %s in %s", rolled.UTC().Format("15:04"), time.Since(t0).Round(time.Millisecond))
 	var raw uint64
 	check(conn.QueryRow(ctx, fmt.Sprintf("SELECT count() FROM `%s`.events_raw", *db)).Scan(&raw))
 
@@ -93,7 +104,7 @@ func main() {
 	fmt.Printf("## Dashboards at volume\n\n%d raw events (%d sealed days of %d, and today up to %s UTC); %d cores; ClickHouse %s; load before: %s.\n\n",
 		raw, *days, *perDay, now.Format("15:04"), cpus(), chVersion(ctx, conn), proc.LoadAvg())
 	fmt.Printf("| view | panel | granularity | API uncached p50 / p95 (ms) | API cached p50 (ms) | c=8 uncached p50 / p95 (ms) | c=8 cached p50 (ms) | rollup SQL p50 (ms) | raw SQL p50 (ms) | API / rollup SQL |\n|---|---|---|---|---|---|---|---|---|---|\n")
-	hand := handSQL{db: *db, bound: today}
+	hand := handSQL{db: *db, bound: today, rolled: rolled.UTC()}
 	for _, view := range strings.Split(*views, ",") {
 		var vreqs []namedReq
 		for _, r := range reqs {
@@ -440,6 +451,9 @@ func cpus() int {
 type handSQL struct {
 	db    string
 	bound time.Time
+	// rolled is where today's hours rolled up into events_speed_hourly end (the bound when
+	// none are): the rollup SQL reads them from there, the raw SQL from the minutes.
+	rolled time.Time
 }
 
 // The four demo metrics: per source, the expression of the value (v*) or of a state (s*).
@@ -491,6 +505,36 @@ func (h handSQL) speedSide(r namedReq, bucket string) string {
 		strings.Replace(bucket, "COL", "minute", 1), h.dims(r), strings.Join(sel, ", "), h.db, ts(h.bound), ts(r.to), h.where(r), h.dims(r))
 }
 
+// speedSet is the grouping set of events_speed_hourly that answers the query: its own set, or
+// the set of every dimension.
+func (h handSQL) speedSet(r namedReq) string {
+	if s := h.set(r); slices.Contains([]string{"", "event", "country", "device"}, s) {
+		return s
+	}
+	return "event,country,device"
+}
+
+// speedRolled is the speed side from today's rolled-up hours, then the minutes after them
+// (per bucket; merged by the caller's outer query for a bucket both hold).
+func (h handSQL) speedRolled(r namedReq, bucket string) string {
+	if !h.rolled.After(h.bound) {
+		return h.speedSide(r, bucket)
+	}
+	var sel []string
+	for _, m := range r.req.Metrics {
+		sel = append(sel, fmt.Sprintf("%s AS %s", handMetrics[m].speedState, m))
+	}
+	inner := fmt.Sprintf("SELECT %s AS t%s, %s FROM `%s`.events_speed_hourly WHERE hour >= %s AND hour < %s AND grouping = '%s'%s GROUP BY t%s\nUNION ALL\nSELECT %s AS t%s, %s FROM `%s`.events_speed WHERE minute >= %s AND minute < %s%s GROUP BY t%s",
+		strings.Replace(bucket, "COL", "hour", 1), h.dims(r), strings.Join(sel, ", "), h.db, ts(h.bound), ts(h.rolled), h.speedSet(r), h.where(r), h.dims(r),
+		strings.Replace(bucket, "COL", "minute", 1), h.dims(r), strings.Join(sel, ", "), h.db, ts(h.rolled), ts(r.to), h.where(r), h.dims(r))
+	var outer []string
+	for _, m := range r.req.Metrics {
+		f := map[string]string{"events": "countMerge", "users": "uniqMerge", "revenue": "sumMerge", "value_p95": "quantileMerge(0.95)"}[m]
+		outer = append(outer, fmt.Sprintf("toNullable(toFloat64(%s(%s))) AS %s", f, m, m))
+	}
+	return fmt.Sprintf("SELECT t%s, %s FROM (%s) GROUP BY t%s", h.dims(r), strings.Join(outer, ", "), inner, h.dims(r))
+}
+
 func (h handSQL) rollup(r namedReq) string {
 	if r.req.Granularity == "all" {
 		return h.all(r, false)
@@ -513,7 +557,7 @@ func (h handSQL) rollup(r namedReq) string {
 	}
 	batch := fmt.Sprintf("SELECT toDateTime(%s, 'UTC') AS t%s, %s FROM `%s`.%s WHERE %s >= %s AND %s < %s AND grouping = '%s'%s",
 		col, h.dims(r), strings.Join(sel, ", "), h.db, table, col, from, col, to, h.set(r), h.where(r))
-	return batch + "\nUNION ALL\n" + h.speedSide(r, bucket) + "\nORDER BY t"
+	return batch + "\nUNION ALL\n" + h.speedRolled(r, bucket) + "\nORDER BY t"
 }
 
 func (h handSQL) raw(r namedReq) string {
@@ -574,7 +618,13 @@ func (h handSQL) all(r namedReq, fromRaw bool) string {
 		branches = append(branches, branch("`"+h.db+"`.events_hourly", "hour", ts(r.from), ts(dayStart), w, stored))
 		branches = append(branches, branch("`"+h.db+"`.events_daily", "day", fmt.Sprintf("toDate('%s')", dayStart.Format(time.DateOnly)), fmt.Sprintf("toDate('%s')", h.bound.Format(time.DateOnly)), w, stored))
 	}
-	branches = append(branches, branch("`"+h.db+"`.events_speed", "minute", ts(h.bound), ts(r.to), h.where(r), func(m string) string { return pick(m, handMetrics[m].speed, handMetrics[m].speedState) }))
+	speedFrom := h.bound
+	if !fromRaw && h.rolled.After(h.bound) {
+		w := " AND grouping = '" + h.speedSet(r) + "'" + h.where(r)
+		branches = append(branches, branch("`"+h.db+"`.events_speed_hourly", "hour", ts(h.bound), ts(h.rolled), w, func(m string) string { return pick(m, handMetrics[m].speed, handMetrics[m].speedState) }))
+		speedFrom = h.rolled
+	}
+	branches = append(branches, branch("`"+h.db+"`.events_speed", "minute", ts(speedFrom), ts(r.to), h.where(r), func(m string) string { return pick(m, handMetrics[m].speed, handMetrics[m].speedState) }))
 	var outer []string
 	for _, m := range r.req.Metrics {
 		e := map[string]string{"events": "sum(x_events)", "revenue": "sum(x_revenue)", "users": "uniqMerge(x_users)", "value_p95": "quantileMerge(0.95)(x_value_p95)"}[m]

@@ -1,0 +1,7 @@
+package ledger
+
+// The SQL of the speed rollups' rule, for the tests that run it on chDB.
+var (
+	RollupsSQL = rollupsSQL
+	TouchedSQL = touchedSQL
+)
