@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -150,5 +151,37 @@ FROM (SELECT toStartOfHour(minute) AS h, * FROM %s WHERE minute < toDateTime(%d,
 	}
 	if n := recorded(); n != before {
 		t.Errorf("a day at the boundary was rolled up")
+	}
+}
+
+// In cluster mode the rollup reads every shard's minutes and every node holds it, equal to the
+// single server's, before it is recorded.
+func TestClusterSpeedRollup(t *testing.T) {
+	c := newClusterEnv(t)
+	s := newEnv(t)
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(3, 9))
+	evs := gen(rng, d2, 3000, 0.02, "cr")
+	now := d2.Add(9*time.Hour + 10*time.Minute)
+	rows := func(e *env) []string {
+		return e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', grouping, ' ', event, ' ', country, ' ', device, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)))
+FROM %s GROUP BY hour, grouping, event, country, device ORDER BY hour, grouping, event, country, device`, e.g.T(schema.SpeedHourly("events"))))
+	}
+	for _, e := range []*env{c, s} {
+		e.insertRaw(evs)
+		e.setNow(now)
+		if err := e.layer(Options{}).RollupSpeed(ctx, "events"); err != nil {
+			t.Fatal(err)
+		}
+		if r := e.rollups(d2); !r.HourTo.Equal(d2.Add(9*time.Hour)) || !r.Valid.Equal(r.HourTo) {
+			t.Fatalf("rollup %+v", r)
+		}
+	}
+	want := rows(s)
+	for i, n := range c.nodes() {
+		saved := c.conn
+		c.conn = n
+		sameRows(t, "speed_hourly on "+chtest.ClusterNodes[i], rows(c), want)
+		c.conn = saved
 	}
 }
