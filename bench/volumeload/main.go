@@ -59,6 +59,8 @@ func main() {
 	cfg.ClickHouse.Addr = []string{*addr}
 	cfg.ClickHouse.Database = *db
 	cfg.Serving.QueryTimeout = config.Duration(5 * time.Minute)
+	// The raw SQL of a week reads and sorts days of raw: more than the default 60 s under load.
+	cfg.ClickHouse.QueryTimeout = config.Duration(5 * time.Minute)
 	conn, err := chconn.Open(ctx, cfg.ClickHouse)
 	check(err)
 	pid := *chPid
