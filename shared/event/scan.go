@@ -574,13 +574,6 @@ func fastRFC3339(b []byte) (sec, nsec int64, ok bool) {
 	if len(b) < 20 || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
 		return 0, 0, false
 	}
-	d2 := func(s []byte) int64 {
-		h, l := s[0]-'0', s[1]-'0'
-		if h > 9 || l > 9 {
-			return -1
-		}
-		return int64(h)*10 + int64(l)
-	}
 	hi, lo := d2(b), d2(b[2:])
 	month, day, hour, minute, second := d2(b[5:]), d2(b[8:]), d2(b[11:]), d2(b[14:]), d2(b[17:])
 	if hi < 0 || lo < 0 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 || minute < 0 || minute > 59 || second < 0 || second > 59 {
@@ -619,6 +612,15 @@ func fastRFC3339(b []byte) (sec, nsec int64, ok bool) {
 		return 0, 0, false
 	}
 	return daysFromCivil(year, month, day)*86400 + hour*3600 + minute*60 + second - off, nsec, true
+}
+
+// d2 is the two digits at the start of s, -1 when they are not digits.
+func d2(s []byte) int64 {
+	h, l := s[0]-'0', s[1]-'0'
+	if h > 9 || l > 9 {
+		return -1
+	}
+	return int64(h)*10 + int64(l)
 }
 
 // daysIn is the number of days of month in year (proleptic Gregorian, as package time).
