@@ -130,7 +130,7 @@ func main() {
 	flag.IntVar(&b.partitions, "partitions", 4, "partitions of both topics")
 	flag.DurationVar(&b.span, "span", time.Hour, "the backlog's event times are spread over this span before now")
 	flag.IntVar(&b.consumers, "kafka-consumers", 2, "baseline: kafka_num_consumers")
-	flag.IntVar(&b.block, "kafka-block", 100_000, "baseline: kafka_max_block_size (rows per insert; the speed layer's flush_rows is 100000)")
+	flag.IntVar(&b.block, "kafka-block", 100_000, "baseline: kafka_max_block_size (rows per insert; the speed layer's flush_rows was 100000 when it was chosen)")
 	repeat := flag.Int("repeat", 2, "rounds of baseline, floor and lambda speed")
 	flag.IntVar(&b.rate, "rate", 10_000, "latency run: events per second")
 	flag.DurationVar(&b.latDur, "latency", 30*time.Second, "latency run: how long to produce (0: no latency run)")
@@ -1538,7 +1538,7 @@ func (r *report) print(w io.Writer) {
 			res  result
 		}{
 			{fmt.Sprintf("baseline: Kafka engine (%d consumers, block %d)", b.consumers, b.block), r.base[i]},
-			{"floor: the speed layer's raw inserts alone (rawbatch, 100k rows, 2 in flight)", r.floor[i]},
+			{fmt.Sprintf("floor: the speed layer's raw inserts alone (rawbatch, %dk rows, 2 in flight)", b.cfg.Speed.FlushRows/1000), r.floor[i]},
 			{"`lambda speed`", r.speed[i]},
 			{"`lambda speed` before (`-before` binary)", before},
 		} {
