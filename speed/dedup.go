@@ -3,6 +3,7 @@ package speed
 import (
 	"hash/maphash"
 	"runtime"
+	"slices"
 	"sync"
 	"time"
 
@@ -41,6 +42,8 @@ type dedupShard struct {
 	sweepAt int
 	seq     uint32 // of the last id remembered
 	keep    uint32 // ids of the shard that count: maxIDs/shards
+	// sink keeps seenBatch's touches of the table from being optimised away.
+	sink uint64
 }
 
 // dedupEntry is 16 bytes: a table of twice the shard's ids takes 64 MB for 2M ids.
@@ -91,10 +94,15 @@ func (d *dedup) seenHash(h uint64, now int64) bool {
 	s := d.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.seenLocked(h, now, d.window)
+}
+
+// seenLocked is seenHash in the locked shard s.
+func (s *dedupShard) seenLocked(h uint64, now, window int64) bool {
 	i, found := s.find(h)
 	if found {
 		e := &s.entries[i]
-		if s.counts(e, now, d.window) {
+		if s.counts(e, now, window) {
 			return true
 		}
 		// Seen before the window or the cap: remembered anew, in place.
@@ -103,13 +111,60 @@ func (d *dedup) seenHash(h uint64, now int64) bool {
 		return false
 	}
 	if s.used >= s.sweepAt {
-		s.sweep(now, d.window)
+		s.sweep(now, window)
 		i, _ = s.find(h)
 	}
 	s.seq++
 	s.entries[i] = dedupEntry{h: h, seq: s.seq, at: uint32(now)}
 	s.used++
 	return false
+}
+
+// seenBatch is seenHash for every hash of hs at now, as if they came one after another: dup[i]
+// says whether hs[i] was seen (dup must be at least as long as hs). It returns how many were.
+//
+// The ids are taken shard by shard, in their order within the shard (all that order changes:
+// a shard's answers depend on its own ids only), under one lock per shard; each shard's ids
+// first touch the entries their probes start at, loads that do not wait for one another, so
+// that their cache misses overlap instead of costing one after another. order is scratch
+// space of the caller's, returned for reuse.
+func (d *dedup) seenBatch(hs []uint64, now int64, dup []bool, order []int32) (int, []int32) {
+	var start [dedupShards + 1]int32
+	for _, h := range hs {
+		start[h%dedupShards+1]++
+	}
+	for i := 1; i <= dedupShards; i++ {
+		start[i] += start[i-1]
+	}
+	order = slices.Grow(order[:0], len(hs))[:len(hs)]
+	next := start
+	for i, h := range hs {
+		k := h % dedupShards
+		order[next[k]] = int32(i)
+		next[k]++
+	}
+	n := 0
+	for k := range dedupShards {
+		ids := order[start[k]:start[k+1]]
+		if len(ids) == 0 {
+			continue
+		}
+		s := &d.shards[k]
+		s.mu.Lock()
+		var sink uint64
+		for _, i := range ids {
+			sink += s.entries[s.home(hs[i])].h
+		}
+		s.sink = sink
+		for _, i := range ids {
+			dup[i] = s.seenLocked(hs[i], now, d.window)
+			if dup[i] {
+				n++
+			}
+		}
+		s.mu.Unlock()
+	}
+	return n, order
 }
 
 // counts says whether an entry is among the shard's last keep ids and within the window.

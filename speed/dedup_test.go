@@ -160,6 +160,46 @@ func TestDedupMatchesReference(t *testing.T) {
 	}
 }
 
+// TestDedupBatchMatchesOneByOne sends the same hashes (with repeats, within a batch too)
+// through seenBatch and one by one through seenHash: every answer and the count must agree.
+func TestDedupBatchMatchesOneByOne(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, tc := range []struct{ window, ids int }{{30, 40 * dedupShards}, {1000, 5 * dedupShards}, {5, 1}} {
+		one := newDedup(time.Duration(tc.window)*time.Second, tc.ids)
+		batched := newDedup(time.Duration(tc.window)*time.Second, tc.ids)
+		now := int64(1_700_000_000)
+		var order []int32
+		for i := range 2_000 {
+			if rng.IntN(10) == 0 {
+				now += int64(rng.IntN(10))
+			}
+			hs := make([]uint64, rng.IntN(600))
+			for j := range hs {
+				hs[j] = one.hash(fmt.Sprint("id", rng.IntN(3*tc.ids+10)))
+			}
+			dup := make([]bool, len(hs))
+			var n int
+			n, order = batched.seenBatch(hs, now, dup, order)
+			want := 0
+			for j, h := range hs {
+				w := one.seenHash(h, now)
+				if w {
+					want++
+				}
+				if dup[j] != w {
+					t.Fatalf("window %d, cap %d, batch %d, id %d of %d: seenBatch says %v, one by one %v", tc.window, tc.ids, i, j, len(hs), dup[j], w)
+				}
+			}
+			if n != want {
+				t.Fatalf("window %d, cap %d, batch %d: seenBatch counts %d duplicates, want %d", tc.window, tc.ids, i, n, want)
+			}
+		}
+		if got, want := batched.counting(now), one.counting(now); got != want {
+			t.Errorf("window %d, cap %d: %d ids count, want %d", tc.window, tc.ids, got, want)
+		}
+	}
+}
+
 // BenchmarkDedupSeen is the speed layer's per-event dedup: a new id into a full window of 2M
 // ids (each one evicts the oldest).
 func BenchmarkDedupSeen(b *testing.B) {
@@ -176,6 +216,30 @@ func BenchmarkDedupSeen(b *testing.B) {
 	b.ResetTimer()
 	for i := range b.N {
 		d.seenHash(d.hash(ids[2_000_000+i%2_000_000]), now)
+	}
+}
+
+// BenchmarkDedupSeenBatch is BenchmarkDedupSeen in the consumer's batches of 512 ids.
+func BenchmarkDedupSeenBatch(b *testing.B) {
+	d := newDedup(time.Hour, 2_000_000)
+	ids := make([]string, 4_000_000)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i*7919)
+	}
+	now := int64(1_700_000_000)
+	for _, id := range ids[:2_000_000] {
+		d.seenHash(d.hash(id), now)
+	}
+	hs := make([]uint64, consumeBatch)
+	dup := make([]bool, consumeBatch)
+	var order []int32
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += consumeBatch {
+		for j := range hs {
+			hs[j] = d.hash(ids[2_000_000+(i+j)%2_000_000])
+		}
+		_, order = d.seenBatch(hs, now, dup, order)
 	}
 }
 

@@ -28,8 +28,8 @@ type piece struct {
 // flush order.
 const inFlight = 2
 
-// flushLoop flushes on the interval, when the buffers reach the flush size, and when a
-// released partition asks; after stop it flushes a last time, waits for the flushes in
+// flushLoop flushes an interval after the last flush, when the buffers reach the flush size,
+// and when a released partition asks; after stop it flushes a last time, waits for the flushes in
 // flight and returns. A flush fails when ctx is done (it retries until then) or when
 // ClickHouse refuses it for good, which stops the dataset; its rows are then dropped
 // uncommitted. Once the dataset stops, the loop waits for the flushes in flight and returns
@@ -62,6 +62,9 @@ func (d *dataset) flushLoop(ctx context.Context, stop <-chan struct{}) error {
 			}
 		}
 		slots <- struct{}{}
+		// The interval counts from the last flush: while a backlog fills flushes to their
+		// size, a tick in between does not split one in two smaller inserts.
+		tick.Reset(d.s.cfg.Speed.FlushInterval.D())
 		f := d.flush(ctx, prev)
 		go func() {
 			<-f.done

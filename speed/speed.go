@@ -25,6 +25,7 @@ import (
 	"math"
 	"os"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -577,41 +578,40 @@ type consumer struct {
 	p   *part
 	dec *event.Decoder
 	row event.Row
+	// A batch's dedup probes, reused: the id hashes of its rows, whether each was a
+	// duplicate, and seenBatch's scratch.
+	hashes []uint64
+	dup    []bool
+	order  []int32
 }
 
 // consume decodes messages of the partition, in offset order, into its buffer, and accounts
-// for them once.
+// for them once. The batch's ids are looked up in the dedup window together once its rows are
+// in the buffer (seenBatch: their cache misses overlap); when some were duplicates, the
+// buffer goes back to where it was and the batch is decoded again without them.
 func (c *consumer) consume(batch []*sarama.ConsumerMessage) {
-	d, p, row := c.d, c.p, &c.row
+	d, p := c.d, c.p
 	now := d.s.now()
 	sec := now.Unix()
 	wm := d.wm.Load()
-	var size, dups, late int
+	var size int
 	p.mu.Lock()
 	b := p.buf
+	before, rows := *b, b.rows()
+	c.hashes = c.hashes[:0]
+	late := c.decode(batch, now, wm, nil, true)
 	for _, msg := range batch {
 		size += len(msg.Value)
-		reason, detail := c.dec.Decode(msg.Value, msg.Topic, msg.Partition, msg.Offset, now, row)
-		b.cover(msg.Offset, len(msg.Value))
-		switch {
-		case reason != "":
-			payload := msg.Value
-			if len(payload) > maxRejectPayload {
-				payload = payload[:maxRejectPayload]
-				detail += fmt.Sprintf(" (payload cut to %d of %d bytes)", maxRejectPayload, len(msg.Value))
-			}
-			b.rejects = append(b.rejects, reject{payload: string(payload), reason: string(reason), detail: detail, offset: msg.Offset})
-			d.rejected[reason].Inc()
-		case d.dedup.seenHash(d.dedup.hash(row.ID), sec):
-			b.dups++
-			dups++
-		default:
-			isLate := wm >= 0 && localDay(row.Time, d.loc) <= wm
-			if isLate {
-				late++
-			}
-			b.add(row, msg.Offset, isLate, d.isKey)
-		}
+	}
+	c.dup = slices.Grow(c.dup[:0], len(c.hashes))[:len(c.hashes)]
+	var dups int
+	dups, c.order = d.dedup.seenBatch(c.hashes, sec, c.dup, c.order)
+	if dups > 0 {
+		cols := b.Columns
+		*b = before
+		b.Columns = cols
+		b.Truncate(rows)
+		late = c.decode(batch, now, wm, c.dup, false)
 	}
 	p.mu.Unlock()
 	d.consumed.Add(float64(len(batch)))
@@ -621,14 +621,51 @@ func (c *consumer) consume(batch []*sarama.ConsumerMessage) {
 	if late > 0 {
 		d.corrections.Add(float64(late))
 	}
-	rows := d.rows.Add(int64(len(batch)))
+	nrows := d.rows.Add(int64(len(batch)))
 	bytes := d.bytes.Add(int64(size))
-	if rows >= int64(d.s.cfg.Speed.FlushRows) || bytes >= int64(d.s.cfg.Speed.FlushBytes) {
+	if nrows >= int64(d.s.cfg.Speed.FlushRows) || bytes >= int64(d.s.cfg.Speed.FlushBytes) {
 		select {
 		case d.kick <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// decode decodes the batch into the partition's buffer and returns how many rows are late.
+// dup, when set, says which of the batch's rows (rejects not counted) are duplicates: they are
+// counted, not added. Otherwise every row is added and its id hash appended to c.hashes.
+// first says whether this is the batch's first pass, which counts the rejects in the metrics.
+func (c *consumer) decode(batch []*sarama.ConsumerMessage, now time.Time, wm int64, dup []bool, first bool) (late int) {
+	d, b, row := c.d, c.p.buf, &c.row
+	j := 0
+	for _, msg := range batch {
+		reason, detail := c.dec.Decode(msg.Value, msg.Topic, msg.Partition, msg.Offset, now, row)
+		b.cover(msg.Offset, len(msg.Value))
+		if reason != "" {
+			payload := msg.Value
+			if len(payload) > maxRejectPayload {
+				payload = payload[:maxRejectPayload]
+				detail += fmt.Sprintf(" (payload cut to %d of %d bytes)", maxRejectPayload, len(msg.Value))
+			}
+			b.rejects = append(b.rejects, reject{payload: string(payload), reason: string(reason), detail: detail, offset: msg.Offset})
+			if first {
+				d.rejected[reason].Inc()
+			}
+			continue
+		}
+		if dup == nil {
+			c.hashes = append(c.hashes, d.dedup.hash(row.ID))
+		} else if j++; dup[j-1] {
+			b.dups++
+			continue
+		}
+		isLate := wm >= 0 && localDay(row.Time, d.loc) <= wm
+		if isLate {
+			late++
+		}
+		b.add(row, msg.Offset, isLate, d.isKey)
+	}
+	return late
 }
 
 // halt stops the dataset for good (until a restart): nothing more is flushed or committed,

@@ -66,7 +66,7 @@ import (
 // nested in the events (the decoder follows dotted paths; the flat topic does not need to).
 const configYAML = `clickhouse: {addr: [%q], database: %s}
 kafka: {brokers: [%q], client_id: speedbench, group_prefix: bench}
-speed: {metrics_listen: %q}
+speed: {metrics_listen: %q%s}
 datasets:
   - name: events
     topic: events
@@ -101,6 +101,9 @@ type bench struct {
 	keep       bool
 	timeout    time.Duration
 	chPidFile  string
+	speedConf  string // more keys of the speed: section (-speed-config)
+	noBase     bool   // -skip-baseline
+	quiet      time.Duration
 
 	cfg        *config.Config
 	cfgFile    string
@@ -127,7 +130,7 @@ func main() {
 	flag.IntVar(&b.partitions, "partitions", 4, "partitions of both topics")
 	flag.DurationVar(&b.span, "span", time.Hour, "the backlog's event times are spread over this span before now")
 	flag.IntVar(&b.consumers, "kafka-consumers", 2, "baseline: kafka_num_consumers")
-	flag.IntVar(&b.block, "kafka-block", 100_000, "baseline: kafka_max_block_size (rows per insert; the speed layer's flush_rows is 100000)")
+	flag.IntVar(&b.block, "kafka-block", 100_000, "baseline: kafka_max_block_size (rows per insert; the speed layer's flush_rows was 100000 when it was chosen)")
 	repeat := flag.Int("repeat", 2, "rounds of baseline, floor and lambda speed")
 	flag.IntVar(&b.rate, "rate", 10_000, "latency run: events per second")
 	flag.DurationVar(&b.latDur, "latency", 30*time.Second, "latency run: how long to produce (0: no latency run)")
@@ -136,6 +139,9 @@ func main() {
 	flag.BoolVar(&b.keep, "keep", false, "keep the databases")
 	flag.DurationVar(&b.timeout, "timeout", 10*time.Minute, "give up on a run after this long")
 	flag.StringVar(&b.chPidFile, "ch-pid-file", ".data/clickhouse/clickhouse-server.pid", "pid file of the ClickHouse server, for its CPU time")
+	flag.StringVar(&b.speedConf, "speed-config", "", `more keys of the config's speed section, for both lambda speed builds and the floor's flush size (e.g. "flush_rows: 200000")`)
+	flag.BoolVar(&b.noBase, "skip-baseline", false, "skip the Kafka engine rounds (quick comparisons of lambda speed builds; no report of the targets)")
+	flag.DurationVar(&b.quiet, "settle-quiet", 3*time.Second, "a run's merges have settled when none of its database ran and its active parts did not change for this long")
 	only := flag.String("breakdown", "", "print the stage breakdown of this CPU profile of -lambda and exit")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
@@ -162,7 +168,11 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 	}
 	b.brokerAddr = "127.0.0.1:" + strconv.Itoa(freePort())
 	b.metrics = "127.0.0.1:" + strconv.Itoa(freePort())
-	text := fmt.Sprintf(configYAML, b.addr, b.prefix, b.brokerAddr, b.metrics)
+	extra := ""
+	if b.speedConf != "" {
+		extra = ", " + b.speedConf
+	}
+	text := fmt.Sprintf(configYAML, b.addr, b.prefix, b.brokerAddr, b.metrics, extra)
 	cfg, err := config.Parse("speedbench", []byte(text), nil)
 	if err != nil {
 		return err
@@ -197,11 +207,13 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 		return err
 	}
 	for r := 1; r <= repeat; r++ {
-		base, err := b.baseline(ctx, r)
-		if err != nil {
-			return err
+		if !b.noBase {
+			base, err := b.baseline(ctx, r)
+			if err != nil {
+				return err
+			}
+			rep.base = append(rep.base, base)
 		}
-		rep.base = append(rep.base, base)
 		fl, err := b.insertFloor(ctx, r)
 		if err != nil {
 			return err
@@ -219,6 +231,10 @@ func (b *bench) run(ctx context.Context, repeat int) error {
 			}
 			rep.before = append(rep.before, bs)
 		}
+	}
+	if b.noBase {
+		rep.printRounds(os.Stdout)
+		return nil
 	}
 	// The profiled drain, then the latency run in the same, caught-up process.
 	prof, err := b.speedRun(ctx, repeat+1, true)
@@ -610,6 +626,8 @@ type result struct {
 	round      int
 	raw, speed time.Duration // from start until count() of raw / countMerge of speed reached N
 	cpu        cpuSample     // CPU seconds over the run
+	settled    cpuSample     // CPU seconds from the start until the run's merges settled
+	settleAt   time.Duration // when they settled, from the start
 	hwm, rss   int64         // speed process: VmHWM at the end of the drain, peak sampled VmRSS (kB)
 	dups       int64         // rows in raw beyond the events
 	metrics    map[string]float64
@@ -641,6 +659,35 @@ func (b *bench) rawBytesPerRow(ctx context.Context, db string) float64 {
 		return 0
 	}
 	return float64(bytes) / float64(rows)
+}
+
+// settle waits until ClickHouse has done the merges a run left behind: none of db's running and
+// its active parts unchanged for b.quiet (at most two minutes). It returns the CPU seconds
+// from cpu0 until then and when that was, from start. The shorter a drain, the more of its
+// merges (raw, speed, raw's day counts) fall after it: CPU until visible alone would charge
+// each run with a different share of them.
+func (b *bench) settle(ctx context.Context, db string, start time.Time, cpu0 cpuSample) (cpuSample, time.Duration) {
+	q := fmt.Sprintf("SELECT (SELECT count() FROM system.merges WHERE database = '%s'), (SELECT count() FROM system.parts WHERE database = '%s' AND active)", db, db)
+	deadline := time.Now().Add(2 * time.Minute)
+	var lastParts uint64
+	quietSince := time.Now()
+	settled, at := b.cpu().sub(cpu0), time.Since(start)
+	for ctx.Err() == nil && time.Now().Before(deadline) {
+		var merges, parts uint64
+		if err := b.conn.QueryRow(ctx, q).Scan(&merges, &parts); err != nil {
+			log.Printf("settle %s: %v", db, err)
+			break
+		}
+		if merges > 0 || parts != lastParts {
+			lastParts, quietSince = parts, time.Now()
+			settled, at = b.cpu().sub(cpu0), time.Since(start)
+		} else if time.Since(quietSince) >= b.quiet {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	log.Printf("%s: merges settled %s after the start, %d active parts, ClickHouse %.1f CPU-s until then (%s)", db, at.Round(100*time.Millisecond), lastParts, settled.ch, b.chThreads(cpu0.threads))
+	return settled, at
 }
 
 func (r result) total() time.Duration { return max(r.raw, r.speed) }
@@ -723,6 +770,7 @@ func (b *bench) baseline(ctx context.Context, round int) (result, error) {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
 	res.speedRows = b.speedRows(ctx, db)
+	res.settled, res.settleAt = b.settle(ctx, db, start, cpu0)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("baseline: %w", err)
 	}
@@ -886,6 +934,8 @@ func (b *bench) insertFloor(ctx context.Context, round int) (result, error) {
 		return res, fmt.Errorf("insert floor: %w", firstErr)
 	}
 	res.speedRows = b.speedRows(ctx, db)
+	res.settled, res.settleAt = b.settle(ctx, db, start, cpu0)
+	res.settled.speed = res.cpu.speed // the driver's own CPU after the inserts is not the client's
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("insert floor: %w", err)
 	}
@@ -984,6 +1034,7 @@ func (b *bench) speedRunOf(ctx context.Context, bin, name string, round int, pro
 	res.metrics = b.scrape()
 	res.rawBytes = b.rawBytesPerRow(ctx, db)
 	res.speedRows = b.speedRows(ctx, db)
+	res.settled, res.settleAt = b.settle(ctx, db, start, cpu0)
 	if err := b.check(ctx, db); err != nil {
 		return res, fmt.Errorf("lambda speed: %w", err)
 	}
@@ -1248,10 +1299,11 @@ func pct(s []time.Duration, q float64) time.Duration {
 // machine (busy time of every core, from /proc/stat).
 type cpuSample struct {
 	speed, ch, broker, machine float64
+	threads                    map[string]float64 // ClickHouse's CPU seconds by thread name
 }
 
 func (a cpuSample) sub(b cpuSample) cpuSample {
-	return cpuSample{a.speed - b.speed, a.ch - b.ch, a.broker - b.broker, a.machine - b.machine}
+	return cpuSample{speed: a.speed - b.speed, ch: a.ch - b.ch, broker: a.broker - b.broker, machine: a.machine - b.machine}
 }
 
 var speedPid atomic.Int64
@@ -1259,7 +1311,26 @@ var speedPid atomic.Int64
 func (b *bench) setSpeedPid(pid int) { speedPid.Store(int64(pid)) }
 
 func (b *bench) cpu() cpuSample {
-	return cpuSample{speed: proc.CPU(int(speedPid.Load())), ch: proc.CPU(b.chPid), broker: proc.CPU(b.brokerPid), machine: machineBusy()}
+	return cpuSample{speed: proc.CPU(int(speedPid.Load())), ch: proc.CPU(b.chPid), broker: proc.CPU(b.brokerPid), machine: machineBusy(),
+		threads: proc.Threads(b.chPid)}
+}
+
+// chThreads says where ClickHouse's CPU went since threads0, by thread name: TCPHandler runs
+// inserts and their views, BackgrProcPool merges.
+func (b *bench) chThreads(threads0 map[string]float64) string {
+	now := proc.Threads(b.chPid)
+	var names []string
+	for name := range now {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	var out []string
+	for _, name := range names {
+		if d := now[name] - threads0[name]; d >= 0.05 {
+			out = append(out, fmt.Sprintf("%s %.1f", name, d))
+		}
+	}
+	return strings.Join(out, ", ")
 }
 
 func machineBusy() float64 {
@@ -1456,7 +1527,7 @@ func (r *report) print(w io.Writer) {
 	perM := func(c cpuSample) string {
 		return fmt.Sprintf("%.2f / %.2f / %.2f / **%.2f**", c.speed*1e6/n, c.ch*1e6/n, c.broker*1e6/n, (c.speed+c.ch+c.broker)*1e6/n)
 	}
-	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: client (`lambda speed`; the driver for the floor) / ClickHouse / broker / machine | CPU s per 1M events: client / ClickHouse / broker / **pipeline** | load (1 5 15) |\n|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| round | what | raw = N (s) | speed = N (s) | events/s | CPU s: client (`lambda speed`; the driver for the floor) / ClickHouse / broker / machine | CPU s per 1M events: client / ClickHouse / broker / **pipeline** | until merges settled (s after start): CPU s per 1M events, ClickHouse / **pipeline** | load (1 5 15) |\n|---|---|---|---|---|---|---|---|---|\n")
 	for i := range r.base {
 		before := result{}
 		if i < len(r.before) {
@@ -1467,18 +1538,18 @@ func (r *report) print(w io.Writer) {
 			res  result
 		}{
 			{fmt.Sprintf("baseline: Kafka engine (%d consumers, block %d)", b.consumers, b.block), r.base[i]},
-			{"floor: the speed layer's raw inserts alone (rawbatch, 100k rows, 2 in flight)", r.floor[i]},
+			{fmt.Sprintf("floor: the speed layer's raw inserts alone (rawbatch, %dk rows, 2 in flight)", b.cfg.Speed.FlushRows/1000), r.floor[i]},
 			{"`lambda speed`", r.speed[i]},
 			{"`lambda speed` before (`-before` binary)", before},
 		} {
 			if x.res.round == 0 {
 				continue
 			}
-			fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", x.res.round, x.name, secs(x.res.raw), secs(x.res.speed), eps(x.res.total()), cpuCell(x.res.cpu), perM(x.res.cpu), x.res.load)
+			fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", x.res.round, x.name, secs(x.res.raw), secs(x.res.speed), eps(x.res.total()), cpuCell(x.res.cpu), perM(x.res.cpu), settledCell(x.res, n), x.res.load)
 		}
 	}
 	if p := r.prof; p != nil {
-		fmt.Fprintf(w, "| %d | `lambda speed`, profiled | %s | %s | %s | %s | %s | %s |\n", p.round, secs(p.raw), secs(p.speed), eps(p.total()), cpuCell(p.cpu), perM(p.cpu), p.load)
+		fmt.Fprintf(w, "| %d | `lambda speed`, profiled | %s | %s | %s | %s | %s | %s | %s |\n", p.round, secs(p.raw), secs(p.speed), eps(p.total()), cpuCell(p.cpu), perM(p.cpu), settledCell(*p, n), p.load)
 	}
 	mb, mf, ms := medianOf(r.base), medianOf(r.floor), medianOf(r.speed)
 	if len(r.before) > 0 {
@@ -1565,6 +1636,55 @@ func (r *report) print(w io.Writer) {
 		fmt.Fprintf(w, "\n<details><summary>pprof -top</summary>\n\n```\n%s```\n</details>\n", top)
 	}
 	fmt.Fprintf(w, "\n%d cores (%s), %s GB, ClickHouse %s; load at start %s, at end %s.\n", runtime.NumCPU(), cpuModel(), memGB(), chVersion(b), r.loadStart, r.loadEnd)
+}
+
+// settledCell is a run's ClickHouse and pipeline CPU per million events until its merges
+// settled, and when that was.
+func settledCell(r result, n float64) string {
+	if r.settleAt == 0 {
+		return ""
+	}
+	c := r.settled
+	return fmt.Sprintf("(%.1f) %.2f / **%.2f**", r.settleAt.Seconds(), c.ch*1e6/n, (c.speed+c.ch+c.broker)*1e6/n)
+}
+
+// printRounds prints the rounds without a baseline (-skip-baseline): the floor and the lambda
+// speed builds, and their medians.
+func (r *report) printRounds(w io.Writer) {
+	n := float64(r.b.n)
+	fmt.Fprintf(w, "| round | what | drain (s) | events/s | CPU s per 1M events until visible: client / ClickHouse / broker / **pipeline** | until merges settled (s after start): ClickHouse / **pipeline** |\n|---|---|---|---|---|---|\n")
+	row := func(name string, x result) {
+		c := x.cpu
+		fmt.Fprintf(w, "| %d | %s | %.2f | %.0f | %.2f / %.2f / %.2f / **%.2f** | %s |\n", x.round, name, x.total().Seconds(), n/x.total().Seconds(),
+			c.speed*1e6/n, c.ch*1e6/n, c.broker*1e6/n, (c.speed+c.ch+c.broker)*1e6/n, settledCell(x, n))
+	}
+	for i := range r.speed {
+		row("floor", r.floor[i])
+		row("`lambda speed`", r.speed[i])
+		if i < len(r.before) {
+			row("`lambda speed` before", r.before[i])
+		}
+	}
+	med := func(name string, rs []result) {
+		if len(rs) == 0 {
+			return
+		}
+		m := func(f func(x result) float64) float64 {
+			v := make([]float64, len(rs))
+			for i, x := range rs {
+				v[i] = f(x)
+			}
+			slices.Sort(v)
+			return v[(len(v)-1)/2] * 1e6 / n
+		}
+		fmt.Fprintf(w, "\nmedian %s: speed %.2f, ClickHouse %.2f (settled %.2f), broker %.2f CPU-s per 1M events; pipeline settled %.2f\n", name,
+			m(func(x result) float64 { return x.cpu.speed }), m(func(x result) float64 { return x.cpu.ch }),
+			m(func(x result) float64 { return x.settled.ch }), m(func(x result) float64 { return x.cpu.broker }),
+			m(func(x result) float64 { return x.settled.speed + x.settled.ch + x.settled.broker }))
+	}
+	med("floor", r.floor)
+	med("lambda speed", r.speed)
+	med("before", r.before)
 }
 
 func printStages(w io.Writer, title string, stages []*stage, total float64) {

@@ -354,7 +354,7 @@ func Default() Config {
 		},
 		Speed: Speed{
 			MetricsListen: "127.0.0.1:9101",
-			FlushRows:     100_000,
+			FlushRows:     200_000,
 			FlushBytes:    64 << 20,
 			FlushInterval: Duration(time.Second),
 			DedupWindow:   Duration(time.Hour),

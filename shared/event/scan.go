@@ -531,7 +531,7 @@ func (sc *scanner) parseTime(f *field) (time.Time, Reason, string) {
 	switch f.t {
 	case fastjson.TypeString:
 		b := sc.str(f)
-		t, err := time.Parse(time.RFC3339Nano, unsafe.String(unsafe.SliceData(b), len(b)))
+		t, err := parseRFC3339(b)
 		if err != nil {
 			return time.Time{}, BadTime, fmt.Sprintf("%q is neither RFC 3339 nor epoch milliseconds", string(b))
 		}
@@ -553,6 +553,105 @@ func (sc *scanner) parseTime(f *field) (time.Time, Reason, string) {
 	default:
 		return time.Time{}, BadTime, "want an RFC 3339 string or epoch milliseconds, got " + f.t.String()
 	}
+}
+
+// parseRFC3339 is time.Parse(time.RFC3339Nano, b) in UTC. The shape events nearly always have
+// (2026-03-10T11:30:00Z: up to 9 digits of fraction, Z or an offset ±hh:mm) is read here, its
+// Unix time computed without time.Date's normalisation and the zone lookups of time.Parse;
+// anything else is time.Parse's to decide. The fastjson path calls time.Parse itself, so the
+// differential tests hold this to it.
+func parseRFC3339(b []byte) (time.Time, error) {
+	if sec, nsec, ok := fastRFC3339(b); ok {
+		return time.Unix(sec, nsec).UTC(), nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, unsafe.String(unsafe.SliceData(b), len(b)))
+	return t.UTC(), err
+}
+
+// fastRFC3339 reads YYYY-MM-DDThh:mm:ss[.f{1,9}](Z|±hh:mm) with time.Parse's ranges (a day
+// that exists, second 59 at most, offsets below 24 hours); ok is false for anything else.
+func fastRFC3339(b []byte) (sec, nsec int64, ok bool) {
+	if len(b) < 20 || b[4] != '-' || b[7] != '-' || b[10] != 'T' || b[13] != ':' || b[16] != ':' {
+		return 0, 0, false
+	}
+	hi, lo := d2(b), d2(b[2:])
+	month, day, hour, minute, second := d2(b[5:]), d2(b[8:]), d2(b[11:]), d2(b[14:]), d2(b[17:])
+	if hi < 0 || lo < 0 || month < 1 || month > 12 || day < 1 || hour < 0 || hour > 23 || minute < 0 || minute > 59 || second < 0 || second > 59 {
+		return 0, 0, false
+	}
+	year := hi*100 + lo
+	if day > 28 && day > daysIn(month, year) {
+		return 0, 0, false
+	}
+	rest := b[19:]
+	if rest[0] == '.' {
+		n := 1
+		for ; n < len(rest) && rest[n]-'0' <= 9; n++ {
+			nsec = nsec*10 + int64(rest[n]-'0')
+		}
+		if n == 1 || n > 10 {
+			return 0, 0, false
+		}
+		for range 10 - n {
+			nsec *= 10
+		}
+		rest = rest[n:]
+	}
+	var off int64
+	switch {
+	case len(rest) == 1 && rest[0] == 'Z':
+	case len(rest) == 6 && (rest[0] == '+' || rest[0] == '-') && rest[3] == ':':
+		oh, om := d2(rest[1:]), d2(rest[4:])
+		if oh < 0 || oh > 23 || om < 0 || om > 59 {
+			return 0, 0, false
+		}
+		if off = (oh*60 + om) * 60; rest[0] == '-' {
+			off = -off
+		}
+	default:
+		return 0, 0, false
+	}
+	return daysFromCivil(year, month, day)*86400 + hour*3600 + minute*60 + second - off, nsec, true
+}
+
+// d2 is the two digits at the start of s, -1 when they are not digits.
+func d2(s []byte) int64 {
+	h, l := s[0]-'0', s[1]-'0'
+	if h > 9 || l > 9 {
+		return -1
+	}
+	return int64(h)*10 + int64(l)
+}
+
+// daysIn is the number of days of month in year (proleptic Gregorian, as package time).
+func daysIn(month, year int64) int64 {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
+}
+
+// daysFromCivil is the number of days from 1970-01-01 to a date (Howard Hinnant's
+// days_from_civil, for years 0 to 9999).
+func daysFromCivil(y, m, d int64) int64 {
+	if m <= 2 {
+		y--
+	}
+	era := y / 400
+	if y < 0 {
+		era = (y - 399) / 400
+	}
+	yoe := y - era*400
+	mp := (m + 9) % 12
+	doy := (153*mp+2)/5 + d - 1
+	doe := yoe*365 + yoe/4 - yoe/100 + doy
+	return era*146097 + doe - 719468
 }
 
 // appendUnescaped appends s unescaped to dst the way fastjson's unescapeStringBestEffort does:

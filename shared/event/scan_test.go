@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -302,4 +303,51 @@ func FuzzDecodeScanner(f *testing.F) {
 			d.check(t, in)
 		}
 	})
+}
+
+// TestParseRFC3339 holds the scanner's time parsing to time.Parse(time.RFC3339Nano) on times
+// around every range it checks, with fractions of 0 to 10 digits, every offset shape, and
+// each of them with one byte changed.
+func TestParseRFC3339(t *testing.T) {
+	var ins []string
+	for _, date := range []string{"2026-03-10", "1970-01-01", "1969-12-31", "0000-01-01", "9999-12-31", "2024-02-29",
+		"2023-02-29", "1900-02-29", "2000-02-29", "2026-04-31", "2026-04-30", "2026-13-01", "2026-00-10", "2026-01-00", "2026-12-32"} {
+		for _, clock := range []string{"11:30:00", "00:00:00", "23:59:59", "24:00:00", "23:60:00", "23:59:60"} {
+			for _, frac := range []string{"", ".", ".5", ".123", ".123456789", ".1234567891", ".000000000"} {
+				for _, zone := range []string{"Z", "z", "+01:00", "-23:59", "+24:00", "-00:60", "+0100", "+01:0", "", "ZZ", "+01:00Z"} {
+					ins = append(ins, date+"T"+clock+frac+zone)
+				}
+			}
+		}
+	}
+	for _, in := range slices.Clone(ins) {
+		for i := range len(in) {
+			for _, c := range []byte("0 9a-T:.+Z") {
+				ins = append(ins, in[:i]+string(c)+in[i+1:])
+			}
+		}
+	}
+	for _, in := range ins {
+		checkRFC3339(t, in)
+	}
+}
+
+func checkRFC3339(t *testing.T, in string) {
+	t.Helper()
+	got, gerr := parseRFC3339([]byte(in))
+	want, werr := time.Parse(time.RFC3339Nano, in)
+	if (gerr == nil) != (werr == nil) || (gerr != nil && gerr.Error() != werr.Error()) {
+		t.Fatalf("%q: error %v, time.Parse says %v", in, gerr, werr)
+	}
+	if gerr == nil && (!got.Equal(want) || got.Location() != time.UTC) {
+		t.Fatalf("%q: %s, time.Parse says %s", in, got.Format(time.RFC3339Nano), want.UTC().Format(time.RFC3339Nano))
+	}
+}
+
+// FuzzParseRFC3339: the scanner's time parsing against time.Parse on any string.
+func FuzzParseRFC3339(f *testing.F) {
+	for _, s := range []string{"2026-03-10T11:30:00Z", "2026-03-10T11:30:00.123456789+02:00", "2024-02-29T23:59:59-23:59"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) { checkRFC3339(t, in) })
 }

@@ -71,6 +71,32 @@ func (c *Columns) Reset() {
 	}
 }
 
+// Truncate keeps the first n rows, and the capacity.
+func (c *Columns) Truncate(n int) {
+	str := func(s *proto.ColStr) {
+		s.Pos = s.Pos[:n]
+		if n == 0 {
+			s.Buf = s.Buf[:0]
+		} else {
+			s.Buf = s.Buf[:s.Pos[n-1].End]
+		}
+	}
+	str(&c.ID)
+	c.Time, c.Offset, c.Late = c.Time[:n], c.Offset[:n], c.Late[:n]
+	for i := range c.Dims {
+		str(&c.Dims[i])
+	}
+	for i := range c.Nums {
+		if len(c.Nums[i].Nulls) > 0 {
+			c.Nums[i].Values = c.Nums[i].Values[:n]
+			c.Nums[i].Nulls = c.Nums[i].Nulls[:n]
+		}
+		if len(c.Keys[i].Pos) > 0 {
+			str(&c.Keys[i])
+		}
+	}
+}
+
 // Add appends a decoded row. isKey says which value columns are keys.
 func (c *Columns) Add(r *event.Row, offset int64, late bool, isKey []bool) {
 	c.ID.Append(r.ID)

@@ -26,6 +26,32 @@ func CPU(pid int) float64 {
 	return (ut + st) / 100 // USER_HZ
 }
 
+// Threads is the CPU seconds of a process's threads, summed by thread name (threads that
+// ended are not counted).
+func Threads(pid int) map[string]float64 {
+	out := map[string]float64{}
+	if pid <= 0 {
+		return out
+	}
+	tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	for _, t := range tasks {
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		if err != nil {
+			continue
+		}
+		s := string(data)
+		open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+		if open < 0 || end < open {
+			continue
+		}
+		f := strings.Fields(s[end+2:])
+		ut, _ := strconv.ParseFloat(f[11], 64)
+		st, _ := strconv.ParseFloat(f[12], 64)
+		out[s[open+1:end]] += (ut + st) / 100
+	}
+	return out
+}
+
 // ClickHouseOn finds a clickhouse-server whose --config-file sets the tcp_port of addr (the
 // server may have been started from another checkout's data folder); 0 when none.
 func ClickHouseOn(addr string) int {
