@@ -109,6 +109,13 @@ func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, end time.Time, s
 			return fmt.Errorf("cannot roll up grouping set %q: %w", joinSet(set), err)
 		}
 	}
+	// The day so far at the end of each hour, each from the one before.
+	for h := start; h.Before(end); h = h.Add(time.Hour) {
+		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), quoteAll(schema.SpeedHourlyColumns(d.d)), q.g.SpeedPrefixSelect(d.d, q.g.T(staging), start, h))
+		if err := l.conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("cannot roll up the day so far at %s: %w", h.Format(time.RFC3339), err)
+		}
+	}
 	var rows uint64
 	if err := l.conn.QueryRow(ctx, q.countRows(q.g.T(staging))).Scan(&rows); err != nil {
 		return err

@@ -81,14 +81,27 @@ func TestSpeedRollup(t *testing.T) {
 			dims, by = "concat('', "+strings.Join(set, ", '|', ")+")", ", "+strings.Join(set, ", ")
 		}
 		got := e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
-FROM %s WHERE grouping = '%s' GROUP BY hour%s ORDER BY hour, %s`, dims, sh, strings.Join(set, ","), by, dims))
+FROM %s WHERE grouping = '%s' AND prefix = 0 GROUP BY hour%s ORDER BY hour, %s`, dims, sh, strings.Join(set, ","), by, dims))
 		want := e.strings(fmt.Sprintf(`SELECT concat(toString(h), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
 FROM (SELECT toStartOfHour(minute) AS h, * FROM %s WHERE minute < toDateTime(%d, 'UTC')) GROUP BY h%s ORDER BY h, %s`, dims, sp, hourTo.Unix(), by, dims))
 		sameRows(t, "set "+strings.Join(set, ","), got, want)
-		if n := e.count(fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE grouping = '%s'", sh, strings.Join(set, ","))); n != truth {
+		// The day so far at the end of each hour: the minutes from midnight to the hour's end.
+		groupBy := ""
+		if len(set) > 0 {
+			groupBy = " GROUP BY " + strings.Join(set, ", ")
+		}
+		for _, h := range []time.Duration{0, 5 * time.Hour, 12 * time.Hour} {
+			end := d2.Add(h + time.Hour)
+			got := e.strings(fmt.Sprintf(`SELECT concat(%s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+FROM %s WHERE grouping = '%s' AND prefix = 1 AND hour = toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sh, strings.Join(set, ","), end.Add(-time.Hour).Unix(), groupBy, dims))
+			want := e.strings(fmt.Sprintf(`SELECT concat(%s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+FROM %s WHERE minute < toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sp, end.Unix(), groupBy, dims))
+			sameRows(t, fmt.Sprintf("set %v, the day to %s", set, end.Format("15:04")), got, want)
+		}
+		if n := e.count(fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE grouping = '%s' AND prefix = 0", sh, strings.Join(set, ","))); n != truth {
 			t.Errorf("set %v counts %d events, the day's first 13 hours hold %d", set, n, truth)
 		}
-		if n := e.count(fmt.Sprintf("SELECT count() FROM (SELECT hour, event, country, device FROM %s WHERE grouping = '%s' GROUP BY hour, event, country, device HAVING count() > 1)", sh, strings.Join(set, ","))); n != 0 {
+		if n := e.count(fmt.Sprintf("SELECT count() FROM (SELECT hour, event, country, device FROM %s WHERE grouping = '%s' GROUP BY prefix, hour, event, country, device HAVING count() > 1)", sh, strings.Join(set, ","))); n != 0 {
 			t.Errorf("set %v has %d combinations with more than one row", set, n)
 		}
 	}
@@ -164,8 +177,8 @@ func TestClusterSpeedRollup(t *testing.T) {
 	evs := gen(rng, d2, 3000, 0.02, "cr")
 	now := d2.Add(9*time.Hour + 10*time.Minute)
 	rows := func(e *env) []string {
-		return e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', grouping, ' ', event, ' ', country, ' ', device, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)))
-FROM %s GROUP BY hour, grouping, event, country, device ORDER BY hour, grouping, event, country, device`, e.g.T(schema.SpeedHourly("events"))))
+		return e.strings(fmt.Sprintf(`SELECT concat(toString(prefix), ' ', toString(hour), ' ', grouping, ' ', event, ' ', country, ' ', device, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)))
+FROM %s GROUP BY prefix, hour, grouping, event, country, device ORDER BY prefix, hour, grouping, event, country, device`, e.g.T(schema.SpeedHourly("events"))))
 	}
 	for _, e := range []*env{c, s} {
 		e.insertRaw(evs)

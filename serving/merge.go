@@ -28,12 +28,15 @@ type Part struct {
 	// gives one stored row per bucket and dimensions (no roll-up).
 	grouping string
 	direct   bool
+	// prefix reads <ds>_speed_hourly's rows of the day so far (from the day's start to To),
+	// for a range in one bucket.
+	prefix bool
 }
 
 // joins reports whether b continues a, so that one branch reads both.
 func (a *Part) joins(b Part) bool {
 	return a.To.Equal(b.From) && a.Source == b.Source && a.Table == b.Table && a.Exact == b.Exact &&
-		a.grouping == b.grouping && a.direct == b.direct
+		a.grouping == b.grouping && a.direct == b.direct && !a.prefix && !b.prefix
 }
 
 // Decision is the merge rule applied to a query: the parts that answer it, in time order.
@@ -200,8 +203,9 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 
 // speedParts adds the parts of [s, e) after the boundary: the hours a day's current rollup
 // holds (st.Rollups) from <ds>_speed_hourly, for hour and coarser buckets whose hours are the
-// stored ones, from the smallest grouping set it holds with every needed dimension; the rest
-// from <ds>_speed's minutes. Both are the speed view's states, approximate.
+// stored ones, from the smallest grouping set it holds with every needed dimension (its rows of
+// the day so far when the hours start the day and fall in one bucket); the rest from
+// <ds>_speed's minutes. Both are the speed view's states, approximate.
 func (p *Planner) speedParts(q *Query, st *State, s, e time.Time, add func(Part)) {
 	minutes := func(s, e time.Time) {
 		add(Part{SourceRange: SourceRange{From: s, To: e, Source: SourceSpeed, Table: TableSpeed}})
@@ -222,7 +226,9 @@ func (p *Planner) speedParts(q *Query, st *State, s, e time.Time, add func(Part)
 			continue
 		}
 		minutes(s, hs)
-		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: strings.Join(set, ",")})
+		// From the day's start, in one bucket: the day so far as one state per combination.
+		prefix := hs.Equal(ledger.DayStart(d, loc)) && q.bucketOf(hs).Equal(q.bucketOf(he.Add(-time.Nanosecond)))
+		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: strings.Join(set, ","), prefix: prefix})
 		s = he
 	}
 	minutes(s, e)

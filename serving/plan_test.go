@@ -230,7 +230,7 @@ func TestPlanSources(t *testing.T) {
 	f(`{"dataset":"events","metrics":["events","users"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ru,
 		"raw 03-08T20..03-09T00, speed~() 03-09T00..03-10T06, speed~ 03-10T06..03-10T11", true)
 	f(`{"dataset":"events","metrics":["events"],"dimensions":["event"],"filters":[{"dimension":"device","op":"neq","values":["ios"]}],"from":"2024-03-09T05:20:00Z","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ru,
-		"speed~ 03-09T05..03-09T06, speed~(event,country,device) 03-09T06..03-10T06, speed~ 03-10T06..03-10T12", true)
+		"speed~ 03-09T05..03-09T06, speed~(event,country,device) 03-09T06..03-10T00, speed~(event,country,device) 03-10T00..03-10T06, speed~ 03-10T06..03-10T12", true)
 	f(`{"dataset":"events","metrics":["events"],"dimensions":["country"],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T00:00:00Z","granularity":"hour"}`, ru,
 		"speed~(country) 03-09T00..03-10T00", true)
 	f(`{"dataset":"events","metrics":["events"],"from":"2024-03-09T00:00:00Z","to":"2024-03-09T03:00:00Z","granularity":"minute"}`, ru, "speed~ 03-09T00..03-09T03", true)

@@ -12,7 +12,8 @@ import (
 )
 
 // rollUp writes the speed side's hours of day up to hourTo into <ds>_speed_hourly with the
-// rollup's own query (schema.SpeedHourlySelect, as the batch layer runs it) and records the
+// rollup's own queries (schema.SpeedHourlySelect and SpeedPrefixSelect, as the batch layer runs
+// them) and records the
 // rollup with ClickHouse's clock as its snapshot.
 func rollUp(t *testing.T, e *testEnv, day, hourTo time.Time) {
 	t.Helper()
@@ -28,6 +29,11 @@ func rollUp(t *testing.T, e *testEnv, day, hourTo time.Time) {
 	for _, set := range schema.SpeedSets(d) {
 		sets = append(sets, strings.Join(set, ","))
 		if err := e.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s)\n%s", g.T(schema.SpeedHourly(d.Name)), cols, g.SpeedHourlySelect(d, set, day, hourTo))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for h := day; h.Before(hourTo); h = h.Add(time.Hour) {
+		if err := e.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s)\n%s", g.T(schema.SpeedHourly(d.Name)), cols, g.SpeedPrefixSelect(d, g.T(schema.SpeedHourly(d.Name)), day, h))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -87,6 +93,7 @@ func TestSpeedRollupAnswers(t *testing.T) {
 		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, nil},
 		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["event"],"filters":[{"dimension":"country","op":"neq","values":["DE"]}],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"hour"}`, []string{"event"}},
 		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["device"],"from":"2024-03-08","to":"2024-03-10T12:00:00Z","granularity":"day"}`, []string{"device"}},
+		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["country"],"from":"2024-03-09T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"all"}`, []string{"country"}},
 	}
 	before := make([]map[string][]any, len(reqs))
 	for i, r := range reqs {
@@ -126,7 +133,8 @@ func TestSpeedRollupAnswers(t *testing.T) {
 	same("rolled up", []string{
 		"hourly() 03-08T20..03-09T00, speed_hourly() 03-09T00..03-10T11, speed 03-10T11..03-10T11",
 		"speed_hourly(event,country,device) 03-09T00..03-10T11, speed 03-10T11..03-10T12",
-		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T11, speed 03-10T11..03-10T12",
+		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T00, speed_hourly(device) 03-10T00..03-10T11, speed 03-10T11..03-10T12",
+		"speed_hourly(country) 03-09T20..03-10T00, speed_hourly(country) 03-10T00..03-10T11, speed 03-10T11..03-10T11",
 	})
 	// A flush after the rollup with events from 05:30 on 03-10.
 	g := schema.NewGenerator(e.cfg)
@@ -137,7 +145,8 @@ SELECT 'events', 'events', 0, 100, 109, 110, 10, 0, 0, 0, toDateTime('2024-03-10
 	same("after a flush into 05:30", []string{
 		"hourly() 03-08T20..03-09T00, speed_hourly() 03-09T00..03-10T05, speed 03-10T05..03-10T11",
 		"speed_hourly(event,country,device) 03-09T00..03-10T05, speed 03-10T05..03-10T12",
-		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T05, speed 03-10T05..03-10T12",
+		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T00, speed_hourly(device) 03-10T00..03-10T05, speed 03-10T05..03-10T12",
+		"speed_hourly(country) 03-09T20..03-10T00, speed_hourly(country) 03-10T00..03-10T05, speed 03-10T05..03-10T11",
 	})
 }
 

@@ -180,11 +180,16 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 // speedBranch reads <ds>_speed: per-minute states, as the speed layer wrote them after the
 // boundary, or as the batch layer rewrote them from deduplicated raw before it; or
 // <ds>_speed_hourly: one grouping set's states per hour, rolled up from the minutes after the
-// boundary.
+// boundary, or its one state of the day so far per combination.
 func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 	table, col, cond := schema.Speed(q.DS.Name), "minute", ""
+	from, to := pt.From, pt.To
 	if pt.Table == TableSpeedHourly {
-		table, col, cond = schema.SpeedHourly(q.DS.Name), "hour", " AND grouping = ?"
+		table, col, cond = schema.SpeedHourly(q.DS.Name), "hour", " AND prefix = 0 AND grouping = ?"
+		if pt.prefix {
+			// The one row of the day so far per combination, at its last hour.
+			from, cond = to.Add(-time.Hour), " AND prefix = 1 AND grouping = ?"
+		}
 	}
 	b, args := q.bucket(col, false)
 	sel := []string{b + " AS b"}
@@ -203,7 +208,7 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 	}
 	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
 	where, fargs := q.filters()
-	args = append(args, pt.From.Unix(), pt.To.Unix())
+	args = append(args, from.Unix(), to.Unix())
 	if cond != "" {
 		args = append(args, pt.grouping)
 	}

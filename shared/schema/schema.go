@@ -354,8 +354,10 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	// The completed hours of the days after the boundary, per grouping set the speed view can
 	// compute, rolled up from <ds>_speed's minutes by the batch layer (batchlayer/rollup.go):
 	// hour and coarser buckets of today read a state per hour and set instead of one per
-	// minute and combination. speed_rollups says which hours are current.
-	shCols := append([]Column{{Name: "hour", Type: utc}, {Name: "grouping", Type: "String"}}, speedCols[1:]...)
+	// minute and combination. Rows with prefix = 1 hold the day so far: from the day's start to
+	// the end of their hour, which a bucket holding the whole day so far reads as one state.
+	// speed_rollups says which hours are current.
+	shCols := append([]Column{{Name: "hour", Type: utc}, {Name: "grouping", Type: "String"}, {Name: "prefix", Type: "UInt8"}}, speedCols[1:]...)
 	speedHourly := g.table(SpeedHourly(ds), ds, shCols, "MergeTree", speedHourlyClauses(d), SpeedHourlyKey(d))
 	speedHourly.Granularity = RollupGranularity
 
@@ -458,7 +460,7 @@ func SpeedKey(d *config.Dataset) []string {
 
 // SpeedHourlyKey is the sorting key of <ds>_speed_hourly.
 func SpeedHourlyKey(d *config.Dataset) []string {
-	return append([]string{"grouping", "hour"}, d.SpeedDimensions()...)
+	return append([]string{"grouping", "prefix", "hour"}, d.SpeedDimensions()...)
 }
 
 func speedHourlyClauses(d *config.Dataset) string {
@@ -473,7 +475,7 @@ func SpeedHourlyStagingEngine(d *config.Dataset) string { return "MergeTree " + 
 // SpeedHourlyColumns are the columns of <ds>_speed_hourly in the order SpeedHourlySelect
 // fills them.
 func SpeedHourlyColumns(d *config.Dataset) []string {
-	cols := append([]string{"hour", "grouping"}, d.SpeedDimensions()...)
+	cols := append([]string{"hour", "grouping", "prefix"}, d.SpeedDimensions()...)
 	for _, s := range d.Specs() {
 		cols = append(cols, s.Name)
 	}
@@ -488,7 +490,7 @@ func SpeedHourlyColumns(d *config.Dataset) []string {
 // set are ”. from and to are local hours. Its columns carry no aliases: a state merged into
 // a column of the same name would be a cyclic alias.
 func (g *Generator) SpeedHourlySelect(d *config.Dataset, set []string, from, to time.Time) string {
-	sel := []string{LocalHour("minute", Zone(d)) + " AS h", "'" + strings.Join(set, ",") + "'"}
+	sel := []string{LocalHour("minute", Zone(d)) + " AS h", "'" + strings.Join(set, ",") + "'", "toUInt8(0)"}
 	group := []string{"h"}
 	for _, n := range d.SpeedDimensions() {
 		if contains(set, n) {
@@ -506,6 +508,30 @@ func (g *Generator) SpeedHourlySelect(d *config.Dataset, set []string, from, to 
 	}
 	return fmt.Sprintf("SELECT\n    %s\nFROM %s\nWHERE minute >= toDateTime(%d, 'UTC') AND minute < toDateTime(%d, 'UTC')\nGROUP BY %s",
 		strings.Join(sel, ",\n    "), g.T(Speed(d.Name)), from.Unix(), to.Unix(), strings.Join(group, ", "))
+}
+
+// SpeedPrefixSelect is the day so far up to the end of the hour starting at h, for every
+// grouping set, from table (shaped like <ds>_speed_hourly, holding the day's hour rows and its
+// prefix rows up to the hour before h): the prefix row of the hour before (none for the day's
+// first hour, dayStart) merged with the hour's rows, in the order of SpeedHourlyColumns.
+func (g *Generator) SpeedPrefixSelect(d *config.Dataset, table string, dayStart, h time.Time) string {
+	sel := []string{fmt.Sprintf("toDateTime(%d, 'UTC')", h.Unix()), "grouping", "toUInt8(1)"}
+	group := []string{"grouping"}
+	for _, n := range d.SpeedDimensions() {
+		sel = append(sel, Q(n))
+		group = append(group, Q(n))
+	}
+	for _, s := range d.Specs() {
+		sel = append(sel, s.MergeStateExpr(Q(s.Name)))
+	}
+	for _, c := range d.PresenceColumns() {
+		sel = append(sel, "sumMergeState("+Q(metric.PresenceColumn(c))+")")
+	}
+	where := fmt.Sprintf("prefix = 0 AND hour = toDateTime(%d, 'UTC')", h.Unix())
+	if h.After(dayStart) {
+		where = fmt.Sprintf("(prefix = 1 AND hour = toDateTime(%d, 'UTC')) OR (%s)", h.Add(-time.Hour).Unix(), where)
+	}
+	return fmt.Sprintf("SELECT\n    %s\nFROM %s\nWHERE %s\nGROUP BY %s", strings.Join(sel, ",\n    "), table, where, strings.Join(group, ", "))
 }
 
 // SpeedGranularity is the index granularity of <ds>_speed. A minute holds a row per combination

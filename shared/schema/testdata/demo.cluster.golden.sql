@@ -201,6 +201,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
 (
     `hour` DateTime('UTC'),
     `grouping` String,
+    `prefix` UInt8,
     `event` String,
     `country` String,
     `device` String,
@@ -210,7 +211,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
     `value_p95` AggregateFunction(quantile(0.95), Float64),
     `_n_value` AggregateFunction(sum, UInt64)
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
 (

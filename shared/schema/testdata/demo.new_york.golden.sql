@@ -163,6 +163,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly`
 (
     `hour` DateTime('UTC'),
     `grouping` String,
+    `prefix` UInt8,
     `event` String,
     `country` String,
     `device` String,
@@ -172,7 +173,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly`
     `value_p95` AggregateFunction(quantile(0.95), Float64),
     `_n_value` AggregateFunction(sum, UInt64)
 )
-ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour, 'America/New_York') ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour, 'America/New_York') ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects`
 (
