@@ -27,7 +27,8 @@ var rollupLocks sync.Map // dataset name → *sync.Mutex
 // dimensions) and combination, and records each day's rollup in speed_rollups: the API reads
 // hour and coarser buckets of those days from it, for the hours no flush has changed since
 // (shared/ledger's Rollup). A day is rolled up again when an hour completed or a flush changed
-// one of its hours since its newest rollup; each rollup replaces the day's partition whole. The
+// one of its hours since its newest rollup; each rollup replaces the day's partition whole,
+// copying the hours of the newest rollup that are still current and rolling up the rest. The
 // rows are states of the speed view (approximate), like the minutes they come from.
 func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 	d, err := l.dataset(name)
@@ -51,6 +52,14 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 	if ok && !wm.Before(first) {
 		first = wm.AddDate(0, 0, 1)
 	}
+	// The snapshot is ClickHouse's clock (the clock of speed_flushes.flushed_at) before the
+	// minutes are read, and before what is current of the newest rollups is: every flush
+	// recorded before it is either in what the minutes give or has made the hours it touched
+	// stale (and they are rolled up again).
+	var snapshot time.Time
+	if err := l.conn.QueryRow(ctx, "SELECT now()").Scan(&snapshot); err != nil {
+		return err
+	}
 	done, err := ledger.ReadSpeedRollups(ctx, l.conn, l.cfg.ClickHouse.Database, name, first, loc)
 	if err != nil {
 		return err
@@ -62,10 +71,15 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 	var errs []error
 	for day := first; ledger.DayStart(day, loc).Before(hourTo); day = day.AddDate(0, 0, 1) {
 		end := minTime(ledger.DayEnd(day, loc), hourTo)
-		if r, ok := done[day]; ok && r.HourTo.Equal(end) && r.Valid.Equal(end) && slices.Equal(r.Sets, sets) {
-			continue
+		// The hours the newest rollup holds that are current are kept; the others are rolled up.
+		keep := ledger.DayStart(day, loc)
+		if r, ok := done[day]; ok && slices.Equal(r.Sets, sets) {
+			if r.HourTo.Equal(end) && r.Valid.Equal(end) {
+				continue
+			}
+			keep = minTime(r.Valid, end)
 		}
-		if err := l.rollupDay(ctx, d, day, end, sets); err != nil {
+		if err := l.rollupDay(ctx, d, day, keep, end, snapshot, sets); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -75,9 +89,10 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 	return errors.Join(errs...)
 }
 
-// rollupDay rolls the day's hours before end up into a staging table, swaps it in as the day's
-// partition of <ds>_speed_hourly and records it.
-func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, end time.Time, sets []string) (err error) {
+// rollupDay builds the day's hours before end in a staging table: those before keep copied
+// from <ds>_speed_hourly (current since the newest rollup), the others rolled up from the
+// minutes, then swaps it in as the day's partition and records it with the snapshot.
+func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snapshot time.Time, sets []string) (err error) {
 	q, name := d.q, d.d.Name
 	target := schema.SpeedHourly(name)
 	staging := fmt.Sprintf("%srollup_%s", stagingPrefix(name), partitionID(day))
@@ -96,22 +111,24 @@ func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, end time.Time, s
 			err = fmt.Errorf("cannot drop %s: %w", staging, derr)
 		}
 	}()
-	// The snapshot is ClickHouse's clock (the clock of speed_flushes.flushed_at) before the
-	// minutes are read: every flush recorded before it is in what they read.
-	var snapshot time.Time
-	if err := l.conn.QueryRow(ctx, "SELECT now()").Scan(&snapshot); err != nil {
-		return err
-	}
 	start := q.start(day)
+	cols := quoteAll(schema.SpeedHourlyColumns(d.d))
+	if keep.After(start) {
+		sql := fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s FROM %s WHERE hour >= toDateTime(%d, 'UTC') AND hour < toDateTime(%d, 'UTC')",
+			q.g.T(staging), cols, cols, q.g.T(target), start.Unix(), keep.Unix())
+		if err := l.conn.Exec(ctx, sql); err != nil {
+			return fmt.Errorf("cannot copy the current hours: %w", err)
+		}
+	}
 	for _, set := range schema.SpeedSets(d.d) {
-		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), quoteAll(schema.SpeedHourlyColumns(d.d)), q.g.SpeedHourlySelect(d.d, set, start, end))
+		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.SpeedHourlySelect(d.d, set, keep, end))
 		if err := l.conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("cannot roll up grouping set %q: %w", joinSet(set), err)
 		}
 	}
 	// The day so far at the end of each hour, each from the one before.
-	for h := start; h.Before(end); h = h.Add(time.Hour) {
-		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), quoteAll(schema.SpeedHourlyColumns(d.d)), q.g.SpeedPrefixSelect(d.d, q.g.T(staging), start, h))
+	for h := keep; h.Before(end); h = h.Add(time.Hour) {
+		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.SpeedPrefixSelect(d.d, q.g.T(staging), start, h))
 		if err := l.conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("cannot roll up the day so far at %s: %w", h.Format(time.RFC3339), err)
 		}

@@ -69,42 +69,46 @@ func TestSpeedRollup(t *testing.T) {
 		t.Errorf("sets %q, want %q", r.Sets, want)
 	}
 	sh, sp := e.g.T(schema.SpeedHourly("events")), e.g.T(schema.Speed("events"))
-	var truth uint64
-	for _, ev := range evs {
-		if ev.t.Before(hourTo) {
-			truth++
+	check := func(stage string, hourTo time.Time) {
+		t.Helper()
+		var truth uint64
+		for _, ev := range evs {
+			if ev.t.Before(hourTo) {
+				truth++
+			}
+		}
+		for _, set := range schema.SpeedSets(&e.cfg.Datasets[0]) {
+			dims, by := "''", ""
+			if len(set) > 0 {
+				dims, by = "concat('', "+strings.Join(set, ", '|', ")+")", ", "+strings.Join(set, ", ")
+			}
+			got := e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+	FROM %s WHERE grouping = '%s' AND prefix = 0 GROUP BY hour%s ORDER BY hour, %s`, dims, sh, strings.Join(set, ","), by, dims))
+			want := e.strings(fmt.Sprintf(`SELECT concat(toString(h), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+	FROM (SELECT toStartOfHour(minute) AS h, * FROM %s WHERE minute < toDateTime(%d, 'UTC')) GROUP BY h%s ORDER BY h, %s`, dims, sp, hourTo.Unix(), by, dims))
+			sameRows(t, stage+": set "+strings.Join(set, ","), got, want)
+			// The day so far at the end of each hour: the minutes from midnight to the hour's end.
+			groupBy := ""
+			if len(set) > 0 {
+				groupBy = " GROUP BY " + strings.Join(set, ", ")
+			}
+			for h := time.Duration(0); d2.Add(h).Before(hourTo); h += time.Hour {
+				end := d2.Add(h + time.Hour)
+				got := e.strings(fmt.Sprintf(`SELECT concat(%s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+	FROM %s WHERE grouping = '%s' AND prefix = 1 AND hour = toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sh, strings.Join(set, ","), end.Add(-time.Hour).Unix(), groupBy, dims))
+				want := e.strings(fmt.Sprintf(`SELECT concat(%s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+	FROM %s WHERE minute < toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sp, end.Unix(), groupBy, dims))
+				sameRows(t, fmt.Sprintf("%s: set %v, the day to %s", stage, set, end.Format("15:04")), got, want)
+			}
+			if n := e.count(fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE grouping = '%s' AND prefix = 0", sh, strings.Join(set, ","))); n != truth {
+				t.Errorf("%s: set %v counts %d events, the rolled-up hours hold %d", stage, set, n, truth)
+			}
+			if n := e.count(fmt.Sprintf("SELECT count() FROM (SELECT hour, event, country, device FROM %s WHERE grouping = '%s' GROUP BY prefix, hour, event, country, device HAVING count() > 1)", sh, strings.Join(set, ","))); n != 0 {
+				t.Errorf("set %v has %d combinations with more than one row", set, n)
+			}
 		}
 	}
-	for _, set := range schema.SpeedSets(&e.cfg.Datasets[0]) {
-		dims, by := "''", ""
-		if len(set) > 0 {
-			dims, by = "concat('', "+strings.Join(set, ", '|', ")+")", ", "+strings.Join(set, ", ")
-		}
-		got := e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
-FROM %s WHERE grouping = '%s' AND prefix = 0 GROUP BY hour%s ORDER BY hour, %s`, dims, sh, strings.Join(set, ","), by, dims))
-		want := e.strings(fmt.Sprintf(`SELECT concat(toString(h), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
-FROM (SELECT toStartOfHour(minute) AS h, * FROM %s WHERE minute < toDateTime(%d, 'UTC')) GROUP BY h%s ORDER BY h, %s`, dims, sp, hourTo.Unix(), by, dims))
-		sameRows(t, "set "+strings.Join(set, ","), got, want)
-		// The day so far at the end of each hour: the minutes from midnight to the hour's end.
-		groupBy := ""
-		if len(set) > 0 {
-			groupBy = " GROUP BY " + strings.Join(set, ", ")
-		}
-		for _, h := range []time.Duration{0, 5 * time.Hour, 12 * time.Hour} {
-			end := d2.Add(h + time.Hour)
-			got := e.strings(fmt.Sprintf(`SELECT concat(%s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
-FROM %s WHERE grouping = '%s' AND prefix = 1 AND hour = toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sh, strings.Join(set, ","), end.Add(-time.Hour).Unix(), groupBy, dims))
-			want := e.strings(fmt.Sprintf(`SELECT concat(%s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
-FROM %s WHERE minute < toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sp, end.Unix(), groupBy, dims))
-			sameRows(t, fmt.Sprintf("set %v, the day to %s", set, end.Format("15:04")), got, want)
-		}
-		if n := e.count(fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE grouping = '%s' AND prefix = 0", sh, strings.Join(set, ","))); n != truth {
-			t.Errorf("set %v counts %d events, the day's first 13 hours hold %d", set, n, truth)
-		}
-		if n := e.count(fmt.Sprintf("SELECT count() FROM (SELECT hour, event, country, device FROM %s WHERE grouping = '%s' GROUP BY prefix, hour, event, country, device HAVING count() > 1)", sh, strings.Join(set, ","))); n != 0 {
-			t.Errorf("set %v has %d combinations with more than one row", set, n)
-		}
-	}
+	check("first rollup", hourTo)
 	recorded := func() uint64 {
 		return e.count(fmt.Sprintf("SELECT count() FROM %s WHERE dataset = 'events' AND day = toDate('2024-03-02')", e.g.T(schema.SpeedRollups)))
 	}
@@ -131,7 +135,15 @@ FROM %s WHERE minute < toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sp, end.Unix(
 	if r := e.rollups(d2); !r.Valid.Equal(d2.Add(5 * time.Hour)) {
 		t.Errorf("flushes outside the rolled-up hours moved its end to %s", r.Valid)
 	}
-	// The next rollup, a second later (flushed_at has whole seconds), is current again.
+	// The events of that flush (in 05:40 and 09:10) reach the minutes.
+	more := gen(rng, d2, 200, 0, "late")
+	for i := range more {
+		more[i].t = d2.Add(5*time.Hour + 40*time.Minute + time.Duration(i%2)*(3*time.Hour+30*time.Minute))
+	}
+	e.insertRaw(more)
+	evs = append(evs, more...)
+	// The next rollup, a second later (flushed_at has whole seconds), is current again: it
+	// keeps the hours before 05:00 and rolls up the others, with the new events.
 	time.Sleep(1100 * time.Millisecond)
 	if err := l.RollupSpeed(ctx, "events"); err != nil {
 		t.Fatal(err)
@@ -139,6 +151,7 @@ FROM %s WHERE minute < toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sp, end.Unix(
 	if n, r := recorded(), e.rollups(d2); n != 2 || !r.Valid.Equal(hourTo) {
 		t.Errorf("after the rollup that follows the flush: %d rollups, current up to %s", n, r.Valid)
 	}
+	check("after the flush", hourTo)
 	// An hour completes: the day is rolled up again, one more hour.
 	e.setNow(now.Add(time.Hour))
 	if err := l.RollupSpeed(ctx, "events"); err != nil {
@@ -147,6 +160,7 @@ FROM %s WHERE minute < toDateTime(%d, 'UTC')%s ORDER BY %s`, dims, sp, end.Unix(
 	if r := e.rollups(d2); !r.HourTo.Equal(hourTo.Add(time.Hour)) || !r.Valid.Equal(r.HourTo) {
 		t.Errorf("an hour later the rollup holds hours up to %s, current up to %s", r.HourTo, r.Valid)
 	}
+	check("an hour later", hourTo.Add(time.Hour))
 
 	// Once the batch boundary covers the day, its rollup goes and no new one is made.
 	if err := l.RunDays(ctx, "events", d2, d2, nil); err != nil {

@@ -516,8 +516,8 @@ func (h handSQL) speedSet(r namedReq) string {
 	return "event,country,device"
 }
 
-// speedRolled is the speed side from today's rolled-up hours, then the minutes after them
-// (per bucket; merged by the caller's outer query for a bucket both hold).
+// speedRolled is the speed side from today's rolled-up hours (the row of the day so far for
+// day buckets), then the minutes after them (per bucket; merged per bucket here).
 func (h handSQL) speedRolled(r namedReq, bucket string) string {
 	if !h.rolled.After(h.bound) {
 		return h.speedSide(r, bucket)
@@ -526,8 +526,12 @@ func (h handSQL) speedRolled(r namedReq, bucket string) string {
 	for _, m := range r.req.Metrics {
 		sel = append(sel, fmt.Sprintf("%s AS %s", handMetrics[m].speedState, m))
 	}
-	inner := fmt.Sprintf("SELECT %s AS t%s, %s FROM `%s`.events_speed_hourly WHERE hour >= %s AND hour < %s AND grouping = '%s'%s GROUP BY t%s\nUNION ALL\nSELECT %s AS t%s, %s FROM `%s`.events_speed WHERE minute >= %s AND minute < %s%s GROUP BY t%s",
-		strings.Replace(bucket, "COL", "hour", 1), h.dims(r), strings.Join(sel, ", "), h.db, ts(h.bound), ts(h.rolled), h.speedSet(r), h.where(r), h.dims(r),
+	rows := fmt.Sprintf("prefix = 0 AND hour >= %s AND hour < %s", ts(h.bound), ts(h.rolled))
+	if r.req.Granularity == "day" {
+		rows = fmt.Sprintf("prefix = 1 AND hour = %s", ts(h.rolled.Add(-time.Hour)))
+	}
+	inner := fmt.Sprintf("SELECT %s AS t%s, %s FROM `%s`.events_speed_hourly WHERE %s AND grouping = '%s'%s GROUP BY t%s\nUNION ALL\nSELECT %s AS t%s, %s FROM `%s`.events_speed WHERE minute >= %s AND minute < %s%s GROUP BY t%s",
+		strings.Replace(bucket, "COL", "hour", 1), h.dims(r), strings.Join(sel, ", "), h.db, rows, h.speedSet(r), h.where(r), h.dims(r),
 		strings.Replace(bucket, "COL", "minute", 1), h.dims(r), strings.Join(sel, ", "), h.db, ts(h.rolled), ts(r.to), h.where(r), h.dims(r))
 	var outer []string
 	for _, m := range r.req.Metrics {
@@ -623,7 +627,9 @@ func (h handSQL) all(r namedReq, fromRaw bool) string {
 	speedFrom := h.bound
 	if !fromRaw && h.rolled.After(h.bound) {
 		w := " AND grouping = '" + h.speedSet(r) + "'" + h.where(r)
-		branches = append(branches, branch("`"+h.db+"`.events_speed_hourly", "hour", ts(h.bound), ts(h.rolled), w, func(m string) string { return pick(m, handMetrics[m].speed, handMetrics[m].speedState) }))
+		// The row of the day so far.
+		w += " AND prefix = 1"
+		branches = append(branches, branch("`"+h.db+"`.events_speed_hourly", "hour", ts(h.rolled.Add(-time.Hour)), ts(h.rolled), w, func(m string) string { return pick(m, handMetrics[m].speed, handMetrics[m].speedState) }))
 		speedFrom = h.rolled
 	}
 	branches = append(branches, branch("`"+h.db+"`.events_speed", "minute", ts(speedFrom), ts(r.to), h.where(r), func(m string) string { return pick(m, handMetrics[m].speed, handMetrics[m].speedState) }))
