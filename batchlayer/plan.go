@@ -347,7 +347,11 @@ type metrics struct {
 	due       *prometheus.GaugeVec
 	drift     *prometheus.GaugeVec
 	exact     *prometheus.GaugeVec
-	health    *healthMetrics
+	// rollups counts speed rollups of a day by status; rolledTo is where the newest one's hours
+	// end.
+	rollups  *prometheus.CounterVec
+	rolledTo *prometheus.GaugeVec
+	health   *healthMetrics
 }
 
 // gauges sets the boundary and exact watermark gauges (end of the day in the dataset's zone
@@ -390,9 +394,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Share of the passes of the running run's phase that are done (0 between runs)."}, []string{"dataset"})
 	m.started = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_run_start_timestamp_seconds",
 		Help: "Start of the dataset's running batch run as a Unix time (0 between runs): its duration so far is time() minus this."}, []string{"dataset"})
+	m.rollups = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lambda_batch_speed_rollups_total",
+		Help: "Rollups of a day's completed hours after the boundary into <ds>_speed_hourly, by status (ok, failed)."}, []string{"dataset", "status"})
+	m.rolledTo = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "lambda_batch_speed_rollup_timestamp_seconds",
+		Help: "End of the hours the newest speed rollup holds, as a Unix time."}, []string{"dataset"})
 	m.health = newHealthMetrics()
 	if reg != nil {
-		reg.MustRegister(m.runs, m.duration, m.rows, m.watermark, m.due, m.drift, m.exact, m.phase, m.phaseDur, m.progress, m.started)
+		reg.MustRegister(m.runs, m.duration, m.rows, m.watermark, m.due, m.drift, m.exact, m.phase, m.phaseDur, m.progress, m.started, m.rollups, m.rolledTo)
 		m.health.register(reg)
 	}
 	return m

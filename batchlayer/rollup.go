@@ -75,6 +75,7 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 		keep := ledger.DayStart(day, loc)
 		if r, ok := done[day]; ok && slices.Equal(r.Sets, sets) {
 			if r.HourTo.Equal(end) && r.Valid.Equal(end) {
+				l.m.rolledTo.WithLabelValues(name).Set(float64(end.Unix()))
 				continue
 			}
 			keep = minTime(r.Valid, end)
@@ -83,8 +84,12 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			l.m.rollups.WithLabelValues(name, "failed").Inc()
 			errs = append(errs, fmt.Errorf("cannot roll up %s of %s: %w", day.Format(time.DateOnly), schema.Speed(name), err))
+			continue
 		}
+		l.m.rollups.WithLabelValues(name, "ok").Inc()
+		l.m.rolledTo.WithLabelValues(name).Set(float64(end.Unix()))
 	}
 	return errors.Join(errs...)
 }

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/lambda-platform/lambda/shared/chtest"
 	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
@@ -109,6 +111,9 @@ func TestSpeedRollup(t *testing.T) {
 		}
 	}
 	check("first rollup", hourTo)
+	if got := testutil.ToFloat64(l.m.rolledTo.WithLabelValues("events")); got != float64(hourTo.Unix()) {
+		t.Errorf("lambda_batch_speed_rollup_timestamp_seconds %v, want %d", got, hourTo.Unix())
+	}
 	recorded := func() uint64 {
 		return e.count(fmt.Sprintf("SELECT count() FROM %s WHERE dataset = 'events' AND day = toDate('2024-03-02')", e.g.T(schema.SpeedRollups)))
 	}
