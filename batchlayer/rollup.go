@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
+	"github.com/lambda-platform/lambda/shared/config"
 	"github.com/lambda-platform/lambda/shared/ledger"
 	"github.com/lambda-platform/lambda/shared/schema"
 )
@@ -66,7 +66,7 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 	}
 	var sets []string
 	for _, s := range schema.SpeedSets(d.d) {
-		sets = append(sets, joinSet(s))
+		sets = append(sets, config.GroupingName(s))
 	}
 	var errs []error
 	for day := first; ledger.DayStart(day, loc).Before(hourTo); day = day.AddDate(0, 0, 1) {
@@ -128,7 +128,7 @@ func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snaps
 	for _, set := range schema.SpeedSets(d.d) {
 		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.SpeedHourlySelect(d.d, set, keep, end))
 		if err := l.conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("cannot roll up grouping set %q: %w", joinSet(set), err)
+			return fmt.Errorf("cannot roll up grouping set %q: %w", config.GroupingName(set), err)
 		}
 	}
 	// The day so far at the end of each hour, each from the one before.
@@ -218,8 +218,6 @@ func (l *Layer) dropRollups(ctx context.Context, d *dataset, wm time.Time) error
 	}
 	return nil
 }
-
-func joinSet(s []string) string { return strings.Join(s, ",") }
 
 func minTime(a, b time.Time) time.Time {
 	if a.Before(b) {

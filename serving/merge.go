@@ -228,7 +228,7 @@ func (p *Planner) speedParts(q *Query, st *State, s, e time.Time, add func(Part)
 		minutes(s, hs)
 		// From the day's start, in one bucket: the day so far as one state per combination.
 		prefix := hs.Equal(ledger.DayStart(d, loc)) && q.bucketOf(hs).Equal(q.bucketOf(he.Add(-time.Nanosecond)))
-		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: strings.Join(set, ","), prefix: prefix})
+		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: config.GroupingName(set), prefix: prefix})
 		s = he
 	}
 	minutes(s, e)
@@ -373,15 +373,7 @@ func (p *Planner) setsOf(ds *config.Dataset, st *State, d time.Time) [][]string 
 	if len(names) == 0 {
 		return ds.GroupingSets()
 	}
-	out := make([][]string, 0, len(names))
-	for _, n := range names {
-		if n == "" {
-			out = append(out, []string{})
-		} else {
-			out = append(out, strings.Split(n, ","))
-		}
-	}
-	return out
+	return splitSets(names)
 }
 
 // chooseSet picks the grouping set to read among sets (those a day holds) for buckets of grain
@@ -428,8 +420,7 @@ func (q *Query) bucketOf(t time.Time) time.Time {
 	case "minute":
 		return t.Truncate(time.Minute)
 	case "hour":
-		l := t.In(loc)
-		return t.Add(-time.Duration(l.Minute())*time.Minute - time.Duration(l.Second())*time.Second - time.Duration(l.Nanosecond()))
+		return ledger.HourStart(t, loc)
 	case "day":
 		return ledger.DayStart(ledger.DayIn(t, loc), loc)
 	case "week":

@@ -490,7 +490,7 @@ func SpeedHourlyColumns(d *config.Dataset) []string {
 // set are ”. from and to are local hours. Its columns carry no aliases: a state merged into
 // a column of the same name would be a cyclic alias.
 func (g *Generator) SpeedHourlySelect(d *config.Dataset, set []string, from, to time.Time) string {
-	sel := []string{LocalHour("minute", Zone(d)) + " AS h", "'" + strings.Join(set, ",") + "'", "toUInt8(0)"}
+	sel := []string{LocalHour("minute", Zone(d)) + " AS h", "'" + config.GroupingName(set) + "'", "toUInt8(0)"}
 	group := []string{"h"}
 	for _, n := range d.SpeedDimensions() {
 		if contains(set, n) {
