@@ -60,7 +60,8 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 	if err := l.conn.QueryRow(ctx, "SELECT now()").Scan(&snapshot); err != nil {
 		return err
 	}
-	done, err := ledger.ReadSpeedRollups(ctx, l.conn, l.cfg.ClickHouse.Database, name, first, loc)
+	layout := schema.SpeedHourlyLayout(d.d)
+	done, err := ledger.ReadSpeedRollups(ctx, l.conn, l.cfg.ClickHouse.Database, name, first, loc, layout)
 	if err != nil {
 		return err
 	}
@@ -80,7 +81,7 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 			}
 			keep = minTime(r.Valid, end)
 		}
-		if err := l.rollupDay(ctx, d, day, keep, end, snapshot, sets); err != nil {
+		if err := l.rollupDay(ctx, d, day, keep, end, snapshot, sets, layout); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
@@ -97,7 +98,7 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 // rollupDay builds the day's hours before end in a staging table: those before keep copied
 // from <ds>_speed_hourly (current since the newest rollup), the others rolled up from the
 // minutes, then swaps it in as the day's partition and records it with the snapshot.
-func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snapshot time.Time, sets []string) (err error) {
+func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snapshot time.Time, sets []string, layout string) (err error) {
 	q, name := d.q, d.d.Name
 	target := schema.SpeedHourly(name)
 	staging := fmt.Sprintf("%srollup_%s", stagingPrefix(name), partitionID(day))
@@ -119,8 +120,10 @@ func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snaps
 	start := q.start(day)
 	cols := quoteAll(schema.SpeedHourlyColumns(d.d))
 	if keep.After(start) {
+		// With their values: computed again, they would cost what the copy saves.
+		all := quoteAll(append(schema.SpeedHourlyColumns(d.d), schema.SpeedHourlyValueColumns(d.d)...))
 		sql := fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s FROM %s WHERE hour >= toDateTime(%d, 'UTC') AND hour < toDateTime(%d, 'UTC')",
-			q.g.T(staging), cols, cols, q.g.T(target), start.Unix(), keep.Unix())
+			q.g.T(staging), all, all, q.g.T(target), start.Unix(), keep.Unix())
 		if err := l.conn.Exec(ctx, sql); err != nil {
 			return fmt.Errorf("cannot copy the current hours: %w", err)
 		}
@@ -159,12 +162,12 @@ func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snaps
 		}
 	}
 	_, us := l.stamp()
-	sql := fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us) VALUES", q.g.T(schema.SpeedRollups))
+	sql := fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us, layout) VALUES", q.g.T(schema.SpeedRollups))
 	b, err := l.conn.PrepareBatch(ctx, sql)
 	if err != nil {
 		return err
 	}
-	if err := b.Append(name, day, end, snapshot, sets, rows, us); err != nil {
+	if err := b.Append(name, day, end, snapshot, sets, rows, us, layout); err != nil {
 		_ = b.Abort()
 		return err
 	}

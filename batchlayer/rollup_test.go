@@ -29,7 +29,7 @@ SELECT 'events', 'events', 0, 0, 1, 2, %d, 0, 0, %d, toDateTime(%d, 'UTC'), 'tes
 
 func (e *env) rollups(day time.Time) ledger.Rollup {
 	e.t.Helper()
-	rs, err := ledger.ReadSpeedRollups(context.Background(), e.conn, e.cfg.ClickHouse.Database, "events", day, e.cfg.Datasets[0].Location())
+	rs, err := ledger.ReadSpeedRollups(context.Background(), e.conn, e.cfg.ClickHouse.Database, "events", day, e.cfg.Datasets[0].Location(), schema.SpeedHourlyLayout(&e.cfg.Datasets[0]))
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -84,9 +84,12 @@ func TestSpeedRollup(t *testing.T) {
 			if len(set) > 0 {
 				dims, by = "concat('', "+strings.Join(set, ", '|', ")+")", ", "+strings.Join(set, ", ")
 			}
-			got := e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+			// Each hour row's values (one row per combination: any) are its states' values.
+			got := e.strings(fmt.Sprintf(`SELECT concat(toString(hour), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)),
+		' ', toString(any(_v_events)), ' ', toString(any(_v_users)), ' ', ifNull(toString(any(_v_revenue)), 'NULL'), ' ', ifNull(toString(any(_v_value_p95)), 'NULL'))
 	FROM %s WHERE grouping = '%s' AND prefix = 0 GROUP BY hour%s ORDER BY hour, %s`, dims, sh, strings.Join(set, ","), by, dims))
-			want := e.strings(fmt.Sprintf(`SELECT concat(toString(h), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)))
+			want := e.strings(fmt.Sprintf(`SELECT concat(toString(h), ' ', %s, ' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', toString(sumMerge(revenue)), ' ', toString(sumMerge(_n_value)),
+		' ', toString(countMerge(events)), ' ', toString(uniqMerge(users)), ' ', if(sumMerge(_n_value) = 0, 'NULL', toString(sumMerge(revenue))), ' ', if(isNaN(quantileMerge(0.95)(value_p95)), 'NULL', toString(quantileMerge(0.95)(value_p95))))
 	FROM (SELECT toStartOfHour(minute) AS h, * FROM %s WHERE minute < toDateTime(%d, 'UTC')) GROUP BY h%s ORDER BY h, %s`, dims, sp, hourTo.Unix(), by, dims))
 			sameRows(t, stage+": set "+strings.Join(set, ","), got, want)
 			// The day so far at the end of each hour: the minutes from midnight to the hour's end.
@@ -166,6 +169,26 @@ func TestSpeedRollup(t *testing.T) {
 		t.Errorf("an hour later the rollup holds hours up to %s, current up to %s", r.HourTo, r.Valid)
 	}
 	check("an hour later", hourTo.Add(time.Hour))
+
+	// A rollup made with other columns (an older layout: no values, or a metric added since)
+	// is not read, and the day is rolled up again, whole.
+	_, us := l.stamp()
+	if err := e.conn.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us, layout)
+SELECT 'events', toDate('2024-03-02'), toDateTime(%d, 'UTC'), now(), ['', 'event', 'country', 'device', 'event,country,device'], 1, %d, 'older'`,
+		e.g.T(schema.SpeedRollups), hourTo.Add(time.Hour).Unix(), us)); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rollups(d2); !r.Day.IsZero() {
+		t.Errorf("a rollup of another layout is read: %+v", r)
+	}
+	n := recorded()
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if r := e.rollups(d2); recorded() != n+1 || !r.HourTo.Equal(hourTo.Add(time.Hour)) || r.Layout != schema.SpeedHourlyLayout(&e.cfg.Datasets[0]) {
+		t.Errorf("after a rollup of another layout: %d rollups (want %d), the newest %+v", recorded(), n+1, r)
+	}
+	check("after a rollup of another layout", hourTo.Add(time.Hour))
 
 	// Once the batch boundary covers the day, its rollup goes and no new one is made.
 	if err := l.RunDays(ctx, "events", d2, d2, nil); err != nil {

@@ -203,8 +203,9 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 
 // speedParts adds the parts of [s, e) after the boundary: the hours a day's current rollup
 // holds (st.Rollups) from <ds>_speed_hourly, for hour and coarser buckets whose hours are the
-// stored ones, from the smallest grouping set it holds with every needed dimension (its rows of
-// the day so far when the hours start the day and fall in one bucket); the rest from
+// stored ones, from the grouping set it holds that chooseSet picks (read directly, one row per
+// bucket, for hour buckets of the set asked for; else its rows of the day so far when the hours
+// start the day and fall in one bucket; else its hour rows rolled up); the rest from
 // <ds>_speed's minutes. Both are the speed view's states, approximate.
 func (p *Planner) speedParts(q *Query, st *State, s, e time.Time, add func(Part)) {
 	minutes := func(s, e time.Time) {
@@ -221,14 +222,15 @@ func (p *Planner) speedParts(q *Query, st *State, s, e time.Time, add func(Part)
 			continue
 		}
 		hs, he := hourCeil(maxT(s, ledger.DayStart(d, loc)), loc), minT(r.Valid, ledger.HourStart(e, loc))
-		set := smallestCover(splitSets(r.Sets), q.neededDims())
-		if !hs.Before(he) || set == nil {
+		name, direct, _, ok := chooseSet(q, splitSets(r.Sets), q.neededDims(), "hour")
+		if !hs.Before(he) || !ok {
 			continue
 		}
 		minutes(s, hs)
 		// From the day's start, in one bucket: the day so far as one state per combination.
-		prefix := hs.Equal(ledger.DayStart(d, loc)) && q.bucketOf(hs).Equal(q.bucketOf(he.Add(-time.Nanosecond)))
-		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: config.GroupingName(set), prefix: prefix})
+		// Hour buckets of the set asked for are the hour rows, read as their values.
+		prefix := !direct && hs.Equal(ledger.DayStart(d, loc)) && q.bucketOf(hs).Equal(q.bucketOf(he.Add(-time.Nanosecond)))
+		add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceSpeed, Table: TableSpeedHourly}, grouping: name, direct: direct, prefix: prefix})
 		s = he
 	}
 	minutes(s, e)

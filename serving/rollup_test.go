@@ -37,11 +37,18 @@ func rollUp(t *testing.T, e *testEnv, day, hourTo time.Time) {
 			t.Fatal(err)
 		}
 	}
-	b, err := e.conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us)", g.T(schema.SpeedRollups)))
+	recordRollup(t, e, day, hourTo, snapshot, sets, schema.SpeedHourlyLayout(d))
+}
+
+// recordRollup records a rollup of day up to hourTo in speed_rollups, made with layout.
+func recordRollup(t *testing.T, e *testEnv, day, hourTo, snapshot time.Time, sets []string, layout string) {
+	t.Helper()
+	g := schema.NewGenerator(e.cfg)
+	b, err := e.conn.PrepareBatch(context.Background(), fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us, layout)", g.T(schema.SpeedRollups)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Append(d.Name, day, hourTo, snapshot, sets, uint64(1), uint64(time.Now().UnixMicro())); err != nil {
+	if err := b.Append(e.cfg.Datasets[0].Name, day, hourTo, snapshot, sets, uint64(1), uint64(time.Now().UnixMicro()), layout); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Send(); err != nil {
@@ -94,6 +101,10 @@ func TestSpeedRollupAnswers(t *testing.T) {
 		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["event"],"filters":[{"dimension":"country","op":"neq","values":["DE"]}],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"hour"}`, []string{"event"}},
 		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["device"],"from":"2024-03-08","to":"2024-03-10T12:00:00Z","granularity":"day"}`, []string{"device"}},
 		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["country"],"from":"2024-03-09T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"all"}`, []string{"country"}},
+		// Hours of a stored set (by event; one event, as the purchases panel asks): each bucket
+		// is one hour row, read as its values.
+		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["event"],"from":"2024-03-09T22:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"hour"}`, []string{"event"}},
+		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"filters":[{"dimension":"event","op":"eq","values":["buy"]}],"from":"2024-03-09T22:00:00Z","to":"2024-03-10T12:00:00Z","granularity":"hour"}`, nil},
 	}
 	before := make([]map[string][]any, len(reqs))
 	for i, r := range reqs {
@@ -135,7 +146,26 @@ func TestSpeedRollupAnswers(t *testing.T) {
 		"speed_hourly(event,country,device) 03-09T00..03-10T11, speed 03-10T11..03-10T12",
 		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T00, speed_hourly(device) 03-10T00..03-10T11, speed 03-10T11..03-10T12",
 		"speed_hourly(country) 03-09T20..03-10T00, speed_hourly(country) 03-10T00..03-10T11, speed 03-10T11..03-10T11",
+		"speed_hourly(event) 03-09T22..03-10T11, speed 03-10T11..03-10T12",
+		"speed_hourly(event) 03-09T22..03-10T11, speed 03-10T11..03-10T12",
 	})
+	// A rollup recorded with another layout (the table's columns changed since) is not read:
+	// the minutes answer its day.
+	sets := []string{"", "event", "country", "device", "event,country,device"}
+	var snapshot time.Time
+	if err := e.conn.QueryRow(context.Background(), "SELECT now()").Scan(&snapshot); err != nil {
+		t.Fatal(err)
+	}
+	recordRollup(t, e, d10, d10.Add(11*time.Hour), snapshot, sets, "an older layout")
+	same("a rollup of another layout", []string{
+		"hourly() 03-08T20..03-09T00, speed_hourly() 03-09T00..03-10T00, speed 03-10T00..03-10T11",
+		"speed_hourly(event,country,device) 03-09T00..03-10T00, speed 03-10T00..03-10T12",
+		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T00, speed 03-10T00..03-10T12",
+		"speed_hourly(country) 03-09T20..03-10T00, speed 03-10T00..03-10T11",
+		"speed_hourly(event) 03-09T22..03-10T00, speed 03-10T00..03-10T12",
+		"speed_hourly(event) 03-09T22..03-10T00, speed 03-10T00..03-10T12",
+	})
+	recordRollup(t, e, d10, d10.Add(11*time.Hour), snapshot, sets, schema.SpeedHourlyLayout(&e.cfg.Datasets[0]))
 	// A flush after the rollup with events from 05:30 on 03-10.
 	g := schema.NewGenerator(e.cfg)
 	if err := e.conn.Exec(context.Background(), fmt.Sprintf(`INSERT INTO %s (dataset, topic, partition, first_offset, last_offset, high_watermark, raw_rows, rejected_rows, duplicate_rows, late_rows, max_event_time, consumer, min_event_time)
@@ -147,6 +177,8 @@ SELECT 'events', 'events', 0, 100, 109, 110, 10, 0, 0, 0, toDateTime('2024-03-10
 		"speed_hourly(event,country,device) 03-09T00..03-10T05, speed 03-10T05..03-10T12",
 		"daily(device) 03-08T00..03-09T00, speed_hourly(device) 03-09T00..03-10T00, speed_hourly(device) 03-10T00..03-10T05, speed 03-10T05..03-10T12",
 		"speed_hourly(country) 03-09T20..03-10T00, speed_hourly(country) 03-10T00..03-10T05, speed 03-10T05..03-10T11",
+		"speed_hourly(event) 03-09T22..03-10T05, speed 03-10T05..03-10T12",
+		"speed_hourly(event) 03-09T22..03-10T05, speed 03-10T05..03-10T12",
 	})
 }
 

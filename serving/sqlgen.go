@@ -180,7 +180,8 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 // speedBranch reads <ds>_speed: per-minute states, as the speed layer wrote them after the
 // boundary, or as the batch layer rewrote them from deduplicated raw before it; or
 // <ds>_speed_hourly: one grouping set's states per hour, rolled up from the minutes after the
-// boundary, or its one state of the day so far per combination.
+// boundary (directly: the values beside them), or its one state of the day so far per
+// combination.
 func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 	table, col, cond := schema.Speed(q.DS.Name), "minute", ""
 	from, to := pt.From, pt.To
@@ -199,6 +200,22 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 		group = append(group, dimCol(d))
 	}
 	for _, s := range q.Specs {
+		if pt.direct {
+			// One row per bucket and dimensions (an hour row of the set asked for): its value,
+			// and in place of a distinct count's or quantile's state an empty one, as
+			// rollupBranch reads a direct part.
+			if sh.hasValue(s) {
+				sel = append(sel, s.Cast(schema.Q(metric.ValueColumn(s.Name)))+" AS "+valCol(s.Name))
+			}
+			switch {
+			case !sh.hasState(s):
+			case s.Type == metric.Uniq || s.Type == metric.Quantile:
+				sel = append(sel, s.EmptyStateExpr()+" AS "+stCol(s.Name))
+			default:
+				sel = append(sel, schema.Q(s.Name)+" AS "+stCol(s.Name))
+			}
+			continue
+		}
 		if sh.hasValue(s) {
 			sel = append(sel, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+" AS "+valCol(s.Name))
 		}
@@ -213,8 +230,12 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 		args = append(args, pt.grouping)
 	}
 	args = append(args, fargs...)
-	return branch{args: args, sql: fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s >= toDateTime(?) AND %s < toDateTime(?)%s%s\nGROUP BY %s",
-		strings.Join(sel, ", "), p.g.T(table), col, col, cond, where, strings.Join(group, ", "))}
+	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s >= toDateTime(?) AND %s < toDateTime(?)%s%s",
+		strings.Join(sel, ", "), p.g.T(table), col, col, cond, where)
+	if !pt.direct {
+		sql += "\nGROUP BY " + strings.Join(group, ", ")
+	}
+	return branch{args: args, sql: sql}
 }
 
 // rawBranch reads deduplicated raw: the first-ingested copy of each id within its day, as the

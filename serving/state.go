@@ -187,7 +187,7 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *c
 	if !s.Watermark.IsZero() && s.Watermark.After(since) {
 		since = s.Watermark.AddDate(0, 0, 1)
 	}
-	s.Rollups, s.rollupErr = ledger.ReadSpeedRollups(ctx, conn, g.DB, ds.Name, since, loc)
+	s.Rollups, s.rollupErr = ledger.ReadSpeedRollups(ctx, conn, g.DB, ds.Name, since, loc, schema.SpeedHourlyLayout(ds))
 	if s.rollupErr != nil && ctx.Err() != nil {
 		return nil, s.rollupErr
 	}

@@ -522,6 +522,17 @@ func (h handSQL) speedRolled(r namedReq, bucket string) string {
 	if !h.rolled.After(h.bound) {
 		return h.speedSide(r, bucket)
 	}
+	if r.req.Granularity == "hour" && h.speedSet(r) == h.set(r) {
+		// Hours of the query's own set: one row per bucket, its values; the minutes after.
+		var vals []string
+		for _, m := range r.req.Metrics {
+			vals = append(vals, fmt.Sprintf("toNullable(toFloat64(_v_%s)) AS %s", m, m))
+		}
+		hours := fmt.Sprintf("SELECT %s AS t%s, %s FROM `%s`.events_speed_hourly WHERE prefix = 0 AND hour >= %s AND hour < %s AND grouping = '%s'%s",
+			strings.Replace(bucket, "COL", "hour", 1), h.dims(r), strings.Join(vals, ", "), h.db, ts(h.bound), ts(h.rolled), h.set(r), h.where(r))
+		minutes := handSQL{db: h.db, bound: h.rolled}.speedSide(r, bucket)
+		return hours + "\nUNION ALL\n" + minutes
+	}
 	var sel []string
 	for _, m := range r.req.Metrics {
 		sel = append(sel, fmt.Sprintf("%s AS %s", handMetrics[m].speedState, m))

@@ -27,6 +27,9 @@ type Rollup struct {
 	Sets     []string // the grouping sets it holds, as in <ds>_daily's grouping column
 	Rows     uint64
 	Valid    time.Time
+	// Layout fingerprints the table's columns when the rollup was made (schema's
+	// SpeedHourlyLayout).
+	Layout string
 }
 
 // HourStart is the start of the local hour (in loc) holding t, as an instant.
@@ -47,7 +50,7 @@ func (r Rollup) valid(n uint64, touched time.Time, loc *time.Location) time.Time
 
 // rollupsSQL gives the newest rollup of each day of a dataset from a day on (bound).
 func rollupsSQL(db string) string {
-	return fmt.Sprintf(`SELECT day, argMax(hour_to, at_us), argMax(snapshot, at_us), argMax(sets, at_us), argMax(rows, at_us)
+	return fmt.Sprintf(`SELECT day, argMax(hour_to, at_us), argMax(snapshot, at_us), argMax(sets, at_us), argMax(rows, at_us), argMax(layout, at_us)
 FROM %s WHERE dataset = ? AND day >= toDate(?) GROUP BY day ORDER BY day`, t(db, SpeedRollups))
 }
 
@@ -66,8 +69,10 @@ FROM %s WHERE dataset = %s AND flushed_at >= toDateTime(%d, 'UTC') AND raw_rows 
 }
 
 // ReadSpeedRollups returns the newest rollup of each day from since on (a Date) with the hours that
-// are current (Valid), by day. loc is the dataset's zone.
-func ReadSpeedRollups(ctx context.Context, conn driver.Conn, db, ds string, since time.Time, loc *time.Location) (map[time.Time]Rollup, error) {
+// are current (Valid), by day. loc is the dataset's zone. A day whose newest rollup was made with
+// another layout than layout (the table's columns changed since: its rows lack a metric, or a
+// value) is left out: nothing of it may be read.
+func ReadSpeedRollups(ctx context.Context, conn driver.Conn, db, ds string, since time.Time, loc *time.Location, layout string) (map[time.Time]Rollup, error) {
 	rows, err := conn.Query(ctx, rollupsSQL(db), ds, since.Format(time.DateOnly))
 	if err != nil {
 		return nil, fmt.Errorf("cannot read the speed rollups of %s: %w", ds, err)
@@ -75,12 +80,14 @@ func ReadSpeedRollups(ctx context.Context, conn driver.Conn, db, ds string, sinc
 	var rs []Rollup
 	for rows.Next() {
 		var r Rollup
-		if err := rows.Scan(&r.Day, &r.HourTo, &r.Snapshot, &r.Sets, &r.Rows); err != nil {
+		if err := rows.Scan(&r.Day, &r.HourTo, &r.Snapshot, &r.Sets, &r.Rows, &r.Layout); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("cannot read the speed rollups of %s: %w", ds, err)
 		}
 		r.Day, r.HourTo, r.Snapshot = DayOf(r.Day), r.HourTo.UTC(), r.Snapshot.UTC()
-		rs = append(rs, r)
+		if r.Layout == layout {
+			rs = append(rs, r)
+		}
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {

@@ -189,6 +189,25 @@ func (s Spec) ValueFromStates(stateCol, presenceCol string) string {
 	return fmt.Sprintf("if(sumMerge(%s) = 0, NULL, %s)", presenceCol, s.Cast(s.MergeExpr(stateCol)))
 }
 
+// ValueColumn is the name of the column holding the metric's value beside its state in a table
+// of states with one row per bucket (<ds>_speed_hourly): a row that is its bucket's only row
+// is read as this number instead of finalizing its state.
+func ValueColumn(name string) string { return "_v_" + name }
+
+// FinalValue is the metric's value from one row's state column (and presence state column, for
+// the metrics that need one), as ValueFromStates gives over that row alone: the DEFAULT of the
+// metric's ValueColumn, computed when the row is written.
+func (s Spec) FinalValue(stateCol, presenceCol string) string {
+	final := "finalizeAggregation(" + stateCol + ")"
+	if s.decimal() {
+		final = s.unscaled(final)
+	}
+	if !s.NeedsPresence() {
+		return s.Cast(final)
+	}
+	return fmt.Sprintf("if(finalizeAggregation(%s) = 0, NULL, %s)", presenceCol, s.Cast(final))
+}
+
 // MergeStateExpr merges state columns into one state, for combining sources before the final
 // merge, e.g. "uniqMergeState(users)".
 func (s Spec) MergeStateExpr(stateCol string) string {

@@ -379,7 +379,9 @@ func (m *migrator) applyTable(ctx context.Context, o Object, p tablePlan) error 
 		// sorting key too.
 		return m.relayout(ctx, o, p.relayout)
 	}
-	for _, name := range p.drop {
+	// Last column first: a column's DEFAULT reads only columns before it (a value beside its
+	// state in <ds>_speed_hourly), and ClickHouse refuses to drop a column another depends on.
+	for _, name := range slices.Backward(p.drop) {
 		if slices.Contains(o.Key, name) {
 			// ClickHouse cannot drop a column of the sorting key; it stays, unused.
 			m.log.Warn("column removed from the config stays: it is part of the sorting key", "table", o.Name, "column", name)

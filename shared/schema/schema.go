@@ -24,6 +24,8 @@
 package schema
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"regexp"
 	"slices"
@@ -254,7 +256,7 @@ func (g *Generator) shared() []Object {
 		{Name: "dataset", Type: "String"}, {Name: "day", Type: "Date"},
 		{Name: "hour_to", Type: utc}, {Name: "snapshot", Type: utc},
 		{Name: "sets", Type: "Array(String)"}, {Name: "rows", Type: "UInt64"},
-		{Name: "at_us", Type: "UInt64"},
+		{Name: "at_us", Type: "UInt64"}, {Name: "layout", Type: "String"},
 	}
 	ukey := []string{"dataset", "day", "at_us"}
 	objs := []Column{
@@ -294,21 +296,11 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	ds := d.Name
 	specs := d.Specs()
 	dims := d.DimensionNames()
-	sdims := d.SpeedDimensions()
 
 	rawKey := []string{"time", "id"}
 	raw := g.shardedTables(Raw(ds), ds, RawColumns(d), "MergeTree", "PARTITION BY toYYYYMMDD(time"+Zone(d)+") "+orderBy(rawKey), rawKey, "cityHash64(`id`)")
 
-	speedCols := []Column{{Name: "minute", Type: utc}}
-	for _, n := range sdims {
-		speedCols = append(speedCols, Column{Name: n, Type: "String"})
-	}
-	for _, s := range specs {
-		speedCols = append(speedCols, Column{Name: s.Name, Type: s.StateType()})
-	}
-	for _, c := range d.PresenceColumns() {
-		speedCols = append(speedCols, Column{Name: metric.PresenceColumn(c), Type: metric.PresenceType})
-	}
+	speedCols := append([]Column{{Name: "minute", Type: utc}}, speedStates(d)...)
 	// Speed rows are placed by the materialized view, on their raw rows' shard; the sharding
 	// key only serves inserts into the Distributed table, which the platform does not make.
 	speed := g.shardedTables(Speed(ds), ds, speedCols, "AggregatingMergeTree", speedClauses(d), SpeedKey(d), "rand()")
@@ -357,8 +349,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	// minute and combination. Rows with prefix = 1 hold the day so far: from the day's start to
 	// the end of their hour, which a bucket holding the whole day so far reads as one state.
 	// speed_rollups says which hours are current.
-	shCols := append([]Column{{Name: "hour", Type: utc}, {Name: "grouping", Type: "String"}, {Name: "prefix", Type: "UInt8"}}, speedCols[1:]...)
-	speedHourly := g.table(SpeedHourly(ds), ds, shCols, "MergeTree", speedHourlyClauses(d), SpeedHourlyKey(d))
+	speedHourly := g.table(SpeedHourly(ds), ds, speedHourlyCols(d), "MergeTree", speedHourlyClauses(d), SpeedHourlyKey(d))
 	speedHourly.Granularity = RollupGranularity
 
 	rejCols := []Column{
@@ -473,7 +464,7 @@ func speedHourlyClauses(d *config.Dataset) string {
 func SpeedHourlyStagingEngine(d *config.Dataset) string { return "MergeTree " + speedHourlyClauses(d) }
 
 // SpeedHourlyColumns are the columns of <ds>_speed_hourly in the order SpeedHourlySelect
-// fills them.
+// fills them: all but the value columns, which are computed.
 func SpeedHourlyColumns(d *config.Dataset) []string {
 	cols := append([]string{"hour", "grouping", "prefix"}, d.SpeedDimensions()...)
 	for _, s := range d.Specs() {
@@ -481,6 +472,57 @@ func SpeedHourlyColumns(d *config.Dataset) []string {
 	}
 	for _, c := range d.PresenceColumns() {
 		cols = append(cols, metric.PresenceColumn(c))
+	}
+	return cols
+}
+
+// speedStates are the columns of <ds>_speed after minute: the speed dimensions, each metric's
+// state, the presence states.
+func speedStates(d *config.Dataset) []Column {
+	var cols []Column
+	for _, n := range d.SpeedDimensions() {
+		cols = append(cols, Column{Name: n, Type: "String"})
+	}
+	for _, s := range d.Specs() {
+		cols = append(cols, Column{Name: s.Name, Type: s.StateType()})
+	}
+	for _, c := range d.PresenceColumns() {
+		cols = append(cols, Column{Name: metric.PresenceColumn(c), Type: metric.PresenceType})
+	}
+	return cols
+}
+
+// speedHourlyCols are the columns of <ds>_speed_hourly: <ds>_speed's states per hour, grouping
+// set and prefix, and each metric's value beside its state (SpeedHourlyValueColumns), computed
+// from it when a row is written: a query whose buckets are the rows (hours of the grouping set
+// it asks for) reads the numbers, and finalizing a distinct count's state costs more than
+// reading the rest of the row.
+func speedHourlyCols(d *config.Dataset) []Column {
+	cols := append([]Column{{Name: "hour", Type: utc}, {Name: "grouping", Type: "String"}, {Name: "prefix", Type: "UInt8"}}, speedStates(d)...)
+	for _, s := range d.Specs() {
+		cols = append(cols, Column{Name: metric.ValueColumn(s.Name), Type: s.ValueType(), Default: s.FinalValue(Q(s.Name), Q(metric.PresenceColumn(s.Column)))})
+	}
+	return cols
+}
+
+// SpeedHourlyLayout fingerprints the columns of <ds>_speed_hourly (names, types, defaults).
+// speed_rollups records it with each rollup: a rollup made with other columns (a metric added
+// since, whose state the table's old rows lack) is not read, and the next rollup of its day is
+// made whole.
+func SpeedHourlyLayout(d *config.Dataset) string {
+	h := sha256.New()
+	for _, c := range speedHourlyCols(d) {
+		fmt.Fprintf(h, "%s %s %s\n", c.Name, c.Type, c.Default)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// SpeedHourlyValueColumns are the value columns of <ds>_speed_hourly, one per metric
+// (metric.ValueColumn), which their DEFAULT computes from the row's states.
+func SpeedHourlyValueColumns(d *config.Dataset) []string {
+	var cols []string
+	for _, s := range d.Specs() {
+		cols = append(cols, metric.ValueColumn(s.Name))
 	}
 	return cols
 }

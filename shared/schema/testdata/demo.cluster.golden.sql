@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS `lambda`.`speed_rollups` ON CLUSTER `lambda`
     `snapshot` DateTime('UTC'),
     `sets` Array(String),
     `rows` UInt64,
-    `at_us` UInt64
+    `at_us` UInt64,
+    `layout` String
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/speed_rollups', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
 
@@ -209,7 +210,11 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
     `users` AggregateFunction(uniq, String),
     `revenue` AggregateFunction(sum, Float64),
     `value_p95` AggregateFunction(quantile(0.95), Float64),
-    `_n_value` AggregateFunction(sum, UInt64)
+    `_n_value` AggregateFunction(sum, UInt64),
+    `_v_events` UInt64 DEFAULT toUInt64(finalizeAggregation(`events`)),
+    `_v_users` UInt64 DEFAULT toUInt64(finalizeAggregation(`users`)),
+    `_v_revenue` Nullable(Float64) DEFAULT if(finalizeAggregation(`_n_value`) = 0, NULL, toNullable(toFloat64(finalizeAggregation(`revenue`)))),
+    `_v_value_p95` Nullable(Float64) DEFAULT if(isNaN(toFloat64(finalizeAggregation(`value_p95`))), NULL, toNullable(toFloat64(finalizeAggregation(`value_p95`))))
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
 
