@@ -179,7 +179,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_daily` ON CLUSTER `lambda`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (`grouping`, `day`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_daily', '{shard}-{replica}') PARTITION BY toYYYYMMDD(day) ORDER BY (`grouping`, `day`, `event`, `country`, `device`) SETTINGS index_granularity = 16;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly` ON CLUSTER `lambda`
 (
@@ -196,7 +196,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly` ON CLUSTER `lambda`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 16;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
 (
@@ -216,7 +216,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
     `_v_revenue` Nullable(Float64) DEFAULT if(finalizeAggregation(`_n_value`) = 0, NULL, toNullable(toFloat64(finalizeAggregation(`revenue`)))),
     `_v_value_p95` Nullable(Float64) DEFAULT if(isNaN(toFloat64(finalizeAggregation(`value_p95`))), NULL, toNullable(toFloat64(finalizeAggregation(`value_p95`))))
 )
-ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 4;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
 (

@@ -141,7 +141,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_daily`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (`grouping`, `day`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(day) ORDER BY (`grouping`, `day`, `event`, `country`, `device`) SETTINGS index_granularity = 16;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly`
 (
@@ -158,7 +158,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly`
     `value_p95_state` AggregateFunction(quantile(0.95), Float64),
     `run_id` String
 )
-ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 16;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly`
 (
@@ -178,7 +178,7 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly`
     `_v_revenue` Nullable(Float64) DEFAULT if(finalizeAggregation(`_n_value`) = 0, NULL, toNullable(toFloat64(finalizeAggregation(`revenue`)))),
     `_v_value_p95` Nullable(Float64) DEFAULT if(isNaN(toFloat64(finalizeAggregation(`value_p95`))), NULL, toNullable(toFloat64(finalizeAggregation(`value_p95`))))
 )
-ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 64;
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 4;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects`
 (
