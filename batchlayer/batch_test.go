@@ -813,9 +813,21 @@ FROM system.numbers LIMIT 100`, q.g.T(schema.Raw(d.Name))),
 		stmts = append(stmts, fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(rstage), rcols, q.g.SpeedPrefixSelect(d, q.g.T(rstage), d1, h)))
 	}
 	stmts = append(stmts, q.swapTo(q.g.T(schema.SpeedHourly(d.Name)), rstage, d1), q.dropTable(rstage),
-		fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE prefix = 1 AND hour = toDateTime('2024-03-01 01:00:00', 'UTC') AND grouping = ''", q.g.T(schema.SpeedHourly(d.Name))),
+		fmt.Sprintf("SELECT toUInt64(countMerge(events)) FROM %s WHERE prefix = 1 AND hour = toDateTime('2024-03-01 01:00:00', 'UTC') AND grouping = ''", q.g.T(schema.SpeedHourly(d.Name))))
+	// The rest of the day from each hour, from the day's hours.
+	var hours []time.Time
+	for h := d1; h.Before(d1.AddDate(0, 0, 1)); h = h.Add(time.Hour) {
+		hours = append(hours, h)
+	}
+	stmts = append(stmts, q.recomputeHourly(schema.Hourly(d.Name), d1, "r1"),
+		fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(schema.HourlyRest(d.Name)), quoteAll(schema.HourlyRestColumns(d)), q.g.HourlyRestSelect(d, hours)),
+		fmt.Sprintf("SELECT sum(events), any(run_id) FROM %s WHERE grouping = 'country' AND hour = toDateTime('2024-03-01 01:00:00', 'UTC')", q.g.T(schema.HourlyRest(d.Name))),
 		q.dropPartition(schema.Raw(d.Name), d1))
 	res := chtest.RequireChDB(t, stmts)
+	if out := res[len(res)-2].Out; strings.TrimSpace(out) != "30\tr1" {
+		t.Errorf("the rest of the day from 01:00 on chDB: %q, want the 30 deduplicated events of raw from 01:00 of run r1", out)
+	}
+	res = append(res[:len(res)-4:len(res)-4], res[len(res)-1])
 	if out := res[len(res)-2].Out; strings.TrimSpace(out) != "100" {
 		t.Errorf("the day so far at 02:00 from the rollup on chDB: %q events, want the 100 of raw", out)
 	}

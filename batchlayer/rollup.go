@@ -92,7 +92,117 @@ func (l *Layer) RollupSpeed(ctx context.Context, name string) error {
 		l.m.rollups.WithLabelValues(name, "ok").Inc()
 		l.m.rolledTo.WithLabelValues(name).Set(float64(end.Unix()))
 	}
+	if ok {
+		errs = append(errs, l.rollupRests(ctx, d, wm))
+	}
 	return errors.Join(errs...)
+}
+
+// rollupRests writes, for each sealed day up to the boundary wm within ledger.RestDays, the rest
+// of the day from each hour into <ds>_hourly_rest (schema.HourlyRestSelect, from the day's
+// <ds>_hourly rows), when the day's newest successful run is not the one its rows come from
+// (rest_rollups), and drops the older days' rows. Like the speed rollup it replaces the day's
+// partition and records it after; the API reads the rows only for the run they name.
+func (l *Layer) rollupRests(ctx context.Context, d *dataset, wm time.Time) error {
+	name, loc := d.d.Name, d.d.Location()
+	first := ledger.DayIn(l.now().Add(-ledger.RestDays*24*time.Hour), loc)
+	if err := l.dropDays(ctx, d, schema.HourlyRest(name), func(day time.Time) bool { return day.Before(first) }); err != nil {
+		return err
+	}
+	days, err := ledger.ReadDays(ctx, l.conn, l.cfg.ClickHouse.Database, name)
+	if err != nil {
+		return err
+	}
+	runs := days.Runs()
+	done, err := ledger.ReadRests(ctx, l.conn, l.cfg.ClickHouse.Database, name, first)
+	if err != nil {
+		return err
+	}
+	layout := schema.HourlyRestLayout(d.d)
+	var errs []error
+	for day := first; !day.After(wm); day = day.AddDate(0, 0, 1) {
+		run := runs[day].Run
+		if run == "" || done[day].Current(run, layout) {
+			continue
+		}
+		if err := l.rollupRest(ctx, d, day, run, layout); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			errs = append(errs, fmt.Errorf("cannot roll up the rest of %s of %s: %w", day.Format(time.DateOnly), schema.Hourly(name), err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// rollupRest builds a day's rest rows in a staging table, swaps it in as the day's partition of
+// <ds>_hourly_rest and records it with the run its rows come from (run when it has none).
+func (l *Layer) rollupRest(ctx context.Context, d *dataset, day time.Time, run, layout string) (err error) {
+	q, name := d.q, d.d.Name
+	target := schema.HourlyRest(name)
+	staging := fmt.Sprintf("%srest_%s", stagingPrefix(name), partitionID(day))
+	engine, err := q.stagingEngine(ctx, l.conn, target)
+	if err != nil {
+		return err
+	}
+	if err := l.conn.Exec(ctx, q.dropTable(staging)); err != nil {
+		return err
+	}
+	if err := l.conn.Exec(ctx, createLike(q.g.T(staging), q.g.T(target), engine)); err != nil {
+		return fmt.Errorf("cannot create %s: %w", staging, err)
+	}
+	defer func() {
+		if derr := l.conn.Exec(context.WithoutCancel(ctx), q.dropTable(staging)); derr != nil && err == nil {
+			err = fmt.Errorf("cannot drop %s: %w", staging, derr)
+		}
+	}()
+	var hours []time.Time
+	for h := q.start(day); h.Before(q.end(day)); h = h.Add(time.Hour) {
+		hours = append(hours, h)
+	}
+	cols := quoteAll(schema.HourlyRestColumns(d.d))
+	if err := l.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.HourlyRestSelect(d.d, hours))); err != nil {
+		return err
+	}
+	// One INSERT … SELECT reads one set of the partition's parts, which a run replaces whole:
+	// the rows come from one run, the one they name.
+	var rows, runs uint64
+	var from string
+	if err := l.conn.QueryRow(ctx, "SELECT count(), uniqExact(run_id), any(run_id) FROM "+q.g.T(staging)).Scan(&rows, &runs, &from); err != nil {
+		return err
+	}
+	if runs > 1 {
+		return fmt.Errorf("the hours of %d runs were read", runs)
+	}
+	if rows > 0 {
+		run = from
+	}
+	swap := q.swapTo(q.g.T(target), staging, day)
+	if rows == 0 {
+		swap = q.dropPartition(target, day)
+	}
+	if err := l.conn.Exec(ctx, swap); err != nil {
+		return fmt.Errorf("cannot swap in %s: %w", target, err)
+	}
+	if l.cl != nil {
+		if err := l.syncTable(ctx, q, target); err != nil {
+			return err
+		}
+	}
+	_, us := l.stamp()
+	b, err := l.conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, rows, layout, at_us) VALUES", q.g.T(schema.RestRollups)))
+	if err != nil {
+		return err
+	}
+	if err := b.Append(name, day, run, rows, layout, us); err != nil {
+		_ = b.Abort()
+		return err
+	}
+	if err := b.Send(); err != nil {
+		return fmt.Errorf("cannot record the rollup in %s: %w", schema.RestRollups, err)
+	}
+	l.log.Debug("rolled up the rest of a day's hours", "dataset", name, "day", day.Format(time.DateOnly), "run_id", run, "rows", rows)
+	return nil
 }
 
 // rollupDay builds the day's hours before end in a staging table: those before keep copied
@@ -206,13 +316,17 @@ func (l *Layer) syncTable(ctx context.Context, q *queries, table string) error {
 // dropRollups drops the partitions of <ds>_speed_hourly up to the boundary day wm: those days
 // are read from the batch tables.
 func (l *Layer) dropRollups(ctx context.Context, d *dataset, wm time.Time) error {
-	table := schema.SpeedHourly(d.d.Name)
+	return l.dropDays(ctx, d, schema.SpeedHourly(d.d.Name), func(day time.Time) bool { return !day.After(wm) })
+}
+
+// dropDays drops the day partitions of table for which drop holds.
+func (l *Layer) dropDays(ctx context.Context, d *dataset, table string, drop func(day time.Time) bool) error {
 	days, err := partitionDaysOn(ctx, l.conn, d.q.partitions(table))
 	if err != nil {
 		return fmt.Errorf("cannot list partitions of %s: %w", table, err)
 	}
 	for _, day := range days {
-		if day.After(wm) {
+		if !drop(day) {
 			continue
 		}
 		if err := l.conn.Exec(ctx, d.q.dropPartition(table, day)); err != nil {

@@ -240,3 +240,78 @@ FROM %s GROUP BY prefix, hour, grouping, event, country, device ORDER BY prefix,
 		c.conn = saved
 	}
 }
+
+// The rest of a recent sealed day from each hour holds, per grouping set and combination, what
+// the day's hours from that hour on hold (counts and sums added, distinct counts and quantiles
+// merged), from the day's newest run, whose id it carries and rest_rollups records; a rerun of
+// the day makes it again; once the day is older than ledger.RestDays its rows go.
+func TestHourlyRest(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	d := &e.cfg.Datasets[0]
+	rng := rand.New(rand.NewPCG(5, 8))
+	e.insertRaw(gen(rng, d1, 2000, 0.05, "r"))
+	e.setNow(d2.Add(2 * time.Hour))
+	l := e.layer(Options{})
+	if err := l.RunDays(ctx, "events", d1, d1, nil); err != nil {
+		t.Fatal(err)
+	}
+	rest, hourly := e.g.T(schema.HourlyRest("events")), e.g.T(schema.Hourly("events"))
+	row := "concat(grouping, '|', event, '|', country, '|', device, ' ', toString(%s), ' ', ifNull(toString(%s), 'NULL'), ' ', toString(uniqMerge(users_state)), ' ', ifNull(toString(quantileMerge(0.95)(value_p95_state)), 'NULL'), ' ', %s)"
+	check := func(stage string) {
+		t.Helper()
+		run := e.lastRun(d1)
+		rs, err := ledger.ReadRests(ctx, e.conn, e.cfg.ClickHouse.Database, "events", d1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := rs[d1]; !r.Current(run, schema.HourlyRestLayout(d)) || r.Rows == 0 {
+			t.Fatalf("%s: rest_rollups says %+v, want run %s", stage, r, run)
+		}
+		for h := d1; h.Before(d2); h = h.Add(time.Hour) {
+			got := e.strings(fmt.Sprintf("SELECT "+row+" AS r FROM %s WHERE hour = toDateTime(%d, 'UTC') GROUP BY grouping, event, country, device, events, revenue, run_id ORDER BY r",
+				"events", "revenue", "run_id", rest, h.Unix()))
+			want := e.strings(fmt.Sprintf("SELECT "+row+" AS r FROM %s WHERE hour >= toDateTime(%d, 'UTC') AND hour < toDateTime(%d, 'UTC') GROUP BY grouping, event, country, device ORDER BY r",
+				"sum(events)", "sum(revenue)", "any(run_id)", hourly, h.Unix(), d2.Unix()))
+			sameRows(t, fmt.Sprintf("%s: the rest of the day from %s", stage, h.Format("15:04")), got, want)
+			if len(want) > 0 && !strings.HasSuffix(want[0], " "+run) {
+				t.Errorf("%s: the hours of %s are not of the newest run %s: %s", stage, h.Format("15:04"), run, want[0])
+			}
+		}
+	}
+	check("after the run")
+	first := e.lastRun(d1)
+
+	// Late events: the day's rerun, and its rest made again from the new hours.
+	late := gen(rng, d1, 50, 0, "late")
+	e.insertRaw(late)
+	if err := l.RunDays(ctx, "events", d1, d1, nil); err != nil {
+		t.Fatal(err)
+	}
+	if e.lastRun(d1) == first {
+		t.Fatal("the day was not run again")
+	}
+	check("after a rerun")
+	if n := e.count(fmt.Sprintf("SELECT sum(events) FROM %s WHERE grouping = '' AND hour = toDateTime(%d, 'UTC')", rest, d1.Unix())); n != e.count(fmt.Sprintf("SELECT sum(events) FROM %s WHERE grouping = ''", e.g.T(schema.Daily("events")))) {
+		t.Errorf("the rest of the day from midnight counts %d events, the day %d", n, e.count(fmt.Sprintf("SELECT sum(events) FROM %s WHERE grouping = ''", e.g.T(schema.Daily("events")))))
+	}
+
+	// An unchanged day is not made again; a day older than RestDays is dropped.
+	recorded := func() uint64 {
+		return e.count(fmt.Sprintf("SELECT count() FROM %s WHERE dataset = 'events'", e.g.T(schema.RestRollups)))
+	}
+	n := recorded()
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if recorded() != n {
+		t.Errorf("an unchanged day was rolled up again: %d records, %d before", recorded(), n)
+	}
+	e.setNow(d1.AddDate(0, 0, ledger.RestDays+1))
+	if err := l.RollupSpeed(ctx, "events"); err != nil {
+		t.Fatal(err)
+	}
+	if n := e.count("SELECT count() FROM " + rest); n != 0 {
+		t.Errorf("%d rows of the rest of a day %d days old are left", n, ledger.RestDays+1)
+	}
+}

@@ -19,6 +19,9 @@ const (
 	// TableSpeedHourly is <ds>_speed_hourly: the completed hours after the boundary rolled up
 	// from <ds>_speed per grouping set (states, approximate like the minutes).
 	TableSpeedHourly = "speed_hourly"
+	// TableHourlyRest is <ds>_hourly_rest: the rest of a recent sealed day from each hour per
+	// grouping set, rolled up from <ds>_hourly (exact where the hours are).
+	TableHourlyRest = "hourly_rest"
 )
 
 // Part is one source over a range of a query and how it is read.
@@ -36,7 +39,7 @@ type Part struct {
 // joins reports whether b continues a, so that one branch reads both.
 func (a *Part) joins(b Part) bool {
 	return a.To.Equal(b.From) && a.Source == b.Source && a.Table == b.Table && a.Exact == b.Exact &&
-		a.grouping == b.grouping && a.direct == b.direct && !a.prefix && !b.prefix
+		a.grouping == b.grouping && a.direct == b.direct && !a.prefix && !b.prefix && a.Table != TableHourlyRest
 }
 
 // Decision is the merge rule applied to a query: the parts that answer it, in time order.
@@ -157,6 +160,7 @@ func (p *Planner) Decide(q *Query, st *State, now time.Time) (Decision, *APIErro
 		for d := ledger.DayIn(q.From, loc); start(d).Before(batchEnd); d = d.AddDate(0, 0, 1) {
 			s, e := maxT(q.From, start(d)), minT(batchEnd, start(d.AddDate(0, 0, 1)))
 			day := sealedDay{d: d, start: start(d), end: start(d.AddDate(0, 0, 1)), dirty: dirty[d], run: st.Runs[d], sets: p.setsOf(ds, st, d)}
+			day.rest = day.run.ID != "" && st.Rests[d] == day.run.ID
 			var err *APIError
 			switch {
 			case unrun[d]:
@@ -282,6 +286,8 @@ type sealedDay struct {
 	dirty      bool
 	run        Run
 	sets       [][]string
+	// rest: <ds>_hourly_rest holds the day's rows of its run.
+	rest bool
 }
 
 // hasHourly and hasSpeed report whether the day's run wrote <ds>_hourly rows and rewrote its
@@ -325,7 +331,12 @@ func (p *Planner) subDay(q *Query, day sealedDay, s, e time.Time, add func(Part)
 	if err := minutes(s, hs); err != nil {
 		return err
 	}
-	add(Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceBatch, Table: TableHourly, Exact: exact}, grouping: name, direct: direct})
+	pt := Part{SourceRange: SourceRange{From: hs, To: he, Source: SourceBatch, Table: TableHourly, Exact: exact}, grouping: name, direct: direct}
+	if !direct && day.rest && he.Equal(day.end) && q.bucketOf(hs).Equal(q.bucketOf(he.Add(-time.Nanosecond))) {
+		// To the day's end, in one bucket: the rest of the day from hs, one row per combination.
+		pt.Table = TableHourlyRest
+	}
+	add(pt)
 	return minutes(he, e)
 }
 

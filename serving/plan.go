@@ -26,7 +26,8 @@ type SourceRange struct {
 	Source string    `json:"source"`
 	// Table is the table read: daily, hourly, speed, speed_hourly or raw.
 	Table string `json:"table,omitempty"`
-	// Grouping is the grouping set read from <ds>_daily, <ds>_hourly or <ds>_speed_hourly.
+	// Grouping is the grouping set read from <ds>_daily, <ds>_hourly, <ds>_hourly_rest or
+	// <ds>_speed_hourly.
 	Grouping *string `json:"grouping,omitempty"`
 	Exact    bool    `json:"exact"`
 }
@@ -61,6 +62,10 @@ type State struct {
 	// Rollups maps the days after the boundary to their newest rollup into
 	// <ds>_speed_hourly: hour and coarser buckets read its current hours (Rollup.Valid).
 	Rollups map[time.Time]ledger.Rollup
+	// Rests maps recent sealed days to the run whose hours their rows of <ds>_hourly_rest come
+	// from (of the table's layout; ledger.Rest): a part of a bucket that runs from a whole hour
+	// of such a day to its end reads them while the run is the day's newest.
+	Rests map[time.Time]string
 }
 
 // Run is the newest successful batch run of a day.
@@ -165,7 +170,7 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	pl := &Plan{Complete: dec.Complete}
 	for _, pt := range dec.Parts {
 		src := pt.SourceRange
-		if pt.Table == TableDaily || pt.Table == TableHourly || pt.Table == TableSpeedHourly {
+		if pt.Table == TableDaily || pt.Table == TableHourly || pt.Table == TableSpeedHourly || pt.Table == TableHourlyRest {
 			g := pt.grouping
 			src.Grouping = &g
 		}

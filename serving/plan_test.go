@@ -62,6 +62,9 @@ var planCases = []struct{ name, req, zone string }{
 	// after it, a filtered dimension.
 	{"rollup_hour_across", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ""},
 	{"rollup_day_filter", `{"dataset":"events","metrics":["events","users"],"dimensions":["event"],"filters":[{"dimension":"country","op":"eq","values":["DE"]}],"from":"2024-03-09","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ""},
+	// One bucket from 20:00 of the last sealed day to now: the rest of that day in one row per
+	// country (<ds>_hourly_rest), the day after and today so far from the speed rollup.
+	{"rollup_all_rest", `{"dataset":"events","metrics":["events","users","revenue"],"dimensions":["country"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"all"}`, ""},
 }
 
 // stateFor is the state a plan case is made with: rollupState for the rollup_ cases.
@@ -73,9 +76,13 @@ func stateFor(name string) *State {
 }
 
 // rollupState is planState with the speed side's hours rolled up: all of 03-09, and 03-10 up
-// to 11:00, current up to 06:00 (a flush after the rollup wrote into 06:xx).
+// to 11:00, current up to 06:00 (a flush after the rollup wrote into 06:xx); and the last
+// sealed day, 03-08, with its hours and the rest of it from each hour.
 func rollupState() *State {
 	st := planState()
+	d8 := mustDay("2024-03-08")
+	st.Runs[d8] = Run{ID: "run-2", Rows: 1, Hourly: 1, Speed: 1, Read: 1, RawRows: 1}
+	st.Rests = map[time.Time]string{d8: "run-2"}
 	sets := []string{"", "event", "country", "device", "event,country,device"}
 	d9, d10 := mustDay("2024-03-09"), mustDay("2024-03-10")
 	st.Rollups = map[time.Time]ledger.Rollup{
@@ -228,7 +235,24 @@ func TestPlanSources(t *testing.T) {
 	// them; minute buckets and hours a half hour off the stored ones read minutes only.
 	ru := rollupState()
 	f(`{"dataset":"events","metrics":["events","users"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ru,
-		"raw 03-08T20..03-09T00, speed~() 03-09T00..03-10T06, speed~ 03-10T06..03-10T11", true)
+		"batch~() 03-08T20..03-09T00, speed~() 03-09T00..03-10T06, speed~ 03-10T06..03-10T11", true)
+	// One bucket from inside the last sealed day: the rest of it from 20:00 (of the run the
+	// rows come from), not its hours; another run of the day, or a bucket that ends inside the
+	// day, reads the hours.
+	all := `{"dataset":"events","metrics":["events","users"],"dimensions":["country"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"all"}`
+	if pl := planFor(t, cfg, all, ru); pl.Sources[0].Table != TableHourlyRest || !pl.Sources[0].From.Equal(mustDay("2024-03-08").Add(20*time.Hour)) {
+		t.Errorf("all from 03-08 20:00: %+v, want the rest of 03-08 from 20:00 first", pl.Sources[0])
+	}
+	rerun := rollupState()
+	rerun.Runs[mustDay("2024-03-08")] = Run{ID: "run-3", Rows: 1, Hourly: 1, Speed: 1, Read: 1, RawRows: 1}
+	for _, c := range []struct {
+		req string
+		st  *State
+	}{{all, rerun}, {`{"dataset":"events","metrics":["events","users"],"dimensions":["country"],"from":"2024-03-08T20:00:00Z","to":"2024-03-08T23:00:00Z","granularity":"all"}`, ru}} {
+		if pl := planFor(t, cfg, c.req, c.st); pl.Sources[0].Table != TableHourly {
+			t.Errorf("%s: %+v, want the hours", c.req, pl.Sources[0])
+		}
+	}
 	f(`{"dataset":"events","metrics":["events"],"dimensions":["event"],"filters":[{"dimension":"device","op":"neq","values":["ios"]}],"from":"2024-03-09T05:20:00Z","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ru,
 		"speed~ 03-09T05..03-09T06, speed~(event,country,device) 03-09T06..03-10T00, speed~(event,country,device) 03-10T00..03-10T06, speed~ 03-10T06..03-10T12", true)
 	f(`{"dataset":"events","metrics":["events"],"dimensions":["country"],"from":"2024-03-09T00:00:00Z","to":"2024-03-10T00:00:00Z","granularity":"hour"}`, ru,

@@ -191,3 +191,74 @@ func closeTo(a, b any) bool {
 	}
 	return math.Abs(x-y) <= 1e-9*math.Max(1, math.Max(math.Abs(x), math.Abs(y)))
 }
+
+// One bucket from inside the last sealed day to now answers the same from the rest of that day
+// (<ds>_hourly_rest, one row per combination) as from its hours, and reads the rest only while
+// it comes from the day's newest run.
+func TestHourlyRestAnswers(t *testing.T) {
+	e := newEnv(t, nil)
+	ctx := context.Background()
+	g := schema.NewGenerator(e.cfg)
+	d := &e.cfg.Datasets[0]
+	metrics := []string{"events", "users", "revenue", "value_p95"}
+	reqs := []struct {
+		body string
+		dims []string
+	}{
+		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"dimensions":["country"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"all"}`, []string{"country"}},
+		{`{"dataset":"events","metrics":["events","users","revenue","value_p95"],"from":"2024-03-08T05:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"all"}`, nil},
+	}
+	before := make([]map[string][]any, len(reqs))
+	for i, r := range reqs {
+		resp := e.query(t, r.body)
+		if got := tables(resp); !strings.HasPrefix(got, "hourly(") {
+			t.Fatalf("%s reads %s, want the hours of 03-08 first", r.body, got)
+		}
+		before[i] = answers(resp, metrics, r.dims)
+	}
+	d8 := mustDay("2024-03-08")
+	var run string
+	if err := e.conn.QueryRow(ctx, fmt.Sprintf("SELECT any(run_id) FROM %s WHERE toDate(hour) = toDate('2024-03-08')", g.T(schema.Hourly(d.Name)))).Scan(&run); err != nil {
+		t.Fatal(err)
+	}
+	var hours []time.Time
+	for h := d8; h.Before(d8.AddDate(0, 0, 1)); h = h.Add(time.Hour) {
+		hours = append(hours, h)
+	}
+	if err := e.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s)\n%s", g.T(schema.HourlyRest(d.Name)), strings.Join(schema.HourlyRestColumns(d), ", "), g.HourlyRestSelect(d, hours))); err != nil {
+		t.Fatal(err)
+	}
+	record := func(run string) {
+		t.Helper()
+		if err := e.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, rows, layout, at_us) SELECT 'events', toDate('2024-03-08'), '%s', 1, '%s', %d",
+			g.T(schema.RestRollups), run, schema.HourlyRestLayout(d), time.Now().UnixMicro())); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1100 * time.Millisecond) // the state is re-read at most every second
+	}
+	same := func(stage, want string) {
+		t.Helper()
+		for i, r := range reqs {
+			resp := e.query(t, r.body)
+			if got := tables(resp); !strings.HasPrefix(got, want) {
+				t.Errorf("%s, %s: reads %s, want %s first", stage, r.body, got, want)
+			}
+			got := answers(resp, metrics, r.dims)
+			if len(got) != len(before[i]) {
+				t.Errorf("%s, %s: %d rows, %d from the hours", stage, r.body, len(got), len(before[i]))
+			}
+			for k, w := range before[i] {
+				for j := range w {
+					if g := got[k]; g == nil || !closeTo(g[j], w[j]) {
+						t.Errorf("%s, %s, row %s: %v, from the hours %v", stage, r.body, k, got[k], w)
+						break
+					}
+				}
+			}
+		}
+	}
+	record(run)
+	same("from the rest", "hourly_rest(")
+	record("another run")
+	same("rest of another run", "hourly(")
+}

@@ -108,7 +108,7 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 			branches = append(branches, p.rawBranch(q, sh, pt.From, pt.To, pt.Exact))
 		case TableSpeed, TableSpeedHourly:
 			branches = append(branches, p.speedBranch(q, sh, pt))
-		case TableDaily, TableHourly:
+		case TableDaily, TableHourly, TableHourlyRest:
 			branches = append(branches, p.rollupBranch(q, sh, pt))
 		}
 	}
@@ -123,15 +123,21 @@ type branch struct {
 }
 
 // rollupBranch reads <ds>_daily or <ds>_hourly: one stored grouping set, directly (one row
-// per bucket and dimensions) or rolled up per bucket.
+// per bucket and dimensions) or rolled up per bucket; or <ds>_hourly_rest: one set's rows of
+// the rest of the day from the part's start, rolled up like <ds>_hourly's.
 func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 	table, col, isDate := schema.Daily(q.DS.Name), "day", true
 	loc := q.DS.Location()
 	lo, hi := "toDate(?)", any(ledger.DayIn(pt.From, loc).Format(time.DateOnly))
 	hiArg := any(ledger.DayIn(pt.To, loc).Format(time.DateOnly))
-	if pt.Table == TableHourly {
+	rng := "%[1]s >= %[2]s AND %[1]s < %[2]s"
+	switch pt.Table {
+	case TableHourly:
 		table, col, isDate = schema.Hourly(q.DS.Name), "hour", false
 		lo, hi, hiArg = "toDateTime(?)", pt.From.Unix(), pt.To.Unix()
+	case TableHourlyRest:
+		table, col, isDate = schema.HourlyRest(q.DS.Name), "hour", false
+		lo, hi, hiArg, rng = "toDateTime(?)", pt.From.Unix(), nil, "%[1]s = %[2]s"
 	}
 	b, args := q.bucket(col, isDate)
 	sel := []string{b + " AS b"}
@@ -167,10 +173,14 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 	}
 	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
 	where, fargs := q.filters()
-	args = append(args, hi, hiArg, pt.grouping)
+	args = append(args, hi)
+	if hiArg != nil {
+		args = append(args, hiArg)
+	}
+	args = append(args, pt.grouping)
 	args = append(args, fargs...)
-	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s >= %s AND %s < %s AND grouping = ?%s",
-		strings.Join(sel, ", "), p.g.T(table), col, lo, col, lo, where)
+	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s AND grouping = ?%s",
+		strings.Join(sel, ", "), p.g.T(table), fmt.Sprintf(rng, col, lo), where)
 	if !pt.direct {
 		sql += "\nGROUP BY " + strings.Join(append([]string{"b"}, group...), ", ")
 	}

@@ -2,6 +2,7 @@ package serving
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -30,7 +31,8 @@ type snapshot struct {
 	days       ledger.Days
 	Partitions []ledger.Partition
 	ReadAt     time.Time
-	// rollupErr is why the speed rollups could not be read (the API reads minutes then).
+	// rollupErr is why the speed or rest rollups could not be read (the API reads minutes or
+	// hours then).
 	rollupErr error
 }
 
@@ -101,7 +103,7 @@ func (c *stateCache) get(ctx context.Context, ds *config.Dataset, now time.Time)
 	c.mu.Unlock()
 	s, err := readState(ctx, c.conn, c.g, ds, now, c.offsets(ctx, ds))
 	if err == nil && s.rollupErr != nil {
-		c.log.Warn("cannot read the speed rollups: hours after the boundary are read from the minutes", "dataset", ds.Name, "err", s.rollupErr)
+		c.log.Warn("cannot read the rollups: hours after the boundary are read from the minutes, the rest of sealed days from their hours", "dataset", ds.Name, "err", s.rollupErr)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -190,6 +192,20 @@ func readState(ctx context.Context, conn driver.Conn, g *schema.Generator, ds *c
 	s.Rollups, s.rollupErr = ledger.ReadSpeedRollups(ctx, conn, g.DB, ds.Name, since, loc, schema.SpeedHourlyLayout(ds))
 	if s.rollupErr != nil && ctx.Err() != nil {
 		return nil, s.rollupErr
+	}
+	rests, err := ledger.ReadRests(ctx, conn, g.DB, ds.Name, ledger.DayIn(now.Add(-ledger.RestDays*24*time.Hour), loc))
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		s.rollupErr = errors.Join(s.rollupErr, err)
+	}
+	layout := schema.HourlyRestLayout(ds)
+	s.Rests = map[time.Time]string{}
+	for day, r := range rests {
+		if r.Layout == layout {
+			s.Rests[day] = r.Run
+		}
 	}
 	return s, nil
 }

@@ -632,7 +632,15 @@ func (h handSQL) all(r namedReq, fromRaw bool) string {
 			}
 			return handMetrics[m].storedState
 		}
-		branches = append(branches, branch("`"+h.db+"`.events_hourly", "hour", ts(r.from), ts(dayStart), w, stored))
+		// The rest of the first day from its first whole hour (events_hourly_rest: one row per
+		// combination), as the API reads it.
+		restFrom := r.from.Truncate(time.Hour)
+		if restFrom.Before(r.from) {
+			restFrom = restFrom.Add(time.Hour)
+		}
+		if dayStart.After(r.from) {
+			branches = append(branches, branch("`"+h.db+"`.events_hourly_rest", "hour", ts(restFrom), ts(restFrom.Add(time.Hour)), w, stored))
+		}
 		branches = append(branches, branch("`"+h.db+"`.events_daily", "day", fmt.Sprintf("toDate('%s')", dayStart.Format(time.DateOnly)), fmt.Sprintf("toDate('%s')", h.bound.Format(time.DateOnly)), w, stored))
 	}
 	speedFrom := h.bound

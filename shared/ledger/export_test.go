@@ -1,7 +1,8 @@
 package ledger
 
-// The SQL of the speed rollups' rule, for the tests that run it on chDB.
+// The SQL of the speed rollups' and rest rollups' rules, for the tests that run it on chDB.
 var (
 	RollupsSQL = rollupsSQL
 	TouchedSQL = touchedSQL
+	RestsSQL   = restsSQL
 )

@@ -42,6 +42,7 @@ const (
 	BatchRuns       = "batch_runs"
 	BatchWatermarks = "batch_watermarks"
 	SpeedRollups    = "speed_rollups"
+	RestRollups     = "rest_rollups"
 )
 
 // RawDays is the name of a dataset's table of raw rows per day; RawDaysMV feeds it.

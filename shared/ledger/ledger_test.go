@@ -191,5 +191,6 @@ SELECT 'events', 'events', %d, 0, 99, %d, 100, 0, 0, 0, toDateTime('%s', 'UTC'),
 	rs := []ledger.Rollup{{Day: rday, HourTo: rday.Add(13 * time.Hour), Snapshot: rday.Add(14 * time.Hour)}, {Day: rday.AddDate(0, 0, 1), HourTo: rday.Add(30 * time.Hour), Snapshot: rday.Add(31 * time.Hour)}}
 	chtest.RequireChDB(t, append(schema.Statements(cfg), "SELECT "+ledger.SpeedWatermarkSQL(db, "events"),
 		strings.Replace(strings.Replace(ledger.RollupsSQL(db), "?", "'events'", 1), "?", "'2024-03-01'", 1),
-		ledger.TouchedSQL(db, "events", rs, time.UTC)))
+		ledger.TouchedSQL(db, "events", rs, time.UTC),
+		strings.Replace(strings.Replace(ledger.RestsSQL(db), "?", "'events'", 1), "?", "'2024-03-01'", 1)))
 }

@@ -37,3 +37,24 @@ func TestRollupValid(t *testing.T) {
 		t.Errorf("HourStart %s", got)
 	}
 }
+
+// A day's rest rows answer only for the run they come from and the table's layout.
+func TestRestCurrent(t *testing.T) {
+	r := Rest{Run: "run-2", Layout: "L"}
+	for _, c := range []struct {
+		run, layout string
+		want        bool
+	}{
+		{"run-2", "L", true},
+		{"run-3", "L", false}, // the day was rerun since
+		{"run-2", "M", false}, // the table's columns changed since
+		{"", "L", false},      // no successful run
+	} {
+		if got := r.Current(c.run, c.layout); got != c.want {
+			t.Errorf("Current(%q, %q) = %v, want %v", c.run, c.layout, got, c.want)
+		}
+	}
+	if (Rest{}).Current("", "") {
+		t.Error("an empty rest is current for no run")
+	}
+}

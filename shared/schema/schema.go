@@ -93,6 +93,10 @@ func Hourly(ds string) string  { return ds + "_hourly" }
 
 // SpeedHourly names the hourly rollup of <ds>_speed's unsealed days, per grouping set.
 func SpeedHourly(ds string) string { return ds + "_speed_hourly" }
+
+// HourlyRest names the rows of the rest of each sealed day from each hour, per grouping set,
+// rolled up from <ds>_hourly.
+func HourlyRest(ds string) string { return ds + "_hourly_rest" }
 func Rejects(ds string) string     { return ds + "_rejects" }
 func Drift(ds string) string       { return ds + "_drift" }
 func Lambda(ds string) string      { return ds + "_lambda" }
@@ -108,6 +112,7 @@ const (
 	BatchRuns       = ledger.BatchRuns
 	BatchWatermarks = ledger.BatchWatermarks
 	SpeedRollups    = ledger.SpeedRollups
+	RestRollups     = ledger.RestRollups
 	SchemaObjects   = "schema_objects"
 )
 
@@ -259,6 +264,11 @@ func (g *Generator) shared() []Object {
 		{Name: "at_us", Type: "UInt64"}, {Name: "layout", Type: "String"},
 	}
 	ukey := []string{"dataset", "day", "at_us"}
+	rests := []Column{
+		{Name: "dataset", Type: "String"}, {Name: "day", Type: "Date"},
+		{Name: "run_id", Type: "String"}, {Name: "rows", Type: "UInt64"},
+		{Name: "layout", Type: "String"}, {Name: "at_us", Type: "UInt64"},
+	}
 	objs := []Column{
 		{Name: "object", Type: "String"}, {Name: "statement_hash", Type: "String"},
 		{Name: "at", Type: utc, Default: "now()"},
@@ -268,6 +278,7 @@ func (g *Generator) shared() []Object {
 		g.table(BatchRuns, "", runs, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(rkey), rkey),
 		g.table(BatchWatermarks, "", marks, "MergeTree", "PARTITION BY toYYYYMM(at) "+orderBy(mkey), mkey),
 		g.table(SpeedRollups, "", rollups, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(ukey), ukey),
+		g.table(RestRollups, "", rests, "MergeTree", "PARTITION BY toYYYYMM(day) "+orderBy(ukey), ukey),
 		g.table(SchemaObjects, "", objs, "MergeTree", "ORDER BY (object, at)", []string{"object", "at"}),
 	}
 }
@@ -352,6 +363,14 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	speedHourly := g.table(SpeedHourly(ds), ds, speedHourlyCols(d), "MergeTree", speedHourlyClauses(d), SpeedHourlyKey(d))
 	speedHourly.Granularity, speedHourly.Relayout = SpeedHourlyGranularity, true
 
+	// The rest of each recent sealed day from each of its hours, per grouping set, rolled up
+	// from <ds>_hourly by the batch layer (batchlayer/rollup.go): the part of a bucket that
+	// starts inside a sealed day and runs past its end (yesterday's part of "the last 24 hours"
+	// as one bucket) reads one row per combination instead of the day's remaining hours.
+	// rest_rollups says which run each day's rows come from.
+	hourlyRest := g.table(HourlyRest(ds), ds, hourlyRestCols(d), "MergeTree", dayClauses("hour"+Zone(d), HourlyKey(d), SpeedHourlyGranularity), HourlyKey(d))
+	hourlyRest.Granularity, hourlyRest.Relayout = SpeedHourlyGranularity, true
+
 	rejCols := []Column{
 		{Name: "payload", Type: "String"}, {Name: "reason", Type: "String"}, {Name: "detail", Type: "String"},
 		{Name: "_topic", Type: "String"}, {Name: "_partition", Type: "Int32"}, {Name: "_offset", Type: "Int64"},
@@ -373,7 +392,7 @@ func (g *Generator) Dataset(d *config.Dataset) []Object {
 	out := append(raw, rawDays...)
 	out = append(out, daysMV)
 	out = append(out, speed...)
-	out = append(out, mv, daily, hourly, speedHourly)
+	out = append(out, mv, daily, hourly, speedHourly, hourlyRest)
 	out = append(out, rejects...)
 	out = append(out, drift)
 	// The views: <ds>_lambda and <ds>_lambda_hourly with every grouping set, then each set's
@@ -522,16 +541,82 @@ func speedHourlyCols(d *config.Dataset) []Column {
 	return cols
 }
 
-// SpeedHourlyLayout fingerprints the columns of <ds>_speed_hourly (names, types, defaults).
+// SpeedHourlyLayout fingerprints the columns of <ds>_speed_hourly (names, types, defaults) and
+// the zone of its days.
 // speed_rollups records it with each rollup: a rollup made with other columns (a metric added
 // since, whose state the table's old rows lack) is not read, and the next rollup of its day is
 // made whole.
-func SpeedHourlyLayout(d *config.Dataset) string {
+func SpeedHourlyLayout(d *config.Dataset) string { return layout(d, speedHourlyCols(d)) }
+
+// layout fingerprints a table of the dataset's days: the zone that cuts them, and its columns'
+// names, types and defaults.
+func layout(d *config.Dataset, cols []Column) string {
 	h := sha256.New()
-	for _, c := range speedHourlyCols(d) {
+	fmt.Fprintf(h, "zone %s\n", Zone(d))
+	for _, c := range cols {
 		fmt.Fprintf(h, "%s %s %s\n", c.Name, c.Type, c.Default)
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// hourlyRestCols are the columns of <ds>_hourly_rest: <ds>_hourly's without the values of the
+// metrics that have a state (a distinct count's or a quantile's exact value cannot be made from
+// hours; avg's is its state's), and run_id, the run whose hours they come from.
+func hourlyRestCols(d *config.Dataset) []Column {
+	cols := []Column{{Name: "hour", Type: utc}, {Name: "grouping", Type: "String"}}
+	for _, n := range d.DimensionNames() {
+		cols = append(cols, Column{Name: n, Type: "String"})
+	}
+	for _, s := range d.Specs() {
+		if s.HasDailyState() {
+			cols = append(cols, Column{Name: s.StateColumn(), Type: s.StateType()})
+		} else {
+			cols = append(cols, Column{Name: s.Name, Type: s.ValueType()})
+		}
+	}
+	return append(cols, Column{Name: "run_id", Type: "String"})
+}
+
+// HourlyRestColumns are the columns of <ds>_hourly_rest in the order HourlyRestSelect fills them.
+func HourlyRestColumns(d *config.Dataset) []string {
+	var out []string
+	for _, c := range hourlyRestCols(d) {
+		out = append(out, c.Name)
+	}
+	return out
+}
+
+// HourlyRestLayout fingerprints the columns of <ds>_hourly_rest, as SpeedHourlyLayout does
+// <ds>_speed_hourly's: rest_rollups records it, and rows of another layout are not read.
+func HourlyRestLayout(d *config.Dataset) string { return layout(d, hourlyRestCols(d)) }
+
+// HourlyRestSelect rolls the hours of <ds>_hourly in [start, end) (a sealed day's local hours)
+// up into the rest of the day from each hour (hours lists their starts): per hour h, grouping
+// set and combination, the rows of the hours from h on, counts and sums added, minimums and
+// maximums taken, states merged; in the order of HourlyRestColumns. Its columns carry no
+// aliases (a state merged into a column of the same name would be a cyclic alias).
+func (g *Generator) HourlyRestSelect(d *config.Dataset, hours []time.Time) string {
+	starts := make([]string, len(hours))
+	for i, h := range hours {
+		starts[i] = fmt.Sprintf("toDateTime(%d, 'UTC')", h.Unix())
+	}
+	sel := []string{"h", "grouping"}
+	group := []string{"h", "grouping"}
+	for _, n := range d.DimensionNames() {
+		sel = append(sel, Q(n))
+		group = append(group, Q(n))
+	}
+	for _, s := range d.Specs() {
+		if s.HasDailyState() {
+			sel = append(sel, s.MergeStateExpr(Q(s.StateColumn())))
+		} else {
+			sel = append(sel, s.Combine(Q(s.Name)))
+		}
+	}
+	sel = append(sel, "any(run_id)")
+	end := hours[len(hours)-1].Add(time.Hour)
+	return fmt.Sprintf("SELECT\n    %s\nFROM %s\nARRAY JOIN arrayFilter(x -> x <= hour, [%s]) AS h\nWHERE hour >= toDateTime(%d, 'UTC') AND hour < toDateTime(%d, 'UTC')\nGROUP BY %s",
+		strings.Join(sel, ",\n    "), g.T(Hourly(d.Name)), strings.Join(starts, ", "), hours[0].Unix(), end.Unix(), strings.Join(group, ", "))
 }
 
 // SpeedHourlyValueColumns are the value columns of <ds>_speed_hourly, one per metric

@@ -28,9 +28,10 @@ func refusef(format string, args ...any) error { return refusal{fmt.Sprintf(form
 
 // zoneTables are the tables of a dataset whose rows are cut into the days of its zone, which a
 // change of zone empties and rebuilds: the batch's tables, the speed minutes (partitioned by
-// local day), raw's day counts and the drift of days.
+// local day), raw's day counts, the drift of days, and the rollups of hours (whose records in
+// speed_rollups and rest_rollups name the old zone in their layout, and are not read).
 func zoneTables(ds string) []string {
-	return []string{Daily(ds), Hourly(ds), Speed(ds), RawDays(ds), Drift(ds)}
+	return []string{Daily(ds), Hourly(ds), Speed(ds), RawDays(ds), Drift(ds), SpeedHourly(ds), HourlyRest(ds)}
 }
 
 // storedZone reads the zone of a dataset's existing tables ("" when <ds>_hourly does not exist).

@@ -62,6 +62,17 @@ CREATE TABLE IF NOT EXISTS `lambda`.`speed_rollups` ON CLUSTER `lambda`
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/speed_rollups', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
 
+CREATE TABLE IF NOT EXISTS `lambda`.`rest_rollups` ON CLUSTER `lambda`
+(
+    `dataset` String,
+    `day` Date,
+    `run_id` String,
+    `rows` UInt64,
+    `layout` String,
+    `at_us` UInt64
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/rest_rollups', '{shard}-{replica}') PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
+
 CREATE TABLE IF NOT EXISTS `lambda`.`schema_objects` ON CLUSTER `lambda`
 (
     `object` String,
@@ -217,6 +228,21 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly` ON CLUSTER `lambda`
     `_v_value_p95` Nullable(Float64) DEFAULT if(isNaN(toFloat64(finalizeAggregation(`value_p95`))), NULL, toNullable(toFloat64(finalizeAggregation(`value_p95`))))
 )
 ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_speed_hourly', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 4;
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly_rest` ON CLUSTER `lambda`
+(
+    `hour` DateTime('UTC'),
+    `grouping` String,
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` UInt64,
+    `users_state` AggregateFunction(uniq, String),
+    `revenue` Nullable(Float64),
+    `value_p95_state` AggregateFunction(quantile(0.95), Float64),
+    `run_id` String
+)
+ENGINE = ReplicatedMergeTree('/clickhouse/lambda/all/lambda/events_hourly_rest', '{shard}-{replica}') PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 4;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects_local` ON CLUSTER `lambda`
 (

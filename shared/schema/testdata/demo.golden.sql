@@ -62,6 +62,17 @@ CREATE TABLE IF NOT EXISTS `lambda`.`speed_rollups`
 )
 ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
 
+CREATE TABLE IF NOT EXISTS `lambda`.`rest_rollups`
+(
+    `dataset` String,
+    `day` Date,
+    `run_id` String,
+    `rows` UInt64,
+    `layout` String,
+    `at_us` UInt64
+)
+ENGINE = MergeTree PARTITION BY toYYYYMM(day) ORDER BY (`dataset`, `day`, `at_us`);
+
 CREATE TABLE IF NOT EXISTS `lambda`.`schema_objects`
 (
     `object` String,
@@ -179,6 +190,21 @@ CREATE TABLE IF NOT EXISTS `lambda`.`events_speed_hourly`
     `_v_value_p95` Nullable(Float64) DEFAULT if(isNaN(toFloat64(finalizeAggregation(`value_p95`))), NULL, toNullable(toFloat64(finalizeAggregation(`value_p95`))))
 )
 ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `prefix`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 4;
+
+CREATE TABLE IF NOT EXISTS `lambda`.`events_hourly_rest`
+(
+    `hour` DateTime('UTC'),
+    `grouping` String,
+    `event` String,
+    `country` String,
+    `device` String,
+    `events` UInt64,
+    `users_state` AggregateFunction(uniq, String),
+    `revenue` Nullable(Float64),
+    `value_p95_state` AggregateFunction(quantile(0.95), Float64),
+    `run_id` String
+)
+ENGINE = MergeTree PARTITION BY toYYYYMMDD(hour) ORDER BY (`grouping`, `hour`, `event`, `country`, `device`) SETTINGS index_granularity = 4;
 
 CREATE TABLE IF NOT EXISTS `lambda`.`events_rejects`
 (
