@@ -97,9 +97,9 @@ func SpeedHourly(ds string) string { return ds + "_speed_hourly" }
 // HourlyRest names the rows of the rest of each sealed day from each hour, per grouping set,
 // rolled up from <ds>_hourly.
 func HourlyRest(ds string) string { return ds + "_hourly_rest" }
-func Rejects(ds string) string     { return ds + "_rejects" }
-func Drift(ds string) string       { return ds + "_drift" }
-func Lambda(ds string) string      { return ds + "_lambda" }
+func Rejects(ds string) string    { return ds + "_rejects" }
+func Drift(ds string) string      { return ds + "_drift" }
+func Lambda(ds string) string     { return ds + "_lambda" }
 
 // RawDays and RawDaysMV name the table of raw rows per day and the view feeding it (owned by
 // shared/ledger, whose rules read it).
