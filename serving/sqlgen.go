@@ -95,6 +95,33 @@ type shape struct {
 func (sh shape) hasValue(s metric.Spec) bool { return !sh.states || s.Type != metric.Avg }
 func (sh shape) hasState(s metric.Spec) bool { return sh.states && s.HasDailyState() }
 
+// value is the value column of a branch that groups its rows per bucket (not direct): expr,
+// or, for a metric that carries both (a distinct count or quantile when buckets merge), a
+// placeholder of its type. A bucket of one such row takes the merge of its state (outer reads a
+// value only where the branch's dv column says it is one), and finalizing a state beside
+// merging it would deserialize it twice.
+func (sh shape) value(s metric.Spec, expr string) string {
+	switch {
+	case !sh.hasState(s):
+		return s.Cast(expr)
+	case s.ValueType() == metric.NumberType:
+		// Not Cast's if(isNaN(…), NULL, …): over a constant, 18.16 refuses the Nullable inside.
+		return "toNullable(toFloat64(0))"
+	}
+	return s.Cast("0")
+}
+
+// tail is the columns every branch ends with: its source, its exactness, and, where buckets
+// merge states, whether its values of distinct counts and quantiles are values (dv: a direct
+// part's rows, raw's exact values) or placeholders (sh.value).
+func (sh shape) tail(src string, exact, values bool) string {
+	t := fmt.Sprintf("'%s' AS src, toUInt8(%d) AS ex", src, b2i(exact))
+	if sh.states {
+		t += fmt.Sprintf(", toUInt8(%d) AS dv", b2i(values))
+	}
+	return t
+}
+
 // query is the SQL of parts: one branch per part, combined per bucket and dimensions. Nil when
 // there are no parts.
 func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
@@ -165,13 +192,13 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 			continue
 		}
 		if sh.hasValue(s) {
-			sel = append(sel, s.Cast(s.Rollup())+" AS "+valCol(s.Name))
+			sel = append(sel, sh.value(s, s.Rollup())+" AS "+valCol(s.Name))
 		}
 		if sh.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
+	sel = append(sel, sh.tail(pt.Source, pt.Exact, pt.direct))
 	where, fargs := q.filters()
 	args = append(args, hi)
 	if hiArg != nil {
@@ -226,14 +253,18 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 			}
 			continue
 		}
-		if sh.hasValue(s) {
+		switch {
+		case !sh.hasValue(s):
+		case sh.hasState(s):
+			sel = append(sel, sh.value(s, "")+" AS "+valCol(s.Name))
+		default:
 			sel = append(sel, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+" AS "+valCol(s.Name))
 		}
 		if sh.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, fmt.Sprintf("'%s' AS src", pt.Source), fmt.Sprintf("toUInt8(%d) AS ex", b2i(pt.Exact)))
+	sel = append(sel, sh.tail(pt.Source, pt.Exact, pt.direct))
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
 	if cond != "" {
@@ -275,7 +306,7 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) 
 			sel = append(sel, s.StateExpr()+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, fmt.Sprintf("'%s' AS src", SourceRaw), fmt.Sprintf("toUInt8(%d) AS ex", b2i(exact)))
+	sel = append(sel, sh.tail(SourceRaw, exact, true))
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
 	args = append(args, fargs...)
@@ -286,7 +317,8 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) 
 
 // outer combines the branches per bucket and dimensions: count and sum add, min and max take
 // the extreme, avg merges states; a distinct count or quantile is the value of its one row
-// when one row makes the bucket, the merge of the rows' states otherwise (approximate). A
+// when one row that carries a value (dv: a direct part's, raw's) makes the bucket, the merge
+// of the rows' states otherwise (approximate). A
 // ratio divides its parts' combined values. having filters the combined rows. NULLs sort last
 // in either direction (ClickHouse's default, which merged results follow). The statement
 // returns up to offset+limit+1 rows: the caller pages, after merging the two statements of a
@@ -309,7 +341,7 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 		case !sh.states:
 			e = fmt.Sprintf("any(%s)", valCol(s.Name))
 		default:
-			e = fmt.Sprintf("if(count() = 1, any(%s), %s)", valCol(s.Name), s.Cast(s.MergeExpr(stCol(s.Name))))
+			e = fmt.Sprintf("if(count() = 1 AND min(dv) = 1, any(%s), %s)", valCol(s.Name), s.Cast(s.MergeExpr(stCol(s.Name))))
 		}
 		exprs[s.Name] = e
 	}

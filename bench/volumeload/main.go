@@ -572,9 +572,21 @@ func (h handSQL) rollup(r namedReq) string {
 	if col == "day" {
 		to = fmt.Sprintf("toDate('%s')", h.bound.Format(time.DateOnly))
 	}
+	var first string
+	if col == "hour" {
+		if hs := r.from.Truncate(time.Hour); hs.Before(r.from) {
+			// A first hour that starts inside an hour (now-24h as typed): its minutes from the
+			// sealed day's events_speed, as the API reads them (from the minute holding from:
+			// the API reads the seconds before the next minute from raw).
+			part := r
+			part.to = hs.Add(time.Hour)
+			first = handSQL{db: h.db, bound: r.from.Truncate(time.Minute)}.speedSide(part, bucket) + "\nUNION ALL\n"
+			from = ts(part.to)
+		}
+	}
 	batch := fmt.Sprintf("SELECT toDateTime(%s, 'UTC') AS t%s, %s FROM `%s`.%s WHERE %s >= %s AND %s < %s AND grouping = '%s'%s",
 		col, h.dims(r), strings.Join(sel, ", "), h.db, table, col, from, col, to, h.set(r), h.where(r))
-	return batch + "\nUNION ALL\n" + h.speedRolled(r, bucket) + "\nORDER BY t"
+	return first + batch + "\nUNION ALL\n" + h.speedRolled(r, bucket) + "\nORDER BY t"
 }
 
 func (h handSQL) raw(r namedReq) string {
