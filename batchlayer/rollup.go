@@ -135,59 +135,35 @@ func (l *Layer) rollupRests(ctx context.Context, d *dataset, wm time.Time) error
 	return errors.Join(errs...)
 }
 
-// rollupRest builds a day's rest rows in a staging table, swaps it in as the day's partition of
-// <ds>_hourly_rest and records it with the run its rows come from (run when it has none).
-func (l *Layer) rollupRest(ctx context.Context, d *dataset, day time.Time, run, layout string) (err error) {
+// rollupRest builds a day's rest rows, swaps them in as the day's partition of
+// <ds>_hourly_rest and records them with the run they come from (run when there are none).
+func (l *Layer) rollupRest(ctx context.Context, d *dataset, day time.Time, run, layout string) error {
 	q, name := d.q, d.d.Name
-	target := schema.HourlyRest(name)
-	staging := fmt.Sprintf("%srest_%s", stagingPrefix(name), partitionID(day))
-	engine, err := q.stagingEngine(ctx, l.conn, target)
-	if err != nil {
-		return err
-	}
-	if err := l.conn.Exec(ctx, q.dropTable(staging)); err != nil {
-		return err
-	}
-	if err := l.conn.Exec(ctx, createLike(q.g.T(staging), q.g.T(target), engine)); err != nil {
-		return fmt.Errorf("cannot create %s: %w", staging, err)
-	}
-	defer func() {
-		if derr := l.conn.Exec(context.WithoutCancel(ctx), q.dropTable(staging)); derr != nil && err == nil {
-			err = fmt.Errorf("cannot drop %s: %w", staging, derr)
-		}
-	}()
 	var hours []time.Time
 	for h := q.start(day); h.Before(q.end(day)); h = h.Add(time.Hour) {
 		hours = append(hours, h)
 	}
-	cols := quoteAll(schema.HourlyRestColumns(d.d))
-	if err := l.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.HourlyRestSelect(d.d, hours))); err != nil {
-		return err
-	}
-	// One INSERT … SELECT reads one set of the partition's parts, which a run replaces whole:
-	// the rows come from one run, the one they name.
-	var rows, runs uint64
-	var from string
-	if err := l.conn.QueryRow(ctx, "SELECT count(), uniqExact(run_id), any(run_id) FROM "+q.g.T(staging)).Scan(&rows, &runs, &from); err != nil {
-		return err
-	}
-	if runs > 1 {
-		return fmt.Errorf("the hours of %d runs were read", runs)
-	}
-	if rows > 0 {
-		run = from
-	}
-	swap := q.swapTo(q.g.T(target), staging, day)
-	if rows == 0 {
-		swap = q.dropPartition(target, day)
-	}
-	if err := l.conn.Exec(ctx, swap); err != nil {
-		return fmt.Errorf("cannot swap in %s: %w", target, err)
-	}
-	if l.cl != nil {
-		if err := l.syncTable(ctx, q, target); err != nil {
-			return err
+	rows, err := l.replaceDay(ctx, d, schema.HourlyRest(name), "rest", day, func(staging string) (uint64, error) {
+		if err := l.conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s)\n%s", staging, quoteAll(schema.HourlyRestColumns(d.d)), q.g.HourlyRestSelect(d.d, hours))); err != nil {
+			return 0, err
 		}
+		// One INSERT … SELECT reads one set of the partition's parts, which a run replaces
+		// whole: the rows come from one run, the one they name.
+		var rows, runs uint64
+		var from string
+		if err := l.conn.QueryRow(ctx, "SELECT count(), uniqExact(run_id), any(run_id) FROM "+staging).Scan(&rows, &runs, &from); err != nil {
+			return 0, err
+		}
+		if runs > 1 {
+			return 0, fmt.Errorf("the hours of %d runs were read", runs)
+		}
+		if rows > 0 {
+			run = from
+		}
+		return rows, nil
+	})
+	if err != nil {
+		return err
 	}
 	_, us := l.stamp()
 	b, err := l.conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, rows, layout, at_us) VALUES", q.g.T(schema.RestRollups)))
@@ -205,71 +181,85 @@ func (l *Layer) rollupRest(ctx context.Context, d *dataset, day time.Time, run, 
 	return nil
 }
 
-// rollupDay builds the day's hours before end in a staging table: those before keep copied
-// from <ds>_speed_hourly (current since the newest rollup), the others rolled up from the
-// minutes, then swaps it in as the day's partition and records it with the snapshot.
-func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snapshot time.Time, sets []string, layout string) (err error) {
-	q, name := d.q, d.d.Name
-	target := schema.SpeedHourly(name)
-	staging := fmt.Sprintf("%srollup_%s", stagingPrefix(name), partitionID(day))
+// replaceDay builds a day's partition of target in a staging table shaped like it
+// (<ds>_daily_stage_<kind>_<day>, which leftover cleanup knows): fill writes it (given its
+// qualified name) and returns its rows. The partition is then swapped in (dropped when there
+// are no rows: REPLACE PARTITION from an empty table would keep the old one), and in cluster
+// mode every node's replica must hold it before replaceDay returns, since the API reads its own
+// node. The staging table is dropped after.
+func (l *Layer) replaceDay(ctx context.Context, d *dataset, target, kind string, day time.Time, fill func(staging string) (uint64, error)) (rows uint64, err error) {
+	q := d.q
+	staging := fmt.Sprintf("%s%s_%s", stagingPrefix(d.d.Name), kind, partitionID(day))
 	engine, err := q.stagingEngine(ctx, l.conn, target)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if err := l.conn.Exec(ctx, q.dropTable(staging)); err != nil {
-		return err
+		return 0, err
 	}
 	if err := l.conn.Exec(ctx, createLike(q.g.T(staging), q.g.T(target), engine)); err != nil {
-		return fmt.Errorf("cannot create %s: %w", staging, err)
+		return 0, fmt.Errorf("cannot create %s: %w", staging, err)
 	}
 	defer func() {
 		if derr := l.conn.Exec(context.WithoutCancel(ctx), q.dropTable(staging)); derr != nil && err == nil {
 			err = fmt.Errorf("cannot drop %s: %w", staging, derr)
 		}
 	}()
-	start := q.start(day)
-	cols := quoteAll(schema.SpeedHourlyColumns(d.d))
-	if keep.After(start) {
-		// With their values: computed again, they would cost what the copy saves.
-		all := quoteAll(append(schema.SpeedHourlyColumns(d.d), schema.SpeedHourlyValueColumns(d.d)...))
-		sql := fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s FROM %s WHERE hour >= toDateTime(%d, 'UTC') AND hour < toDateTime(%d, 'UTC')",
-			q.g.T(staging), all, all, q.g.T(target), start.Unix(), keep.Unix())
-		if err := l.conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("cannot copy the current hours: %w", err)
-		}
+	if rows, err = fill(q.g.T(staging)); err != nil {
+		return 0, err
 	}
-	for _, set := range schema.SpeedSets(d.d) {
-		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.SpeedHourlySelect(d.d, set, keep, end))
-		if err := l.conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("cannot roll up grouping set %q: %w", config.GroupingName(set), err)
-		}
-	}
-	// The day so far at the end of each hour, each from the one before.
-	for h := keep; h.Before(end); h = h.Add(time.Hour) {
-		sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", q.g.T(staging), cols, q.g.SpeedPrefixSelect(d.d, q.g.T(staging), start, h))
-		if err := l.conn.Exec(ctx, sql); err != nil {
-			return fmt.Errorf("cannot roll up the day so far at %s: %w", h.Format(time.RFC3339), err)
-		}
-	}
-	var rows uint64
-	if err := l.conn.QueryRow(ctx, q.countRows(q.g.T(staging))).Scan(&rows); err != nil {
-		return err
-	}
-	// REPLACE PARTITION of an empty staging table leaves the target's partition as it was:
-	// a day without minutes (dropped, or never written) drops it.
 	swap := q.swapTo(q.g.T(target), staging, day)
 	if rows == 0 {
 		swap = q.dropPartition(target, day)
 	}
 	if err := l.conn.Exec(ctx, swap); err != nil {
-		return fmt.Errorf("cannot swap in %s: %w", target, err)
+		return 0, fmt.Errorf("cannot swap in %s: %w", target, err)
 	}
 	if l.cl != nil {
-		// Every node's replica must hold the new partition before the API, reading its own
-		// node, is told the hours are there.
 		if err := l.syncTable(ctx, q, target); err != nil {
-			return err
+			return 0, err
 		}
+	}
+	return rows, nil
+}
+
+// rollupDay builds the day's hours before end: those before keep copied from
+// <ds>_speed_hourly (current since the newest rollup), the others rolled up from the minutes,
+// swaps them in as the day's partition and records them with the snapshot.
+func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snapshot time.Time, sets []string, layout string) error {
+	q, name := d.q, d.d.Name
+	target := schema.SpeedHourly(name)
+	rows, err := l.replaceDay(ctx, d, target, "rollup", day, func(staging string) (uint64, error) {
+		start := q.start(day)
+		cols := quoteAll(schema.SpeedHourlyColumns(d.d))
+		if keep.After(start) {
+			// With their values: computed again, they would cost what the copy saves.
+			all := quoteAll(append(schema.SpeedHourlyColumns(d.d), schema.SpeedHourlyValueColumns(d.d)...))
+			sql := fmt.Sprintf("INSERT INTO %s (%s)\nSELECT %s FROM %s WHERE hour >= toDateTime(%d, 'UTC') AND hour < toDateTime(%d, 'UTC')",
+				staging, all, all, q.g.T(target), start.Unix(), keep.Unix())
+			if err := l.conn.Exec(ctx, sql); err != nil {
+				return 0, fmt.Errorf("cannot copy the current hours: %w", err)
+			}
+		}
+		for _, set := range schema.SpeedSets(d.d) {
+			sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", staging, cols, q.g.SpeedHourlySelect(d.d, set, keep, end))
+			if err := l.conn.Exec(ctx, sql); err != nil {
+				return 0, fmt.Errorf("cannot roll up grouping set %q: %w", config.GroupingName(set), err)
+			}
+		}
+		// The day so far at the end of each hour, each from the one before.
+		for h := keep; h.Before(end); h = h.Add(time.Hour) {
+			sql := fmt.Sprintf("INSERT INTO %s (%s)\n%s", staging, cols, q.g.SpeedPrefixSelect(d.d, staging, start, h))
+			if err := l.conn.Exec(ctx, sql); err != nil {
+				return 0, fmt.Errorf("cannot roll up the day so far at %s: %w", h.Format(time.RFC3339), err)
+			}
+		}
+		var rows uint64
+		err := l.conn.QueryRow(ctx, q.countRows(staging)).Scan(&rows)
+		return rows, err
+	})
+	if err != nil {
+		return err
 	}
 	_, us := l.stamp()
 	sql := fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us, layout) VALUES", q.g.T(schema.SpeedRollups))
