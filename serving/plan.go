@@ -24,7 +24,7 @@ type SourceRange struct {
 	From   time.Time `json:"from"`
 	To     time.Time `json:"to"`
 	Source string    `json:"source"`
-	// Table is the table read: daily, hourly, speed, speed_hourly or raw.
+	// Table is the table read: daily, hourly, hourly_rest, speed, speed_hourly or raw.
 	Table string `json:"table,omitempty"`
 	// Grouping is the grouping set read from <ds>_daily, <ds>_hourly, <ds>_hourly_rest or
 	// <ds>_speed_hourly.
