@@ -166,16 +166,8 @@ func (l *Layer) rollupRest(ctx context.Context, d *dataset, day time.Time, run, 
 		return err
 	}
 	_, us := l.stamp()
-	b, err := l.conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s (dataset, day, run_id, rows, layout, at_us) VALUES", q.g.T(schema.RestRollups)))
-	if err != nil {
+	if err := l.record(ctx, q, schema.RestRollups, "dataset, day, run_id, rows, layout, at_us", name, day, run, rows, layout, us); err != nil {
 		return err
-	}
-	if err := b.Append(name, day, run, rows, layout, us); err != nil {
-		_ = b.Abort()
-		return err
-	}
-	if err := b.Send(); err != nil {
-		return fmt.Errorf("cannot record the rollup in %s: %w", schema.RestRollups, err)
 	}
 	l.log.Debug("rolled up the rest of a day's hours", "dataset", name, "day", day.Format(time.DateOnly), "run_id", run, "rows", rows)
 	return nil
@@ -262,19 +254,26 @@ func (l *Layer) rollupDay(ctx context.Context, d *dataset, day, keep, end, snaps
 		return err
 	}
 	_, us := l.stamp()
-	sql := fmt.Sprintf("INSERT INTO %s (dataset, day, hour_to, snapshot, sets, rows, at_us, layout) VALUES", q.g.T(schema.SpeedRollups))
-	b, err := l.conn.PrepareBatch(ctx, sql)
+	if err := l.record(ctx, q, schema.SpeedRollups, "dataset, day, hour_to, snapshot, sets, rows, at_us, layout", name, day, end, snapshot, sets, rows, us, layout); err != nil {
+		return err
+	}
+	l.log.Debug("rolled up speed hours", "dataset", name, "day", day.Format(time.DateOnly), "hour_to", end, "rows", rows)
+	return nil
+}
+
+// record appends one row (values in the order of cols) to a bookkeeping table.
+func (l *Layer) record(ctx context.Context, q *queries, table, cols string, values ...any) error {
+	b, err := l.conn.PrepareBatch(ctx, fmt.Sprintf("INSERT INTO %s (%s) VALUES", q.g.T(table), cols))
 	if err != nil {
 		return err
 	}
-	if err := b.Append(name, day, end, snapshot, sets, rows, us, layout); err != nil {
+	if err := b.Append(values...); err != nil {
 		_ = b.Abort()
 		return err
 	}
 	if err := b.Send(); err != nil {
-		return fmt.Errorf("cannot record the rollup in %s: %w", schema.SpeedRollups, err)
+		return fmt.Errorf("cannot record the rollup in %s: %w", table, err)
 	}
-	l.log.Debug("rolled up speed hours", "dataset", name, "day", day.Format(time.DateOnly), "hour_to", end, "rows", rows)
 	return nil
 }
 

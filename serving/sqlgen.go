@@ -95,15 +95,15 @@ type shape struct {
 func (sh shape) hasValue(s metric.Spec) bool { return !sh.states || s.Type != metric.Avg }
 func (sh shape) hasState(s metric.Spec) bool { return sh.states && s.HasDailyState() }
 
-// value is the value column of a branch that groups its rows per bucket (not direct): expr,
-// or, for a metric that carries both (a distinct count or quantile when buckets merge), a
-// placeholder of its type. A bucket of one such row takes the merge of its state (outer reads a
+// value is the value column of a branch that groups its rows per bucket (not direct): expr (of
+// the metric's ValueType), or, for a metric that carries both (a distinct count or quantile
+// when buckets merge), a placeholder of its type. A bucket of one such row takes the merge of its state (outer reads a
 // value only where the branch's dv column says it is one), and finalizing a state beside
 // merging it would deserialize it twice.
 func (sh shape) value(s metric.Spec, expr string) string {
 	switch {
 	case !sh.hasState(s):
-		return s.Cast(expr)
+		return expr
 	case s.ValueType() == metric.NumberType:
 		// Not Cast's if(isNaN(…), NULL, …): over a constant, 18.16 refuses the Nullable inside.
 		return "toNullable(toFloat64(0))"
@@ -192,7 +192,7 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 			continue
 		}
 		if sh.hasValue(s) {
-			sel = append(sel, sh.value(s, s.Rollup())+" AS "+valCol(s.Name))
+			sel = append(sel, sh.value(s, s.Cast(s.Rollup()))+" AS "+valCol(s.Name))
 		}
 		if sh.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
@@ -253,12 +253,8 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 			}
 			continue
 		}
-		switch {
-		case !sh.hasValue(s):
-		case sh.hasState(s):
-			sel = append(sel, sh.value(s, "")+" AS "+valCol(s.Name))
-		default:
-			sel = append(sel, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column)))+" AS "+valCol(s.Name))
+		if sh.hasValue(s) {
+			sel = append(sel, sh.value(s, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column))))+" AS "+valCol(s.Name))
 		}
 		if sh.hasState(s) {
 			sel = append(sel, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))
