@@ -81,6 +81,9 @@ type Run struct {
 type SQL struct {
 	Text string
 	Args []any
+	// Unsorted: the statement returns its branches' rows side by side, each branch sorted and
+	// cut to the page (a flat statement): run sorts them and cuts the whole.
+	Unsorted bool
 }
 
 // Plan is the SQL of one query and what it reads.

@@ -304,12 +304,17 @@ func mergeResults(q *Query, parts []*Result) *Result {
 	for _, p := range parts {
 		out.Rows = append(out.Rows, p.Rows...)
 	}
-	key := slices.Index(out.Columns, q.OrderBy)
-	slices.SortStableFunc(out.Rows, func(a, b []any) int { return q.compareRows(key, a, b) })
-	if n := q.Offset + q.Limit + 1; len(out.Rows) > n {
-		out.Rows = out.Rows[:n]
-	}
+	q.sortRows(out)
 	return out
+}
+
+// sortRows puts rows in the query's order and cuts them to Offset+Limit+1.
+func (q *Query) sortRows(r *Result) {
+	key := slices.Index(r.Columns, q.OrderBy)
+	slices.SortStableFunc(r.Rows, func(a, b []any) int { return q.compareRows(key, a, b) })
+	if n := q.Offset + q.Limit + 1; len(r.Rows) > n {
+		r.Rows = r.Rows[:n]
+	}
 }
 
 // compareRows orders result rows as the outer query's ORDER BY does: the order column (NULLs
@@ -458,5 +463,11 @@ func (s *Server) run(ctx context.Context, q *Query, sql *SQL) (*Result, error) {
 		res.Rows = append(res.Rows, row)
 		s.m.rows.WithLabelValues(src).Inc()
 	}
-	return res, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if sql.Unsorted {
+		q.sortRows(res)
+	}
+	return res, nil
 }

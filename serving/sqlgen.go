@@ -87,6 +87,12 @@ func stCol(m string) string  { return schema.Q("s_" + m) }
 type shape struct {
 	// states: a bucket combines rows of several parts (Decision.States).
 	states bool
+	// flat: no bucket combines rows of several parts and nothing filters combined rows
+	// (HAVING): each branch's rows are rows of the answer, so the statement is the branches'
+	// UNION ALL, each cut to the page itself, and run sorts the rows (SQL.Unsorted). On
+	// ClickHouse 18.16 the outer SELECT that would regroup and sort them costs 1.5-2 ms a
+	// statement, as much as reading an hour panel's rows.
+	flat bool
 }
 
 // hasValue and hasState say which columns a branch carries for a metric: count, sum, min and
@@ -122,12 +128,13 @@ func (sh shape) tail(src string, exact, values bool) string {
 	return t
 }
 
-// query is the SQL of parts: one branch per part, combined per bucket and dimensions. Nil when
-// there are no parts.
+// query is the SQL of parts: one branch per part, combined per bucket and dimensions (or, flat,
+// side by side). Nil when there are no parts.
 func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 	if len(parts) == 0 {
 		return nil
 	}
+	sh.flat = !sh.states && len(q.Having) == 0 && !q.combines(parts)
 	var branches []branch
 	for _, pt := range parts {
 		switch pt.Table {
@@ -139,14 +146,87 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 			branches = append(branches, p.rollupBranch(q, sh, pt))
 		}
 	}
+	if sh.flat {
+		texts := make([]string, len(branches))
+		var args []any
+		for i, b := range branches {
+			var bargs []any
+			texts[i], bargs = b.flat(q)
+			args = append(args, bargs...)
+		}
+		return &SQL{Text: strings.Join(texts, "\nUNION ALL\n"), Args: args, Unsorted: true}
+	}
 	text, args := p.outer(q, sh, branches)
 	return &SQL{Text: text, Args: args}
 }
 
 // branch is one SELECT of the UNION ALL: a source over a range.
 type branch struct {
-	sql  string
+	// head is the bucket (b) and the dimensions (d_…), values the value expression of each
+	// metric that has one, states the state columns (s_…), tail the source and exactness.
+	head   []string
+	values map[string]string
+	states []string
+	tail   string
+	// from is the statement from FROM on; group the GROUP BY columns, none for a direct part.
+	from  string
+	group []string
+	// args are bound in order: the head's, then the rest's.
 	args []any
+}
+
+// sql is the branch as a SELECT of outer's UNION ALL: its values (v_…) in the order of the
+// query's stored metrics, then its states.
+func (b branch) sql(q *Query) string {
+	sel := slices.Clone(b.head)
+	for _, s := range q.Specs {
+		if e, ok := b.values[s.Name]; ok {
+			sel = append(sel, e+" AS "+valCol(s.Name))
+		}
+	}
+	sel = append(append(sel, b.states...), b.tail)
+	return b.text(sel)
+}
+
+func (b branch) text(sel []string) string {
+	sql := "SELECT " + strings.Join(sel, ", ") + "\nFROM " + b.from
+	if len(b.group) > 0 {
+		sql += "\nGROUP BY " + strings.Join(b.group, ", ")
+	}
+	return sql
+}
+
+// flat is the branch as rows of the answer: the requested metrics (a ratio divides its parts'
+// values), ordered as outer orders and cut to the page, which run completes across branches.
+func (b branch) flat(q *Query) (string, []any) {
+	sel := slices.Clone(b.head)
+	for _, m := range q.Metrics {
+		e := b.values[m]
+		if r, ok := q.ratio(m); ok {
+			e = metric.RatioExpr(b.values[r.Numerator], b.values[r.Denominator])
+		}
+		sel = append(sel, e+" AS "+valCol(m))
+	}
+	sel = append(sel, b.tail)
+	dir := ""
+	if q.Desc {
+		dir = " DESC"
+	}
+	var order []string
+	switch {
+	case q.OrderBy == "time":
+	case slices.Contains(q.Dimensions, q.OrderBy):
+		order, dir = append(order, dimCol(q.OrderBy)+dir), ""
+	default:
+		order, dir = append(order, valCol(q.OrderBy)+dir), ""
+	}
+	order = append(order, "b"+dir)
+	for _, d := range q.Dimensions {
+		if d != q.OrderBy {
+			order = append(order, dimCol(d))
+		}
+	}
+	return b.text(sel) + "\nORDER BY " + strings.Join(order, ", ") + "\nLIMIT ?", append(slices.Clone(b.args), q.Offset+q.Limit+1)
 }
 
 // rollupBranch reads <ds>_daily or <ds>_hourly: one stored grouping set, directly (one row
@@ -167,16 +247,14 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 		lo, hi, hiArg, rng = "toDateTime(?)", pt.From.Unix(), nil, "%[1]s = %[2]s"
 	}
 	b, args := q.bucket(col, isDate)
-	sel := []string{b + " AS b"}
-	var group []string
+	br := branch{head: []string{b + " AS b"}, values: map[string]string{}}
 	for _, d := range q.Dimensions {
-		sel = append(sel, schema.Q(d)+" AS "+dimCol(d))
-		group = append(group, dimCol(d))
+		br.head = append(br.head, schema.Q(d)+" AS "+dimCol(d))
 	}
 	for _, s := range q.Specs {
 		if pt.direct {
 			if sh.hasValue(s) {
-				sel = append(sel, s.Cast(schema.Q(s.Name))+" AS "+valCol(s.Name))
+				br.values[s.Name] = s.Cast(schema.Q(s.Name))
 			}
 			// A direct part's rows are alone in their buckets (its range is aligned to its
 			// grain, the buckets' grain), and a bucket of one row takes a distinct count's or
@@ -185,33 +263,41 @@ func (p *Planner) rollupBranch(q *Query, sh shape, pt Part) branch {
 			switch {
 			case !sh.hasState(s):
 			case s.Type == metric.Uniq || s.Type == metric.Quantile:
-				sel = append(sel, s.EmptyStateExpr()+" AS "+stCol(s.Name))
+				br.states = append(br.states, s.EmptyStateExpr()+" AS "+stCol(s.Name))
 			default:
-				sel = append(sel, schema.Q(s.StateColumn())+" AS "+stCol(s.Name))
+				br.states = append(br.states, schema.Q(s.StateColumn())+" AS "+stCol(s.Name))
 			}
 			continue
 		}
 		if sh.hasValue(s) {
-			sel = append(sel, sh.value(s, s.Cast(s.Rollup()))+" AS "+valCol(s.Name))
+			br.values[s.Name] = sh.value(s, s.Cast(s.Rollup()))
 		}
 		if sh.hasState(s) {
-			sel = append(sel, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
+			br.states = append(br.states, s.MergeStateExpr(schema.Q(s.StateColumn()))+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, sh.tail(pt.Source, pt.Exact, pt.direct))
+	br.tail = sh.tail(pt.Source, pt.Exact, pt.direct)
 	where, fargs := q.filters()
 	args = append(args, hi)
 	if hiArg != nil {
 		args = append(args, hiArg)
 	}
 	args = append(args, pt.grouping)
-	args = append(args, fargs...)
-	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s AND grouping = ?%s",
-		strings.Join(sel, ", "), p.g.T(table), fmt.Sprintf(rng, col, lo), where)
+	br.args = append(args, fargs...)
+	br.from = fmt.Sprintf("%s\nWHERE %s AND grouping = ?%s", p.g.T(table), fmt.Sprintf(rng, col, lo), where)
 	if !pt.direct {
-		sql += "\nGROUP BY " + strings.Join(append([]string{"b"}, group...), ", ")
+		br.group = append([]string{"b"}, dimCols(q)...)
 	}
-	return branch{sql: sql, args: args}
+	return br
+}
+
+// dimCols are the branches' dimension columns.
+func dimCols(q *Query) []string {
+	out := make([]string, len(q.Dimensions))
+	for i, d := range q.Dimensions {
+		out[i] = dimCol(d)
+	}
+	return out
 }
 
 // speedBranch reads <ds>_speed: per-minute states, as the speed layer wrote them after the
@@ -230,11 +316,9 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 		}
 	}
 	b, args := q.bucket(col, false)
-	sel := []string{b + " AS b"}
-	group := []string{"b"}
+	br := branch{head: []string{b + " AS b"}, values: map[string]string{}}
 	for _, d := range q.Dimensions {
-		sel = append(sel, schema.Q(d)+" AS "+dimCol(d))
-		group = append(group, dimCol(d))
+		br.head = append(br.head, schema.Q(d)+" AS "+dimCol(d))
 	}
 	for _, s := range q.Specs {
 		if pt.direct {
@@ -242,37 +326,36 @@ func (p *Planner) speedBranch(q *Query, sh shape, pt Part) branch {
 			// and in place of a distinct count's or quantile's state an empty one, as
 			// rollupBranch reads a direct part.
 			if sh.hasValue(s) {
-				sel = append(sel, s.Cast(schema.Q(metric.ValueColumn(s.Name)))+" AS "+valCol(s.Name))
+				br.values[s.Name] = s.Cast(schema.Q(metric.ValueColumn(s.Name)))
 			}
 			switch {
 			case !sh.hasState(s):
 			case s.Type == metric.Uniq || s.Type == metric.Quantile:
-				sel = append(sel, s.EmptyStateExpr()+" AS "+stCol(s.Name))
+				br.states = append(br.states, s.EmptyStateExpr()+" AS "+stCol(s.Name))
 			default:
-				sel = append(sel, schema.Q(s.Name)+" AS "+stCol(s.Name))
+				br.states = append(br.states, schema.Q(s.Name)+" AS "+stCol(s.Name))
 			}
 			continue
 		}
 		if sh.hasValue(s) {
-			sel = append(sel, sh.value(s, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column))))+" AS "+valCol(s.Name))
+			br.values[s.Name] = sh.value(s, s.ValueFromStates(schema.Q(s.Name), schema.Q(metric.PresenceColumn(s.Column))))
 		}
 		if sh.hasState(s) {
-			sel = append(sel, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))
+			br.states = append(br.states, s.MergeStateExpr(schema.Q(s.Name))+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, sh.tail(pt.Source, pt.Exact, pt.direct))
+	br.tail = sh.tail(pt.Source, pt.Exact, pt.direct)
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
 	if cond != "" {
 		args = append(args, pt.grouping)
 	}
-	args = append(args, fargs...)
-	sql := fmt.Sprintf("SELECT %s\nFROM %s\nWHERE %s >= toDateTime(?) AND %s < toDateTime(?)%s%s",
-		strings.Join(sel, ", "), p.g.T(table), col, col, cond, where)
+	br.args = append(args, fargs...)
+	br.from = fmt.Sprintf("%s\nWHERE %s >= toDateTime(?) AND %s < toDateTime(?)%s%s", p.g.T(table), col, col, cond, where)
 	if !pt.direct {
-		sql += "\nGROUP BY " + strings.Join(group, ", ")
+		br.group = append([]string{"b"}, dimCols(q)...)
 	}
-	return branch{args: args, sql: sql}
+	return br
 }
 
 // rawBranch reads deduplicated raw: the first-ingested copy of each id within its day, as the
@@ -288,27 +371,26 @@ func (p *Planner) rawBranch(q *Query, sh shape, from, to time.Time, exact bool) 
 		}
 	}
 	b, args := q.bucket("time", false)
-	sel := []string{b + " AS b"}
-	group := []string{"b"}
+	br := branch{head: []string{b + " AS b"}, values: map[string]string{}}
 	for _, d := range q.Dimensions {
-		sel = append(sel, schema.Q(d)+" AS "+dimCol(d))
-		group = append(group, dimCol(d))
+		br.head = append(br.head, schema.Q(d)+" AS "+dimCol(d))
 	}
 	for _, s := range q.Specs {
 		if sh.hasValue(s) {
-			sel = append(sel, s.Cast(s.ExactExpr())+" AS "+valCol(s.Name))
+			br.values[s.Name] = s.Cast(s.ExactExpr())
 		}
 		if sh.hasState(s) {
-			sel = append(sel, s.StateExpr()+" AS "+stCol(s.Name))
+			br.states = append(br.states, s.StateExpr()+" AS "+stCol(s.Name))
 		}
 	}
-	sel = append(sel, sh.tail(SourceRaw, exact, true))
+	br.tail = sh.tail(SourceRaw, exact, true)
 	where, fargs := q.filters()
 	args = append(args, from.Unix(), to.Unix())
-	args = append(args, fargs...)
+	br.args = append(args, fargs...)
 	inner := "    " + strings.ReplaceAll(schema.DedupRaw(cols, p.g.T(schema.Raw(q.DS.Name)), "time >= toDateTime(?) AND time < toDateTime(?)", q.DS.Location()), "\n", "\n    ")
-	sql := fmt.Sprintf("SELECT %s\nFROM\n(\n%s\n)\nWHERE 1%s\nGROUP BY %s", strings.Join(sel, ", "), inner, where, strings.Join(group, ", "))
-	return branch{sql: sql, args: args}
+	br.from = fmt.Sprintf("(\n%s\n)\nWHERE 1%s", inner, where)
+	br.group = append([]string{"b"}, dimCols(q)...)
+	return br
 }
 
 // outer combines the branches per bucket and dimensions: count and sum add, min and max take
@@ -359,7 +441,7 @@ func (p *Planner) outer(q *Query, sh shape, branches []branch) (string, []any) {
 	parts := make([]string, len(branches))
 	var args []any
 	for i, b := range branches {
-		parts[i] = b.sql
+		parts[i] = b.sql(q)
 		args = append(args, b.args...)
 	}
 	having := ""
