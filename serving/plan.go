@@ -96,6 +96,8 @@ type Plan struct {
 	Batch, Speed, All *SQL
 	// BatchFrom and BatchTo are the days the batch side reads.
 	BatchFrom, BatchTo time.Time
+	// Boundary is where the batch side ends: a row of a bucket before it is the batch side's.
+	Boundary time.Time
 }
 
 // Statements returns the plan's statements by name: "batch", "speed" or "all".
@@ -170,7 +172,7 @@ func (p *Planner) Plan(q *Query, st *State, now time.Time) (*Plan, *APIError) {
 	if apiErr != nil {
 		return nil, apiErr
 	}
-	pl := &Plan{Complete: dec.Complete}
+	pl := &Plan{Complete: dec.Complete, Boundary: dec.Boundary}
 	for _, pt := range dec.Parts {
 		src := pt.SourceRange
 		if pt.Table == TableDaily || pt.Table == TableHourly || pt.Table == TableSpeedHourly || pt.Table == TableHourlyRest {

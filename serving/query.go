@@ -122,7 +122,8 @@ func (s *Server) query(c *gin.Context) {
 //
 // The parts before the batch boundary and after it are computed apart when no bucket
 // straddles the boundary (minute, hour and day buckets): the batch side is cached, keyed by
-// the runs it read, so a dashboard refresh costs only the part after the boundary.
+// the runs it read, so a dashboard refresh costs only the part after the boundary. (A miss
+// whose two statements are flat runs them as one and parts the rows by bucket.)
 func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError) {
 	now := s.now().UTC()
 	q, apiErr := Check(s.cfg, req, Limits{MaxRows: s.cfg.Serving.MaxRows, MaxBuckets: s.cfg.Serving.MaxBuckets}, now)
@@ -160,60 +161,79 @@ func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response
 		resp.Meta.LagSeconds = max(0, now.Sub(w).Seconds())
 	}
 	var parts []*Result
-	// With two statements, the speed side runs beside the batch side (the answer takes the
-	// longer of the two, not their sum); a cached batch side leaves it alone.
-	type answer struct {
-		r   *Result
-		err error
-	}
-	var speed chan answer
-	if pl.Batch != nil && pl.Speed != nil {
-		speed = make(chan answer, 1)
-		go func() {
-			r, err := s.run(ctx, q, pl.Speed)
-			speed <- answer{r, err}
-		}()
-	}
+	var batch *Result
+	key, cached := "", false
 	if pl.Batch != nil {
-		var key string
 		if consistent {
 			key = s.cacheKey(q, st, pl)
 		}
-		r, ok := s.cache.get(key)
+		batch, cached = s.cache.get(key)
 		switch {
 		case key == "":
-		case ok:
+		case cached:
 			s.m.cacheHits.Inc()
 			resp.Meta.Cached = true
 		default:
 			s.m.cacheMisses.Inc()
 		}
-		if !ok {
-			if r, err = s.run(ctx, q, pl.Batch); err != nil {
-				return nil, s.dbError(ctx, "cannot run the query", err)
-			}
-			if key != "" {
-				s.cache.put(key, r)
-			}
-		}
-		parts = append(parts, r)
 	}
-	for _, sql := range []*SQL{pl.Speed, pl.All} {
-		if sql == nil {
-			continue
-		}
-		var r *Result
-		var err error
-		if sql == pl.Speed && speed != nil {
-			a := <-speed
-			r, err = a.r, a.err
-		} else {
-			r, err = s.run(ctx, q, sql)
-		}
+	switch {
+	case pl.Batch != nil && !cached && pl.Speed != nil && pl.Batch.Unsorted && pl.Speed.Unsorted:
+		// Two flat statements are one: each row is one branch's, and its bucket says its side.
+		// One statement costs ClickHouse one statement's overhead, not two side by side.
+		both, err := s.run(ctx, q, &SQL{Text: pl.Batch.Text + "\nUNION ALL\n" + pl.Speed.Text, Args: append(slices.Clone(pl.Batch.Args), pl.Speed.Args...)})
 		if err != nil {
 			return nil, s.dbError(ctx, "cannot run the query", err)
 		}
-		parts = append(parts, r)
+		batch, speed := splitAt(q, both, pl.Boundary)
+		if key != "" {
+			s.cache.put(key, batch)
+		}
+		parts = append(parts, batch, speed)
+	default:
+		// With two statements, the speed side runs beside the batch side (the answer takes the
+		// longer of the two, not their sum); a cached batch side leaves it alone.
+		type answer struct {
+			r   *Result
+			err error
+		}
+		var speed chan answer
+		if pl.Batch != nil && pl.Speed != nil && !cached {
+			speed = make(chan answer, 1)
+			go func() {
+				r, err := s.run(ctx, q, pl.Speed)
+				speed <- answer{r, err}
+			}()
+		}
+		if pl.Batch != nil {
+			if !cached {
+				var err error
+				if batch, err = s.run(ctx, q, pl.Batch); err != nil {
+					return nil, s.dbError(ctx, "cannot run the query", err)
+				}
+				if key != "" {
+					s.cache.put(key, batch)
+				}
+			}
+			parts = append(parts, batch)
+		}
+		for _, sql := range []*SQL{pl.Speed, pl.All} {
+			if sql == nil {
+				continue
+			}
+			var r *Result
+			var err error
+			if sql == pl.Speed && speed != nil {
+				a := <-speed
+				r, err = a.r, a.err
+			} else {
+				r, err = s.run(ctx, q, sql)
+			}
+			if err != nil {
+				return nil, s.dbError(ctx, "cannot run the query", err)
+			}
+			parts = append(parts, r)
+		}
 	}
 	res := mergeResults(q, parts)
 	res = flagPartial(q, pl.Sources, res)
@@ -306,6 +326,23 @@ func mergeResults(q *Query, parts []*Result) *Result {
 	}
 	q.sortRows(out)
 	return out
+}
+
+// splitAt parts the rows of a split plan's two sides run as one statement: the rows of buckets
+// before the boundary are the batch side's. Each side is in the query's order and cut as its
+// own statement would be (the statement cut every branch, not the whole).
+func splitAt(q *Query, r *Result, boundary time.Time) (batch, speed *Result) {
+	batch, speed = &Result{Columns: r.Columns, Rows: [][]any{}}, &Result{Columns: r.Columns, Rows: [][]any{}}
+	for _, row := range r.Rows {
+		if row[0].(time.Time).Before(boundary) {
+			batch.Rows = append(batch.Rows, row)
+		} else {
+			speed.Rows = append(speed.Rows, row)
+		}
+	}
+	q.sortRows(batch)
+	q.sortRows(speed)
+	return batch, speed
 }
 
 // sortRows puts rows in the query's order and cuts them to Offset+Limit+1.
