@@ -100,10 +100,21 @@ type Plan struct {
 	Boundary time.Time
 }
 
-// Statements returns the plan's statements by name: "batch", "speed" or "all".
+// Both is the two sides of a split plan as one statement, nil unless the plan has both: the
+// UNION ALL of their SELECTs, each ordered and cut to the page itself (or flat). No bucket holds
+// rows of both sides, so a row's bucket (before Boundary or not) says its side.
+func (pl *Plan) Both() *SQL {
+	if pl.Batch == nil || pl.Speed == nil {
+		return nil
+	}
+	return &SQL{Text: pl.Batch.Text + "\nUNION ALL\n" + pl.Speed.Text, Args: append(slices.Clone(pl.Batch.Args), pl.Speed.Args...)}
+}
+
+// Statements returns the plan's statements by name: "batch", "speed" or "all", and "both"
+// (Both).
 func (pl *Plan) Statements() map[string]*SQL {
 	out := map[string]*SQL{}
-	for name, q := range map[string]*SQL{"batch": pl.Batch, "speed": pl.Speed, "all": pl.All} {
+	for name, q := range map[string]*SQL{"batch": pl.Batch, "speed": pl.Speed, "all": pl.All, "both": pl.Both()} {
 		if q != nil {
 			out[name] = q
 		}

@@ -123,7 +123,7 @@ func (s *Server) query(c *gin.Context) {
 // The parts before the batch boundary and after it are computed apart when no bucket
 // straddles the boundary (minute, hour and day buckets): the batch side is cached, keyed by
 // the runs it read, so a dashboard refresh costs only the part after the boundary. (A miss
-// whose two statements are flat runs them as one and parts the rows by bucket.)
+// runs the two sides as one statement and parts the rows by bucket.)
 func (s *Server) Query(ctx context.Context, req *Request) (*Response, *APIError) {
 	now := s.now().UTC()
 	q, apiErr := Check(s.cfg, req, Limits{MaxRows: s.cfg.Serving.MaxRows, MaxBuckets: s.cfg.Serving.MaxBuckets}, now)
@@ -178,10 +178,11 @@ func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response
 		}
 	}
 	switch {
-	case pl.Batch != nil && !cached && pl.Speed != nil && pl.Batch.Unsorted && pl.Speed.Unsorted:
-		// Two flat statements are one: each row is one branch's, and its bucket says its side.
-		// One statement costs ClickHouse one statement's overhead, not two side by side.
-		both, err := s.run(ctx, q, &SQL{Text: pl.Batch.Text + "\nUNION ALL\n" + pl.Speed.Text, Args: append(slices.Clone(pl.Batch.Args), pl.Speed.Args...)})
+	case pl.Batch != nil && !cached && pl.Speed != nil:
+		// The two sides as one statement (Plan.Both), parted by bucket. On ClickHouse 18.16 two
+		// statements side by side took longer than one that holds both (a 7-day hour panel 10.2
+		// ms against 6.7).
+		both, err := s.run(ctx, q, pl.Both())
 		if err != nil {
 			return nil, s.dbError(ctx, "cannot run the query", err)
 		}

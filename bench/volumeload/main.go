@@ -583,18 +583,51 @@ func (h handSQL) rollup(r namedReq) string {
 	var first string
 	if col == "hour" {
 		if hs := r.from.Truncate(time.Hour); hs.Before(r.from) {
-			// A first hour that starts inside an hour (now-24h as typed): its minutes from the
-			// sealed day's events_speed, as the API reads them (from the minute holding from:
-			// the API reads the seconds before the next minute from raw).
-			part := r
-			part.to = hs.Add(time.Hour)
-			first = handSQL{db: h.db, bound: r.from.Truncate(time.Minute)}.speedSide(part, bucket) + "\nUNION ALL\n"
-			from = ts(part.to)
+			// A first hour that starts inside an hour (now-24h as typed), as the API answers
+			// it: the seconds before the first whole minute from deduplicated raw, the minutes
+			// after them from the sealed day's events_speed, merged in the bucket.
+			first = h.partialHour(r, hs.Add(time.Hour)) + "\nUNION ALL\n"
+			from = ts(hs.Add(time.Hour))
 		}
 	}
 	batch := fmt.Sprintf("SELECT toDateTime(%s, 'UTC') AS t%s, %s FROM `%s`.%s WHERE %s >= %s AND %s < %s AND grouping = '%s'%s",
 		col, h.dims(r), strings.Join(sel, ", "), h.db, table, col, from, col, to, h.set(r), h.where(r))
 	return first + batch + "\nUNION ALL\n" + h.speedRolled(r, bucket) + "\nORDER BY t"
+}
+
+// partialHour is the bucket of [r.from, end) (end the next whole hour): raw's seconds before
+// the first whole minute and events_speed's minutes after, counts and sums added, distinct
+// counts and quantiles merged from their states.
+func (h handSQL) partialHour(r namedReq, end time.Time) string {
+	additive := map[string]bool{"events": true, "revenue": true}
+	fm := r.from.Truncate(time.Minute)
+	if fm.Before(r.from) {
+		fm = fm.Add(time.Minute)
+	}
+	branch := func(col, src string, lo, hi time.Time, value, state func(m string) string) string {
+		var sel []string
+		for _, m := range r.req.Metrics {
+			if additive[m] {
+				sel = append(sel, fmt.Sprintf("toNullable(toFloat64(%s)) AS x_%s", value(m), m))
+			} else {
+				sel = append(sel, state(m)+" AS x_"+m)
+			}
+		}
+		return fmt.Sprintf("SELECT toStartOfHour(%s) AS t%s, %s FROM %s WHERE %s >= %s AND %s < %s%s GROUP BY t%s",
+			col, h.dims(r), strings.Join(sel, ", "), src, col, ts(lo), col, ts(hi), h.where(r), h.dims(r))
+	}
+	var branches []string
+	if fm.After(r.from) {
+		raw := fmt.Sprintf("(SELECT * FROM `%s`.events_raw WHERE time >= %s AND time < %s ORDER BY _ingested_at, _partition, _offset LIMIT 1 BY toDate(time), id)", h.db, ts(r.from), ts(fm))
+		branches = append(branches, branch("time", raw, r.from, fm, func(m string) string { return handMetrics[m].raw }, func(m string) string { return handMetrics[m].rawState }))
+	}
+	branches = append(branches, branch("minute", "`"+h.db+"`.events_speed", fm, end, func(m string) string { return handMetrics[m].speed }, func(m string) string { return handMetrics[m].speedState }))
+	var outer []string
+	for _, m := range r.req.Metrics {
+		e := map[string]string{"events": "sum(x_events)", "revenue": "sum(x_revenue)", "users": "uniqMerge(x_users)", "value_p95": "quantileMerge(0.95)(x_value_p95)"}[m]
+		outer = append(outer, fmt.Sprintf("toNullable(toFloat64(%s)) AS %s", e, m))
+	}
+	return fmt.Sprintf("SELECT t%s, %s FROM (\n%s\n) GROUP BY t%s", h.dims(r), strings.Join(outer, ", "), strings.Join(branches, "\nUNION ALL\n"), h.dims(r))
 }
 
 func (h handSQL) raw(r namedReq) string {
