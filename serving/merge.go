@@ -446,6 +446,22 @@ func (q *Query) bucketOf(t time.Time) time.Time {
 	return q.From
 }
 
+// buckets counts the buckets [from, to) overlaps (up to max+1 of days and longer).
+func (q *Query) buckets(from, to time.Time, max int) int {
+	b := q.bucketOf(from)
+	switch q.Granularity {
+	case "minute":
+		return int((to.Sub(b) + time.Minute - 1) / time.Minute)
+	case "hour":
+		return int((to.Sub(b) + time.Hour - 1) / time.Hour)
+	}
+	n := 0
+	for ; b.Before(to) && n <= max; b = q.bucketEnd(b) {
+		n++
+	}
+	return n
+}
+
 // bucketEnd is the end of the bucket starting at b (clipped to the query's range): a day is 23
 // or 25 hours long when the request's zone changes its clocks.
 func (q *Query) bucketEnd(b time.Time) time.Time {

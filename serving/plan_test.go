@@ -315,3 +315,44 @@ func TestPlanShapes(t *testing.T) {
 	}
 	chtest.RequireChDB(t, chdb)
 }
+
+// TestBuckets: the buckets a range overlaps, which decide whether a flat branch needs its own
+// ORDER BY and LIMIT.
+func TestBuckets(t *testing.T) {
+	cfg := demoConfig(t)
+	for _, c := range []struct {
+		gran     string
+		from, to string
+		want     int
+	}{
+		{"minute", "2024-03-08T10:00:30Z", "2024-03-08T10:02:00Z", 2},
+		{"hour", "2024-03-08T10:00:00Z", "2024-03-08T12:00:00Z", 2},
+		{"hour", "2024-03-08T10:30:00Z", "2024-03-08T12:00:01Z", 3},
+		{"day", "2024-03-01T00:00:00Z", "2024-03-08T00:00:00Z", 7},
+		{"day", "2024-03-01T12:00:00Z", "2024-03-08T00:00:00Z", 7},
+		{"all", "2024-03-01T00:00:00Z", "2024-03-08T00:00:00Z", 1},
+	} {
+		r, e := DecodeRequest([]byte(fmt.Sprintf(`{"dataset":"events","metrics":["events"],"from":"2024-02-01","to":"2024-03-09","granularity":%q}`, c.gran)))
+		if e != nil {
+			t.Fatal(e)
+		}
+		q, e := Check(cfg, r, Limits{MaxRows: 1000, MaxBuckets: 500000}, testNow)
+		if e != nil {
+			t.Fatal(e)
+		}
+		from, _ := time.Parse(time.RFC3339, c.from)
+		to, _ := time.Parse(time.RFC3339, c.to)
+		if got := q.buckets(from, to, 100); got != c.want {
+			t.Errorf("%s [%s, %s): %d buckets, want %d", c.gran, c.from, c.to, got, c.want)
+		}
+	}
+	// Days and longer stop counting past max.
+	r, _ := DecodeRequest([]byte(`{"dataset":"events","metrics":["events"],"from":"2020-01-01","to":"2024-03-09","granularity":"day"}`))
+	q, e := Check(cfg, r, Limits{MaxRows: 1000, MaxBuckets: 500000}, testNow)
+	if e != nil {
+		t.Fatal(e)
+	}
+	if got := q.buckets(q.From, q.To, 10); got != 11 {
+		t.Errorf("day buckets past max: %d, want 11", got)
+	}
+}

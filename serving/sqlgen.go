@@ -136,7 +136,11 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 	}
 	sh.flat = !sh.states && len(q.Having) == 0 && !q.combines(parts)
 	var branches []branch
+	n := q.Offset + q.Limit + 1
 	for _, pt := range parts {
+		// Without dimensions a branch has a row per bucket at most: when its range holds no
+		// more buckets than the page, it needs no ORDER BY and LIMIT of its own.
+		whole := len(q.Dimensions) == 0 && q.buckets(pt.From, pt.To, n) <= n
 		switch pt.Table {
 		case TableRaw:
 			branches = append(branches, p.rawBranch(q, sh, pt.From, pt.To, pt.Exact))
@@ -144,7 +148,10 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 			branches = append(branches, p.speedBranch(q, sh, pt))
 		case TableDaily, TableHourly, TableHourlyRest:
 			branches = append(branches, p.rollupBranch(q, sh, pt))
+		default:
+			continue
 		}
+		branches[len(branches)-1].whole = whole
 	}
 	if sh.flat {
 		texts := make([]string, len(branches))
@@ -173,6 +180,8 @@ type branch struct {
 	group []string
 	// args are bound in order: the head's, then the rest's.
 	args []any
+	// whole: the branch's rows fit in the page (flat needs no ORDER BY and LIMIT).
+	whole bool
 }
 
 // sql is the branch as a SELECT of outer's UNION ALL: its values (v_…) in the order of the
@@ -208,6 +217,9 @@ func (b branch) flat(q *Query) (string, []any) {
 		sel = append(sel, e+" AS "+valCol(m))
 	}
 	sel = append(sel, b.tail)
+	if b.whole {
+		return b.text(sel), b.args
+	}
 	dir := ""
 	if q.Desc {
 		dir = " DESC"
