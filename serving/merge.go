@@ -261,6 +261,26 @@ func splitSets(names []string) [][]string {
 	return out
 }
 
+// groups splits parts (in time order, those with a source) into runs whose adjacent parts meet
+// inside a bucket: a bucket's rows all come from one run.
+func (q *Query) groups(parts []Part) [][]Part {
+	var out [][]Part
+	var prev *Part
+	for i := range parts {
+		pt := &parts[i]
+		if pt.Source == SourceNone {
+			continue
+		}
+		if prev != nil && q.bucketOf(prev.To.Add(-time.Nanosecond)).Equal(q.bucketOf(pt.From)) {
+			out[len(out)-1] = append(out[len(out)-1], *pt)
+		} else {
+			out = append(out, []Part{*pt})
+		}
+		prev = pt
+	}
+	return out
+}
+
 // combines reports whether a bucket combines rows of several of parts (in time order): two
 // adjacent parts meet inside a bucket.
 func (q *Query) combines(parts []Part) bool {

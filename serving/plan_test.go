@@ -61,6 +61,9 @@ var planCases = []struct{ name, req, zone string }{
 	// With the speed side's hours rolled up (rollupState): hours across the boundary, days
 	// after it, a filtered dimension.
 	{"rollup_hour_across", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"from":"2024-03-08T20:00:00Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ""},
+	// The issue's query as typed (now-24h): the first hour partial, its seconds from raw and its
+	// minutes merged through states, apart from the whole hours after it.
+	{"rollup_hour_partial", `{"dataset":"events","metrics":["events","users","revenue","value_p95"],"from":"2024-03-08T20:13:27Z","to":"2024-03-10T11:30:00Z","granularity":"hour"}`, ""},
 	{"rollup_day_filter", `{"dataset":"events","metrics":["events","users"],"dimensions":["event"],"filters":[{"dimension":"country","op":"eq","values":["DE"]}],"from":"2024-03-09","to":"2024-03-10T12:00:00Z","granularity":"day"}`, ""},
 	// One bucket from 20:00 of the last sealed day to now: the rest of that day in one row per
 	// country (<ds>_hourly_rest), the day after and today so far from the speed rollup.

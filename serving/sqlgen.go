@@ -134,6 +134,20 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 	if len(parts) == 0 {
 		return nil
 	}
+	parts = q.joinRaw(parts)
+	if groups := q.groups(parts); len(q.Having) == 0 && len(groups) > 1 && slices.ContainsFunc(groups, func(g []Part) bool { return len(g) > 1 }) {
+		// Only some buckets combine parts (a partial first hour of raw seconds and minutes,
+		// then whole hours): each run of parts that share buckets is its own statement, the
+		// others flat, side by side. States are merged only where buckets combine.
+		var texts []string
+		var args []any
+		for _, g := range groups {
+			sql := p.query(q, shape{states: q.combines(g)}, g)
+			texts = append(texts, sql.Text)
+			args = append(args, sql.Args...)
+		}
+		return &SQL{Text: strings.Join(texts, "\nUNION ALL\n"), Args: args, Unsorted: true}
+	}
 	sh.flat = !sh.states && len(q.Having) == 0 && !q.combines(parts)
 	var branches []branch
 	n := q.Offset + q.Limit + 1
@@ -165,6 +179,26 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 	}
 	text, args := p.outer(q, sh, branches)
 	return &SQL{Text: text, Args: args}
+}
+
+// joinRaw reads adjacent ranges of raw that lie in one bucket with one branch: exact:true splits
+// raw at the speed watermark (exact before it, not after), and two branches would merge the
+// bucket's distinct counts and quantiles through approximate states, where one branch computes
+// them exactly. The bucket is as exact as its least exact part either way, and the plan's
+// sources keep both. (Ranges over several buckets stay apart: each bucket keeps its own
+// exactness.)
+func (q *Query) joinRaw(parts []Part) []Part {
+	var out []Part
+	for _, pt := range parts {
+		if n := len(out); n > 0 && pt.Table == TableRaw && out[n-1].Table == TableRaw && out[n-1].To.Equal(pt.From) &&
+			q.bucketOf(out[n-1].From).Equal(q.bucketOf(pt.To.Add(-time.Nanosecond))) {
+			out[n-1].To = pt.To
+			out[n-1].Exact = out[n-1].Exact && pt.Exact
+			continue
+		}
+		out = append(out, pt)
+	}
+	return out
 }
 
 // branch is one SELECT of the UNION ALL: a source over a range.
