@@ -284,18 +284,7 @@ func (q *Query) groups(parts []Part) [][]Part {
 // combines reports whether a bucket combines rows of several of parts (in time order): two
 // adjacent parts meet inside a bucket.
 func (q *Query) combines(parts []Part) bool {
-	var prev *Part
-	for i := range parts {
-		pt := &parts[i]
-		if pt.Source == SourceNone {
-			continue
-		}
-		if prev != nil && q.bucketOf(prev.To.Add(-time.Nanosecond)).Equal(q.bucketOf(pt.From)) {
-			return true
-		}
-		prev = pt
-	}
-	return false
+	return slices.ContainsFunc(q.groups(parts), func(g []Part) bool { return len(g) > 1 })
 }
 
 // sealedDay is what the planner knows of a day before the boundary: d is the day (a Date),

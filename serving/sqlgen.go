@@ -135,7 +135,7 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 		return nil
 	}
 	parts = q.joinRaw(parts)
-	if groups := q.groups(parts); len(q.Having) == 0 && len(groups) > 1 && slices.ContainsFunc(groups, func(g []Part) bool { return len(g) > 1 }) {
+	if groups := q.groups(parts); len(q.Having) == 0 && len(groups) > 1 && q.combines(parts) {
 		// Only some buckets combine parts (a partial first hour of raw seconds and minutes,
 		// then whole hours): each run of parts that share buckets is its own statement, the
 		// others flat, side by side. States are merged only where buckets combine.
