@@ -192,20 +192,7 @@ func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response
 		}
 		parts = append(parts, batch, speed)
 	default:
-		// With two statements, the speed side runs beside the batch side (the answer takes the
-		// longer of the two, not their sum); a cached batch side leaves it alone.
-		type answer struct {
-			r   *Result
-			err error
-		}
-		var speed chan answer
-		if pl.Batch != nil && pl.Speed != nil && !cached {
-			speed = make(chan answer, 1)
-			go func() {
-				r, err := s.run(ctx, q, pl.Speed)
-				speed <- answer{r, err}
-			}()
-		}
+		// One statement, or a cached batch side and the speed side.
 		if pl.Batch != nil {
 			if !cached {
 				var err error
@@ -222,14 +209,7 @@ func (s *Server) answer(ctx context.Context, q *Query, now time.Time) (*Response
 			if sql == nil {
 				continue
 			}
-			var r *Result
-			var err error
-			if sql == pl.Speed && speed != nil {
-				a := <-speed
-				r, err = a.r, a.err
-			} else {
-				r, err = s.run(ctx, q, sql)
-			}
+			r, err := s.run(ctx, q, sql)
 			if err != nil {
 				return nil, s.dbError(ctx, "cannot run the query", err)
 			}

@@ -135,7 +135,9 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 		return nil
 	}
 	parts = q.joinRaw(parts)
-	if groups := q.groups(parts); len(q.Having) == 0 && len(groups) > 1 && q.combines(parts) {
+	groups := q.groups(parts)
+	combines := slices.ContainsFunc(groups, func(g []Part) bool { return len(g) > 1 })
+	if len(q.Having) == 0 && len(groups) > 1 && combines {
 		// Only some buckets combine parts (a partial first hour of raw seconds and minutes,
 		// then whole hours): each run of parts that share buckets is its own statement, the
 		// others flat, side by side. States are merged only where buckets combine.
@@ -148,7 +150,7 @@ func (p *Planner) query(q *Query, sh shape, parts []Part) *SQL {
 		}
 		return &SQL{Text: strings.Join(texts, "\nUNION ALL\n"), Args: args, Unsorted: true}
 	}
-	sh.flat = !sh.states && len(q.Having) == 0 && !q.combines(parts)
+	sh.flat = !sh.states && len(q.Having) == 0 && !combines
 	var branches []branch
 	n := q.Offset + q.Limit + 1
 	for _, pt := range parts {
